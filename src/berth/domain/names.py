@@ -1,0 +1,59 @@
+"""Strict validation of every name that reaches a container label, a file name or nginx config.
+
+Only lowercase RFC 1123 labels pass, so that no input can inject configuration.
+"""
+
+from __future__ import annotations
+
+import re
+
+from berth.errors import InvalidInput
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+APP_NAME_MAX = 30
+
+
+def validate_app_name(name: str) -> str:
+    """An app name is one DNS label of at most 30 characters: it becomes ``NAME.<base domain>``."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("app name must not be empty", code="invalid_name")
+    if len(name) > APP_NAME_MAX:
+        raise InvalidInput(
+            f"app name must be at most {APP_NAME_MAX} characters", code="invalid_name"
+        )
+    if not _LABEL.match(name):
+        raise InvalidInput(
+            "app name must be lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit",
+            code="invalid_name",
+        )
+    return name
+
+
+def validate_domain(domain: str) -> str:
+    """A fully qualified domain: lowercase RFC 1123 labels separated by dots, at most 253 chars."""
+    if not isinstance(domain, str) or not domain:
+        raise InvalidInput("domain must not be empty", code="invalid_domain")
+    if len(domain) > 253:
+        raise InvalidInput("domain must be at most 253 characters", code="invalid_domain")
+    labels = domain.split(".")
+    if len(labels) < 2:
+        raise InvalidInput(
+            "domain must have at least two labels, like example.com", code="invalid_domain"
+        )
+    for label in labels:
+        if not _LABEL.match(label):
+            raise InvalidInput(
+                f"invalid domain {domain!r}: each label must be 1-63 lowercase letters, "
+                "digits or '-', not starting or ending with '-'",
+                code="invalid_domain",
+            )
+    return domain
+
+
+def is_valid_domain(domain: str) -> bool:
+    try:
+        validate_domain(domain)
+    except InvalidInput:
+        return False
+    return True

@@ -1,0 +1,110 @@
+"""The container runtime interface. The Docker driver and the fake driver both implement it, and
+one contract test suite (tests/contract) runs against both.
+
+Every container Berth creates carries the labels below; a runtime never lists, changes or removes a
+container that lacks ``berth.managed=true`` and this installation's ``berth.installation`` id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+LABEL_MANAGED = "berth.managed"
+LABEL_INSTALLATION = "berth.installation"
+LABEL_TENANT = "berth.tenant"
+LABEL_APP = "berth.app"  # app id
+LABEL_APP_NAME = "berth.app-name"
+LABEL_RELEASE = "berth.release"  # release id
+LABEL_REVISION = "berth.revision"  # "<release id>:<generation>", the rollout unit
+LABEL_INSTANCE = "berth.instance"  # instance id, unique per container
+LABEL_NODE = "berth.node"
+
+ContainerState = Literal["created", "running", "restarting", "paused", "exited", "dead", "removing"]
+
+# Capabilities kept after ``cap_drop=ALL``. Documented in the README (Isolation):
+# NET_BIND_SERVICE lets an app bind a port below 1024 inside its own network namespace;
+# SETUID/SETGID/CHOWN let an entrypoint drop from root to an unprivileged user (gosu, su-exec).
+# With no-new-privileges none of them can be gained back by a setuid binary.
+KEPT_CAPABILITIES: tuple[str, ...] = ("CHOWN", "SETGID", "SETUID", "NET_BIND_SERVICE")
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What to run. ``labels`` must include the managed and installation labels."""
+
+    name: str
+    image: str
+    port: int
+    memory_bytes: int
+    nano_cpus: int
+    pids_limit: int
+    network: str
+    labels: Mapping[str, str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What the engine reports for one managed container."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    state: ContainerState
+    exit_code: int | None = None
+    started_at: float | None = None  # unix seconds
+    finished_at: float | None = None  # unix seconds, for exited containers
+    host_port: int | None = None  # the loopback port published for the app port
+    oom_killed: bool = False
+    pid: int = 0  # main process id on the host, 0 when not running
+    image: str = ""
+
+
+class RuntimeFailure(Exception):
+    """Raised by a runtime when the engine fails; mapped to berth.errors.EngineError by callers."""
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A container engine on one node, scoped to one Berth installation."""
+
+    installation: str
+
+    def ping(self) -> bool: ...
+
+    def version(self) -> str: ...
+
+    def ensure_network(self, name: str, labels: Mapping[str, str]) -> None: ...
+
+    def remove_network(self, name: str) -> None: ...
+
+    def list_networks(self) -> list[str]: ...
+
+    def run(self, spec: ContainerSpec) -> ContainerInfo:
+        """Create and start a container; returns its info once started (host port known)."""
+        ...
+
+    def start(self, container_id: str) -> ContainerInfo:
+        """Start an existing (exited) managed container again."""
+        ...
+
+    def remove(self, container_id: str, stop_timeout: float = 10.0) -> None:
+        """Stop (SIGTERM, then SIGKILL after the timeout) and remove. Missing is not an error."""
+        ...
+
+    def list(self, labels: Mapping[str, str] | None = None) -> list[ContainerInfo]:
+        """All managed containers of this installation, in every state, optionally filtered."""
+        ...
+
+    def inspect(self, container_id: str) -> ContainerInfo | None: ...
+
+    def logs(self, container_id: str, tail: int = 100) -> str: ...
+
+    def follow_logs(self, container_id: str, tail: int = 100) -> Iterator[str]: ...
+
+    def image_id(self, ref: str) -> str | None:
+        """The local image id (sha256:...) for a reference, or None when absent."""
+        ...

@@ -1,0 +1,56 @@
+"""Berth's settings, read from the environment (prefix ``BERTH_``) with embedded defaults."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob a provider may turn. Defaults give a usable single-machine platform."""
+
+    model_config = SettingsConfigDict(env_prefix="BERTH_", extra="ignore")
+
+    home: Path = Field(default=Path("/var/lib/berth"), description="State directory")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in home")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8700, ge=1, le=65535)
+    ingress_port: int = Field(default=80, ge=1, le=65535)
+    ingress_listen: str = "0.0.0.0"
+    base_domain: str = "berth.localhost"
+    docker_url: str = ""  # empty: docker-py's from_env()
+    nginx_binary: str = "/usr/sbin/nginx"
+    max_scale: int = Field(default=20, ge=1, le=1000)
+    max_build_context_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    max_build_files: int = Field(default=20_000, ge=1)
+    deploy_timeout_seconds: float = Field(default=120.0, gt=0)
+    reconcile_interval_seconds: float = Field(default=2.0, gt=0)
+    health_interval_seconds: float = Field(default=1.0, gt=0)
+    proxy_coalesce_seconds: float = Field(default=0.2, ge=0)
+    pids_limit: int = Field(default=256, ge=16)
+    memory_min_mb: int = 16
+    memory_max_mb: int = 16384
+    cpus_min: float = 0.05
+    cpus_max: float = 16.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'berth.db'}"
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.home / "nginx"
+
+    @property
+    def builds_dir(self) -> Path:
+        return self.home / "builds"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
