@@ -9,7 +9,7 @@ import re
 
 from berth.errors import InvalidInput
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 APP_NAME_MAX = 30
 
 
@@ -21,7 +21,7 @@ def validate_app_name(name: str) -> str:
         raise InvalidInput(
             f"app name must be at most {APP_NAME_MAX} characters", code="invalid_name"
         )
-    if not _LABEL.match(name):
+    if not _LABEL.fullmatch(name):
         raise InvalidInput(
             "app name must be lowercase letters, digits and '-', "
             "starting and ending with a letter or digit",
@@ -42,7 +42,7 @@ def validate_domain(domain: str) -> str:
             "domain must have at least two labels, like example.com", code="invalid_domain"
         )
     for label in labels:
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise InvalidInput(
                 f"invalid domain {domain!r}: each label must be 1-63 lowercase letters, "
                 "digits or '-', not starting or ending with '-'",

@@ -1,0 +1,232 @@
+"""App routes. Thin: parse, call a service with the caller's tenant, shape the answer."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+from berth.api import views
+from berth.api.deps import CurrentPrincipal, PlatformDep, SessionDep, SettingsDep, Writer
+from berth.api.schemas import (
+    AppCreate,
+    AppPublic,
+    ConfigChange,
+    ConfigPublic,
+    DeployImage,
+    DeploymentPublic,
+    DeployResult,
+    DomainCreate,
+    DomainPublic,
+    InstancePublic,
+    ReleasePublic,
+    RollbackRequest,
+    ScaleRequest,
+)
+from berth.errors import EngineError
+from berth.services import apps as svc
+from berth.store.tables import Release
+
+router = APIRouter(prefix="/apps", tags=["apps"])
+
+
+@router.post("", status_code=201)
+def create_app(
+    body: AppCreate, session: SessionDep, settings: SettingsDep, who: Writer
+) -> AppPublic:
+    spec = svc.AppSpec(body.name, body.memory, body.cpus, body.port, body.health_path)
+    app = svc.create_app(session, settings, who.tenant_id, spec)
+    return views.app_public(session, settings, app)
+
+
+@router.get("")
+def list_apps(session: SessionDep, settings: SettingsDep, who: CurrentPrincipal) -> list[AppPublic]:
+    return [views.app_public(session, settings, a) for a in svc.list_apps(session, who.tenant_id)]
+
+
+@router.get("/{name}")
+def get_app(
+    name: str, session: SessionDep, settings: SettingsDep, who: CurrentPrincipal
+) -> AppPublic:
+    return views.app_public(session, settings, svc.get_app(session, who.tenant_id, name))
+
+
+@router.delete("/{name}", status_code=204)
+def delete_app(name: str, session: SessionDep, platform: PlatformDep, who: Writer) -> None:
+    svc.delete_app(session, who.tenant_id, name)
+    platform.trigger()
+
+
+@router.get("/{name}/releases")
+def list_releases(name: str, session: SessionDep, who: CurrentPrincipal) -> list[ReleasePublic]:
+    app = svc.get_app(session, who.tenant_id, name)
+    return [views.release_public(r, app) for r in svc.list_releases(session, app)]
+
+
+@router.post("/{name}/releases", status_code=201)
+def deploy_image(
+    name: str, body: DeployImage, session: SessionDep, platform: PlatformDep, who: Writer
+) -> DeployResult:
+    runtime = platform.runtime
+    if runtime is None:
+        raise EngineError("no container engine is configured")
+    release, dep = svc.deploy_image(
+        session, platform.settings, who.tenant_id, name, body.image, runtime.image_id
+    )
+    platform.trigger()
+    return _deploy_result(session, name, who.tenant_id, release, dep.id)
+
+
+@router.post("/{name}/rollback", status_code=201)
+def rollback(
+    name: str, body: RollbackRequest, session: SessionDep, platform: PlatformDep, who: Writer
+) -> DeployResult:
+    release, dep = svc.rollback(session, platform.settings, who.tenant_id, name, body.version)
+    platform.trigger()
+    return _deploy_result(session, name, who.tenant_id, release, dep.id)
+
+
+@router.post("/{name}/scale")
+def scale(
+    name: str, body: ScaleRequest, session: SessionDep, platform: PlatformDep, who: Writer
+) -> AppPublic:
+    app = svc.scale_app(session, platform.settings, who.tenant_id, name, body.replicas)
+    platform.trigger()
+    return views.app_public(session, platform.settings, app)
+
+
+@router.get("/{name}/config")
+def get_config(name: str, session: SessionDep, who: CurrentPrincipal) -> ConfigPublic:
+    app = svc.get_app(session, who.tenant_id, name)
+    return ConfigPublic(config=svc.app_config(app), release=None, deployment=None)
+
+
+@router.patch("/{name}/config")
+def change_config(
+    name: str, body: ConfigChange, session: SessionDep, platform: PlatformDep, who: Writer
+) -> ConfigPublic:
+    config, release, dep = svc.set_config(
+        session, platform.settings, who.tenant_id, name, body.set, body.unset
+    )
+    platform.trigger()
+    app = svc.get_app(session, who.tenant_id, name)
+    return ConfigPublic(
+        config=config,
+        release=views.release_public(release, app) if release else None,
+        deployment=views.deployment_public(session, dep),
+    )
+
+
+@router.post("/{name}/restart", status_code=201)
+def restart(name: str, session: SessionDep, platform: PlatformDep, who: Writer) -> DeploymentPublic:
+    dep = svc.restart_app(session, platform.settings, who.tenant_id, name)
+    platform.trigger()
+    public = views.deployment_public(session, dep)
+    assert public is not None
+    return public
+
+
+@router.get("/{name}/deployments/{deployment_id}")
+def get_deployment(
+    name: str, deployment_id: str, session: SessionDep, who: CurrentPrincipal
+) -> DeploymentPublic:
+    dep = svc.get_deployment(session, who.tenant_id, name, deployment_id)
+    public = views.deployment_public(session, dep)
+    assert public is not None
+    return public
+
+
+@router.get("/{name}/instances")
+def list_instances(name: str, session: SessionDep, who: CurrentPrincipal) -> list[InstancePublic]:
+    app = svc.get_app(session, who.tenant_id, name)
+    versions = {
+        r.id: r.version for r in session.scalars(select(Release).where(Release.app_id == app.id))
+    }
+    return [views.instance_public(i, versions) for i in svc.list_instances(session, app)]
+
+
+@router.get("/{name}/logs", response_class=StreamingResponse)
+def logs(
+    name: str,
+    session: SessionDep,
+    platform: PlatformDep,
+    who: CurrentPrincipal,
+    tail: Annotated[int, Query(ge=0, le=10_000)] = 100,
+    follow: bool = False,
+) -> StreamingResponse:
+    app = svc.get_app(session, who.tenant_id, name)
+    runtime = platform.runtime
+    if runtime is None:
+        raise EngineError("no container engine is configured")
+    containers = [
+        (i.id[:8], i.container_id) for i in svc.list_instances(session, app) if i.container_id
+    ]
+    if not follow:
+        lines = []
+        for short, cid in containers:
+            for line in runtime.logs(cid, tail=tail).splitlines():
+                lines.append(f"[{short}] {line}\n")
+        return StreamingResponse(iter(lines), media_type="text/plain")
+    return StreamingResponse(_follow(runtime, containers, tail), media_type="text/plain")
+
+
+def _follow(runtime: object, containers: list[tuple[str, str]], tail: int) -> Iterator[str]:
+    """Merge every instance's log stream; ends when all instances' streams end."""
+    lines: queue.Queue[str | None] = queue.Queue(maxsize=10_000)
+
+    def pump(short: str, cid: str) -> None:
+        try:
+            for line in runtime.follow_logs(cid, tail=tail):  # type: ignore[attr-defined]
+                lines.put(f"[{short}] {line.rstrip()}\n")
+        except Exception as exc:
+            lines.put(f"[{short}] (log stream ended: {exc})\n")
+        finally:
+            lines.put(None)
+
+    for short, cid in containers:
+        threading.Thread(target=pump, args=(short, cid), daemon=True).start()
+    open_streams = len(containers)
+    while open_streams:
+        item = lines.get()
+        if item is None:
+            open_streams -= 1
+        else:
+            yield item
+
+
+@router.get("/{name}/domains")
+def list_domains(name: str, session: SessionDep, who: CurrentPrincipal) -> list[DomainPublic]:
+    app = svc.get_app(session, who.tenant_id, name)
+    return [views.domain_public(d) for d in svc.list_domains(session, app)]
+
+
+@router.post("/{name}/domains", status_code=201)
+def add_domain(
+    name: str, body: DomainCreate, session: SessionDep, platform: PlatformDep, who: Writer
+) -> DomainPublic:
+    domain = svc.add_domain(session, platform.settings, who.tenant_id, name, body.hostname)
+    platform.trigger()
+    return views.domain_public(domain)
+
+
+@router.delete("/{name}/domains/{hostname}", status_code=204)
+def remove_domain(
+    name: str, hostname: str, session: SessionDep, platform: PlatformDep, who: Writer
+) -> None:
+    svc.remove_domain(session, who.tenant_id, name, hostname)
+    platform.trigger()
+
+
+def _deploy_result(
+    session: SessionDep, name: str, tenant_id: str, release: Release, deployment_id: str
+) -> DeployResult:
+    app = svc.get_app(session, tenant_id, name)
+    dep = svc.get_deployment(session, tenant_id, name, deployment_id)
+    public = views.deployment_public(session, dep)
+    assert public is not None
+    return DeployResult(release=views.release_public(release, app), deployment=public)

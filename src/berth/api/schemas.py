@@ -1,0 +1,133 @@
+"""Request and response bodies: separate Create/Update/Public shapes, as the API documents them."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AppCreate(Strict):
+    name: str = Field(max_length=100)
+    memory: str | int = Field(default="256M", description="like 256M or 1G")
+    cpus: float = Field(default=0.5)
+    port: int = Field(default=8080)
+    health_path: str | None = Field(default="/", description="HTTP path, or null for a TCP check")
+
+
+class AppPublic(BaseModel):
+    id: str
+    name: str
+    memory_mb: int
+    cpus: float
+    port: int
+    health_path: str | None
+    scale: int
+    urls: list[str]
+    domains: list[str]
+    serving_release: int | None
+    target_release: int | None
+    deployment: DeploymentPublic | None
+    instances: InstanceCounts
+    created_at: float
+
+
+class InstanceCounts(BaseModel):
+    desired: int
+    running: int
+    healthy: int
+
+
+class ReleasePublic(BaseModel):
+    id: str
+    version: int
+    image: str
+    image_id: str
+    config_keys: list[str]
+    description: str
+    memory_mb: int
+    cpus: float
+    port: int
+    created_at: float
+    serving: bool
+
+
+class DeploymentPublic(BaseModel):
+    id: str
+    release_version: int | None
+    kind: str
+    status: str
+    message: str
+    started_at: float
+    finished_at: float | None
+
+
+class DeployImage(Strict):
+    image: str = Field(max_length=255)
+
+
+class ScaleRequest(Strict):
+    replicas: int
+
+
+class RollbackRequest(Strict):
+    version: int | None = None
+
+
+class ConfigChange(Strict):
+    set: dict[str, str] = Field(default_factory=dict)
+    unset: list[str] = Field(default_factory=list)
+
+
+class ConfigPublic(BaseModel):
+    config: dict[str, str]
+    release: ReleasePublic | None
+    deployment: DeploymentPublic | None
+
+
+class DeployResult(BaseModel):
+    release: ReleasePublic
+    deployment: DeploymentPublic
+
+
+class InstancePublic(BaseModel):
+    id: str
+    container_id: str | None
+    release_version: int | None
+    state: str
+    healthy: bool
+    host_port: int | None
+    restarts: int
+    exit_code: int | None
+    reason: str
+    last_log: str
+    node: str
+    started_at: float | None
+
+
+class DomainCreate(Strict):
+    hostname: str = Field(max_length=300)
+
+
+class DomainPublic(BaseModel):
+    hostname: str
+    created_at: float
+
+
+class StatusPublic(BaseModel):
+    server: str
+    version: str
+    engine: str
+    engine_version: str | None
+    nginx: str
+    nginx_pid: int | None
+    ingress_port: int
+    base_domain: str
+    installation: str
+    reconciler: str
+    tenant: str
+
+
+AppPublic.model_rebuild()

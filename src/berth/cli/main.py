@@ -1,0 +1,458 @@
+"""The ``berth`` command line. Everything but ``server`` and ``images`` goes through the API."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from berth.cli import server_cmd
+from berth.cli.client import ApiClient, CliConfig, CliError
+from berth.cli.output import ago, console, emit, err_console, fail, print_json, table
+
+app = typer.Typer(
+    help="Berth: deploy, scale and route container apps on your own servers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+apps_app = typer.Typer(help="Create, list, inspect and delete apps.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="App config (environment); each change is a new release.", no_args_is_help=True
+)
+domains_app = typer.Typer(help="Custom domains routed to an app.", no_args_is_help=True)
+app.add_typer(apps_app, name="apps")
+app.add_typer(config_app, name="config")
+app.add_typer(domains_app, name="domains")
+app.add_typer(server_cmd.server_app, name="server")
+app.add_typer(server_cmd.images_app, name="images")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def client() -> ApiClient:
+    return ApiClient(CliConfig.load())
+
+
+# -- apps ---------------------------------------------------------------------------------
+
+
+@apps_app.command("create")
+def apps_create(
+    name: str,
+    memory: Annotated[
+        str, typer.Option(help="Memory limit per instance, like 256M or 1G.")
+    ] = "256M",
+    cpus: Annotated[float, typer.Option(help="CPU limit per instance.")] = 0.5,
+    port: Annotated[int, typer.Option(help="Port the app listens on (also in $PORT).")] = 8080,
+    health_path: Annotated[
+        str, typer.Option(help="HTTP health check path; empty for a TCP check.")
+    ] = "/",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an app (no instances run until its first deploy)."""
+    body = {
+        "name": name,
+        "memory": memory,
+        "cpus": cpus,
+        "port": port,
+        "health_path": health_path or None,
+    }
+    data = client().post("/apps", json=body)
+    emit(
+        data, as_json, lambda d: console.print(f"Created app [bold]{d['name']}[/]: {d['urls'][0]}")
+    )
+
+
+@apps_app.command("list")
+def apps_list(as_json: JsonOpt = False) -> None:
+    """List your apps."""
+    data = client().get("/apps")
+    emit(
+        data,
+        as_json,
+        lambda d: table(
+            None,
+            ["NAME", "RELEASE", "INSTANCES", "MEMORY", "CPUS", "URL"],
+            [
+                (
+                    a["name"],
+                    f"v{a['serving_release']}" if a["serving_release"] else "-",
+                    f"{a['instances']['healthy']}/{a['scale']}",
+                    f"{a['memory_mb']}M",
+                    a["cpus"],
+                    a["urls"][0],
+                )
+                for a in d
+            ],
+        ),
+    )
+
+
+@apps_app.command("info")
+def apps_info(name: str, as_json: JsonOpt = False) -> None:
+    """Show an app: release, instances, URLs, last deployment."""
+    data = client().get(f"/apps/{name}")
+
+    def human(a: dict[str, Any]) -> None:
+        console.print(f"[bold]{a['name']}[/]")
+        dep = a.get("deployment") or {}
+        rows = [
+            ("serving release", f"v{a['serving_release']}" if a["serving_release"] else "none"),
+            ("instances", f"{a['instances']['healthy']} healthy / {a['scale']} desired"),
+            ("resources", f"{a['memory_mb']}M, {a['cpus']} cpus, port {a['port']}"),
+            ("health check", a["health_path"] or "TCP connect"),
+            ("urls", "\n".join(a["urls"])),
+            ("last deployment", f"{dep.get('status', '-')} {dep.get('message', '')}"),
+        ]
+        table(None, ["", ""], rows)
+
+    emit(data, as_json, human)
+
+
+@apps_app.command("delete")
+def apps_delete(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete an app: its instances, routes and releases go."""
+    if (
+        not yes
+        and sys.stdin.isatty()
+        and not typer.confirm(f"Delete app {name} and all its instances?")
+    ):
+        raise CliError("not deleted")
+    client().delete(f"/apps/{name}")
+    emit({"deleted": name}, as_json, lambda _: console.print(f"Deleted app [bold]{name}[/]"))
+
+
+# -- deploy and releases --------------------------------------------------------------------
+
+
+@app.command()
+def deploy(
+    name: str,
+    directory: Annotated[
+        Path | None, typer.Argument(help="Directory with a Dockerfile to build and deploy.")
+    ] = None,
+    image: Annotated[str | None, typer.Option(help="Deploy an existing image instead.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the rollout finishes.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build DIRECTORY (or take --image), release it and roll it out start-first."""
+    api = client()
+    if (directory is None) == (image is None):
+        raise CliError("give either a DIRECTORY to build or --image REF")
+    if image is not None:
+        result = api.post(f"/apps/{name}/releases", json={"image": image})
+        version, dep_id = result["release"]["version"], result["deployment"]["id"]
+    else:
+        assert directory is not None
+        version, dep_id = _build(api, name, directory, quiet=as_json)
+    _finish_rollout(api, name, version, dep_id, wait, as_json)
+
+
+def _build(api: ApiClient, name: str, directory: Path, quiet: bool) -> tuple[int, str]:
+    from berth.builds.context import pack_directory
+
+    if not (directory / "Dockerfile").is_file():
+        raise CliError(f"{directory} has no Dockerfile")
+    data = pack_directory(directory)
+    if not quiet:
+        err_console.print(f"Uploading build context ({len(data) / 1024:.0f} KiB)")
+    release: dict[str, Any] | None = None
+    headers = {"Content-Type": "application/gzip"}
+    with err_console.status("Building", spinner="dots") as status:
+        for raw in api.stream_lines("POST", f"/apps/{name}/builds", content=data, headers=headers):
+            if not raw.strip():
+                continue
+            event = json.loads(raw)
+            if event["type"] == "log" and not quiet:
+                err_console.print(event["line"], style="dim", highlight=False, markup=False)
+            elif event["type"] == "status":
+                status.update(event["message"])
+            elif event["type"] == "error":
+                raise CliError("build failed:\n" + event["error"]["message"])
+            elif event["type"] == "release":
+                release = event
+    if release is None:
+        raise CliError("the build ended without a release")
+    return int(release["version"]), str(release["deployment_id"])
+
+
+def _finish_rollout(
+    api: ApiClient, name: str, version: int, dep_id: str, wait: bool, as_json: bool
+) -> None:
+    dep = api.get(f"/apps/{name}/deployments/{dep_id}")
+    if wait:
+        dep = _wait_for_deployment(api, name, dep_id, quiet=as_json)
+    app_info = api.get(f"/apps/{name}")
+    result = {"release": version, "deployment": dep, "urls": app_info["urls"]}
+    if as_json:
+        print_json(result)
+    elif dep["status"] == "succeeded":
+        console.print(f"[green]Deployed[/] {name} v{version}: {app_info['urls'][0]}")
+    elif dep["status"] == "in_progress":
+        console.print(f"Rolling out {name} v{version} (deployment {dep_id}); see `berth ps {name}`")
+    if dep["status"] in ("failed", "superseded"):
+        raise CliError(f"deployment of v{version} {dep['status']}: {dep['message']}")
+
+
+def _wait_for_deployment(api: ApiClient, name: str, dep_id: str, quiet: bool) -> dict[str, Any]:
+    with err_console.status("Rolling out", spinner="dots") as status:
+        while True:
+            dep: dict[str, Any] = api.get(f"/apps/{name}/deployments/{dep_id}")
+            if dep["status"] != "in_progress":
+                return dep
+            info = api.get(f"/apps/{name}")
+            if not quiet:
+                status.update(
+                    f"Rolling out v{dep['release_version']}: "
+                    f"{info['instances']['healthy']} healthy of {info['scale']} wanted"
+                )
+            time.sleep(0.5)
+
+
+@app.command()
+def releases(name: str, as_json: JsonOpt = False) -> None:
+    """List an app's releases, newest first."""
+    data = client().get(f"/apps/{name}/releases")
+    emit(
+        data,
+        as_json,
+        lambda d: table(
+            None,
+            ["VERSION", "", "DESCRIPTION", "IMAGE", "CONFIG", "CREATED"],
+            [
+                (
+                    f"v{r['version']}",
+                    "serving" if r["serving"] else "",
+                    r["description"],
+                    r["image"],
+                    ",".join(r["config_keys"]),
+                    ago(r["created_at"]),
+                )
+                for r in d
+            ],
+        ),
+    )
+
+
+@app.command()
+def rollback(
+    name: str,
+    version: Annotated[
+        int | None, typer.Argument(help="Release to roll back to (default: previous).")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the rollout finishes.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Roll back to an earlier release (as a new release that copies it)."""
+    api = client()
+    result = api.post(f"/apps/{name}/rollback", json={"version": version})
+    _finish_rollout(
+        api, name, result["release"]["version"], result["deployment"]["id"], wait, as_json
+    )
+
+
+@app.command()
+def scale(name: str, replicas: int, as_json: JsonOpt = False) -> None:
+    """Set the number of instances."""
+    data = client().post(f"/apps/{name}/scale", json={"replicas": replicas})
+    emit(data, as_json, lambda d: console.print(f"Scaled {name} to {d['scale']} instances"))
+
+
+@app.command()
+def restart(
+    name: str,
+    wait: Annotated[bool, typer.Option(help="Wait until the rollout finishes.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace every instance, start-first (no downtime)."""
+    api = client()
+    dep = api.post(f"/apps/{name}/restart")
+    _finish_rollout(api, name, dep["release_version"], dep["id"], wait, as_json)
+
+
+@app.command()
+def ps(name: str, as_json: JsonOpt = False) -> None:
+    """Show an app's instances: state, health, restarts, last exit code, why pending."""
+    data = client().get(f"/apps/{name}/instances")
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            console.print(f"{name} has no instances")
+            return
+        table(
+            None,
+            [
+                "INSTANCE",
+                "RELEASE",
+                "STATE",
+                "HEALTHY",
+                "PORT",
+                "RESTARTS",
+                "EXIT",
+                "STARTED",
+                "REASON",
+            ],
+            [
+                (
+                    r["id"][:8],
+                    f"v{r['release_version']}" if r["release_version"] else "",
+                    r["state"],
+                    "yes" if r["healthy"] else "no",
+                    r["host_port"],
+                    r["restarts"],
+                    r["exit_code"],
+                    ago(r["started_at"]),
+                    r["reason"],
+                )
+                for r in rows
+            ],
+        )
+        for r in rows:
+            if r["last_log"]:
+                console.print(f"[bold]last log lines of {r['id'][:8]}:[/]")
+                console.print(r["last_log"], markup=False, highlight=False)
+
+    emit(data, as_json, human)
+
+
+@app.command()
+def logs(
+    name: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep streaming new lines.")
+    ] = False,
+    tail: Annotated[int, typer.Option(help="Lines per instance to start with.")] = 100,
+) -> None:
+    """Print the logs of an app's instances."""
+    api = client()
+    params = {"tail": tail, "follow": str(follow).lower()}
+    for line in api.stream_lines("GET", f"/apps/{name}/logs", params=params):
+        console.print(line, markup=False, highlight=False)
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Show the platform: server, engine, nginx, ingress port, base domain."""
+    api = client()
+    data = api.get("/status")
+    data["api_url"] = api.base
+    emit(data, as_json, lambda d: table(None, ["", ""], sorted((k, v) for k, v in d.items())))
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show an app's config."""
+    data = client().get(f"/apps/{name}/config")
+    emit(data["config"], as_json, lambda d: table(None, ["KEY", "VALUE"], sorted(d.items())))
+
+
+@config_app.command("set")
+def config_set(
+    name: str,
+    pairs: Annotated[list[str], typer.Argument(help="KEY=VALUE pairs.")],
+    wait: Annotated[bool, typer.Option(help="Wait until the rollout finishes.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set config values; rolls out a new release."""
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"{pair!r} is not KEY=VALUE")
+        values[key] = value
+    _change_config(name, {"set": values}, wait, as_json)
+
+
+@config_app.command("unset")
+def config_unset(
+    name: str,
+    keys: Annotated[list[str], typer.Argument(help="Keys to remove.")],
+    wait: Annotated[bool, typer.Option(help="Wait until the rollout finishes.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove config keys; rolls out a new release."""
+    _change_config(name, {"unset": keys}, wait, as_json)
+
+
+def _change_config(name: str, body: dict[str, Any], wait: bool, as_json: bool) -> None:
+    api = client()
+    data = api.patch(f"/apps/{name}/config", json=body)
+    if data["deployment"] is None:
+        emit(data, as_json, lambda _: console.print("Config saved; it applies at the first deploy"))
+        return
+    _finish_rollout(api, name, data["release"]["version"], data["deployment"]["id"], wait, as_json)
+
+
+# -- domains -------------------------------------------------------------------------------
+
+
+@domains_app.command("add")
+def domains_add(name: str, hostname: str, as_json: JsonOpt = False) -> None:
+    """Route HOSTNAME to the app."""
+    data = client().post(f"/apps/{name}/domains", json={"hostname": hostname})
+    emit(data, as_json, lambda d: console.print(f"Added {d['hostname']} to {name}"))
+
+
+@domains_app.command("list")
+def domains_list(name: str, as_json: JsonOpt = False) -> None:
+    """List the app's custom domains."""
+    data = client().get(f"/apps/{name}/domains")
+    emit(
+        data,
+        as_json,
+        lambda d: table(
+            None, ["DOMAIN", "ADDED"], [(x["hostname"], ago(x["created_at"])) for x in d]
+        ),
+    )
+
+
+@domains_app.command("remove")
+def domains_remove(name: str, hostname: str, as_json: JsonOpt = False) -> None:
+    """Stop routing HOSTNAME to the app."""
+    client().delete(f"/apps/{name}/domains/{hostname}")
+    emit({"removed": hostname}, as_json, lambda _: console.print(f"Removed {hostname} from {name}"))
+
+
+# -- login ----------------------------------------------------------------------------------
+
+
+@app.command()
+def login(
+    api_url: Annotated[str, typer.Option(help="Berth API URL.")] = "http://127.0.0.1:8700",
+    token_file: Annotated[Path | None, typer.Option(help="File holding an API token.")] = None,
+) -> None:
+    """Save the API URL and a token for later commands."""
+    token = (
+        token_file.read_text().strip() if token_file else typer.prompt("API token", hide_input=True)
+    )
+    cfg = CliConfig(api_url, token)
+    ApiClient(cfg).get("/status")
+    path = cfg.save()
+    console.print(f"Logged in to {api_url} (saved in {path})")
+
+
+def main() -> None:
+    try:
+        app()
+    except CliError as exc:
+        fail(exc.message)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        fail("interrupted")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

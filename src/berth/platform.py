@@ -1,0 +1,110 @@
+"""The wiring of one Berth server: store, runtime, builder, nginx, health checks, reconciler.
+
+``berth server`` builds one ``Platform`` and runs the API plus the loops in one process. Tests
+build it with a fake runtime and without loops.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from berth.agent.health import HealthMonitor
+from berth.builds.protocol import ImageBuilder
+from berth.controllers.reconciler import Reconciler
+from berth.proxy.nginx import NginxManager
+from berth.runtime.protocol import Runtime
+from berth.services.bootstrap import ensure_admin, installation_id
+from berth.settings import Settings
+from berth.store.db import make_engine, make_sessionmaker, migrate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    installation: str
+    runtime: Runtime | None = None
+    builder: ImageBuilder | None = None
+    nginx: NginxManager | None = None
+    health: HealthMonitor | None = None
+    reconciler: Reconciler | None = None
+    started: bool = field(default=False)
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.settings.home / "admin-token"
+
+    def trigger(self) -> None:
+        """Wake the reconciler after an API write (no-op without loops)."""
+        if self.reconciler is not None:
+            self.reconciler.trigger()
+
+    def start_loops(self) -> None:
+        if self.nginx is not None:
+            self.nginx.ensure_running()
+        if self.health is not None:
+            self.health.start()
+        if self.reconciler is not None:
+            self.reconciler.start()
+        self.started = True
+
+    def stop_loops(self) -> None:
+        """Stop Berth's own threads. Containers and nginx keep serving (the data plane)."""
+        if self.reconciler is not None:
+            self.reconciler.stop()
+        if self.health is not None:
+            self.health.stop()
+        self.started = False
+
+
+def open_store(settings: Settings) -> tuple[Engine, sessionmaker[Session], str]:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions() as session:
+        inst = installation_id(session)
+    return engine, sessions, inst
+
+
+def build_platform(settings: Settings) -> Platform:
+    """The real thing: Docker Engine, the distro's nginx, SQLite or PostgreSQL."""
+    import docker
+
+    from berth.builds.protocol import DockerImageBuilder
+    from berth.runtime.docker_driver import DockerRuntime
+
+    engine, sessions, inst = open_store(settings)
+    with sessions() as session:
+        ensure_admin(session, settings.home / "admin-token")
+    runtime = DockerRuntime(inst, settings.docker_url)
+    client = (
+        docker.DockerClient(base_url=settings.docker_url, version="auto")
+        if settings.docker_url
+        else docker.from_env(version="auto")
+    )
+    nginx = NginxManager(
+        settings.nginx_dir, settings.nginx_binary, settings.ingress_listen, settings.ingress_port
+    )
+    platform = Platform(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        installation=inst,
+        runtime=runtime,
+        builder=DockerImageBuilder(client),
+        nginx=nginx,
+    )
+    health = HealthMonitor(runtime, settings.health_interval_seconds)
+    reconciler = Reconciler(settings, sessions, runtime, nginx, health)
+    health.on_change = reconciler.trigger
+    platform.health, platform.reconciler = health, reconciler
+    return platform

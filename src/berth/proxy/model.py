@@ -1,0 +1,87 @@
+"""What the routing layer is asked to serve: pure data, no I/O.
+
+A ``ProxyConfig`` is a complete snapshot. Berth renders it to one nginx.conf, so the config
+nginx runs is always a function of a single snapshot, never of a sequence of edits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+RouteState = Literal["serving", "no_instances", "suspended"]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One healthy instance of an app, reachable at ``host:port`` (normally loopback)."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The domains of one app and where their traffic goes.
+
+    ``state`` decides what nginx answers: ``serving`` proxies to ``upstreams``;
+    ``no_instances`` and ``suspended`` answer 503 with a page that says why.
+    """
+
+    app_id: str
+    app_name: str
+    tenant_id: str
+    hostnames: tuple[str, ...]
+    upstreams: tuple[Upstream, ...]
+    state: RouteState
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """Everything nginx serves. ``generation`` is answered at ``/__berth/generation`` so a
+    caller can tell when a reload carrying this snapshot is live; it should only increase."""
+
+    listen_host: str
+    listen_port: int
+    routes: tuple[Route, ...]
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class NginxPaths:
+    """Where Berth's own nginx keeps its files, all under one directory it owns.
+
+    ``worker_user``/``worker_group`` are set only when nginx starts as root, so that workers
+    drop privileges; as any other user nginx cannot switch users and must not be told to.
+    """
+
+    prefix: Path
+    conf_file: Path
+    pid_file: Path
+    lock_file: Path
+    error_log: Path
+    access_log: Path
+    temp_dir: Path
+    worker_user: str | None = None
+    worker_group: str | None = None
+
+    @classmethod
+    def in_dir(
+        cls,
+        conf_dir: Path,
+        *,
+        worker_user: str | None = None,
+        worker_group: str | None = None,
+    ) -> NginxPaths:
+        return cls(
+            prefix=conf_dir,
+            conf_file=conf_dir / "nginx.conf",
+            pid_file=conf_dir / "nginx.pid",
+            lock_file=conf_dir / "nginx.lock",
+            error_log=conf_dir / "error.log",
+            access_log=conf_dir / "access.log",
+            temp_dir=conf_dir / "tmp",
+            worker_user=worker_user,
+            worker_group=worker_group,
+        )

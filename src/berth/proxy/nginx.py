@@ -1,0 +1,299 @@
+"""Berth's own nginx: one config directory, one pid file, one master process.
+
+nginx daemonizes itself (its own session), so it keeps serving while Berth is stopped,
+restarting or killed. A new ``NginxManager`` on the same directory adopts the running master
+and never restarts it. A config reaches nginx only after ``nginx -t`` accepted it; a rejected
+config leaves the live one untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import ipaddress
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from berth.errors import ProxyConfigError
+from berth.proxy.model import NginxPaths, ProxyConfig, Route
+from berth.proxy.render import render_nginx_conf
+
+log = logging.getLogger(__name__)
+
+GENERATION_PATH = "/__berth/generation"
+# A single-label Host never passes domain validation, so no app can claim it and the probe
+# always reaches the default server.
+PROBE_HOST = "berth-generation-probe"
+_COMMAND_TIMEOUT = 30.0
+_START_TIMEOUT = 10.0
+
+
+class NginxManager:
+    """Render, check, install and (re)load the config of the nginx that Berth owns."""
+
+    def __init__(
+        self,
+        conf_dir: Path,
+        nginx_binary: str = "/usr/sbin/nginx",
+        listen_host: str = "0.0.0.0",
+        listen_port: int = 80,
+    ) -> None:
+        self.conf_dir = Path(conf_dir).resolve()
+        self.nginx_binary = nginx_binary
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        worker_user, worker_group = _worker_identity()
+        self.paths = NginxPaths.in_dir(
+            self.conf_dir, worker_user=worker_user, worker_group=worker_group
+        )
+        self.reload_count = 0
+        # Serialises apply/start/reload/stop between the syncer thread and direct callers.
+        self._lock = threading.RLock()
+
+    @property
+    def conf_path(self) -> Path:
+        return self.paths.conf_file
+
+    def config(self, routes: tuple[Route, ...], generation: int) -> ProxyConfig:
+        """A ``ProxyConfig`` listening where this manager listens."""
+        return ProxyConfig(
+            listen_host=self.listen_host,
+            listen_port=self.listen_port,
+            routes=routes,
+            generation=generation,
+        )
+
+    # -- desired state ---------------------------------------------------------------------
+
+    def apply(self, cfg: ProxyConfig) -> bool:
+        """Make ``cfg`` the live config. Returns False when it equals the live one (no
+        reload). Raises ``ProxyConfigError`` when it cannot be rendered or nginx rejects it;
+        the live config is then untouched."""
+        self._check_listen(cfg)
+        with self._lock:
+            self._prepare_dirs()
+            text = self._render(cfg)
+            if text == self._live_text():
+                self._start_if_stopped()
+                return False
+            self._install(text)
+            if self.pid() is None:
+                self._start()
+            else:
+                self.reload()
+            return True
+
+    def ensure_running(self) -> int:
+        """Adopt the running master if there is one, else start nginx. Returns its pid."""
+        with self._lock:
+            pid = self.pid()
+            if pid is not None:
+                return pid
+            self._prepare_dirs()
+            if not self.conf_path.exists():
+                # Nothing was ever applied here: serve the 404 page until routes arrive.
+                self._install(self._render(self.config((), 0)))
+            return self._start()
+
+    # -- process control -------------------------------------------------------------------
+
+    def pid(self) -> int | None:
+        """The pid of the live nginx master serving this directory, if there is one."""
+        try:
+            pid = int(self.paths.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if self._is_our_master(pid) else None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def reload(self) -> None:
+        """Ask the master to load nginx.conf again. nginx reloads gracefully: old workers
+        finish their requests, and a config that fails to load leaves the old one serving."""
+        with self._lock:
+            pid = self.pid()
+            if pid is None:
+                raise ProxyConfigError("nginx is not running, cannot reload it")
+            os.kill(pid, signal.SIGHUP)
+            self.reload_count += 1
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful shutdown (SIGQUIT), then fast (SIGTERM), then SIGKILL if it hangs."""
+        with self._lock:
+            pid = self.pid()
+            if pid is None:
+                return
+            for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                if _wait_until(lambda: not self._is_our_master(pid), timeout):
+                    return
+                log.warning("nginx master %d ignored %s", pid, sig.name)
+
+    def wait_for_generation(self, generation: int, timeout: float = 10.0) -> bool:
+        """Poll the default server until it answers ``generation``: the reload carrying that
+        config is live. Returns False on timeout."""
+        url = f"http://{self._probe_address()}{GENERATION_PATH}"
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=1.0, trust_env=False) as client:
+            while True:
+                if self._read_generation(client, url) == generation:
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _check_listen(self, cfg: ProxyConfig) -> None:
+        # wait_for_generation probes the manager's address, so a config listening
+        # elsewhere would never be seen live.
+        if (cfg.listen_host, cfg.listen_port) != (self.listen_host, self.listen_port):
+            raise ProxyConfigError(
+                f"config listens on {cfg.listen_host}:{cfg.listen_port} but this nginx "
+                f"listens on {self.listen_host}:{self.listen_port}"
+            )
+
+    def _render(self, cfg: ProxyConfig) -> str:
+        try:
+            return render_nginx_conf(cfg, self.paths)
+        except ValueError as exc:
+            raise ProxyConfigError(f"cannot render nginx config: {exc}") from exc
+
+    def _prepare_dirs(self) -> None:
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.paths.temp_dir.mkdir(exist_ok=True)
+        if self.paths.worker_user is not None:
+            # Workers run as an unprivileged user and write request bodies under tmp/;
+            # nginx chowns the leaf temp dirs but cannot make their parents traversable.
+            self.conf_dir.chmod(0o755)
+            self.paths.temp_dir.chmod(0o755)
+
+    def _live_text(self) -> str | None:
+        try:
+            return self.conf_path.read_text()
+        except FileNotFoundError:
+            return None
+
+    def _install(self, text: str) -> None:
+        """Write ``text`` beside nginx.conf, have nginx check it, then atomically move it
+        into place. On rejection the temp file is removed and nginx.conf is untouched."""
+        fd, tmp_name = tempfile.mkstemp(dir=self.conf_dir, prefix=".nginx.conf.", suffix=".tmp")
+        tmp_path = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "w") as tmp:
+                tmp.write(text)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            tmp_path.chmod(0o644)
+            self._test_config(tmp_path)
+            os.replace(tmp_path, self.conf_path)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+
+    def _test_config(self, conf: Path) -> None:
+        result = self._run_nginx("-t", "-q", "-c", str(conf), "-p", f"{self.conf_dir}/")
+        if result.returncode != 0:
+            raise ProxyConfigError(
+                "nginx rejected the configuration: " + result.stderr.strip(),
+            )
+
+    def _start_if_stopped(self) -> None:
+        if self.pid() is None:
+            self._start()
+
+    def _start(self) -> int:
+        result = self._run_nginx("-c", str(self.conf_path), "-p", f"{self.conf_dir}/")
+        if result.returncode != 0:
+            raise ProxyConfigError("nginx failed to start: " + result.stderr.strip())
+        # The launching process exits right after forking the daemon; the daemon writes
+        # the pid file a moment later.
+        if not _wait_until(self.is_running, _START_TIMEOUT):
+            raise ProxyConfigError(
+                f"nginx did not come up; see {self.paths.error_log}",
+            )
+        pid = self.pid()
+        assert pid is not None
+        log.info("started nginx master %d for %s", pid, self.conf_dir)
+        return pid
+
+    def _run_nginx(self, *args: str) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                [self.nginx_binary, *args],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=_COMMAND_TIMEOUT,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise ProxyConfigError(f"nginx binary not found: {self.nginx_binary}") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise ProxyConfigError(f"nginx {' '.join(args)} timed out") from exc
+
+    def _is_our_master(self, pid: int) -> bool:
+        """True when ``pid`` is a live nginx master started on this directory's nginx.conf.
+        The command line check guards against a stale pid file naming a recycled pid,
+        and against zombies (whose command line is empty)."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        title = cmdline.replace(b"\0", b" ").decode(errors="replace")
+        return "nginx: master process" in title and str(self.conf_path) in title
+
+    def _probe_address(self) -> str:
+        host = ipaddress.ip_address(self.listen_host)
+        if host.is_unspecified:
+            host = ipaddress.ip_address("::1" if host.version == 6 else "127.0.0.1")
+        if host.version == 6:
+            return f"[{host.compressed}]:{self.listen_port}"
+        return f"{host.compressed}:{self.listen_port}"
+
+    @staticmethod
+    def _read_generation(client: httpx.Client, url: str) -> int | None:
+        try:
+            response = client.get(url, headers={"Host": PROBE_HOST})
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        try:
+            return int(response.text.strip())
+        except ValueError:
+            return None
+
+
+def _worker_identity() -> tuple[str | None, str | None]:
+    """As root, workers must drop to an unprivileged user; otherwise nginx cannot switch
+    users and the ``user`` directive must be left out."""
+    if os.geteuid() != 0:
+        return None, None
+    for group in ("nogroup", "nobody"):
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            continue
+        return "nobody", group
+    return "nobody", "nobody"
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -1,0 +1,248 @@
+"""Render a ``ProxyConfig`` into one whole, self-contained nginx.conf. Pure: no I/O.
+
+Every value that reaches the config is validated here again, even though the API validated
+it before: a name that slipped through elsewhere must not be able to inject nginx directives
+(defence in depth). Anything unexpected raises ``ValueError`` and nothing is rendered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from berth.domain.names import is_valid_domain
+from berth.proxy.model import NginxPaths, ProxyConfig, Route, Upstream
+
+__all__ = ["NginxPaths", "render_nginx_conf"]
+
+# fullmatch everywhere: with re.match, "$" also matches before a trailing newline.
+_APP_ID = re.compile(r"[a-z0-9]{1,64}")
+_APP_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_HOSTNAME_CHARS = re.compile(r"[a-z0-9.-]{1,253}")
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
+_SYSTEM_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# Characters that would end or alter an nginx quoted string, or start a variable.
+_UNQUOTABLE = re.compile(r'["\\$\x00-\x1f\x7f]')
+
+UPSTREAM_PREFIX = "berth_app_"
+
+
+@dataclass(frozen=True, slots=True)
+class _RouteView:
+    """A validated route, shaped for the template."""
+
+    app_id: str
+    app_name: str
+    upstream_name: str
+    hostnames: tuple[str, ...]
+    servers: tuple[str, ...]
+    state: str
+    page: str
+
+
+def render_nginx_conf(cfg: ProxyConfig, paths: NginxPaths) -> str:
+    """Return the complete nginx.conf for ``cfg``. The same input always gives the same text,
+    whatever the order of routes, hostnames or upstreams, so an unchanged snapshot never
+    causes a reload."""
+    _check_paths(paths)
+    _check_generation(cfg.generation)
+    routes = _route_views(cfg.routes)
+    hostname_count = sum(len(route.hostnames) for route in routes)
+    return _template().render(
+        generation=cfg.generation,
+        paths=paths,
+        listen=_listen_address(cfg.listen_host, cfg.listen_port),
+        routes=routes,
+        # Generous so nginx can always build the hash; too small a size fails `nginx -t`.
+        server_names_hash_max_size=max(1024, 4 * hostname_count),
+        not_found_page=_nginx_quote(
+            _page("404 Not Found", "No app is configured for this host", "")
+        ),
+    )
+
+
+@lru_cache(maxsize=1)
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("berth.proxy", "templates"),
+        autoescape=False,  # noqa: S701 - this renders nginx config, not HTML
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return env.get_template("nginx.conf.j2")
+
+
+def _check_paths(paths: NginxPaths) -> None:
+    for path in (
+        paths.prefix,
+        paths.conf_file,
+        paths.pid_file,
+        paths.lock_file,
+        paths.error_log,
+        paths.access_log,
+        paths.temp_dir,
+    ):
+        _check_path(path)
+    for name in (paths.worker_user, paths.worker_group):
+        if name is not None and not _SYSTEM_NAME.fullmatch(name):
+            raise ValueError(f"invalid worker user or group name {name!r}")
+    if (paths.worker_user is None) != (paths.worker_group is None):
+        raise ValueError("worker_user and worker_group must be set together")
+
+
+def _check_path(path: Path) -> None:
+    # Paths are written unquoted into the config, so only plain characters are allowed.
+    text = str(path)
+    if not _SAFE_PATH.fullmatch(text):
+        raise ValueError(
+            f"nginx path {text!r} must be absolute and use only letters, digits, '.', '_', "
+            "'-' and '/'"
+        )
+
+
+def _check_generation(generation: int) -> None:
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise ValueError(f"generation must be a non-negative integer, not {generation!r}")
+
+
+def _check_port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"invalid port {port!r}")
+    return port
+
+
+def _format_address(host: str, port: int) -> str:
+    """``host:port`` for an IP literal, bracketing IPv6. Hostnames are refused: nginx would
+    resolve them once at load time, which hides failures."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"invalid IP address {host!r}") from None
+    _check_port(port)
+    if address.version == 6:
+        return f"[{address.compressed}]:{port}"
+    return f"{address.compressed}:{port}"
+
+
+def _listen_address(host: str, port: int) -> str:
+    return _format_address(host, port)
+
+
+def _route_views(routes: tuple[Route, ...]) -> tuple[_RouteView, ...]:
+    views = tuple(sorted((_route_view(route) for route in routes), key=lambda v: v.app_id))
+    _check_unique(views)
+    return views
+
+
+def _check_unique(views: tuple[_RouteView, ...]) -> None:
+    seen_ids: set[str] = set()
+    owner_of: dict[str, str] = {}
+    for view in views:
+        if view.app_id in seen_ids:
+            raise ValueError(f"app id {view.app_id!r} appears in more than one route")
+        seen_ids.add(view.app_id)
+        for hostname in view.hostnames:
+            # nginx would only warn and pick one; that could send one tenant's domain to
+            # another tenant's app, so refuse the whole snapshot instead.
+            if hostname in owner_of:
+                raise ValueError(
+                    f"hostname {hostname!r} is claimed by apps {owner_of[hostname]!r} "
+                    f"and {view.app_id!r}"
+                )
+            owner_of[hostname] = view.app_id
+
+
+def _route_view(route: Route) -> _RouteView:
+    app_id = _check_app_id(route.app_id)
+    app_name = _check_app_name(route.app_name)
+    hostnames = _check_hostnames(route.hostnames, app_id)
+    servers = _upstream_servers(route.upstreams)
+    state = route.state
+    # A "serving" route without instances would render an empty upstream, which nginx
+    # rejects; answering "no healthy instances" is the honest equivalent.
+    if state == "serving" and not servers:
+        state = "no_instances"
+    if state not in ("serving", "no_instances", "suspended"):
+        raise ValueError(f"invalid route state {state!r}")
+    return _RouteView(
+        app_id=app_id,
+        app_name=app_name,
+        upstream_name=UPSTREAM_PREFIX + app_id,
+        hostnames=hostnames,
+        servers=servers if state == "serving" else (),
+        state=state,
+        page=_nginx_quote(_state_page(state, app_name)),
+    )
+
+
+def _check_app_id(app_id: str) -> str:
+    if not isinstance(app_id, str) or not _APP_ID.fullmatch(app_id):
+        raise ValueError(f"invalid app id {app_id!r}: expected 1-64 of [a-z0-9]")
+    return app_id
+
+
+def _check_app_name(app_name: str) -> str:
+    if not isinstance(app_name, str) or not _APP_NAME.fullmatch(app_name):
+        raise ValueError(f"invalid app name {app_name!r}")
+    return app_name
+
+
+def _check_hostnames(hostnames: tuple[str, ...], app_id: str) -> tuple[str, ...]:
+    if not hostnames:
+        raise ValueError(f"route for app {app_id!r} has no hostnames")
+    for hostname in hostnames:
+        if not isinstance(hostname, str):
+            raise ValueError(f"invalid hostname {hostname!r}")
+        # The character check catches what a regex anchored with "$" lets through
+        # (a trailing newline); is_valid_domain enforces the label rules.
+        if not _HOSTNAME_CHARS.fullmatch(hostname) or not is_valid_domain(hostname):
+            raise ValueError(f"invalid hostname {hostname!r} for app {app_id!r}")
+    return tuple(sorted(set(hostnames)))
+
+
+def _upstream_servers(upstreams: tuple[Upstream, ...]) -> tuple[str, ...]:
+    return tuple(sorted({_format_address(u.host, u.port) for u in upstreams}))
+
+
+def _state_page(state: str, app_name: str) -> str:
+    if state == "no_instances":
+        return _page(
+            "503 No healthy instances",
+            f"{app_name} has no healthy instances",
+            "The app is starting, or none of its instances passed its health check. "
+            "Please try again in a moment.",
+        )
+    if state == "suspended":
+        return _page(
+            "503 App suspended",
+            "This app is suspended",
+            "Its owner's account is suspended. Please contact the owner of this site.",
+        )
+    return _page(
+        "502 Bad Gateway",
+        f"{app_name} is not responding",
+        "None of its instances answered. Please try again in a moment.",
+    )
+
+
+def _page(title: str, heading: str, detail: str) -> str:
+    body = f"<h1>{heading}</h1>" + (f"<p>{detail}</p>" if detail else "")
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{title}</title></head>"
+        f"<body>{body}</body></html>\n"
+    )
+
+
+def _nginx_quote(text: str) -> str:
+    """A double-quoted nginx string. Our pages never need quotes, backslashes or ``$``, so
+    instead of escaping them we refuse them (``$`` would be expanded as a variable)."""
+    if _UNQUOTABLE.search(text.rstrip("\n")):
+        raise ValueError(f"text cannot be placed in an nginx string: {text!r}")
+    return '"' + text.rstrip("\n") + '\\n"'

@@ -1,0 +1,324 @@
+"""App operations over the store: each one validates fully before it writes, in one transaction.
+
+Every function takes the caller's ``tenant_id`` and only ever sees that tenant's rows: another
+tenant's app is simply not found.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from berth.domain.names import validate_app_name, validate_domain
+from berth.errors import Conflict, InvalidInput, NotFound
+from berth.services import validation as v
+from berth.settings import Settings
+from berth.store.tables import App, Deployment, Domain, Instance, Release, new_id
+
+ImageResolver = Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    name: str
+    memory: str | int = "256M"
+    cpus: float | str = 0.5
+    port: int = 8080
+    health_path: str | None = "/"
+
+
+def get_app(session: Session, tenant_id: str, name: str) -> App:
+    app = session.scalar(select(App).where(App.tenant_id == tenant_id, App.name == name))
+    if app is None:
+        raise NotFound(f"app {name!r} not found", code="app_not_found")
+    return app
+
+
+def list_apps(session: Session, tenant_id: str) -> list[App]:
+    return list(session.scalars(select(App).where(App.tenant_id == tenant_id).order_by(App.name)))
+
+
+def create_app(session: Session, settings: Settings, tenant_id: str, spec: AppSpec) -> App:
+    name = validate_app_name(spec.name)
+    memory_mb = v.parse_memory_mb(spec.memory, settings.memory_min_mb, settings.memory_max_mb)
+    cpus_milli = v.parse_cpus_milli(spec.cpus, settings.cpus_min, settings.cpus_max)
+    port = v.validate_port(spec.port)
+    health_path = v.validate_health_path(spec.health_path)
+    if session.scalar(select(App.id).where(App.name == name)) is not None:
+        raise Conflict(f"app name {name!r} is taken", code="app_exists")
+    hostname = f"{name}.{settings.base_domain}"
+    if session.scalar(select(Domain.id).where(Domain.hostname == hostname)) is not None:
+        raise Conflict(f"{hostname} is already a domain of another app", code="domain_taken")
+    app = App(
+        id=new_id(),
+        tenant_id=tenant_id,
+        name=name,
+        memory_mb=memory_mb,
+        cpus_milli=cpus_milli,
+        port=port,
+        health_path=health_path,
+        scale=1,
+        config_json="{}",
+    )
+    session.add(app)
+    session.commit()
+    return app
+
+
+def delete_app(session: Session, tenant_id: str, name: str) -> None:
+    """Desired state goes at once; the reconciler then removes containers, routes and network."""
+    app = get_app(session, tenant_id, name)
+    for model in (Domain, Deployment, Release):
+        for row in session.scalars(select(model).where(model.app_id == app.id)):
+            session.delete(row)
+    session.delete(app)
+    session.commit()
+
+
+def scale_app(session: Session, settings: Settings, tenant_id: str, name: str, n: int) -> App:
+    app = get_app(session, tenant_id, name)
+    app.scale = v.validate_scale(n, settings.max_scale)
+    session.commit()
+    return app
+
+
+def app_config(app: App) -> dict[str, str]:
+    return dict(json.loads(app.config_json))
+
+
+def list_releases(session: Session, app: App) -> list[Release]:
+    stmt = select(Release).where(Release.app_id == app.id).order_by(Release.version.desc())
+    return list(session.scalars(stmt))
+
+
+def get_release(session: Session, release_id: str | None) -> Release | None:
+    return session.get(Release, release_id) if release_id else None
+
+
+def current_release(session: Session, app: App) -> Release | None:
+    """The release new config and restarts build on: the target, else the serving one."""
+    return get_release(session, app.target_release_id or app.serving_release_id)
+
+
+def deploy_image(
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    name: str,
+    image_ref: str,
+    resolve: ImageResolver,
+    description: str = "",
+) -> tuple[Release, Deployment]:
+    app = get_app(session, tenant_id, name)
+    if not image_ref or len(image_ref) > 255 or any(c.isspace() for c in image_ref):
+        raise InvalidInput("image reference is empty or malformed", code="invalid_image")
+    image_id = resolve(image_ref)
+    if image_id is None:
+        raise InvalidInput(
+            f"image {image_ref!r} is not on this machine (no registry is configured to pull from)",
+            code="image_not_found",
+        )
+    release = _new_release(app, image_ref, image_id, app_config(app), description or "deploy")
+    session.add(release)
+    deployment = _start_rollout(session, settings, app, release, app.generation, "deploy")
+    session.commit()
+    return release, deployment
+
+
+def set_config(
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    name: str,
+    set_values: dict[str, str],
+    unset_keys: list[str],
+) -> tuple[dict[str, str], Release | None, Deployment | None]:
+    app = get_app(session, tenant_id, name)
+    v.validate_config(set_values)
+    v.validate_config_keys(unset_keys)
+    config = app_config(app)
+    missing = [k for k in unset_keys if k not in config]
+    if missing:
+        raise InvalidInput(f"config keys not set: {', '.join(missing)}", code="config_not_set")
+    config.update(set_values)
+    for key in unset_keys:
+        del config[key]
+    if len(config) > v.MAX_CONFIG_KEYS:
+        raise InvalidInput(f"at most {v.MAX_CONFIG_KEYS} config keys", code="invalid_config")
+    app.config_json = json.dumps(config, sort_keys=True)
+    base = current_release(session, app)
+    if base is None:
+        session.commit()
+        return config, None, None
+    changed = sorted(set(set_values) | set(unset_keys))
+    release = _new_release(
+        app, base.image_ref, base.image_id, config, f"config: {' '.join(changed)}"
+    )
+    release.command_json = base.command_json
+    session.add(release)
+    deployment = _start_rollout(session, settings, app, release, app.generation, "config")
+    session.commit()
+    return config, release, deployment
+
+
+def rollback(
+    session: Session, settings: Settings, tenant_id: str, name: str, version: int | None
+) -> tuple[Release, Deployment]:
+    """Roll back by creating a new release that copies an older one (releases are immutable)."""
+    app = get_app(session, tenant_id, name)
+    serving = get_release(session, app.serving_release_id)
+    if version is None:
+        if serving is None:
+            raise InvalidInput("app has no serving release to roll back from", code="no_release")
+        stmt = (
+            select(Release)
+            .where(Release.app_id == app.id, Release.version < serving.version)
+            .order_by(Release.version.desc())
+        )
+        older = session.scalars(stmt).first()
+        if older is None:
+            raise InvalidInput("no earlier release to roll back to", code="no_release")
+    else:
+        older = session.scalar(
+            select(Release).where(Release.app_id == app.id, Release.version == version)
+        )
+        if older is None:
+            raise NotFound(f"release v{version} of {name!r} not found", code="release_not_found")
+    release = _new_release(
+        app,
+        older.image_ref,
+        older.image_id,
+        json.loads(older.config_json),
+        f"rollback to v{older.version}",
+    )
+    release.command_json = older.command_json
+    release.memory_mb, release.cpus_milli = older.memory_mb, older.cpus_milli
+    release.port, release.health_path = older.port, older.health_path
+    session.add(release)
+    app.config_json = older.config_json
+    deployment = _start_rollout(session, settings, app, release, app.generation, "rollback")
+    session.commit()
+    return release, deployment
+
+
+def restart_app(session: Session, settings: Settings, tenant_id: str, name: str) -> Deployment:
+    """A start-first replacement of every instance: same release, next generation."""
+    app = get_app(session, tenant_id, name)
+    release = current_release(session, app)
+    if release is None:
+        raise InvalidInput(f"app {name!r} has no release to restart", code="no_release")
+    app.generation += 1
+    deployment = _start_rollout(session, settings, app, release, app.generation, "restart")
+    session.commit()
+    return deployment
+
+
+def get_deployment(session: Session, tenant_id: str, name: str, deployment_id: str) -> Deployment:
+    app = get_app(session, tenant_id, name)
+    dep = session.scalar(
+        select(Deployment).where(Deployment.id == deployment_id, Deployment.app_id == app.id)
+    )
+    if dep is None:
+        raise NotFound(f"deployment {deployment_id!r} not found", code="deployment_not_found")
+    return dep
+
+
+def list_instances(session: Session, app: App) -> list[Instance]:
+    stmt = select(Instance).where(Instance.app_id == app.id).order_by(Instance.seq)
+    return list(session.scalars(stmt))
+
+
+def add_domain(
+    session: Session, settings: Settings, tenant_id: str, name: str, hostname: str
+) -> Domain:
+    app = get_app(session, tenant_id, name)
+    hostname = validate_domain(hostname)
+    base = settings.base_domain
+    if hostname == base or hostname.endswith("." + base):
+        raise InvalidInput(
+            f"domains under {base} are reserved for app names", code="domain_reserved"
+        )
+    existing = session.scalar(select(Domain).where(Domain.hostname == hostname))
+    if existing is not None:
+        raise Conflict(f"domain {hostname} already belongs to an app", code="domain_taken")
+    count = session.scalar(select(func.count(Domain.id)).where(Domain.app_id == app.id)) or 0
+    if count >= 100:
+        raise InvalidInput("at most 100 domains per app", code="too_many_domains")
+    domain = Domain(id=new_id(), app_id=app.id, tenant_id=tenant_id, hostname=hostname)
+    session.add(domain)
+    session.commit()
+    return domain
+
+
+def list_domains(session: Session, app: App) -> list[Domain]:
+    return list(
+        session.scalars(select(Domain).where(Domain.app_id == app.id).order_by(Domain.hostname))
+    )
+
+
+def remove_domain(session: Session, tenant_id: str, name: str, hostname: str) -> None:
+    app = get_app(session, tenant_id, name)
+    domain = session.scalar(
+        select(Domain).where(Domain.app_id == app.id, Domain.hostname == hostname)
+    )
+    if domain is None:
+        raise NotFound(f"domain {hostname!r} is not on app {name!r}", code="domain_not_found")
+    session.delete(domain)
+    session.commit()
+
+
+def _new_release(
+    app: App, image_ref: str, image_id: str, config: dict[str, str], description: str
+) -> Release:
+    release = Release(
+        id=new_id(),
+        app_id=app.id,
+        tenant_id=app.tenant_id,
+        version=app.next_version,
+        image_ref=image_ref,
+        image_id=image_id,
+        config_json=json.dumps(config, sort_keys=True),
+        command_json=None,
+        memory_mb=app.memory_mb,
+        cpus_milli=app.cpus_milli,
+        port=app.port,
+        health_path=app.health_path,
+        description=description[:255],
+    )
+    app.next_version += 1
+    return release
+
+
+def _start_rollout(
+    session: Session, settings: Settings, app: App, release: Release, generation: int, kind: str
+) -> Deployment:
+    """Point the app's target at a revision; a rollout still in progress is superseded."""
+    now = time.time()
+    if app.deployment_id:
+        previous = session.get(Deployment, app.deployment_id)
+        if previous is not None and previous.status == "in_progress":
+            previous.status = "superseded"
+            previous.message = f"superseded by v{release.version}"
+            previous.finished_at = now
+    deployment = Deployment(
+        id=new_id(),
+        app_id=app.id,
+        tenant_id=app.tenant_id,
+        release_id=release.id,
+        generation=generation,
+        kind=kind,
+        status="in_progress",
+        message=f"rolling out v{release.version}",
+        started_at=now,
+        deadline=now + settings.deploy_timeout_seconds,
+    )
+    session.add(deployment)
+    app.target_release_id = release.id
+    app.target_generation = generation
+    app.deployment_id = deployment.id
+    return deployment

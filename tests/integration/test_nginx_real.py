@@ -1,0 +1,334 @@
+"""The routing layer against a real nginx on a random loopback port.
+
+Every test gets its own conf dir and port; a finalizer stops whatever nginx master that dir's
+pid file names, even when the test failed or the manager object is long gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+import berth.proxy.nginx as nginx_module
+from berth.errors import ProxyConfigError
+from berth.proxy.model import ProxyConfig, Route, Upstream
+from berth.proxy.nginx import NginxManager
+
+NGINX = "/usr/sbin/nginx"
+pytestmark = [
+    pytest.mark.nginx,
+    pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="needs nginx at /usr/sbin/nginx"),
+]
+HOST = "app.example.test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Backend:
+    """A tiny HTTP server on a loopback port that answers 200 with a fixed body."""
+
+    def __init__(self, body: str) -> None:
+        encoded = body.encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(encoded)))
+                self.send_header("X-Seen-Host", self.headers.get("Host", ""))
+                self.send_header("X-Seen-Request-Id", self.headers.get("X-Request-Id", ""))
+                self.end_headers()
+                self.wfile.write(encoded)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port: int = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.running = True
+
+    def upstream(self) -> Upstream:
+        return Upstream("127.0.0.1", self.port)
+
+    def stop(self) -> None:
+        if self.running:
+            self.server.shutdown()
+            self.server.server_close()
+            self.running = False
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[[str], Backend]]:
+    started: list[Backend] = []
+
+    def start(body: str) -> Backend:
+        backend = Backend(body)
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        backend.stop()
+
+
+@pytest.fixture
+def conf_dir(tmp_path: Path) -> Iterator[Path]:
+    directory = tmp_path / "nginx"
+    yield directory
+    # Whoever started it (a manager, a killed child process), stop it.
+    NginxManager(directory, nginx_binary=NGINX, listen_host="127.0.0.1").stop()
+    pid_file = directory / "nginx.pid"
+    if pid_file.exists():  # not ours by command line, yet named by our pid file
+        pytest.fail(f"nginx still running after the test: {pid_file.read_text()}")
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def manager(conf_dir: Path, port: int) -> NginxManager:
+    return NginxManager(conf_dir, nginx_binary=NGINX, listen_host="127.0.0.1", listen_port=port)
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=5.0, trust_env=False) as c:
+        yield c
+
+
+def serving(*backends: Backend, hostnames: tuple[str, ...] = (HOST,)) -> Route:
+    return Route(
+        app_id="a1",
+        app_name="hello",
+        tenant_id="t1",
+        hostnames=hostnames,
+        upstreams=tuple(b.upstream() for b in backends),
+        state="serving",
+    )
+
+
+def get(client: httpx.Client, port: int, host: str, path: str = "/") -> httpx.Response:
+    return client.get(f"http://127.0.0.1:{port}{path}", headers={"Host": host})
+
+
+def test_routes_a_domain_to_its_instance(
+    manager: NginxManager, backends: Callable[[str], Backend], client: httpx.Client, port: int
+) -> None:
+    backend = backends("hello-A")
+    assert manager.apply(manager.config((serving(backend),), 1)) is True
+    assert manager.wait_for_generation(1, timeout=5)
+
+    response = get(client, port, HOST)
+    assert response.status_code == 200
+    assert response.text == "hello-A"
+    assert response.headers["X-Seen-Host"] == HOST
+    assert response.headers["X-Seen-Request-Id"]  # nginx's $request_id reached the app
+    assert "server" not in response.headers or response.headers["server"] == "nginx"
+
+
+def test_unknown_host_gets_the_404_page(
+    manager: NginxManager, backends: Callable[[str], Backend], client: httpx.Client, port: int
+) -> None:
+    manager.apply(manager.config((serving(backends("hello-A")),), 1))
+    response = get(client, port, "other.example.test")
+    assert response.status_code == 404
+    assert "No app is configured for this host" in response.text
+    assert response.headers["content-type"].startswith("text/html")
+
+
+def test_no_instances_and_suspended_pages(
+    manager: NginxManager, client: httpx.Client, port: int
+) -> None:
+    routes = (
+        Route("a1", "hello", "t1", ("hello.example.test",), (), "no_instances"),
+        Route("b2", "shop", "t2", ("shop.example.test",), (Upstream("127.0.0.1", 1),), "suspended"),
+    )
+    manager.apply(manager.config(routes, 1))
+
+    empty = get(client, port, "hello.example.test")
+    assert empty.status_code == 503
+    assert "hello has no healthy instances" in empty.text
+    assert empty.headers["retry-after"] == "30"
+
+    suspended = get(client, port, "shop.example.test")
+    assert suspended.status_code == 503
+    assert "This app is suspended" in suspended.text
+
+
+def test_every_instance_down_gives_a_clear_502_page(
+    manager: NginxManager, backends: Callable[[str], Backend], client: httpx.Client, port: int
+) -> None:
+    backend = backends("hello-A")
+    manager.apply(manager.config((serving(backend),), 1))
+    backend.stop()
+    response = get(client, port, HOST)
+    assert response.status_code == 502
+    assert "hello is not responding" in response.text
+
+
+def test_reload_goes_live_and_identical_config_does_not_reload(
+    manager: NginxManager, backends: Callable[[str], Backend], client: httpx.Client, port: int
+) -> None:
+    a, b = backends("hello-A"), backends("hello-B")
+    manager.apply(manager.config((serving(a),), 1))
+    pid = manager.pid()
+
+    assert manager.apply(manager.config((serving(b),), 2)) is True
+    assert manager.wait_for_generation(2, timeout=5)
+    assert get(client, port, HOST).text == "hello-B"
+    assert manager.reload_count == 1
+    assert manager.pid() == pid  # a reload, not a restart
+
+    assert manager.apply(manager.config((serving(b),), 2)) is False
+    assert manager.reload_count == 1
+
+
+def test_rejected_config_keeps_the_old_one_serving(
+    manager: NginxManager,
+    backends: Callable[[str], Backend],
+    client: httpx.Client,
+    port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager.apply(manager.config((serving(backends("hello-A")),), 1))
+    live = manager.conf_path.read_text()
+
+    monkeypatch.setattr(
+        nginx_module, "render_nginx_conf", lambda cfg, paths: "this is { not nginx;\n"
+    )
+    with pytest.raises(ProxyConfigError, match="nginx rejected the configuration"):
+        manager.apply(manager.config((), 2))
+
+    assert manager.conf_path.read_text() == live
+    assert not list(manager.conf_dir.glob(".nginx.conf.*"))  # no temp file left behind
+    assert manager.reload_count == 0
+    assert get(client, port, HOST).text == "hello-A"
+    assert manager.wait_for_generation(1, timeout=1)
+
+
+def test_invalid_route_is_a_proxy_config_error_and_changes_nothing(
+    manager: NginxManager, backends: Callable[[str], Backend], client: httpx.Client, port: int
+) -> None:
+    manager.apply(manager.config((serving(backends("hello-A")),), 1))
+    evil = serving(backends("evil"), hostnames=("x.example.test; return 200 pwned",))
+    with pytest.raises(ProxyConfigError, match="invalid hostname"):
+        manager.apply(manager.config((evil,), 2))
+    assert get(client, port, HOST).text == "hello-A"
+
+
+def test_config_for_another_port_is_refused(manager: NginxManager) -> None:
+    with pytest.raises(ProxyConfigError, match="listens on"):
+        manager.apply(ProxyConfig("127.0.0.1", manager.listen_port + 1, (), 1))
+
+
+def test_nginx_outlives_the_manager_and_is_adopted(
+    conf_dir: Path, port: int, backends: Callable[[str], Backend], client: httpx.Client
+) -> None:
+    backend = backends("hello-A")
+    first = NginxManager(conf_dir, nginx_binary=NGINX, listen_host="127.0.0.1", listen_port=port)
+    first.apply(first.config((serving(backend),), 1))
+    pid = first.pid()
+    assert pid is not None
+    del first
+
+    assert get(client, port, HOST).text == "hello-A"
+    second = NginxManager(conf_dir, nginx_binary=NGINX, listen_host="127.0.0.1", listen_port=port)
+    assert second.ensure_running() == pid  # adopted, not restarted
+    assert second.is_running()
+    assert second.apply(second.config((serving(backend),), 1)) is False  # already live
+    assert second.reload_count == 0
+    assert second.pid() == pid
+
+
+def test_nginx_survives_sigkill_of_the_berth_process(
+    conf_dir: Path, port: int, backends: Callable[[str], Backend], client: httpx.Client
+) -> None:
+    backend = backends("hello-A")
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from berth.proxy.model import Route, Upstream
+        from berth.proxy.nginx import NginxManager
+        m = NginxManager(Path({str(conf_dir)!r}), nginx_binary={NGINX!r},
+                         listen_host="127.0.0.1", listen_port={port})
+        route = Route("a1", "hello", "t1", ({HOST!r},), (Upstream("127.0.0.1", {backend.port}),),
+                      "serving")
+        m.apply(m.config((route,), 1))
+        print(m.pid(), flush=True)
+        time.sleep(60)
+        """
+    )
+    berth = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert berth.stdout is not None
+        pid = int(berth.stdout.readline())
+    finally:
+        berth.send_signal(signal.SIGKILL)
+        berth.wait(timeout=10)
+
+    assert get(client, port, HOST).text == "hello-A"
+    adopter = NginxManager(conf_dir, nginx_binary=NGINX, listen_host="127.0.0.1", listen_port=port)
+    assert adopter.ensure_running() == pid
+
+
+def test_a_stopped_instance_costs_no_failed_request(
+    manager: NginxManager, backends: Callable[[str], Backend], client: httpx.Client, port: int
+) -> None:
+    alive, dying = backends("hello-A"), backends("hello-B")
+    manager.apply(manager.config((serving(alive, dying),), 1))
+    assert {get(client, port, HOST).text for _ in range(10)} == {"hello-A", "hello-B"}
+
+    dying.stop()
+    responses = [get(client, port, HOST) for _ in range(50)]
+    assert [r.status_code for r in responses] == [200] * 50
+    assert {r.text for r in responses} == {"hello-A"}
+
+
+def test_ensure_running_on_a_fresh_dir_serves_the_default_server(
+    manager: NginxManager, client: httpx.Client, port: int
+) -> None:
+    pid = manager.ensure_running()
+    assert manager.ensure_running() == pid
+    assert manager.wait_for_generation(0, timeout=5)
+    assert get(client, port, HOST).status_code == 404
+
+
+def test_apply_restarts_a_stopped_nginx_even_when_the_config_is_unchanged(
+    manager: NginxManager, backends: Callable[[str], Backend], client: httpx.Client, port: int
+) -> None:
+    cfg = manager.config((serving(backends("hello-A")),), 1)
+    manager.apply(cfg)
+    manager.stop()
+    assert not manager.is_running()
+    assert manager.apply(cfg) is False
+    assert manager.is_running()
+    assert get(client, port, HOST).text == "hello-A"
+
+
+def test_stop_stops_it(manager: NginxManager, port: int) -> None:
+    manager.ensure_running()
+    manager.stop()
+    assert not manager.is_running()
+    with pytest.raises(httpx.ConnectError), httpx.Client(trust_env=False) as c:
+        c.get(f"http://127.0.0.1:{port}/")
