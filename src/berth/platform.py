@@ -15,10 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from berth.agent.health import HealthMonitor
 from berth.builds.protocol import ImageBuilder
+from berth.controllers.billing import BillingController
 from berth.controllers.reconciler import Reconciler
 from berth.proxy.nginx import NginxManager
 from berth.runtime.protocol import Runtime
+from berth.services.accounts import LoginLimiter
 from berth.services.bootstrap import ensure_admin, installation_id
+from berth.services.webhooks import WebhookSender
 from berth.settings import Settings
 from berth.store.db import make_engine, make_sessionmaker, migrate
 
@@ -36,6 +39,9 @@ class Platform:
     nginx: NginxManager | None = None
     health: HealthMonitor | None = None
     reconciler: Reconciler | None = None
+    billing: BillingController | None = None
+    webhooks: WebhookSender | None = None
+    login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
 
     @property
@@ -47,6 +53,11 @@ class Platform:
         if self.reconciler is not None:
             self.reconciler.trigger()
 
+    def billing_kick(self) -> None:
+        """Re-evaluate arrears soon after a top-up (resume without waiting for the next pass)."""
+        if self.billing is not None and self.started:
+            self.billing.kick()
+
     def start_loops(self) -> None:
         if self.nginx is not None:
             self.nginx.ensure_running()
@@ -54,10 +65,17 @@ class Platform:
             self.health.start()
         if self.reconciler is not None:
             self.reconciler.start()
+        if self.billing is not None:
+            self.billing.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         self.started = True
 
     def stop_loops(self) -> None:
         """Stop Berth's own threads. Containers and nginx keep serving (the data plane)."""
+        for loop in (self.webhooks, self.billing):
+            if loop is not None:
+                loop.stop()
         if self.reconciler is not None:
             self.reconciler.stop()
         if self.health is not None:
@@ -84,7 +102,7 @@ def build_platform(settings: Settings) -> Platform:
 
     engine, sessions, inst = open_store(settings)
     with sessions() as session:
-        ensure_admin(session, settings.home / "admin-token")
+        ensure_admin(session, settings.home / "admin-token", settings.currency)
     runtime = DockerRuntime(inst, settings.docker_url)
     client = (
         docker.DockerClient(base_url=settings.docker_url, version="auto")
@@ -107,4 +125,8 @@ def build_platform(settings: Settings) -> Platform:
     reconciler = Reconciler(settings, sessions, runtime, nginx, health)
     health.on_change = reconciler.trigger
     platform.health, platform.reconciler = health, reconciler
+    platform.billing = BillingController(
+        settings, sessions, on_suspension_change=reconciler.trigger
+    )
+    platform.webhooks = WebhookSender(settings, sessions)
     return platform

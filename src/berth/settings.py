@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     health_interval_seconds: float = Field(default=1.0, gt=0)
     proxy_coalesce_seconds: float = Field(default=0.2, ge=0)
     pids_limit: int = Field(default=256, ge=16)
+    currency: str = "EUR"
+    low_balance_threshold_minor: int = Field(default=500, ge=0)
+    arrears_grace_seconds: float = Field(default=72 * 3600, ge=0)
+    payment_webhook_secret: str = ""  # empty: the payment webhook is off
+    billing_webhook_url: str = ""  # where outgoing billing events go; empty: not sent
+    billing_webhook_secret: str = ""
+    billing_interval_seconds: float = Field(default=60.0, gt=0)
+    webhook_interval_seconds: float = Field(default=5.0, gt=0)
     memory_min_mb: int = 16
     memory_max_mb: int = 16384
     cpus_min: float = 0.05

@@ -8,7 +8,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from berth import __version__
-from berth.api import routes_apps, routes_builds, routes_system
+from berth.api import (
+    routes_accounts,
+    routes_admin,
+    routes_apps,
+    routes_billing,
+    routes_builds,
+    routes_system,
+)
+from berth.api.audit import install_audit
 from berth.api.errors import install_error_handlers
 from berth.platform import Platform
 
@@ -34,7 +42,16 @@ def create_app(platform: Platform, run_loops: bool = False) -> FastAPI:
     )
     app.state.platform = platform
     install_error_handlers(app)
-    for router in (routes_system.router, routes_apps.router, routes_builds.router):
+    install_audit(app)
+    routers = (
+        routes_system.router,
+        routes_accounts.router,
+        routes_apps.router,
+        routes_builds.router,
+        routes_billing.router,
+        routes_admin.router,
+    )
+    for router in routers:
         app.include_router(router, prefix=API_PREFIX)
 
     @app.get("/healthz", include_in_schema=False)

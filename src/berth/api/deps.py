@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -15,6 +15,7 @@ from berth.services.auth import Principal, authenticate
 from berth.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
+SESSION_COOKIE = "berth_session"
 
 
 def get_platform(request: Request) -> Platform:
@@ -41,10 +42,16 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_principal(
+    request: Request,
     session: SessionDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    x_berth_tenant: Annotated[
+        str | None, Header(description="Act in this tenant (a team you belong to).")
+    ] = None,
 ) -> Principal:
-    principal = authenticate(session, creds.credentials if creds else None)
+    secret = creds.credentials if creds else request.cookies.get(SESSION_COOKIE)
+    principal = authenticate(session, secret, x_berth_tenant or None)
+    request.state.principal = principal  # for the audit log
     return principal
 
 
@@ -52,18 +59,30 @@ CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
 def require_write(principal: CurrentPrincipal) -> Principal:
-    if not principal.scopes & {"deploy", "admin"}:
-        raise Forbidden("this token may only read", code="read_only")
+    if not principal.can_deploy:
+        raise Forbidden(
+            f"your role ({principal.role}) or token scope ({principal.scope}) may only read",
+            code="read_only",
+        )
     return principal
 
 
 Writer = Annotated[Principal, Depends(require_write)]
 
 
-def require_admin(principal: CurrentPrincipal) -> Principal:
-    if not principal.is_admin or "admin" not in principal.scopes:
-        raise Forbidden("platform operators only", code="admin_only")
+def require_manager(principal: CurrentPrincipal) -> Principal:
+    if not principal.can_manage:
+        raise Forbidden("owners only (with an admin-scoped token)", code="owner_only")
     return principal
 
 
-Admin = Annotated[Principal, Depends(require_admin)]
+Manager = Annotated[Principal, Depends(require_manager)]
+
+
+def require_operator(principal: CurrentPrincipal) -> Principal:
+    if not principal.is_operator:
+        raise Forbidden("platform operators only", code="operator_only")
+    return principal
+
+
+Operator = Annotated[Principal, Depends(require_operator)]

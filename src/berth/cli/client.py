@@ -33,6 +33,7 @@ def config_path() -> Path:
 class CliConfig:
     api_url: str
     token: str | None
+    tenant: str | None = None
 
     @staticmethod
     def load() -> CliConfig:
@@ -48,6 +49,7 @@ class CliConfig:
         return CliConfig(
             api_url=os.environ.get("BERTH_API_URL") or data.get("api_url") or DEFAULT_API_URL,
             token=os.environ.get("BERTH_TOKEN") or data.get("token"),
+            tenant=os.environ.get("BERTH_TENANT") or data.get("tenant"),
         )
 
     def save(self) -> Path:
@@ -55,13 +57,17 @@ class CliConfig:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump({"api_url": self.api_url, "token": self.token}, fh, indent=2)
+            json.dump(
+                {"api_url": self.api_url, "token": self.token, "tenant": self.tenant}, fh, indent=2
+            )
         return path
 
 
 class ApiClient:
     def __init__(self, config: CliConfig, timeout: float = 60.0):
         headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+        if config.tenant:
+            headers["X-Berth-Tenant"] = config.tenant
         self.base = config.api_url.rstrip("/") + "/api/v1"
         self.http = httpx.Client(headers=headers, timeout=timeout)
 

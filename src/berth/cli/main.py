@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from berth.cli import server_cmd
+from berth.cli import accounts_cmd, server_cmd
 from berth.cli.client import ApiClient, CliConfig, CliError
 from berth.cli.output import ago, console, emit, err_console, fail, print_json, table
 
@@ -30,6 +30,19 @@ app.add_typer(config_app, name="config")
 app.add_typer(domains_app, name="domains")
 app.add_typer(server_cmd.server_app, name="server")
 app.add_typer(server_cmd.images_app, name="images")
+app.add_typer(accounts_cmd.tokens_app, name="tokens")
+app.add_typer(accounts_cmd.teams_app, name="teams")
+app.add_typer(accounts_cmd.billing_app, name="billing")
+app.add_typer(accounts_cmd.admin_app, name="admin")
+for _cmd in (
+    accounts_cmd.signup,
+    accounts_cmd.login,
+    accounts_cmd.logout,
+    accounts_cmd.whoami,
+    accounts_cmd.switch,
+    accounts_cmd.audit,
+):
+    app.command()(_cmd)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
@@ -423,24 +436,6 @@ def domains_remove(name: str, hostname: str, as_json: JsonOpt = False) -> None:
     """Stop routing HOSTNAME to the app."""
     client().delete(f"/apps/{name}/domains/{hostname}")
     emit({"removed": hostname}, as_json, lambda _: console.print(f"Removed {hostname} from {name}"))
-
-
-# -- login ----------------------------------------------------------------------------------
-
-
-@app.command()
-def login(
-    api_url: Annotated[str, typer.Option(help="Berth API URL.")] = "http://127.0.0.1:8700",
-    token_file: Annotated[Path | None, typer.Option(help="File holding an API token.")] = None,
-) -> None:
-    """Save the API URL and a token for later commands."""
-    token = (
-        token_file.read_text().strip() if token_file else typer.prompt("API token", hide_input=True)
-    )
-    cfg = CliConfig(api_url, token)
-    ApiClient(cfg).get("/status")
-    path = cfg.save()
-    console.print(f"Logged in to {api_url} (saved in {path})")
 
 
 def main() -> None:

@@ -13,12 +13,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.agent.health import LABEL_HEALTH_PATH, HealthMonitor
+from berth.controllers.metering import (
+    LABEL_CPUS_MILLI,
+    LABEL_MEMORY_MB,
+    close_interval,
+    record_intervals,
+)
 from berth.controllers.snapshot import AppView, load_apps, release_env
 from berth.domain.model import ObservedInstance, Revision
 from berth.domain.reconcile import (
@@ -53,6 +60,7 @@ from berth.store.tables import App, Deployment, Instance, Meta, new_id
 log = logging.getLogger(__name__)
 
 NETWORK_PREFIX = "berth-t-"
+STOP_TIMEOUT_SECONDS = 10.0
 LOG_TAIL_LINES = 20
 
 
@@ -89,6 +97,8 @@ class Reconciler:
         self._routes_hash: str | None = None
         self._generation = 0
         self._seq = int(self.clock() * 1000)
+        self._removing: set[str] = set()
+        self._removals = ThreadPoolExecutor(max_workers=8, thread_name_prefix="berth-remove")
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -101,6 +111,7 @@ class Reconciler:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self._removals.shutdown(wait=False)
 
     def trigger(self) -> None:
         self._wake.set()
@@ -125,8 +136,9 @@ class Reconciler:
             now = self.clock()
             with self.sessions() as session:
                 apps = load_apps(session)
-                containers = self.runtime.list()
+                containers = self._list()
                 self._record_observed(session, containers, now)
+                record_intervals(session, containers, now)
                 observed = self._observe(session, containers)
                 plan = plan_reconcile([a.desired for a in apps], observed, now)
                 by_id = {a.id: a for a in apps}
@@ -310,6 +322,8 @@ class Reconciler:
                 LABEL_INSTANCE: instance_id,
                 LABEL_NODE: self.node,
                 LABEL_HEALTH_PATH: release.health_path or "",
+                LABEL_MEMORY_MB: str(release.memory_mb),
+                LABEL_CPUS_MILLI: str(release.cpus_milli),
             },
             env=release_env(release),
             command=command,
@@ -336,17 +350,30 @@ class Reconciler:
         )
 
     def _remove(self, session: Session, plan: Plan) -> None:
+        """Stop and remove in the background: a process that ignores SIGTERM holds its stop for
+        the whole timeout, and that must not hold up the loop. Until the engine confirms, the
+        container is left out of every observation, so no pass plans it twice."""
         for action in plan.actions:
-            if not isinstance(action, RemoveInstance):
+            if not isinstance(action, RemoveInstance) or action.container_id in self._removing:
                 continue
-            try:
-                self.runtime.remove(action.container_id, stop_timeout=10)
-            except Exception as exc:
-                log.warning("removing %s failed: %s", action.container_id, exc)
-                continue
+            self._removing.add(action.container_id)
             self.routed.discard(action.container_id)
+            close_interval(session, action.container_id, self.clock())
             session.execute(delete(Instance).where(Instance.container_id == action.container_id))
+            self._removals.submit(self._remove_container, action.container_id)
         session.flush()
+
+    def _remove_container(self, container_id: str) -> None:
+        try:
+            self.runtime.remove(container_id, stop_timeout=STOP_TIMEOUT_SECONDS)
+        except Exception as exc:
+            log.warning("removing %s failed (will retry): %s", container_id, exc)
+        finally:
+            self._removing.discard(container_id)
+            self.trigger()
+
+    def _list(self) -> list[ContainerInfo]:
+        return [c for c in self.runtime.list() if c.id not in self._removing]
 
     def _record_waiting(self, session: Session, plan: Plan) -> None:
         for wait in plan.waiting:
@@ -378,7 +405,7 @@ class Reconciler:
 
     def _sync_routes(self, session: Session, apps: list[AppView], removing: set[str]) -> None:
         """Route every running, healthy instance that is not about to go; reload on change."""
-        containers = {c.id: c for c in self.runtime.list() if c.state == "running"}
+        containers = {c.id: c for c in self._list() if c.state == "running"}
         routes = []
         routed: set[str] = set()
         for app in apps:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from berth.domain.model import DesiredApp, Revision
-from berth.store.tables import App, Deployment, Domain, Release
+from berth.store.tables import App, Deployment, Domain, Release, Tenant
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ def load_apps(session: Session) -> list[AppView]:
     releases = {
         r.id: r for r in session.scalars(select(Release).where(Release.id.in_(release_ids)))
     }
+    suspended = set(session.scalars(select(Tenant.id).where(Tenant.suspended_at.is_not(None))))
     views = []
     for app in apps:
         dep = deployments.get(app.deployment_id or "")
@@ -52,9 +53,10 @@ def load_apps(session: Session) -> list[AppView]:
             if app.serving_release_id
             else None
         )
+        # A suspended tenant's apps run nothing; their own scale is kept for the resume.
         desired = DesiredApp(
             app_id=app.id,
-            scale=app.scale,
+            scale=0 if app.tenant_id in suspended else app.scale,
             target=target,
             serving=serving,
             deployment_id=dep.id if dep else None,
@@ -66,7 +68,15 @@ def load_apps(session: Session) -> list[AppView]:
             if rid and rid in releases
         }
         views.append(
-            AppView(app.id, app.tenant_id, app.name, desired, tuple(domains.get(app.id, [])), mine)
+            AppView(
+                app.id,
+                app.tenant_id,
+                app.name,
+                desired,
+                tuple(domains.get(app.id, [])),
+                mine,
+                suspended=app.tenant_id in suspended,
+            )
         )
     return views
 

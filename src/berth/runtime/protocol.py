@@ -7,7 +7,7 @@ container that lacks ``berth.managed=true`` and this installation's ``berth.inst
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -103,8 +103,46 @@ class Runtime(Protocol):
 
     def logs(self, container_id: str, tail: int = 100) -> str: ...
 
-    def follow_logs(self, container_id: str, tail: int = 100) -> Iterator[str]: ...
+    def follow_logs(self, container_id: str, tail: int = 100) -> Generator[str, None, None]:
+        """Printed lines (without line breaks) until the container stops. ``close()`` the
+        generator to stop following early; that releases the engine connection."""
+        ...
 
     def image_id(self, ref: str) -> str | None:
         """The local image id (sha256:...) for a reference, or None when absent."""
         ...
+
+
+# Network modes that would share the host's (or another container's) network namespace, or leave
+# the app unreachable. A tenant container always joins its tenant's bridge network.
+_REFUSED_NETWORKS = frozenset({"", "host", "none"})
+
+
+def owner_labels(installation: str) -> dict[str, str]:
+    """The labels that mark an object as created by this Berth installation."""
+    return {LABEL_MANAGED: "true", LABEL_INSTALLATION: installation}
+
+
+def is_owned(labels: Mapping[str, str] | None, installation: str) -> bool:
+    """True when ``labels`` carry this installation's managed and installation labels."""
+    if not labels:
+        return False
+    return labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_INSTALLATION) == installation
+
+
+def container_labels(spec: ContainerSpec, installation: str, node: str) -> dict[str, str]:
+    """The labels a runtime puts on the container for ``spec``; raises ValueError on a bad spec.
+
+    Missing owner labels are added; conflicting ones are refused, because a container labelled
+    for another installation would be invisible to (and unmanageable by) the one creating it.
+    """
+    if spec.network in _REFUSED_NETWORKS or spec.network.startswith("container:"):
+        raise ValueError(f"network {spec.network!r} is not allowed for a tenant container")
+    if not 0 < spec.port < 65536:
+        raise ValueError(f"port {spec.port} is out of range")
+    labels = dict(spec.labels)
+    for key, value in owner_labels(installation).items():
+        if labels.setdefault(key, value) != value:
+            raise ValueError(f"label {key}={labels[key]!r} conflicts with this runtime ({value!r})")
+    labels[LABEL_NODE] = node
+    return labels

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from berth.billing.plans import QuotaDelta
 from berth.domain.names import validate_app_name, validate_domain
 from berth.errors import Conflict, InvalidInput, NotFound
 from berth.services import validation as v
+from berth.services.billing import check_quota_for, ensure_not_suspended
 from berth.settings import Settings
 from berth.store.tables import App, Deployment, Domain, Instance, Release, new_id
 
@@ -51,6 +53,7 @@ def create_app(session: Session, settings: Settings, tenant_id: str, spec: AppSp
     health_path = v.validate_health_path(spec.health_path)
     if session.scalar(select(App.id).where(App.name == name)) is not None:
         raise Conflict(f"app name {name!r} is taken", code="app_exists")
+    check_quota_for(session, tenant_id, QuotaDelta(apps=1))
     hostname = f"{name}.{settings.base_domain}"
     if session.scalar(select(Domain.id).where(Domain.hostname == hostname)) is not None:
         raise Conflict(f"{hostname} is already a domain of another app", code="domain_taken")
@@ -82,7 +85,15 @@ def delete_app(session: Session, tenant_id: str, name: str) -> None:
 
 def scale_app(session: Session, settings: Settings, tenant_id: str, name: str, n: int) -> App:
     app = get_app(session, tenant_id, name)
-    app.scale = v.validate_scale(n, settings.max_scale)
+    n = v.validate_scale(n, settings.max_scale)
+    if n > app.scale:
+        ensure_not_suspended(session, tenant_id)
+    if app.target_release_id or app.serving_release_id:
+        grow = n - app.scale
+        check_quota_for(
+            session, tenant_id, QuotaDelta(instances=grow, memory_mb=grow * app.memory_mb)
+        )
+    app.scale = n
     session.commit()
     return app
 
@@ -117,6 +128,13 @@ def deploy_image(
     app = get_app(session, tenant_id, name)
     if not image_ref or len(image_ref) > 255 or any(c.isspace() for c in image_ref):
         raise InvalidInput("image reference is empty or malformed", code="invalid_image")
+    ensure_not_suspended(session, tenant_id)
+    if not (app.target_release_id or app.serving_release_id):
+        check_quota_for(
+            session,
+            tenant_id,
+            QuotaDelta(instances=app.scale, memory_mb=app.scale * app.memory_mb),
+        )
     image_id = resolve(image_ref)
     if image_id is None:
         raise InvalidInput(
@@ -155,6 +173,7 @@ def set_config(
     if base is None:
         session.commit()
         return config, None, None
+    ensure_not_suspended(session, tenant_id)
     changed = sorted(set(set_values) | set(unset_keys))
     release = _new_release(
         app, base.image_ref, base.image_id, config, f"config: {' '.join(changed)}"
@@ -171,6 +190,7 @@ def rollback(
 ) -> tuple[Release, Deployment]:
     """Roll back by creating a new release that copies an older one (releases are immutable)."""
     app = get_app(session, tenant_id, name)
+    ensure_not_suspended(session, tenant_id)
     serving = get_release(session, app.serving_release_id)
     if version is None:
         if serving is None:
@@ -212,6 +232,7 @@ def restart_app(session: Session, settings: Settings, tenant_id: str, name: str)
     release = current_release(session, app)
     if release is None:
         raise InvalidInput(f"app {name!r} has no release to restart", code="no_release")
+    ensure_not_suspended(session, tenant_id)
     app.generation += 1
     deployment = _start_rollout(session, settings, app, release, app.generation, "restart")
     session.commit()
@@ -249,6 +270,7 @@ def add_domain(
     count = session.scalar(select(func.count(Domain.id)).where(Domain.app_id == app.id)) or 0
     if count >= 100:
         raise InvalidInput("at most 100 domains per app", code="too_many_domains")
+    check_quota_for(session, tenant_id, QuotaDelta(domains=1))
     domain = Domain(id=new_id(), app_id=app.id, tenant_id=tenant_id, hostname=hostname)
     session.add(domain)
     session.commit()

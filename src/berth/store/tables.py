@@ -39,11 +39,190 @@ class Meta(Base):
 
 
 class Tenant(Base):
+    """Owner of every resource. A user's personal tenant, or a team with members and roles."""
+
     __tablename__ = "tenants"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     is_admin: Mapped[bool] = mapped_column(default=False)
+    kind: Mapped[str] = mapped_column(String(16), default="personal")
+    plan_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    suspended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    below_zero_since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    low_balance_warned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class User(Base):
+    """A person who signs in. ``is_operator`` marks platform operators (not a tenant role)."""
+
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_operator: Mapped[bool] = mapped_column(default=False)
+    personal_tenant_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("tenant_id", "user_id"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Invitation(Base):
+    __tablename__ = "invitations"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(254))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    expires_at: Mapped[float] = mapped_column(Float)
+    accepted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class WebSession(Base):
+    """A panel/CLI login session: hashed at rest, expires, revoked at logout."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    expires_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ip: Mapped[str] = mapped_column(String(64), default="")
+
+
+class PlanRow(Base):
+    """An operator-defined plan; prices in minor units; a NULL limit means unlimited."""
+
+    __tablename__ = "plans"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    price_per_gb_hour_minor: Mapped[int] = mapped_column(Integer)
+    price_per_cpu_hour_minor: Mapped[int] = mapped_column(Integer)
+    included_gb_hours: Mapped[int] = mapped_column(Integer, default=0)
+    included_cpu_hours: Mapped[int] = mapped_column(Integer, default=0)
+    max_apps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_memory_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_domains: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class RunIntervalRow(Base):
+    """When an instance ran, from the engine's own start and stop times (metering's input)."""
+
+    __tablename__ = "run_intervals"
+    __table_args__ = (UniqueConstraint("container_id", "started_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    container_id: Mapped[str] = mapped_column(String(128), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), index=True)
+    app_id: Mapped[str] = mapped_column(String(32))
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    cpus_milli: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    stopped_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+
+
+class UsageRow(Base):
+    """Instance-ms per tenant, app, size and closed hour; the key makes it exactly once."""
+
+    __tablename__ = "usage_records"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), index=True)
+    app_id: Mapped[str] = mapped_column(String(32))
+    size: Mapped[str] = mapped_column(String(32))
+    hour_start: Mapped[int] = mapped_column(BigInteger, index=True)
+    instance_ms: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class LedgerTx(Base):
+    """One balanced ledger transaction; ``key`` is its idempotency key."""
+
+    __tablename__ = "ledger_transactions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    tenant_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    memo: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[float] = mapped_column(Float, default=now)
+    period_hour: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class LedgerEntryRow(Base):
+    __tablename__ = "ledger_entries"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tx_id: Mapped[str] = mapped_column(ForeignKey("ledger_transactions.id"), index=True)
+    account: Mapped[str] = mapped_column(String(100), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+
+
+class InvoiceRow(Base):
+    __tablename__ = "invoices"
+    __table_args__ = (UniqueConstraint("tenant_id", "period"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(32), index=True)
+    period: Mapped[str] = mapped_column(String(7))
+    currency: Mapped[str] = mapped_column(String(3))
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    lines_json: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Notification(Base):
+    __tablename__ = "notifications"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class WebhookDelivery(Base):
+    """An outgoing signed webhook and its delivery log (attempts, status, last error)."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    event: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    url: Mapped[str] = mapped_column(String(500))
+    payload_json: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=now)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class AuditEvent(Base):
+    """Who did what, when and from where."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    at: Mapped[float] = mapped_column(Float, default=now, index=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    user_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    actor: Mapped[str] = mapped_column(String(300))
+    action: Mapped[str] = mapped_column(String(100))
+    target: Mapped[str] = mapped_column(String(500))
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[int] = mapped_column(Integer)
 
 
 class ApiToken(Base):
@@ -52,6 +231,7 @@ class ApiToken(Base):
     __tablename__ = "api_tokens"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     name: Mapped[str] = mapped_column(String(64))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Install and start what Berth needs from the distro: Docker Engine, nginx, busybox-static,
+# debootstrap (for the offline base images) and, with --with-postgres, PostgreSQL for the tests.
+# Idempotent: installs only what is missing and starts only what is not running.
+set -euo pipefail
+
+WITH_POSTGRES=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-postgres) WITH_POSTGRES=1 ;;
+    *) echo "usage: $0 [--with-postgres]" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "==> $*"; }
+
+need=()
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+if [ "$WITH_POSTGRES" = 1 ] && [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
+  need+=(postgresql)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing packages: ${need[*]}; run as root (or install them)" >&2
+    exit 1
+  fi
+  log "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d keeps the distro's own nginx from starting on port 80, which Berth's owns.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+# The distro's nginx service must not hold Berth's ingress port.
+if [ -f /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+  log "stopping the distro's default nginx service (Berth runs its own nginx)"
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now nginx >/dev/null 2>&1 || true
+  else
+    /usr/sbin/nginx -s quit || true
+  fi
+fi
+
+if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    log "starting docker (systemd)"
+    systemctl start docker
+  else
+    log "starting dockerd in the background (log: /var/log/dockerd.log)"
+    nohup dockerd >/var/log/dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 1 60); do
+    docker version --format '{{.Server.Version}}' >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  docker version --format 'Docker Engine {{.Server.Version}} is up' || {
+    echo "dockerd did not start; see /var/log/dockerd.log" >&2; exit 1; }
+fi
+
+if [ "$WITH_POSTGRES" = 1 ]; then
+  if ! pg_lsclusters -h 2>/dev/null | grep -q online; then
+    log "starting PostgreSQL"
+    pg_lsclusters -h | grep -q . || pg_createcluster 15 main >/dev/null
+    pg_ctlcluster 15 main start
+  fi
+fi

@@ -1,0 +1,267 @@
+"""Accounts: sign-up, login, logout, whoami, API tokens, teams, members and invitations."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from berth.api.audit import record
+from berth.api.deps import (
+    SESSION_COOKIE,
+    CurrentPrincipal,
+    Manager,
+    PlatformDep,
+    SessionDep,
+)
+from berth.api.schemas import Strict
+from berth.errors import BerthError
+from berth.services import accounts as acc
+from berth.services.auth import Principal
+
+router = APIRouter(tags=["accounts"])
+
+
+class Credentials(Strict):
+    email: str = Field(max_length=254)
+    password: str = Field(max_length=1024)
+
+
+class LoginPublic(BaseModel):
+    token: str
+    expires_at: float
+    email: str
+    tenant: str
+
+
+class TenantMembership(BaseModel):
+    name: str
+    kind: str
+    role: str
+
+
+class WhoAmI(BaseModel):
+    email: str
+    tenant: str
+    role: str
+    scope: str
+    via: str
+    is_operator: bool
+    tenants: list[TenantMembership]
+
+
+class TokenCreate(Strict):
+    name: str = Field(max_length=64)
+    scope: str = "deploy"
+    expires_in_seconds: float | None = None
+
+
+class TokenPublic(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    scope: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+class TokenCreated(TokenPublic):
+    token: str
+
+
+class TeamCreate(Strict):
+    name: str = Field(max_length=64)
+
+
+class InvitationCreate(Strict):
+    email: str = Field(max_length=254)
+    role: str = "developer"
+
+
+class InvitationCreated(BaseModel):
+    id: str
+    email: str
+    role: str
+    token: str
+    expires_at: float
+
+
+class InvitationAccept(Strict):
+    token: str = Field(max_length=200)
+
+
+class MemberPublic(BaseModel):
+    email: str
+    role: str
+
+
+class RoleChange(Strict):
+    role: str
+
+
+def _ip(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+@router.post("/auth/signup", status_code=201)
+def signup(
+    body: Credentials,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    platform: PlatformDep,
+) -> LoginPublic:
+    try:
+        user = acc.create_user(session, body.email, body.password)
+    except BerthError as exc:
+        record(platform, None, "signup", body.email[:100], _ip(request), exc.status, "anonymous")
+        raise
+    result = acc.login(session, platform.login_limiter, body.email, body.password, _ip(request))
+    record(platform, None, "signup", user.email, _ip(request), 201, user.email)
+    return _logged_in(response, result, session)
+
+
+@router.post("/auth/login")
+def login(
+    body: Credentials,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    platform: PlatformDep,
+) -> LoginPublic:
+    try:
+        result = acc.login(session, platform.login_limiter, body.email, body.password, _ip(request))
+    except BerthError as exc:
+        record(
+            platform, None, "login failed", body.email[:100], _ip(request), exc.status, "anonymous"
+        )
+        raise
+    record(platform, None, "login", result.user.email, _ip(request), 200, result.user.email)
+    return _logged_in(response, result, session)
+
+
+def _logged_in(response: Response, result: acc.LoginResult, session: SessionDep) -> LoginPublic:
+    from berth.store.tables import Tenant
+
+    tenant = session.get(Tenant, result.user.personal_tenant_id)
+    response.set_cookie(
+        SESSION_COOKIE, result.session_token, httponly=True, samesite="strict", max_age=14 * 86400
+    )
+    return LoginPublic(
+        token=result.session_token,
+        expires_at=result.expires_at,
+        email=result.user.email,
+        tenant=tenant.name if tenant else "",
+    )
+
+
+@router.post("/auth/logout", status_code=204)
+def logout(response: Response, session: SessionDep, who: CurrentPrincipal) -> None:
+    acc.logout(session, who)
+    response.delete_cookie(SESSION_COOKIE)
+
+
+@router.get("/auth/whoami")
+def whoami(session: SessionDep, who: CurrentPrincipal) -> WhoAmI:
+    return WhoAmI(
+        email=who.email,
+        tenant=who.tenant_name,
+        role=who.role,
+        scope=who.scope,
+        via=who.via,
+        is_operator=who.is_operator,
+        tenants=[
+            TenantMembership(name=t.name, kind=t.kind, role=r)
+            for t, r in acc.list_memberships(session, who.user_id)
+        ],
+    )
+
+
+def _token_public(row: object) -> TokenPublic:
+    return TokenPublic.model_validate(
+        {
+            "id": row.id,  # type: ignore[attr-defined]
+            "name": row.name,  # type: ignore[attr-defined]
+            "prefix": row.prefix,  # type: ignore[attr-defined]
+            "scope": row.scopes,  # type: ignore[attr-defined]
+            "created_at": row.created_at,  # type: ignore[attr-defined]
+            "expires_at": row.expires_at,  # type: ignore[attr-defined]
+            "revoked_at": row.revoked_at,  # type: ignore[attr-defined]
+        }
+    )
+
+
+@router.post("/tokens", status_code=201)
+def create_token(body: TokenCreate, session: SessionDep, who: CurrentPrincipal) -> TokenCreated:
+    _require_user_session_or_admin(who)
+    row, secret = acc.create_token(session, who, body.name, body.scope, body.expires_in_seconds)
+    return TokenCreated(**_token_public(row).model_dump(), token=secret)
+
+
+def _require_user_session_or_admin(who: Principal) -> None:
+    # A narrower token must not mint a wider one: only sessions and admin-scoped tokens mint.
+    from berth.errors import Forbidden
+
+    if who.via == "token" and who.scope != "admin":
+        raise Forbidden(
+            "use a login session or an admin-scoped token to create tokens", code="forbidden"
+        )
+
+
+@router.get("/tokens")
+def list_tokens(session: SessionDep, who: CurrentPrincipal) -> list[TokenPublic]:
+    return [_token_public(t) for t in acc.list_tokens(session, who)]
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def revoke_token(token_id: str, session: SessionDep, who: CurrentPrincipal) -> None:
+    acc.revoke_token(session, who, token_id)
+
+
+@router.post("/teams", status_code=201)
+def create_team(body: TeamCreate, session: SessionDep, who: CurrentPrincipal) -> TenantMembership:
+    team = acc.create_team(session, who, body.name)
+    return TenantMembership(name=team.name, kind=team.kind, role="owner")
+
+
+@router.get("/teams")
+def list_teams(session: SessionDep, who: CurrentPrincipal) -> list[TenantMembership]:
+    return [
+        TenantMembership(name=t.name, kind=t.kind, role=r)
+        for t, r in acc.list_memberships(session, who.user_id)
+    ]
+
+
+@router.get("/members")
+def list_members(session: SessionDep, who: CurrentPrincipal) -> list[MemberPublic]:
+    return [MemberPublic(email=u.email, role=r) for u, r in acc.list_members(session, who)]
+
+
+@router.patch("/members/{email}")
+def change_member(email: str, body: RoleChange, session: SessionDep, who: Manager) -> MemberPublic:
+    acc.set_member_role(session, who, email, body.role)
+    return MemberPublic(email=email, role=body.role)
+
+
+@router.delete("/members/{email}", status_code=204)
+def remove_member(email: str, session: SessionDep, who: Manager) -> None:
+    acc.set_member_role(session, who, email, None)
+
+
+@router.post("/invitations", status_code=201)
+def create_invitation(
+    body: InvitationCreate, session: SessionDep, who: Manager
+) -> InvitationCreated:
+    inv, secret = acc.invite(session, who, body.email, body.role)
+    return InvitationCreated(
+        id=inv.id, email=inv.email, role=inv.role, token=secret, expires_at=inv.expires_at
+    )
+
+
+@router.post("/invitations/accept")
+def accept_invitation(
+    body: InvitationAccept, session: SessionDep, who: CurrentPrincipal
+) -> TenantMembership:
+    tenant = acc.accept_invitation(session, who, body.token)
+    role = dict((t.id, r) for t, r in acc.list_memberships(session, who.user_id)).get(tenant.id, "")
+    return TenantMembership(name=tenant.name, kind=tenant.kind, role=role)

@@ -1,0 +1,239 @@
+"""Operator routes: plans, tenants, credit, suspension and deletion, platform-wide audit."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import delete, select
+
+from berth.api.deps import CurrentPrincipal, Operator, PlatformDep, SessionDep, SettingsDep
+from berth.api.routes_billing import DeliveryPublic, delivery_public
+from berth.api.schemas import Strict
+from berth.errors import InvalidInput
+from berth.services import billing as bsvc
+from berth.store.tables import (
+    ApiToken,
+    App,
+    AuditEvent,
+    Deployment,
+    Domain,
+    Invitation,
+    Membership,
+    PlanRow,
+    Release,
+    Tenant,
+    WebhookDelivery,
+)
+
+router = APIRouter(tags=["admin"])
+
+
+class PlanCreate(Strict):
+    name: str = Field(max_length=100)
+    price_per_gb_hour: str = Field(default="0", max_length=32, description="major units, like 0.02")
+    price_per_cpu_hour: str = Field(default="0", max_length=32)
+    included_gb_hours: int = Field(default=0, ge=0, le=10**9)
+    included_cpu_hours: int = Field(default=0, ge=0, le=10**9)
+    max_apps: int | None = Field(default=None, ge=0, le=10**6)
+    max_instances: int | None = Field(default=None, ge=0, le=10**6)
+    max_memory_mb: int | None = Field(default=None, ge=0, le=10**9)
+    max_domains: int | None = Field(default=None, ge=0, le=10**6)
+
+
+class PlanPublic(BaseModel):
+    name: str
+    currency: str
+    price_per_gb_hour_minor: int
+    price_per_cpu_hour_minor: int
+    included_gb_hours: int
+    included_cpu_hours: int
+    max_apps: int | None
+    max_instances: int | None
+    max_memory_mb: int | None
+    max_domains: int | None
+
+
+class TenantAdminPublic(BaseModel):
+    name: str
+    kind: str
+    plan: str | None
+    balance_minor: int
+    balance: str
+    suspended: bool
+    apps: int
+
+
+class PlanAssign(Strict):
+    plan: str = Field(max_length=100)
+
+
+class CreditRequest(Strict):
+    amount: str = Field(max_length=32, description="major units, like 25 or 12.50")
+    idempotency_key: str | None = Field(default=None, max_length=150)
+    memo: str = Field(default="operator credit", max_length=200)
+
+
+class CreditResult(BaseModel):
+    tenant: str
+    transaction_id: str
+    created: bool
+    balance_minor: int
+    balance: str
+
+
+class AuditPublic(BaseModel):
+    at: float
+    tenant: str | None
+    actor: str
+    action: str
+    target: str
+    ip: str
+    status: int
+
+
+def _plan_public(row: PlanRow) -> PlanPublic:
+    return PlanPublic.model_validate(row, from_attributes=True)
+
+
+@router.post("/admin/plans", status_code=201)
+def create_plan(
+    body: PlanCreate, session: SessionDep, settings: SettingsDep, who: Operator
+) -> PlanPublic:
+    row = bsvc.create_plan(session, settings, bsvc.PlanInput(**body.model_dump()))
+    return _plan_public(row)
+
+
+@router.get("/admin/plans")
+def list_plans(session: SessionDep, who: Operator) -> list[PlanPublic]:
+    return [_plan_public(p) for p in bsvc.list_plans(session)]
+
+
+@router.get("/admin/tenants")
+def list_tenants(
+    session: SessionDep, settings: SettingsDep, who: Operator
+) -> list[TenantAdminPublic]:
+    plans = {p.id: p.name for p in bsvc.list_plans(session)}
+    out = []
+    for t in session.scalars(select(Tenant).order_by(Tenant.name)):
+        bal = bsvc.balance(session, t.id)
+        out.append(
+            TenantAdminPublic(
+                name=t.name,
+                kind=t.kind,
+                plan=plans.get(t.plan_id or ""),
+                balance_minor=bal,
+                balance=bsvc.money(settings, bal),
+                suspended=t.suspended_at is not None,
+                apps=len(session.scalars(select(App.id).where(App.tenant_id == t.id)).all()),
+            )
+        )
+    return out
+
+
+@router.put("/admin/tenants/{tenant}/plan")
+def assign_plan(
+    tenant: str, body: PlanAssign, session: SessionDep, who: Operator
+) -> TenantAdminPublic:
+    bsvc.set_tenant_plan(session, tenant, body.plan)
+    return _tenant(session, tenant)
+
+
+def _tenant(session: SessionDep, name: str) -> TenantAdminPublic:
+    t = bsvc.get_tenant_by_name(session, name)
+    plan = session.get(PlanRow, t.plan_id) if t.plan_id else None
+    bal = bsvc.balance(session, t.id)
+    return TenantAdminPublic(
+        name=t.name,
+        kind=t.kind,
+        plan=plan.name if plan else None,
+        balance_minor=bal,
+        balance=str(bal),
+        suspended=t.suspended_at is not None,
+        apps=len(session.scalars(select(App.id).where(App.tenant_id == t.id)).all()),
+    )
+
+
+@router.post("/admin/tenants/{tenant}/credit", status_code=201)
+def credit(
+    tenant: str, body: CreditRequest, session: SessionDep, platform: PlatformDep, who: Operator
+) -> CreditResult:
+    row, created, t = bsvc.credit(
+        session, platform.settings, tenant, body.amount, body.idempotency_key, body.memo
+    )
+    bal = bsvc.balance(session, t.id)
+    platform.billing_kick()
+    return CreditResult(
+        tenant=t.name,
+        transaction_id=row.id,
+        created=created,
+        balance_minor=bal,
+        balance=bsvc.money(platform.settings, bal),
+    )
+
+
+@router.delete("/admin/tenants/{tenant}", status_code=204)
+def delete_tenant_apps(
+    tenant: str,
+    session: SessionDep,
+    platform: PlatformDep,
+    who: Operator,
+    confirm: Annotated[str, Query(description="repeat the tenant name to confirm")] = "",
+) -> None:
+    """An operator's decision (never automatic): remove a tenant's apps, domains, tokens and
+    members. Ledger, usage and invoices stay, as financial records."""
+    t = bsvc.get_tenant_by_name(session, tenant)
+    if confirm != t.name:
+        raise InvalidInput("repeat the tenant name in ?confirm= to delete it", code="confirm")
+    if t.is_admin:
+        raise InvalidInput("the admin tenant cannot be deleted", code="protected")
+    app_ids = list(session.scalars(select(App.id).where(App.tenant_id == t.id)))
+    for model in (Domain, Deployment, Release):
+        session.execute(delete(model).where(model.app_id.in_(app_ids)))
+    session.execute(delete(App).where(App.tenant_id == t.id))
+    session.execute(delete(ApiToken).where(ApiToken.tenant_id == t.id))
+    session.execute(delete(Invitation).where(Invitation.tenant_id == t.id))
+    session.execute(delete(Membership).where(Membership.tenant_id == t.id))
+    t.suspended_at = t.suspended_at or 0.0
+    t.name = f"deleted-{t.id}"
+    session.commit()
+    platform.trigger()
+
+
+@router.get("/admin/webhooks")
+def all_deliveries(session: SessionDep, who: Operator) -> list[DeliveryPublic]:
+    rows = session.scalars(
+        select(WebhookDelivery).order_by(WebhookDelivery.created_at.desc()).limit(200)
+    )
+    return [delivery_public(d) for d in rows]
+
+
+@router.get("/audit")
+def audit(
+    session: SessionDep,
+    who: CurrentPrincipal,
+    all_tenants: Annotated[bool, Query(alias="all", description="operators: every tenant")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AuditPublic]:
+    stmt = select(AuditEvent).order_by(AuditEvent.at.desc()).limit(limit)
+    if all_tenants:
+        if not who.is_operator:
+            from berth.errors import Forbidden
+
+            raise Forbidden("platform operators only", code="operator_only")
+    else:
+        stmt = stmt.where(AuditEvent.tenant_id == who.tenant_id)
+    names = {t.id: t.name for t in session.scalars(select(Tenant))}
+    return [
+        AuditPublic(
+            at=e.at,
+            tenant=names.get(e.tenant_id or ""),
+            actor=e.actor,
+            action=e.action,
+            target=e.target,
+            ip=e.ip,
+            status=e.status,
+        )
+        for e in session.scalars(stmt)
+    ]

@@ -1,0 +1,315 @@
+"""Billing for a tenant: balance, transactions, usage export, invoices, notifications; and the
+signed payment webhook a payment provider calls."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from berth.api.audit import record
+from berth.api.deps import CurrentPrincipal, PlatformDep, SessionDep, SettingsDep
+from berth.errors import BerthError, InvalidInput
+from berth.services import billing as bsvc
+from berth.store.tables import Notification, PlanRow, Tenant, WebhookDelivery
+
+router = APIRouter(prefix="/billing", tags=["billing"])
+
+
+class BalancePublic(BaseModel):
+    tenant: str
+    balance_minor: int
+    balance: str
+    currency: str
+    plan: str | None
+    suspended: bool
+    below_zero_since: float | None
+
+
+class TransactionPublic(BaseModel):
+    id: str
+    kind: str
+    amount_minor: int
+    amount: str
+    memo: str
+    at: float
+    key: str
+
+
+class UsagePublic(BaseModel):
+    app_id: str
+    app: str
+    size: str
+    hour_start: int
+    instance_seconds: float
+
+
+class InvoiceLinePublic(BaseModel):
+    app_id: str
+    app: str
+    size: str
+    instance_hours: float
+    unit_price_minor: float
+    amount_minor: int
+    amount: str
+
+
+class InvoicePublic(BaseModel):
+    tenant: str
+    period: str
+    currency: str
+    status: str
+    total_minor: int
+    total: str
+    lines: list[InvoiceLinePublic]
+
+
+class NotificationPublic(BaseModel):
+    kind: str
+    message: str
+    created_at: float
+
+
+class DeliveryPublic(BaseModel):
+    id: str
+    event: str
+    status: str
+    attempts: int
+    last_status: int | None
+    last_error: str
+    created_at: float
+    delivered_at: float | None
+
+
+class PaymentResult(BaseModel):
+    tenant: str
+    transaction_id: str
+    created: bool
+    balance_minor: int
+
+
+@router.get("/balance")
+def get_balance(session: SessionDep, settings: SettingsDep, who: CurrentPrincipal) -> BalancePublic:
+    tenant = session.get(Tenant, who.tenant_id)
+    assert tenant is not None
+    bal = bsvc.balance(session, tenant.id)
+    plan = session.get(PlanRow, tenant.plan_id) if tenant.plan_id else None
+    return BalancePublic(
+        tenant=tenant.name,
+        balance_minor=bal,
+        balance=bsvc.money(settings, bal),
+        currency=settings.currency,
+        plan=plan.name if plan else None,
+        suspended=tenant.suspended_at is not None,
+        below_zero_since=tenant.below_zero_since,
+    )
+
+
+@router.get("/transactions")
+def list_transactions(
+    session: SessionDep,
+    settings: SettingsDep,
+    who: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[TransactionPublic]:
+    return [
+        TransactionPublic(
+            id=tx.id,
+            kind=tx.kind,
+            amount_minor=amount,
+            amount=bsvc.money(settings, amount),
+            memo=tx.memo,
+            at=tx.at,
+            key=tx.key,
+        )
+        for tx, amount in bsvc.transactions(session, who.tenant_id, limit)
+    ]
+
+
+def _day(text: str | None, default: int) -> int:
+    if text is None:
+        return default
+    try:
+        d = date.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"{text!r} is not a date like 2026-11-01", code="invalid_date") from None
+    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
+
+
+@router.get("/usage", response_model=None)
+def export_usage(
+    session: SessionDep,
+    who: CurrentPrincipal,
+    start: Annotated[
+        str | None, Query(alias="from", description="first day, like 2026-11-01")
+    ] = None,
+    end: Annotated[
+        str | None, Query(alias="to", description="day after the last, exclusive")
+    ] = None,
+    format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+) -> list[UsagePublic] | Response:
+    now = int(time.time())
+    lo, hi = _day(start, now - 31 * 86400), _day(end, now + 3600)
+    if hi <= lo or hi - lo > 400 * 86400:
+        raise InvalidInput(
+            "the period must be positive and at most 400 days", code="invalid_period"
+        )
+    rows = bsvc.usage_rows(session, who.tenant_id, lo, hi)
+    names = bsvc.app_names(session, who.tenant_id, sorted({r.app_id for r in rows}))
+    items = [
+        UsagePublic(
+            app_id=r.app_id,
+            app=names.get(r.app_id, "(deleted)"),
+            size=r.size,
+            hour_start=r.hour_start,
+            instance_seconds=r.instance_ms / 1000,
+        )
+        for r in rows
+    ]
+    if format == "json":
+        return items
+    return _csv(
+        ["hour_start_utc", "app", "app_id", "size", "instance_seconds"],
+        [
+            [
+                datetime.fromtimestamp(i.hour_start, UTC).isoformat(),
+                i.app,
+                i.app_id,
+                i.size,
+                f"{i.instance_seconds:.3f}",
+            ]
+            for i in items
+        ],
+        f"usage-{who.tenant_name}.csv",
+    )
+
+
+@router.get("/invoices/{period}", response_model=None)
+def get_invoice(
+    period: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    who: CurrentPrincipal,
+    format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+) -> InvoicePublic | Response:
+    inv, issued = bsvc.invoice(session, who.tenant_id, period)
+    names = bsvc.app_names(session, who.tenant_id, sorted({ln.app_id for ln in inv.lines}))
+    lines = []
+    for line in inv.lines:
+        data: dict[str, Any] = bsvc.invoice_line_json(line)
+        data["app"] = names.get(line.app_id, "(deleted)")
+        data["amount"] = bsvc.money(settings, line.amount_minor)
+        lines.append(InvoiceLinePublic(**data))
+    public = InvoicePublic(
+        tenant=who.tenant_name,
+        period=period,
+        currency=inv.currency.code,
+        status="issued" if issued else "draft",
+        total_minor=inv.total_minor,
+        total=bsvc.money(settings, inv.total_minor),
+        lines=lines,
+    )
+    if format == "json":
+        return public
+    rows = [[ln.app, ln.size, f"{ln.instance_hours:.6f}", ln.amount] for ln in lines]
+    rows.append(["TOTAL", "", "", public.total])
+    return _csv(
+        ["app", "size", "instance_hours", "amount"], rows, f"invoice-{who.tenant_name}-{period}.csv"
+    )
+
+
+@router.get("/notifications")
+def list_notifications(session: SessionDep, who: CurrentPrincipal) -> list[NotificationPublic]:
+    rows = session.scalars(
+        select(Notification)
+        .where(Notification.tenant_id == who.tenant_id)
+        .order_by(Notification.created_at.desc())
+        .limit(100)
+    )
+    return [
+        NotificationPublic(kind=n.kind, message=n.message, created_at=n.created_at) for n in rows
+    ]
+
+
+@router.get("/webhooks")
+def list_deliveries(session: SessionDep, who: CurrentPrincipal) -> list[DeliveryPublic]:
+    rows = session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.tenant_id == who.tenant_id)
+        .order_by(WebhookDelivery.created_at.desc())
+        .limit(100)
+    )
+    return [delivery_public(d) for d in rows]
+
+
+def delivery_public(d: WebhookDelivery) -> DeliveryPublic:
+    return DeliveryPublic(
+        id=d.id,
+        event=d.event,
+        status=d.status,
+        attempts=d.attempts,
+        last_status=d.last_status,
+        last_error=d.last_error,
+        created_at=d.created_at,
+        delivered_at=d.delivered_at,
+    )
+
+
+@router.post("/payments/webhook")
+async def payment_webhook(
+    request: Request,
+    platform: PlatformDep,
+    berth_signature: Annotated[str | None, Header()] = None,
+) -> PaymentResult:
+    """Called by a payment provider; authenticated by its HMAC signature, not a token."""
+    body = await request.body()
+    if len(body) > 64 * 1024:
+        raise InvalidInput("payload too large", code="too_large")
+    ip = request.client.host if request.client else ""
+
+    def apply() -> PaymentResult:
+        with platform.sessions() as session:
+            row, created, tenant = bsvc.payment_webhook(
+                session, platform.settings, berth_signature, body
+            )
+            return PaymentResult(
+                tenant=tenant.name,
+                transaction_id=row.id,
+                created=created,
+                balance_minor=bsvc.balance(session, tenant.id),
+            )
+
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        result = await run_in_threadpool(apply)
+    except BerthError as exc:
+        await run_in_threadpool(
+            record, platform, None, "payment webhook", "", ip, exc.status, "payment provider"
+        )
+        raise
+    await run_in_threadpool(
+        record, platform, None, "payment webhook", result.tenant, ip, 200, "payment provider"
+    )
+    if platform.billing is not None:
+        platform.billing_kick()
+    return result
+
+
+def _csv(header: list[str], rows: list[list[Any]], filename: str) -> Response:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

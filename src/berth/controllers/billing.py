@@ -1,0 +1,261 @@
+"""The billing loop: meter closed hours, charge them, issue invoices, act on arrears.
+
+Every step is idempotent by key (usage ``usage:...``, charges ``charge:tenant:hour``), so a
+restart in the middle, or running a step twice, bills nothing twice. Time comes from ``clock``
+so that tests can run a month in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from berth.billing.arrears import arrears_decision, track_below_zero_since
+from berth.billing.metering import RunInterval, closed_window, hourly_usage
+from berth.billing.periods import month_bounds, month_of
+from berth.billing.plans import InstanceSize
+from berth.billing.rating import charge_transaction, rate_hours
+from berth.services import billing as bsvc
+from berth.services.webhooks import enqueue
+from berth.settings import Settings
+from berth.store.tables import Meta, Notification, RunIntervalRow, Tenant, UsageRow, new_id
+
+log = logging.getLogger(__name__)
+METERED_UNTIL = "metered_until"
+
+
+@dataclass
+class BillingStats:
+    usage_records: int = 0
+    charges: int = 0
+    invoices: int = 0
+    suspended: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    warned: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BillingController:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    clock: Callable[[], float] = time.time
+    on_suspension_change: Callable[[], None] = lambda: None
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.last_error = ""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="berth-billing", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.run_once()
+                self.last_error = ""
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("billing pass failed")
+            self._wake.wait(self.settings.billing_interval_seconds)
+
+    def run_once(self) -> BillingStats:
+        with self._lock, self.sessions() as session:
+            now = self.clock()
+            stats = BillingStats()
+            hours = self.meter(session, now, stats)
+            self.charge(session, hours, now, stats)
+            self.invoice_closed_months(session, hours, stats)
+            self.arrears(session, now, stats)
+            session.commit()
+            if stats.suspended or stats.resumed:
+                self.on_suspension_change()
+            return stats
+
+    # -- metering ----------------------------------------------------------------------------
+
+    def meter(self, session: Session, now: float, stats: BillingStats) -> set[tuple[str, int]]:
+        """Usage records for every closed hour since the last run; returns (tenant, hour) pairs."""
+        meta = session.get(Meta, METERED_UNTIL)
+        if meta is None:
+            first = session.scalar(
+                select(RunIntervalRow.started_at).order_by(RunIntervalRow.started_at)
+            )
+            if first is None:
+                return set()
+            meta = Meta(key=METERED_UNTIL, value=str(int(first) - int(first) % 3600))
+            session.add(meta)
+        start, end = closed_window(int(meta.value), now)
+        if end <= start:
+            return set()
+        rows = session.scalars(
+            select(RunIntervalRow).where(
+                RunIntervalRow.started_at < end,
+                (RunIntervalRow.stopped_at.is_(None)) | (RunIntervalRow.stopped_at > start),
+            )
+        ).all()
+        intervals = [
+            RunInterval(
+                instance_id=r.container_id,
+                app_id=r.app_id,
+                tenant_id=r.tenant_id,
+                size=InstanceSize(r.memory_mb, r.cpus_milli),
+                started_at=r.started_at,
+                stopped_at=r.stopped_at,
+            )
+            for r in rows
+        ]
+        touched: set[tuple[str, int]] = set()
+        existing = set(
+            session.scalars(
+                select(UsageRow.key).where(UsageRow.hour_start >= start, UsageRow.hour_start < end)
+            )
+        )
+        for rec in hourly_usage(intervals, start, end, now):
+            touched.add((rec.tenant_id, rec.hour_start))
+            if rec.key in existing:
+                continue
+            session.add(
+                UsageRow(
+                    id=new_id(),
+                    key=rec.key,
+                    tenant_id=rec.tenant_id,
+                    app_id=rec.app_id,
+                    size=str(rec.size),
+                    hour_start=rec.hour_start,
+                    instance_ms=rec.instance_ms,
+                )
+            )
+            stats.usage_records += 1
+        meta.value = str(end)
+        session.flush()
+        return touched
+
+    # -- charging ----------------------------------------------------------------------------
+
+    def charge(
+        self, session: Session, touched: set[tuple[str, int]], now: float, stats: BillingStats
+    ) -> None:
+        """Rate each touched tenant-month and post its hourly charges (idempotent by key)."""
+        months: dict[tuple[str, int, int], None] = {}
+        for tenant_id, hour in sorted(touched):
+            year, month = month_of(hour)
+            months[(tenant_id, year, month)] = None
+        for tenant_id, year, month in months:
+            plan_row = bsvc.plan_row_of(session, tenant_id)
+            if plan_row is None:
+                continue
+            plan = bsvc.to_plan(plan_row)
+            start, end = month_bounds(year, month)
+            records = [bsvc.to_record(r) for r in bsvc.usage_rows(session, tenant_id, start, end)]
+            for hour_charge in rate_hours(plan, tenant_id, records):
+                tx = charge_transaction(hour_charge, now)
+                if tx is None:
+                    continue
+                _, created = bsvc.post(session, tx, tenant_id)
+                stats.charges += int(created)
+        session.flush()
+
+    def invoice_closed_months(
+        self, session: Session, touched: set[tuple[str, int]], stats: BillingStats
+    ) -> None:
+        metered = session.get(Meta, METERED_UNTIL)
+        if metered is None:
+            return
+        until = int(metered.value)
+        by_tenant: dict[str, set[str]] = defaultdict(set)
+        for tenant_id, hour in touched:
+            year, month = month_of(hour)
+            if month_bounds(year, month)[1] <= until:
+                by_tenant[tenant_id].add(f"{year:04d}-{month:02d}")
+        for tenant_id, periods in by_tenant.items():
+            if bsvc.plan_row_of(session, tenant_id) is None:
+                continue
+            for period in sorted(periods):
+                if bsvc.issue_invoice(session, tenant_id, period) is not None:
+                    stats.invoices += 1
+
+    # -- arrears -----------------------------------------------------------------------------
+
+    def arrears(self, session: Session, now: float, stats: BillingStats) -> None:
+        for tenant in session.scalars(select(Tenant).where(Tenant.is_admin.is_(False))):
+            bal = bsvc.balance(session, tenant.id)
+            tenant.below_zero_since = track_below_zero_since(bal, tenant.below_zero_since, now)
+            decision = arrears_decision(
+                bal,
+                self.settings.low_balance_threshold_minor,
+                tenant.below_zero_since,
+                self.settings.arrears_grace_seconds,
+                now,
+                tenant.suspended_at is not None,
+                tenant.low_balance_warned_at is not None,
+            )
+            if bal >= self.settings.low_balance_threshold_minor:
+                tenant.low_balance_warned_at = None  # warn again next time it runs low
+            if decision.action == "none":
+                continue
+            money = bsvc.money(self.settings, bal)
+            if decision.action == "warn":
+                tenant.low_balance_warned_at = now
+                self._notify(
+                    session, tenant, "low_balance", f"Your balance is low: {money}.", bal, now
+                )
+                stats.warned.append(tenant.name)
+            elif decision.action == "suspend":
+                tenant.suspended_at = now
+                self._notify(
+                    session,
+                    tenant,
+                    "suspended",
+                    f"Your apps are suspended: the balance has been below zero past the grace "
+                    f"period ({money}). Top up to resume them.",
+                    bal,
+                    now,
+                )
+                stats.suspended.append(tenant.name)
+            elif decision.action == "resume":
+                tenant.suspended_at = None
+                tenant.below_zero_since = None
+                self._notify(
+                    session, tenant, "resumed", f"Your apps are resumed ({money}).", bal, now
+                )
+                stats.resumed.append(tenant.name)
+        session.flush()
+
+    def _notify(
+        self, session: Session, tenant: Tenant, kind: str, message: str, bal: int, now: float
+    ) -> None:
+        session.add(
+            Notification(
+                id=new_id(), tenant_id=tenant.id, kind=kind, message=message, created_at=now
+            )
+        )
+        payload = {
+            "event": kind,
+            "tenant": tenant.name,
+            "balance_minor": bal,
+            "currency": self.settings.currency,
+            "message": message,
+            "at": now,
+        }
+        enqueue(session, self.settings, kind, tenant.id, payload, f"{kind}:{tenant.id}:{int(now)}")

@@ -1,0 +1,435 @@
+"""Plans, quotas, the ledger in the store, payments, usage export and invoices.
+
+The pure rules live in ``berth.billing``; this module reads and writes their inputs and outputs.
+Ledger writes are idempotent by key: a retried top-up or charge is a no-op, a different one under
+a used key is a 409. Balances are sums of entries, so they never change without an entry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from berth.billing import ledger
+from berth.billing.metering import UsageRecord
+from berth.billing.money import Currency, format_amount, get_currency, parse_amount
+from berth.billing.periods import month_bounds
+from berth.billing.plans import InstanceSize, Plan, PlanLimits, QuotaDelta, QuotaUsage, check_quota
+from berth.billing.rating import Invoice, invoice_for_month
+from berth.billing.webhooks import verify
+from berth.errors import BerthError, Conflict, InvalidInput, NotFound
+from berth.services.auth import Principal
+from berth.settings import Settings
+from berth.store.tables import (
+    App,
+    Domain,
+    InvoiceRow,
+    LedgerEntryRow,
+    LedgerTx,
+    PlanRow,
+    Tenant,
+    UsageRow,
+    new_id,
+)
+
+
+class Suspended(BerthError):
+    status = 402
+    code = "suspended"
+
+
+# -- plans and quotas ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    name: str
+    price_per_gb_hour: str = "0"
+    price_per_cpu_hour: str = "0"
+    included_gb_hours: int = 0
+    included_cpu_hours: int = 0
+    max_apps: int | None = None
+    max_instances: int | None = None
+    max_memory_mb: int | None = None
+    max_domains: int | None = None
+
+
+def to_plan(row: PlanRow) -> Plan:
+    return Plan(
+        name=row.name,
+        currency=get_currency(row.currency),
+        price_per_gb_hour_minor=row.price_per_gb_hour_minor,
+        price_per_cpu_hour_minor=row.price_per_cpu_hour_minor,
+        limits=PlanLimits(row.max_apps, row.max_instances, row.max_memory_mb, row.max_domains),
+        included_gb_hours=row.included_gb_hours,
+        included_cpu_hours=row.included_cpu_hours,
+    )
+
+
+def create_plan(session: Session, settings: Settings, body: PlanInput) -> PlanRow:
+    currency = get_currency(settings.currency)
+    row = PlanRow(
+        id=new_id(),
+        name=body.name.strip(),
+        currency=currency.code,
+        price_per_gb_hour_minor=parse_amount(body.price_per_gb_hour, currency, allow_zero=True),
+        price_per_cpu_hour_minor=parse_amount(body.price_per_cpu_hour, currency, allow_zero=True),
+        included_gb_hours=body.included_gb_hours,
+        included_cpu_hours=body.included_cpu_hours,
+        max_apps=body.max_apps,
+        max_instances=body.max_instances,
+        max_memory_mb=body.max_memory_mb,
+        max_domains=body.max_domains,
+    )
+    to_plan(row)  # validates every field with the domain's rules
+    if session.scalar(select(PlanRow.id).where(PlanRow.name == row.name)) is not None:
+        raise Conflict(f"plan {row.name!r} exists", code="plan_exists")
+    session.add(row)
+    session.commit()
+    return row
+
+
+def list_plans(session: Session) -> list[PlanRow]:
+    return list(session.scalars(select(PlanRow).order_by(PlanRow.name)))
+
+
+def get_tenant_by_name(session: Session, name: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        raise NotFound(f"tenant {name!r} not found", code="tenant_not_found")
+    return tenant
+
+
+def set_tenant_plan(session: Session, tenant_name: str, plan_name: str) -> Tenant:
+    tenant = get_tenant_by_name(session, tenant_name)
+    plan = session.scalar(select(PlanRow).where(PlanRow.name == plan_name))
+    if plan is None:
+        raise NotFound(f"plan {plan_name!r} not found", code="plan_not_found")
+    tenant.plan_id = plan.id
+    session.commit()
+    return tenant
+
+
+def plan_row_of(session: Session, tenant_id: str) -> PlanRow | None:
+    tenant = session.get(Tenant, tenant_id)
+    return session.get(PlanRow, tenant.plan_id) if tenant and tenant.plan_id else None
+
+
+def quota_usage(session: Session, tenant_id: str) -> QuotaUsage:
+    """Desired-state usage: apps, and instances and memory of apps that have a release."""
+    apps = session.scalars(select(App).where(App.tenant_id == tenant_id)).all()
+    released = [a for a in apps if a.target_release_id or a.serving_release_id]
+    domains = session.scalar(select(func.count(Domain.id)).where(Domain.tenant_id == tenant_id))
+    return QuotaUsage(
+        apps=len(apps),
+        instances=sum(a.scale for a in released),
+        memory_mb=sum(a.scale * a.memory_mb for a in released),
+        domains=int(domains or 0),
+    )
+
+
+def check_quota_for(session: Session, tenant_id: str, delta: QuotaDelta) -> None:
+    row = plan_row_of(session, tenant_id)
+    if row is None:
+        return
+    violation = check_quota(to_plan(row).limits, quota_usage(session, tenant_id), delta)
+    if violation is not None:
+        raise violation.to_error(row.name)
+
+
+def ensure_not_suspended(session: Session, tenant_id: str) -> None:
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is not None and tenant.suspended_at is not None:
+        raise Suspended(
+            "this account is suspended for an unpaid balance; top up to resume your apps"
+        )
+
+
+# -- ledger ----------------------------------------------------------------------------------
+
+
+def balance(session: Session, tenant_id: str) -> int:
+    total = session.scalar(
+        select(func.coalesce(func.sum(LedgerEntryRow.amount_minor), 0)).where(
+            LedgerEntryRow.account == ledger.tenant_account(tenant_id)
+        )
+    )
+    return int(total or 0)
+
+
+def post(session: Session, tx: ledger.Transaction, tenant_id: str | None) -> tuple[LedgerTx, bool]:
+    """Write ``tx`` once. Returns (row, created). Same key and content again: no-op."""
+    existing = session.scalar(select(LedgerTx).where(LedgerTx.key == tx.key))
+    if existing is not None:
+        _check_same(session, existing, tx)
+        return existing, False
+    row = LedgerTx(
+        id=new_id(),
+        key=tx.key,
+        kind=tx.kind,
+        tenant_id=tenant_id,
+        currency=tx.currency.code,
+        memo=tx.memo,
+        at=tx.at,
+        period_hour=tx.period_start,
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+            session.add_all(
+                LedgerEntryRow(
+                    id=new_id(), tx_id=row.id, account=e.account, amount_minor=e.amount_minor
+                )
+                for e in tx.entries
+            )
+            session.flush()
+    except IntegrityError:
+        # A concurrent writer used the key first: the same content is a retry, anything else a 409.
+        existing = session.scalar(select(LedgerTx).where(LedgerTx.key == tx.key))
+        if existing is None:
+            raise
+        _check_same(session, existing, tx)
+        return existing, False
+    return row, True
+
+
+def _check_same(session: Session, row: LedgerTx, tx: ledger.Transaction) -> None:
+    entries = sorted(
+        (e.account, e.amount_minor)
+        for e in session.scalars(select(LedgerEntryRow).where(LedgerEntryRow.tx_id == row.id))
+    )
+    same = (row.kind, row.currency, entries, row.period_hour) == (
+        tx.kind,
+        tx.currency.code,
+        sorted((e.account, e.amount_minor) for e in tx.entries),
+        tx.period_start,
+    )
+    if not same:
+        raise Conflict(
+            f"idempotency key {tx.key!r} was already used for a different transaction",
+            code="idempotency_conflict",
+        )
+
+
+def credit(
+    session: Session, settings: Settings, tenant_name: str, amount: str, key: str | None, memo: str
+) -> tuple[LedgerTx, bool, Tenant]:
+    """An operator's top-up. Without a key, each call is a new top-up."""
+    tenant = get_tenant_by_name(session, tenant_name)
+    currency = get_currency(settings.currency)
+    minor = parse_amount(amount, currency)
+    tx = ledger.topup(
+        tenant.id,
+        minor,
+        key or f"credit:{new_id()}",
+        time.time(),
+        "operator",
+        currency=currency,
+        memo=memo[:200],
+    )
+    row, created = post(session, tx, tenant.id)
+    session.commit()
+    return row, created, tenant
+
+
+@dataclass(frozen=True)
+class Payment:
+    tenant: str
+    amount: str
+    currency: str
+    idempotency_key: str
+
+
+def payment_webhook(
+    session: Session, settings: Settings, signature: str | None, body: bytes
+) -> tuple[LedgerTx, bool, Tenant]:
+    """A payment provider's signed notification: verify, then top up once per key."""
+    if not settings.payment_webhook_secret:
+        raise NotFound("the payment webhook is not configured", code="not_configured")
+    verify(settings.payment_webhook_secret.encode(), signature, body, time.time())
+    try:
+        data = json.loads(body)
+        payment = Payment(
+            str(data["tenant"]),
+            str(data["amount"]),
+            str(data["currency"]),
+            str(data["idempotency_key"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        raise InvalidInput(
+            "body must be JSON with tenant, amount, currency and idempotency_key",
+            code="invalid_payment",
+        ) from None
+    currency = get_currency(settings.currency)
+    if payment.currency.upper() != currency.code:
+        raise InvalidInput(f"payments must be in {currency.code}", code="invalid_currency")
+    tenant = get_tenant_by_name(session, payment.tenant)
+    tx = ledger.topup(
+        tenant.id,
+        parse_amount(payment.amount, currency),
+        f"payment:{payment.idempotency_key}",
+        time.time(),
+        "payment",
+        currency=currency,
+        memo="payment webhook",
+    )
+    row, created = post(session, tx, tenant.id)
+    session.commit()
+    return row, created, tenant
+
+
+def transactions(session: Session, tenant_id: str, limit: int = 100) -> list[tuple[LedgerTx, int]]:
+    account = ledger.tenant_account(tenant_id)
+    rows = session.execute(
+        select(LedgerTx, LedgerEntryRow.amount_minor)
+        .join(LedgerEntryRow, LedgerEntryRow.tx_id == LedgerTx.id)
+        .where(LedgerEntryRow.account == account)
+        .order_by(LedgerTx.at.desc())
+        .limit(limit)
+    )
+    return [(t, a) for t, a in rows.tuples()]
+
+
+def currency_of(settings: Settings) -> Currency:
+    return get_currency(settings.currency)
+
+
+def money(settings: Settings, minor: int) -> str:
+    return format_amount(minor, currency_of(settings))
+
+
+# -- usage and invoices ------------------------------------------------------------------------
+
+
+def usage_rows(session: Session, tenant_id: str, start: int, end: int) -> list[UsageRow]:
+    stmt = (
+        select(UsageRow)
+        .where(
+            UsageRow.tenant_id == tenant_id, UsageRow.hour_start >= start, UsageRow.hour_start < end
+        )
+        .order_by(UsageRow.hour_start, UsageRow.app_id, UsageRow.size)
+    )
+    return list(session.scalars(stmt))
+
+
+def to_record(row: UsageRow) -> UsageRecord:
+    return UsageRecord(
+        tenant_id=row.tenant_id,
+        app_id=row.app_id,
+        size=InstanceSize.parse(row.size),
+        hour_start=row.hour_start,
+        instance_ms=row.instance_ms,
+    )
+
+
+def charge_transactions(
+    session: Session, tenant_id: str, start: int, end: int
+) -> list[ledger.Transaction]:
+    rows = session.scalars(
+        select(LedgerTx).where(
+            LedgerTx.tenant_id == tenant_id,
+            LedgerTx.kind == "charge",
+            LedgerTx.period_hour >= start,
+            LedgerTx.period_hour < end,
+        )
+    ).all()
+    out = []
+    for row in rows:
+        entries = tuple(
+            ledger.Entry(e.account, e.amount_minor)
+            for e in session.scalars(select(LedgerEntryRow).where(LedgerEntryRow.tx_id == row.id))
+        )
+        out.append(
+            ledger.Transaction(
+                row.key,
+                "charge",
+                get_currency(row.currency),
+                entries,
+                row.at,
+                row.memo,
+                row.period_hour,
+            )
+        )
+    return out
+
+
+def parse_period(period: str) -> tuple[int, int]:
+    try:
+        year_text, month_text = period.split("-")
+        year, month = int(year_text), int(month_text)
+        if not (2000 <= year <= 2200 and 1 <= month <= 12) or len(period) != 7:
+            raise ValueError
+    except ValueError:
+        raise InvalidInput("period must look like 2026-11", code="invalid_period") from None
+    return year, month
+
+
+def invoice(session: Session, tenant_id: str, period: str) -> tuple[Invoice, bool]:
+    """The month's invoice: the issued one if the month closed, else a draft computed now."""
+    year, month = parse_period(period)
+    start, end = month_bounds(year, month)
+    row = plan_row_of(session, tenant_id)
+    if row is None:
+        raise NotFound("this tenant has no plan", code="no_plan")
+    records = [to_record(r) for r in usage_rows(session, tenant_id, start, end)]
+    charges = charge_transactions(session, tenant_id, start, end)
+    inv = invoice_for_month(to_plan(row), tenant_id, year, month, records, charges)
+    issued = session.scalar(
+        select(InvoiceRow.id).where(InvoiceRow.tenant_id == tenant_id, InvoiceRow.period == period)
+    )
+    return inv, issued is not None
+
+
+def issue_invoice(session: Session, tenant_id: str, period: str) -> InvoiceRow | None:
+    """Freeze a closed month's invoice (idempotent)."""
+    existing = session.scalar(
+        select(InvoiceRow).where(InvoiceRow.tenant_id == tenant_id, InvoiceRow.period == period)
+    )
+    if existing is not None:
+        return existing
+    inv, _ = invoice(session, tenant_id, period)
+    row = InvoiceRow(
+        id=new_id(),
+        tenant_id=tenant_id,
+        period=period,
+        currency=inv.currency.code,
+        total_minor=inv.total_minor,
+        lines_json=json.dumps([invoice_line_json(line) for line in inv.lines]),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def invoice_line_json(line: object) -> dict[str, object]:
+    from berth.billing.rating import InvoiceLine
+
+    assert isinstance(line, InvoiceLine)
+    return {
+        "app_id": line.app_id,
+        "size": str(line.size),
+        "instance_hours": round(line.instance_ms / 3_600_000, 6),
+        "unit_price_minor": float(line.unit_price_minor),
+        "amount_minor": line.amount_minor,
+    }
+
+
+def app_names(session: Session, tenant_id: str, app_ids: Sequence[str]) -> dict[str, str]:
+    if not app_ids:
+        return {}
+    rows = session.execute(
+        select(App.id, App.name).where(App.tenant_id == tenant_id, App.id.in_(app_ids))
+    )
+    return {i: n for i, n in rows.tuples()}
+
+
+def require_same_tenant(who: Principal, tenant_id: str) -> None:
+    if who.tenant_id != tenant_id and not who.is_operator:
+        raise NotFound("not found", code="not_found")

@@ -1,0 +1,179 @@
+"""A container run by DockerRuntime is locked down the way the README's Isolation section says,
+and still serves HTTP on its loopback port. Checked with the engine's own ``docker inspect``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+from berth.runtime.docker_driver import DockerRuntime
+from berth.runtime.protocol import (
+    KEPT_CAPABILITIES,
+    LABEL_APP,
+    LABEL_TENANT,
+    ContainerInfo,
+    ContainerSpec,
+    RuntimeFailure,
+)
+from tests.contract.conftest import (
+    APP_PORT,
+    INDEX_HTML,
+    import_busybox_image,
+    remove_installation,
+    unique,
+    wait_until,
+)
+
+pytestmark = pytest.mark.docker
+
+MEMORY_BYTES = 96 * 1024 * 1024
+NANO_CPUS = 250_000_000
+PIDS_LIMIT = 48
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    client = docker.from_env(version="auto")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def image(client: Any) -> Iterator[str]:
+    ref = f"berth-test/busybox-www:{uuid.uuid4().hex[:12]}"
+    import_busybox_image(client, ref)
+    yield ref
+    client.images.remove(ref, force=True)
+
+
+@pytest.fixture(scope="module")
+def runtime(client: Any) -> Iterator[DockerRuntime]:
+    runtime = DockerRuntime(unique("berth-test-inst"), node="node-a")
+    try:
+        yield runtime
+    finally:
+        remove_installation(client, runtime.installation)
+
+
+@pytest.fixture(scope="module")
+def network(runtime: DockerRuntime) -> str:
+    name = unique("berth-test-net")
+    runtime.ensure_network(name, {LABEL_TENANT: "t1"})
+    return name
+
+
+def web_spec(image: str, network: str, command: tuple[str, ...] | None = None) -> ContainerSpec:
+    return ContainerSpec(
+        name=unique("berth-test-web"),
+        image=image,
+        port=APP_PORT,
+        memory_bytes=MEMORY_BYTES,
+        nano_cpus=NANO_CPUS,
+        pids_limit=PIDS_LIMIT,
+        network=network,
+        labels={LABEL_TENANT: "t1", LABEL_APP: "web"},
+        env={"GREETING": "hi", "PORT": "1"},
+        command=command,  # None: the image's own command, busybox httpd serving /www
+    )
+
+
+@pytest.fixture(scope="module")
+def web(runtime: DockerRuntime, image: str, network: str) -> ContainerInfo:
+    return runtime.run(web_spec(image, network))
+
+
+@pytest.fixture(scope="module")
+def attrs(client: Any, web: ContainerInfo) -> dict[str, Any]:
+    return dict(client.api.inspect_container(web.id))
+
+
+def test_resources_are_limited(attrs: dict[str, Any]) -> None:
+    host = attrs["HostConfig"]
+    assert host["Memory"] == MEMORY_BYTES
+    assert host["MemorySwap"] == MEMORY_BYTES  # no swap beyond the memory limit
+    assert host["NanoCpus"] == NANO_CPUS
+    assert host["PidsLimit"] == PIDS_LIMIT
+
+
+def test_privileges_are_dropped(attrs: dict[str, Any]) -> None:
+    host = attrs["HostConfig"]
+    assert host["Privileged"] is False
+    assert "ALL" in host["CapDrop"]
+    assert sorted(host["CapAdd"]) == sorted(KEPT_CAPABILITIES)
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+
+
+def test_namespaces_are_not_shared_with_the_host(attrs: dict[str, Any], network: str) -> None:
+    host = attrs["HostConfig"]
+    assert host["NetworkMode"] == network
+    assert list(attrs["NetworkSettings"]["Networks"]) == [network]
+    assert host["PidMode"] in ("", "private")
+    assert host["IpcMode"] in ("", "private", "shareable")
+    assert host["UTSMode"] in ("", "private")
+    assert host["UsernsMode"] == ""
+
+
+def test_nothing_from_the_host_is_mounted(attrs: dict[str, Any]) -> None:
+    assert not attrs["HostConfig"]["Binds"]
+    assert not attrs["HostConfig"].get("Mounts")
+    assert attrs["Mounts"] == []
+    assert not attrs["HostConfig"]["Devices"]
+    assert "docker.sock" not in json.dumps(attrs)
+
+
+def test_the_app_port_is_published_on_loopback_only(
+    attrs: dict[str, Any], web: ContainerInfo
+) -> None:
+    bindings = attrs["NetworkSettings"]["Ports"]
+    assert list(bindings) == [f"{APP_PORT}/tcp"]
+    assert bindings[f"{APP_PORT}/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(web.host_port)}]
+    requested = attrs["HostConfig"]["PortBindings"][f"{APP_PORT}/tcp"]
+    assert [b["HostIp"] for b in requested] == ["127.0.0.1"]
+
+
+def test_berth_restarts_crashes_itself_and_logs_are_capped(attrs: dict[str, Any]) -> None:
+    host = attrs["HostConfig"]
+    assert host["RestartPolicy"]["Name"] in ("", "no")
+    assert host["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-size": "10m", "max-file": "3"},
+    }
+    assert host["Init"] in (None, False)
+
+
+def test_the_app_is_told_its_port(attrs: dict[str, Any]) -> None:
+    env = attrs["Config"]["Env"]
+    assert f"PORT={APP_PORT}" in env  # wins over the spec's own PORT
+    assert "GREETING=hi" in env
+
+
+def test_the_app_answers_http_on_its_loopback_port(web: ContainerInfo) -> None:
+    url = f"http://127.0.0.1:{web.host_port}/index.html"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(answers, f"{url} answers")
+    assert httpx.get(url, timeout=2).content == INDEX_HTML
+
+
+def test_a_container_that_cannot_start_leaves_nothing_behind(
+    runtime: DockerRuntime, image: str, network: str
+) -> None:
+    spec = web_spec(image, network, command=("/no/such/program",))
+
+    with pytest.raises(RuntimeFailure):
+        runtime.run(spec)
+    assert all(c.name != spec.name for c in runtime.list())
+    fixed = runtime.run(dataclasses.replace(spec, command=None))  # the name is free again
+    assert fixed.state == "running"
