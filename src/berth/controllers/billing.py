@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.billing.arrears import arrears_decision, track_below_zero_since
@@ -131,22 +131,26 @@ class BillingController:
                 select(UsageRow.key).where(UsageRow.hour_start >= start, UsageRow.hour_start < end)
             )
         )
+        fresh = []
         for rec in hourly_usage(intervals, start, end, now):
             touched.add((rec.tenant_id, rec.hour_start))
             if rec.key in existing:
                 continue
-            session.add(
-                UsageRow(
-                    id=new_id(),
-                    key=rec.key,
-                    tenant_id=rec.tenant_id,
-                    app_id=rec.app_id,
-                    size=str(rec.size),
-                    hour_start=rec.hour_start,
-                    instance_ms=rec.instance_ms,
-                )
+            fresh.append(
+                {
+                    "id": new_id(),
+                    "key": rec.key,
+                    "tenant_id": rec.tenant_id,
+                    "app_id": rec.app_id,
+                    "size": str(rec.size),
+                    "hour_start": rec.hour_start,
+                    "instance_ms": rec.instance_ms,
+                    "created_at": now,
+                }
             )
-            stats.usage_records += 1
+        if fresh:
+            session.execute(insert(UsageRow), fresh)
+        stats.usage_records += len(fresh)
         meta.value = str(end)
         session.flush()
         return touched
@@ -156,24 +160,26 @@ class BillingController:
     def charge(
         self, session: Session, touched: set[tuple[str, int]], now: float, stats: BillingStats
     ) -> None:
-        """Rate each touched tenant-month and post its hourly charges (idempotent by key)."""
-        months: dict[tuple[str, int, int], None] = {}
-        for tenant_id, hour in sorted(touched):
-            year, month = month_of(hour)
-            months[(tenant_id, year, month)] = None
-        for tenant_id, year, month in months:
-            plan_row = bsvc.plan_row_of(session, tenant_id)
-            if plan_row is None:
-                continue
-            plan = bsvc.to_plan(plan_row)
+        """Rate each touched tenant-month and post its hourly charges (idempotent by key).
+
+        Reads in bulk (plans, the month's usage, the keys already posted) so that a pass costs a
+        few statements per month rather than several per tenant."""
+        months: dict[tuple[int, int], set[str]] = defaultdict(set)
+        for tenant_id, hour in touched:
+            months[month_of(hour)].add(tenant_id)
+        for (year, month), tenant_ids in sorted(months.items()):
             start, end = month_bounds(year, month)
-            records = [bsvc.to_record(r) for r in bsvc.usage_rows(session, tenant_id, start, end)]
-            for hour_charge in rate_hours(plan, tenant_id, records):
-                tx = charge_transaction(hour_charge, now)
-                if tx is None:
-                    continue
-                _, created = bsvc.post(session, tx, tenant_id)
-                stats.charges += int(created)
+            plans = bsvc.plans_of(session, tenant_ids)
+            records = bsvc.usage_records_of(session, set(plans), start, end)
+            txs = []
+            for tenant_id in sorted(plans):
+                for hour_charge in rate_hours(
+                    plans[tenant_id], tenant_id, records.get(tenant_id, [])
+                ):
+                    tx = charge_transaction(hour_charge, now)
+                    if tx is not None:
+                        txs.append((tx, tenant_id))
+            stats.charges += bsvc.post_many(session, txs)
         session.flush()
 
     def invoice_closed_months(
@@ -198,8 +204,9 @@ class BillingController:
     # -- arrears -----------------------------------------------------------------------------
 
     def arrears(self, session: Session, now: float, stats: BillingStats) -> None:
+        balances = bsvc.all_balances(session)
         for tenant in session.scalars(select(Tenant).where(Tenant.is_admin.is_(False))):
-            bal = bsvc.balance(session, tenant.id)
+            bal = balances.get(tenant.id, 0)
             tenant.below_zero_since = track_below_zero_since(bal, tenant.below_zero_since, now)
             decision = arrears_decision(
                 bal,

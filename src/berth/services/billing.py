@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -198,6 +198,93 @@ def post(session: Session, tx: ledger.Transaction, tenant_id: str | None) -> tup
         _check_same(session, existing, tx)
         return existing, False
     return row, True
+
+
+def post_many(session: Session, txs: Sequence[tuple[ledger.Transaction, str | None]]) -> int:
+    """Post many transactions; returns how many were new. Keys already used are checked one by
+    one (a retry is a no-op, different content a 409); new ones go in one batch."""
+    if not txs:
+        return 0
+    keys = [tx.key for tx, _ in txs]
+    used: set[str] = set()
+    for i in range(0, len(keys), 500):
+        used |= set(
+            session.scalars(select(LedgerTx.key).where(LedgerTx.key.in_(keys[i : i + 500])))
+        )
+    fresh = [(tx, t) for tx, t in txs if tx.key not in used]
+    for tx, tenant_id in txs:
+        if tx.key in used:
+            post(session, tx, tenant_id)
+    tx_rows: list[dict[str, object]] = []
+    entry_rows: list[dict[str, object]] = []
+    for tx, tenant_id in fresh:
+        tx_id = new_id()
+        tx_rows.append(
+            {
+                "id": tx_id,
+                "key": tx.key,
+                "kind": tx.kind,
+                "tenant_id": tenant_id,
+                "currency": tx.currency.code,
+                "memo": tx.memo,
+                "at": tx.at,
+                "period_hour": tx.period_start,
+            }
+        )
+        entry_rows += [
+            {"id": new_id(), "tx_id": tx_id, "account": e.account, "amount_minor": e.amount_minor}
+            for e in tx.entries
+        ]
+    try:
+        with session.begin_nested():
+            if tx_rows:
+                session.execute(insert(LedgerTx), tx_rows)
+                session.execute(insert(LedgerEntryRow), entry_rows)
+    except IntegrityError:
+        # Another writer posted some of them meanwhile: fall back to one by one.
+        return sum(int(post(session, tx, t)[1]) for tx, t in fresh)
+    return len(fresh)
+
+
+def all_balances(session: Session) -> dict[str, int]:
+    """Every tenant's balance in one query: {tenant id: minor units}."""
+    prefix = ledger.tenant_account("x")[: -len("x")]
+    rows = session.execute(
+        select(LedgerEntryRow.account, func.sum(LedgerEntryRow.amount_minor))
+        .where(LedgerEntryRow.account.like(prefix + "%"))
+        .group_by(LedgerEntryRow.account)
+    )
+    out: dict[str, int] = {}
+    for account, total in rows.tuples():
+        tenant = ledger.tenant_of(account)
+        if tenant is not None:
+            out[tenant] = int(total or 0)
+    return out
+
+
+def plans_of(session: Session, tenant_ids: set[str]) -> dict[str, Plan]:
+    rows = session.execute(
+        select(Tenant.id, PlanRow)
+        .join(PlanRow, PlanRow.id == Tenant.plan_id)
+        .where(Tenant.id.in_(sorted(tenant_ids)))
+    )
+    return {tenant_id: to_plan(row) for tenant_id, row in rows.tuples()}
+
+
+def usage_records_of(
+    session: Session, tenant_ids: set[str], start: int, end: int
+) -> dict[str, list[UsageRecord]]:
+    out: dict[str, list[UsageRecord]] = {}
+    ids = sorted(tenant_ids)
+    for i in range(0, len(ids), 500):
+        stmt = select(UsageRow).where(
+            UsageRow.tenant_id.in_(ids[i : i + 500]),
+            UsageRow.hour_start >= start,
+            UsageRow.hour_start < end,
+        )
+        for row in session.scalars(stmt):
+            out.setdefault(row.tenant_id, []).append(to_record(row))
+    return out
 
 
 def _check_same(session: Session, row: LedgerTx, tx: ledger.Transaction) -> None:
