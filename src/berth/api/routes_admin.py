@@ -75,6 +75,12 @@ class CreditRequest(Strict):
     memo: str = Field(default="operator credit", max_length=200)
 
 
+class AdjustRequest(Strict):
+    amount: str = Field(max_length=33, description="signed major units, like -5 or 2.50")
+    memo: str = Field(min_length=1, max_length=200, description="why (required)")
+    idempotency_key: str | None = Field(default=None, max_length=150)
+
+
 class CreditResult(BaseModel):
     tenant: str
     transaction_id: str
@@ -160,6 +166,25 @@ def credit(
     tenant: str, body: CreditRequest, session: SessionDep, platform: PlatformDep, who: Operator
 ) -> CreditResult:
     row, created, t = bsvc.credit(
+        session, platform.settings, tenant, body.amount, body.idempotency_key, body.memo
+    )
+    bal = bsvc.balance(session, t.id)
+    platform.billing_kick()
+    return CreditResult(
+        tenant=t.name,
+        transaction_id=row.id,
+        created=created,
+        balance_minor=bal,
+        balance=bsvc.money(platform.settings, bal),
+    )
+
+
+@router.post("/admin/tenants/{tenant}/adjust", status_code=201)
+def adjust(
+    tenant: str, body: AdjustRequest, session: SessionDep, platform: PlatformDep, who: Operator
+) -> CreditResult:
+    """An operator's correction, credit or debit, with a memo saying why."""
+    row, created, t = bsvc.adjust(
         session, platform.settings, tenant, body.amount, body.idempotency_key, body.memo
     )
     bal = bsvc.balance(session, t.id)

@@ -444,6 +444,20 @@ def admin_credit(
     )
 
 
+@admin_app.command("adjust")
+def admin_adjust(
+    tenant: str,
+    amount: Annotated[str, typer.Argument(help="Signed major units: -5 debits, 2.50 credits.")],
+    memo: Annotated[str, typer.Option(help="Why (required).")],
+    key: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Correct a tenant's balance (credit or debit) with a reason."""
+    body = {"amount": amount, "memo": memo, "idempotency_key": key}
+    data = client().post(f"/admin/tenants/{tenant}/adjust", json=body)
+    emit(data, as_json, lambda d: console.print(f"Adjusted {tenant}; balance {d['balance']}"))
+
+
 @admin_app.command("tenants")
 def admin_tenants(as_json: JsonOpt = False) -> None:
     """Every tenant with its plan, balance and status."""

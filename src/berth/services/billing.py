@@ -248,7 +248,7 @@ def post_many(session: Session, txs: Sequence[tuple[ledger.Transaction, str | No
 
 def all_balances(session: Session) -> dict[str, int]:
     """Every tenant's balance in one query: {tenant id: minor units}."""
-    prefix = ledger.tenant_account("x")[: -len("x")]
+    prefix = ledger.tenant_account("x").split("x", 1)[0]  # "tenant:"
     rows = session.execute(
         select(LedgerEntryRow.account, func.sum(LedgerEntryRow.amount_minor))
         .where(LedgerEntryRow.account.like(prefix + "%"))
@@ -320,6 +320,28 @@ def credit(
         "operator",
         currency=currency,
         memo=memo[:200],
+    )
+    row, created = post(session, tx, tenant.id)
+    session.commit()
+    return row, created, tenant
+
+
+def adjust(
+    session: Session, settings: Settings, tenant_name: str, amount: str, key: str | None, memo: str
+) -> tuple[LedgerTx, bool, Tenant]:
+    """An operator's signed correction ("-5" debits, "2.50" credits); the memo says why."""
+    tenant = get_tenant_by_name(session, tenant_name)
+    currency = get_currency(settings.currency)
+    text = amount.strip()
+    sign = -1 if text.startswith("-") else 1
+    minor = parse_amount(text[1:] if sign < 0 else text, currency)
+    tx = ledger.adjustment(
+        tenant.id,
+        sign * minor,
+        key or f"adjust:{new_id()}",
+        time.time(),
+        memo,
+        currency=currency,
     )
     row, created = post(session, tx, tenant.id)
     session.commit()
