@@ -16,7 +16,7 @@ from berth.api.deps import (
 from berth.api.schemas import Strict
 from berth.errors import BerthError
 from berth.services import accounts as acc
-from berth.services.auth import Principal
+from berth.services.auth import Principal, issue_session
 
 router = APIRouter(tags=["accounts"])
 
@@ -116,7 +116,10 @@ def signup(
     except BerthError as exc:
         record(platform, None, "signup", body.email[:100], _ip(request), exc.status, "anonymous")
         raise
-    result = acc.login(session, platform.login_limiter, body.email, body.password, _ip(request))
+    # The new user is signed in directly: going through the login limiter could refuse the
+    # session (a limited address) after the account was made, leaving it half-created.
+    row, secret = issue_session(session, user.id, _ip(request))
+    result = acc.LoginResult(user, secret, row.expires_at)
     record(platform, None, "signup", user.email, _ip(request), 201, user.email)
     return _logged_in(response, result, session)
 
