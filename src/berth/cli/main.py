@@ -303,17 +303,7 @@ def ps(name: str, as_json: JsonOpt = False) -> None:
             return
         table(
             None,
-            [
-                "INSTANCE",
-                "RELEASE",
-                "STATE",
-                "HEALTHY",
-                "PORT",
-                "RESTARTS",
-                "EXIT",
-                "STARTED",
-                "REASON",
-            ],
+            ["ID", "REL", "STATE", "OK", "PORT", "RESTARTS", "EXIT", "UP", "REASON"],
             [
                 (
                     r["id"][:8],
