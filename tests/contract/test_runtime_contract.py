@@ -248,3 +248,14 @@ def test_a_spec_sharing_the_host_network_is_refused(harness: Harness, network: s
 def test_the_engine_answers(harness: Harness) -> None:
     assert harness.runtime.ping() is True
     assert harness.runtime.version()
+
+
+def test_run_by_image_id(harness: Harness) -> None:
+    """Releases pin the image id (immutable), so a runtime must run an image by its id."""
+    image_id = harness.runtime.image_id(harness.image)
+    assert image_id is not None
+
+    info = harness.runtime.run(harness.spec(image=image_id))
+
+    assert info.state == "running"
+    assert info.image == image_id

@@ -309,6 +309,8 @@ class FakeRuntime:
 
     def _require_image(self, ref: str) -> str:
         image_id = self.engine.images.get(ref)
+        if image_id is None and ref in self.engine.images.values():
+            image_id = ref  # an image id, as Docker also accepts
         if image_id is None:
             raise RuntimeFailure(
                 f"image {ref!r} is not present on node {self.node!r}; "

@@ -1,0 +1,221 @@
+"""The reconcile loop and the agent's run intervals, with the fake runtime and a fake nginx.
+
+These drive real store rows through ``Reconciler.run_once`` with a controllable clock: deploys
+succeed only once instances are healthy and routed, crashes restart with backoff, a failed
+rollout keeps the old release, and run intervals come from the engine's own start and stop
+times (so a control-plane outage leaves no gap in billing).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from berth.controllers.reconciler import Reconciler
+from berth.proxy.model import ProxyConfig, Route
+from berth.runtime.fake import FakeRuntime
+from berth.services import apps as svc
+from berth.services.bootstrap import ensure_admin
+from berth.settings import Settings
+from berth.store.db import make_engine, make_sessionmaker, migrate
+from berth.store.tables import Deployment, Instance, RunIntervalRow
+
+
+class Clock:
+    """Starts at the real time (deadlines are written by the API with the real clock)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeNginx:
+    """Records the routes it was asked to serve; always valid, always live."""
+
+    applied: list[ProxyConfig] = field(default_factory=list)
+
+    def config(self, routes: tuple[Route, ...], generation: int) -> ProxyConfig:
+        return ProxyConfig("127.0.0.1", 8080, routes, generation)
+
+    def apply(self, cfg: ProxyConfig) -> bool:
+        self.applied.append(cfg)
+        return True
+
+    def wait_for_generation(self, generation: int, timeout: float = 10.0) -> bool:
+        return True
+
+    def is_running(self) -> bool:
+        return True
+
+    def upstream_ports(self, app_name: str) -> set[int]:
+        route = next(r for r in self.applied[-1].routes if r.app_name == app_name)
+        return {u.port for u in route.upstreams}
+
+
+@dataclass
+class FakeHealth:
+    """Every running instance passes, except those listed as failing."""
+
+    runtime: FakeRuntime
+    failing: set[str] = field(default_factory=set)
+
+    def is_healthy(self, container_id: str) -> bool:
+        info = self.runtime.inspect(container_id)
+        return bool(info and info.state == "running" and container_id not in self.failing)
+
+    def state_of(self, container_id: str) -> None:
+        return None
+
+
+@dataclass
+class World:
+    settings: Settings
+    clock: Clock
+    runtime: FakeRuntime
+    nginx: FakeNginx
+    health: FakeHealth
+    reconciler: Reconciler
+    tenant_id: str
+
+    def session(self):  # type: ignore[no-untyped-def]
+        return self.reconciler.sessions()
+
+    def settle(self, passes: int = 4, step: float = 1.0) -> None:
+        for _ in range(passes):
+            self.reconciler.run_once()
+            # Let background removals finish before the next pass, as time would.
+            self.reconciler._removals.shutdown(wait=True)
+            self.reconciler._removals = ThreadPoolExecutor(max_workers=2)
+            self.clock.now += step
+
+    def running(self, app: str) -> list[str]:
+        return [c.id for c in self.runtime.list({"berth.app-name": app}) if c.state == "running"]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    clock = Clock()
+    settings = Settings(home=tmp_path, database_url="", deploy_timeout_seconds=30)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions() as s:
+        tenant = ensure_admin(s, tmp_path / "admin-token")
+    runtime = FakeRuntime("test-install", clock=clock)
+    runtime.add_image("berth/busybox:latest")
+    runtime.add_image("broken:latest")
+    nginx = FakeNginx()
+    health = FakeHealth(runtime)
+    reconciler = Reconciler(settings, sessions, runtime, nginx, health, clock=clock)  # type: ignore[arg-type]
+    yield World(settings, clock, runtime, nginx, health, reconciler, tenant.id)
+    reconciler.stop()
+    engine.dispose()
+
+
+def deploy(world: World, app: str, image: str = "berth/busybox:latest") -> str:
+    with world.session() as s:
+        _, dep = svc.deploy_image(
+            s, world.settings, world.tenant_id, app, image, world.runtime.image_id
+        )
+        return dep.id
+
+
+def status(world: World, deployment_id: str) -> str:
+    with world.session() as s:
+        dep = s.get(Deployment, deployment_id)
+        assert dep is not None
+        return dep.status
+
+
+def test_deploy_succeeds_only_when_healthy_and_routed(world: World) -> None:
+    with world.session() as s:
+        svc.create_app(s, world.settings, world.tenant_id, svc.AppSpec("web"))
+        svc.scale_app(s, world.settings, world.tenant_id, "web", 2)
+    dep = deploy(world, "web")
+    world.reconciler.run_once()  # starts two instances; not routed yet
+    assert len(world.running("web")) == 2
+    assert status(world, dep) == "in_progress"
+    world.settle()
+    assert status(world, dep) == "succeeded"
+    ports = {c.host_port for c in world.runtime.list() if c.state == "running"}
+    assert world.nginx.upstream_ports("web") == ports
+
+
+def test_failed_rollout_keeps_the_old_release_serving(world: World) -> None:
+    with world.session() as s:
+        svc.create_app(s, world.settings, world.tenant_id, svc.AppSpec("web"))
+    deploy(world, "web")
+    world.settle()
+    old = set(world.running("web"))
+    dep = deploy(world, "web", "broken:latest")
+    world.reconciler.run_once()
+    new = set(world.running("web")) - old
+    world.health.failing |= new  # v2 never passes its health check
+    world.clock.now += 31  # past the deadline
+    world.settle()
+    assert status(world, dep) == "failed"
+    assert set(world.running("web")) == old
+    assert world.nginx.upstream_ports("web") == {
+        c.host_port for c in world.runtime.list() if c.id in old
+    }
+
+
+def test_crash_restarts_with_backoff_and_shows_in_ps(world: World) -> None:
+    with world.session() as s:
+        svc.create_app(s, world.settings, world.tenant_id, svc.AppSpec("web"))
+    deploy(world, "web")
+    world.settle()
+    [cid] = world.running("web")
+    world.runtime.write_output(cid, "boom: cannot continue\n")
+    world.runtime.crash(cid, 3)
+    world.reconciler.run_once()  # sees the exit, records it, restarts once backoff allows
+    world.settle(passes=3, step=2.0)
+    assert world.running("web") == [cid]  # restarted, not duplicated
+    with world.session() as s:
+        row = s.scalar(select(Instance).where(Instance.container_id == cid))
+        assert row is not None
+        assert row.restarts == 1 and row.exit_code == 3
+        assert "boom" in row.last_log
+
+
+def test_run_intervals_use_engine_times_across_an_outage(world: World) -> None:
+    with world.session() as s:
+        svc.create_app(s, world.settings, world.tenant_id, svc.AppSpec("web"))
+    deploy(world, "web")
+    world.settle()
+    [cid] = world.running("web")
+    started = world.runtime.inspect(cid).started_at  # type: ignore[union-attr]
+    # The control plane is down for an hour; the instance crashes 20 minutes in.
+    world.clock.now += 1200
+    world.runtime.crash(cid, 1)
+    crashed_at = world.clock.now
+    world.clock.now += 2400
+    world.reconciler.run_once()
+    with world.session() as s:
+        rows = s.scalars(select(RunIntervalRow).where(RunIntervalRow.container_id == cid)).all()
+    first = min(rows, key=lambda r: r.started_at)
+    assert first.started_at == started
+    assert first.stopped_at == crashed_at  # not the time the server came back
+
+
+def test_containers_without_our_labels_are_never_touched(world: World) -> None:
+    foreign = FakeRuntime("someone-else", engine=world.runtime.engine, clock=world.clock)
+    foreign.ensure_network("other-net", {})
+    from berth.runtime.protocol import ContainerSpec
+
+    info = foreign.run(
+        ContainerSpec(
+            "stranger", "berth/busybox:latest", 8080, 64 << 20, 10**8, 64, "other-net", {}
+        )
+    )
+    world.settle()
+    assert foreign.inspect(info.id).state == "running"  # type: ignore[union-attr]
