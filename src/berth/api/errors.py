@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from berth.errors import BerthError
@@ -42,6 +43,15 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return JSONResponse(
             error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(DataError)
+    async def data_error(_: Request, exc: DataError) -> JSONResponse:
+        # The store refused a value of the request as data (PostgreSQL: a NUL byte in text, a
+        # number out of range): bad input, as the checks before it would have said.
+        log.info("the store refused a value: %s", exc.orig)
+        return JSONResponse(
+            error_body("invalid", "a value in the request is not valid"), status_code=422
         )
 
     @app.exception_handler(Exception)

@@ -201,13 +201,14 @@ def create_token(body: TokenCreate, session: SessionDep, who: CurrentPrincipal) 
     return TokenCreated(**_token_public(row).model_dump(), token=secret)
 
 
-def _require_user_session_or_admin(who: Principal) -> None:
-    # A narrower token must not mint a wider one: only sessions and admin-scoped tokens mint.
+def _require_user_session_or_admin(who: Principal, action: str = "create tokens") -> None:
+    # A narrower token must not mint a wider one, nor manage the account (teams, memberships,
+    # other tokens): only sessions and admin-scoped tokens do.
     from berth.errors import Forbidden
 
     if who.via == "token" and who.scope != "admin":
         raise Forbidden(
-            "use a login session or an admin-scoped token to create tokens", code="forbidden"
+            f"use a login session or an admin-scoped token to {action}", code="forbidden"
         )
 
 
@@ -218,11 +219,14 @@ def list_tokens(session: SessionDep, who: CurrentPrincipal) -> list[TokenPublic]
 
 @router.delete("/tokens/{token_id}", status_code=204)
 def revoke_token(token_id: str, session: SessionDep, who: CurrentPrincipal) -> None:
+    if token_id != who.credential_id:  # any token may end itself
+        _require_user_session_or_admin(who, "revoke other tokens")
     acc.revoke_token(session, who, token_id)
 
 
 @router.post("/teams", status_code=201)
 def create_team(body: TeamCreate, session: SessionDep, who: CurrentPrincipal) -> TenantMembership:
+    _require_user_session_or_admin(who, "create teams")
     team = acc.create_team(session, who, body.name)
     return TenantMembership(name=team.name, kind=team.kind, role="owner")
 
@@ -265,6 +269,7 @@ def create_invitation(
 def accept_invitation(
     body: InvitationAccept, session: SessionDep, who: CurrentPrincipal
 ) -> TenantMembership:
+    _require_user_session_or_admin(who, "join teams")
     tenant = acc.accept_invitation(session, who, body.token)
     role = dict((t.id, r) for t, r in acc.list_memberships(session, who.user_id)).get(tenant.id, "")
     return TenantMembership(name=tenant.name, kind=tenant.kind, role=role)

@@ -140,13 +140,13 @@ def list_tenants(
 
 @router.put("/admin/tenants/{tenant}/plan")
 def assign_plan(
-    tenant: str, body: PlanAssign, session: SessionDep, who: Operator
+    tenant: str, body: PlanAssign, session: SessionDep, settings: SettingsDep, who: Operator
 ) -> TenantAdminPublic:
     bsvc.set_tenant_plan(session, tenant, body.plan)
-    return _tenant(session, tenant)
+    return _tenant(session, settings, tenant)
 
 
-def _tenant(session: SessionDep, name: str) -> TenantAdminPublic:
+def _tenant(session: SessionDep, settings: SettingsDep, name: str) -> TenantAdminPublic:
     t = bsvc.get_tenant_by_name(session, name)
     plan = session.get(PlanRow, t.plan_id) if t.plan_id else None
     bal = bsvc.balance(session, t.id)
@@ -155,7 +155,7 @@ def _tenant(session: SessionDep, name: str) -> TenantAdminPublic:
         kind=t.kind,
         plan=plan.name if plan else None,
         balance_minor=bal,
-        balance=str(bal),
+        balance=bsvc.money(settings, bal),
         suspended=t.suspended_at is not None,
         apps=len(session.scalars(select(App.id).where(App.tenant_id == t.id)).all()),
     )

@@ -73,7 +73,7 @@ class ScaleRequest(Strict):
 
 
 class RollbackRequest(Strict):
-    version: int | None = None
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class ConfigChange(Strict):

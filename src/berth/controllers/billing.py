@@ -18,10 +18,10 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.billing.arrears import arrears_decision, track_below_zero_since
-from berth.billing.metering import RunInterval, closed_window, hourly_usage
+from berth.billing.metering import RunInterval, UsageRecord, closed_window, hourly_usage
 from berth.billing.periods import month_bounds, month_of
 from berth.billing.plans import InstanceSize
-from berth.billing.rating import charge_transaction, rate_hours
+from berth.billing.rating import ResourceUsage, charge_transaction, charges_for_hour
 from berth.services import billing as bsvc
 from berth.services.webhooks import enqueue
 from berth.settings import Settings
@@ -83,9 +83,11 @@ class BillingController:
         with self._lock, self.sessions() as session:
             now = self.clock()
             stats = BillingStats()
+            cursor = session.get(Meta, METERED_UNTIL)
+            since = int(cursor.value) if cursor is not None else None
             hours = self.meter(session, now, stats)
             self.charge(session, hours, now, stats)
-            self.invoice_closed_months(session, hours, stats)
+            self.invoice_closed_months(session, hours, stats, since)
             self.arrears(session, now, stats)
             session.commit()
             if stats.suspended or stats.resumed:
@@ -160,22 +162,35 @@ class BillingController:
     def charge(
         self, session: Session, touched: set[tuple[str, int]], now: float, stats: BillingStats
     ) -> None:
-        """Rate each touched tenant-month and post its hourly charges (idempotent by key).
+        """Rate the hours metered in this pass and post their charges (idempotent by key).
 
-        Reads in bulk (plans, the month's usage, the keys already posted) so that a pass costs a
-        few statements per month rather than several per tenant."""
-        months: dict[tuple[int, int], set[str]] = defaultdict(set)
+        Each hour is charged once, in the pass that meters it, at the plan the tenant has then,
+        on top of the usage earlier in its month (summed in the store). Hours charged before are
+        never rated again: a plan changed mid-month cannot clash with their posted charges, and
+        a pass costs as much on the 31st as on the 1st. Reads are in bulk (plans, earlier usage,
+        this pass's usage), a few statements per month rather than several per tenant."""
+        months: dict[tuple[int, int], set[int]] = defaultdict(set)
+        tenants_of: dict[tuple[int, int], set[str]] = defaultdict(set)
         for tenant_id, hour in touched:
-            months[month_of(hour)].add(tenant_id)
-        for (year, month), tenant_ids in sorted(months.items()):
-            start, end = month_bounds(year, month)
-            plans = bsvc.plans_of(session, tenant_ids)
-            records = bsvc.usage_records_of(session, set(plans), start, end)
+            months[month_of(hour)].add(hour)
+            tenants_of[month_of(hour)].add(tenant_id)
+        for (year, month), hours in sorted(months.items()):
+            month_start, _ = month_bounds(year, month)
+            first, last = min(hours), max(hours)
+            plans = bsvc.plans_of(session, tenants_of[(year, month)])
+            before = bsvc.usage_totals(session, set(plans), month_start, first)
+            records = bsvc.usage_records_of(session, set(plans), first, last + 3600)
             txs = []
             for tenant_id in sorted(plans):
-                for hour_charge in rate_hours(
-                    plans[tenant_id], tenant_id, records.get(tenant_id, [])
-                ):
+                by_hour: dict[int, list[UsageRecord]] = defaultdict(list)
+                for record in records.get(tenant_id, []):
+                    by_hour[record.hour_start].append(record)
+                usage = before.get(tenant_id, ResourceUsage())
+                for hour in sorted(by_hour):
+                    hour_charge = charges_for_hour(
+                        plans[tenant_id], tenant_id, hour, by_hour[hour], usage
+                    )
+                    usage = hour_charge.usage_after
                     tx = charge_transaction(hour_charge, now)
                     if tx is not None:
                         txs.append((tx, tenant_id))
@@ -183,8 +198,15 @@ class BillingController:
         session.flush()
 
     def invoice_closed_months(
-        self, session: Session, touched: set[tuple[str, int]], stats: BillingStats
+        self,
+        session: Session,
+        touched: set[tuple[str, int]],
+        stats: BillingStats,
+        since: int | None = None,
     ) -> None:
+        """Issue the invoices of months that are closed: those of this pass's hours, and, for
+        each month that closed in this pass (metering moved from ``since`` past its end), those
+        of every tenant with usage in it, also tenants whose usage ended before its last hour."""
         metered = session.get(Meta, METERED_UNTIL)
         if metered is None:
             return
@@ -193,6 +215,15 @@ class BillingController:
         for tenant_id, hour in touched:
             year, month = month_of(hour)
             if month_bounds(year, month)[1] <= until:
+                by_tenant[tenant_id].add(f"{year:04d}-{month:02d}")
+        for year, month in _months_closed(since, until) if since is not None else ():
+            start, end = month_bounds(year, month)
+            tenants = session.scalars(
+                select(UsageRow.tenant_id)
+                .where(UsageRow.hour_start >= start, UsageRow.hour_start < end)
+                .distinct()
+            )
+            for tenant_id in tenants:
                 by_tenant[tenant_id].add(f"{year:04d}-{month:02d}")
         for tenant_id, periods in by_tenant.items():
             if bsvc.plan_row_of(session, tenant_id) is None:
@@ -205,6 +236,11 @@ class BillingController:
 
     def arrears(self, session: Session, now: float, stats: BillingStats) -> None:
         balances = bsvc.all_balances(session)
+        free_plans = {
+            p.id
+            for p in bsvc.list_plans(session)
+            if p.price_per_gb_hour_minor == 0 and p.price_per_cpu_hour_minor == 0
+        }
         for tenant in session.scalars(select(Tenant).where(Tenant.is_admin.is_(False))):
             bal = balances.get(tenant.id, 0)
             tenant.below_zero_since = track_below_zero_since(bal, tenant.below_zero_since, now)
@@ -221,6 +257,8 @@ class BillingController:
                 tenant.low_balance_warned_at = None  # warn again next time it runs low
             if decision.action == "none":
                 continue
+            if decision.action == "warn" and bal >= 0 and tenant.plan_id in free_plans:
+                continue  # nothing will ever be charged: a low balance is no news
             money = bsvc.money(self.settings, bal)
             if decision.action == "warn":
                 tenant.low_balance_warned_at = now
@@ -266,3 +304,13 @@ class BillingController:
             "at": now,
         }
         enqueue(session, self.settings, kind, tenant.id, payload, f"{kind}:{tenant.id}:{int(now)}")
+
+
+def _months_closed(since: int, until: int) -> list[tuple[int, int]]:
+    """The months ending in ``(since, until]``: those a pass from ``since`` to ``until`` closed."""
+    closed = []
+    year, month = month_of(since)
+    while month_bounds(year, month)[1] <= until:
+        closed.append((year, month))
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return closed

@@ -239,7 +239,7 @@ def list_memberships(session: Session, user_id: str | None) -> list[tuple[Tenant
         .where(Membership.user_id == user_id)
         .order_by(Tenant.name)
     )
-    return [(t, r) for t, r in rows.tuples()]
+    return [(t, r) for t, r in rows]
 
 
 def list_members(session: Session, who: Principal) -> list[tuple[User, str]]:
@@ -249,7 +249,7 @@ def list_members(session: Session, who: Principal) -> list[tuple[User, str]]:
         .where(Membership.tenant_id == who.tenant_id)
         .order_by(User.email)
     )
-    return [(u, r) for u, r in rows.tuples()]
+    return [(u, r) for u, r in rows]
 
 
 def invite(session: Session, who: Principal, email: str, role: str) -> tuple[Invitation, str]:

@@ -7,6 +7,7 @@ tenant's app is simply not found.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from berth.settings import Settings
 from berth.store.tables import App, Deployment, Domain, Instance, Release, new_id
 
 ImageResolver = Callable[[str], str | None]
+_IMAGE_ID = re.compile(r"(sha256:.*)|([0-9a-fA-F]{1,64})")
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,12 @@ def deploy_image(
     app = get_app(session, tenant_id, name)
     if not image_ref or len(image_ref) > 255 or any(c.isspace() for c in image_ref):
         raise InvalidInput("image reference is empty or malformed", code="invalid_image")
+    if _IMAGE_ID.fullmatch(image_ref):
+        # The engine resolves an id, or any unambiguous prefix of one, to whatever image has
+        # it: another tenant's build among them. Images are deployed by name only.
+        raise InvalidInput(
+            "name the image (like name:tag); image ids are not accepted", code="invalid_image"
+        )
     ensure_not_suspended(session, tenant_id)
     if not (app.target_release_id or app.serving_release_id):
         check_quota_for(

@@ -21,7 +21,7 @@ from berth.billing.metering import UsageRecord
 from berth.billing.money import Currency, format_amount, get_currency, parse_amount
 from berth.billing.periods import month_bounds
 from berth.billing.plans import InstanceSize, Plan, PlanLimits, QuotaDelta, QuotaUsage, check_quota
-from berth.billing.rating import Invoice, invoice_for_month
+from berth.billing.rating import Invoice, ResourceUsage, invoice_for_month
 from berth.billing.webhooks import verify
 from berth.errors import BerthError, Conflict, InvalidInput, NotFound
 from berth.services.auth import Principal
@@ -255,7 +255,7 @@ def all_balances(session: Session) -> dict[str, int]:
         .group_by(LedgerEntryRow.account)
     )
     out: dict[str, int] = {}
-    for account, total in rows.tuples():
+    for account, total in rows:
         tenant = ledger.tenant_of(account)
         if tenant is not None:
             out[tenant] = int(total or 0)
@@ -268,7 +268,7 @@ def plans_of(session: Session, tenant_ids: set[str]) -> dict[str, Plan]:
         .join(PlanRow, PlanRow.id == Tenant.plan_id)
         .where(Tenant.id.in_(sorted(tenant_ids)))
     )
-    return {tenant_id: to_plan(row) for tenant_id, row in rows.tuples()}
+    return {tenant_id: to_plan(row) for tenant_id, row in rows}
 
 
 def usage_records_of(
@@ -284,6 +284,32 @@ def usage_records_of(
         )
         for row in session.scalars(stmt):
             out.setdefault(row.tenant_id, []).append(to_record(row))
+    return out
+
+
+def usage_totals(
+    session: Session, tenant_ids: set[str], start: int, end: int
+) -> dict[str, ResourceUsage]:
+    """Each tenant's consumption in ``[start, end)``, summed in the store (a few rows per tenant,
+    however many hours)."""
+    out: dict[str, ResourceUsage] = {}
+    ids = sorted(tenant_ids)
+    for i in range(0, len(ids), 500):
+        rows = session.execute(
+            select(UsageRow.tenant_id, UsageRow.size, func.sum(UsageRow.instance_ms))
+            .where(
+                UsageRow.tenant_id.in_(ids[i : i + 500]),
+                UsageRow.hour_start >= start,
+                UsageRow.hour_start < end,
+            )
+            .group_by(UsageRow.tenant_id, UsageRow.size)
+        )
+        for tenant_id, size_text, total in rows:
+            size, ms = InstanceSize.parse(size_text), int(total or 0)
+            usage = out.get(tenant_id, ResourceUsage())
+            out[tenant_id] = ResourceUsage(
+                usage.memory_mb_ms + size.memory_mb * ms, usage.cpu_milli_ms + size.cpus_milli * ms
+            )
     return out
 
 
@@ -315,7 +341,7 @@ def credit(
     tx = ledger.topup(
         tenant.id,
         minor,
-        key or f"credit:{new_id()}",
+        key if key is not None else f"credit:{new_id()}",  # "" is a bad key, not none
         time.time(),
         "operator",
         currency=currency,
@@ -338,7 +364,7 @@ def adjust(
     tx = ledger.adjustment(
         tenant.id,
         sign * minor,
-        key or f"adjust:{new_id()}",
+        key if key is not None else f"adjust:{new_id()}",
         time.time(),
         memo,
         currency=currency,
@@ -403,7 +429,7 @@ def transactions(session: Session, tenant_id: str, limit: int = 100) -> list[tup
         .order_by(LedgerTx.at.desc())
         .limit(limit)
     )
-    return [(t, a) for t, a in rows.tuples()]
+    return [(t, a) for t, a in rows]
 
 
 def currency_of(settings: Settings) -> Currency:
@@ -536,7 +562,7 @@ def app_names(session: Session, tenant_id: str, app_ids: Sequence[str]) -> dict[
     rows = session.execute(
         select(App.id, App.name).where(App.tenant_id == tenant_id, App.id.in_(app_ids))
     )
-    return {i: n for i, n in rows.tuples()}
+    return {i: n for i, n in rows}
 
 
 def require_same_tenant(who: Principal, tenant_id: str) -> None:
