@@ -1,0 +1,91 @@
+"""The rest of the CLI on a real server: custom domains through nginx, restart without failed
+requests, releases, logs, config show/unset, and `--json` everywhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.harness import PYTHON_APP, BerthServer, wait_until
+
+pytestmark = [pytest.mark.docker, pytest.mark.nginx, pytest.mark.slow]
+
+APP = "shop"
+
+
+@pytest.fixture(scope="module")
+def shop(berth: BerthServer) -> dict[str, Any]:
+    berth.create_app(APP, "--memory", "128M", "--cpus", "0.25", "--health-path", "/healthz")
+    berth.cli_ok("scale", APP, "2")
+    result = berth.deploy_dir(APP, PYTHON_APP)
+    assert result["deployment"]["status"] == "succeeded", result
+    berth.wait_converged(APP, 2)
+    return result
+
+
+def test_custom_domain_routes_through_nginx(berth: BerthServer, shop: dict[str, Any]) -> None:
+    domain = f"www.{APP}-example.test"
+    assert berth.ingress_get(domain).status_code == 404
+    added = berth.cli_json("domains", "add", APP, domain)
+    assert added["hostname"] == domain
+    wait_until(lambda: berth.ingress_get(domain).status_code == 200, 20, "the domain routes")
+    assert "hello from berth" in berth.ingress_get(domain).text
+    listed = berth.cli_json("domains", "list", APP)
+    assert [d["hostname"] for d in listed] == [domain]
+    info = berth.cli_json("apps", "info", APP)
+    assert any(domain in url for url in info["urls"])
+    berth.cli_ok("domains", "remove", APP, domain)
+    wait_until(lambda: berth.ingress_get(domain).status_code == 404, 20, "the domain is gone")
+    assert berth.cli_json("domains", "list", APP) == []
+
+
+def test_restart_replaces_every_instance_without_failed_requests(
+    berth: BerthServer, shop: dict[str, Any]
+) -> None:
+    before = {r["container_id"] for r in berth.wait_converged(APP, 2)}
+    with berth.client_loop(APP, max_seconds=60, max_requests=3000) as loop:
+        loop.wait_for_requests(10)
+        result = berth.cli_json("restart", APP)
+        served = loop.result.total
+        loop.wait_for_requests(served + 20)
+    assert result["deployment"]["status"] == "succeeded", result
+    assert loop.result.failures == [], loop.result.failures[:5]
+    after = {r["container_id"] for r in berth.wait_converged(APP, 2)}
+    assert after.isdisjoint(before)
+    assert len(berth.containers(APP)) == 2
+
+
+def test_releases_and_config_show_unset(berth: BerthServer, shop: dict[str, Any]) -> None:
+    berth.cli_json("config", "set", APP, "GREETING=bonjour", "COLOR=blue")
+    assert berth.cli_json("config", "show", APP) == {"COLOR": "blue", "GREETING": "bonjour"}
+    wait_until(lambda: "bonjour" in (berth.app_body(APP) or ""), 20, "the new greeting")
+    berth.cli_json("config", "unset", APP, "GREETING")
+    assert berth.cli_json("config", "show", APP) == {"COLOR": "blue"}
+    wait_until(lambda: "hello from berth" in (berth.app_body(APP) or ""), 20, "the default back")
+    releases = berth.cli_json("releases", APP)
+    versions = [r["version"] for r in releases]
+    assert versions == sorted(versions, reverse=True) and len(versions) >= 3
+    assert [r["serving"] for r in releases].count(True) == 1
+    assert releases[0]["serving"] and releases[0]["config_keys"] == ["COLOR"]
+    # Unsetting a key that is not set is a clear error that changes nothing.
+    failed = berth.cli("config", "unset", APP, "NOPE")
+    assert failed.returncode == 1 and "not set" in failed.stderr
+    assert len(berth.cli_json("releases", APP)) == len(releases)
+
+
+def test_logs_show_what_instances_printed(berth: BerthServer, shop: dict[str, Any]) -> None:
+    marker = "/logs-marker-path"
+    berth.ingress_get(berth.host_of(APP), marker)
+    wait_until(
+        lambda: marker in berth.cli_ok("logs", APP, "--tail", "200").stdout,
+        20,
+        "the request shows in the logs",
+    )
+
+
+def test_unknown_commands_and_missing_args_are_clear_errors(berth: BerthServer) -> None:
+    result = berth.cli("deploy", APP)
+    assert result.returncode != 0
+    assert "DIRECTORY" in result.stderr or "--image" in result.stderr
+    assert "Traceback" not in result.stderr
