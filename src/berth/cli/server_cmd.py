@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -87,7 +88,21 @@ def _running_pid() -> int | None:
         os.kill(pid, 0)
     except (OSError, ValueError):
         return None
-    return pid
+    return pid if _is_server_process(pid) else None
+
+
+def _is_server_process(pid: int) -> bool:
+    """A killed server stays a zombie until reaped, and a stale pid file may name a recycled
+    pid: neither is a running server. (Without /proc, trust the signal check.)"""
+    proc = Path(f"/proc/{pid}")
+    if not Path("/proc/self").exists():
+        return True
+    try:
+        cmdline = (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+    # A zombie's command line is empty.
+    return b"berth" in cmdline and b"server" in cmdline
 
 
 @server_app.command("start")
@@ -111,9 +126,18 @@ def start(
             )
         pid = proc.pid
         console.print(f"Starting the Berth server (pid {pid}, log {log_path})")
+
+        def alive() -> bool:
+            # The child writes the pid file only once it is set up: watch the child itself.
+            return proc.poll() is None
+
     else:
         console.print(f"The Berth server is already running (pid {pid})")
-    _wait_healthy(url, timeout, settings.home / "server.log")
+
+        def alive() -> bool:
+            return _running_pid() is not None
+
+    _wait_healthy(url, timeout, settings.home / "server.log", alive)
     token_file = settings.home / "admin-token"
     token = token_file.read_text().strip()
     cfg_path = CliConfig(url, token).save()
@@ -125,7 +149,7 @@ def start(
     console.print(f"CLI login:    {cfg_path}")
 
 
-def _wait_healthy(url: str, timeout: float, log_path: Path) -> None:
+def _wait_healthy(url: str, timeout: float, log_path: Path, alive: Callable[[], bool]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -133,7 +157,7 @@ def _wait_healthy(url: str, timeout: float, log_path: Path) -> None:
                 return
         except httpx.HTTPError:
             pass
-        if _running_pid() is None and time.monotonic() > deadline - timeout + 3:
+        if not alive():
             break
         time.sleep(0.3)
     raise CliError(f"the server did not come up at {url}; see {log_path}")

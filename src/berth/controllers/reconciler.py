@@ -440,7 +440,8 @@ class Reconciler:
 
     def _apply_routes(self, session: Session, routes: tuple[Route, ...]) -> None:
         digest = hashlib.sha256(repr(routes).encode()).hexdigest()
-        if digest == self._routes_hash:
+        # Unchanged routes still need a live nginx: apply() restarts one that died.
+        if digest == self._routes_hash and self.nginx.is_running():
             return
         stored = session.get(Meta, "proxy_generation")
         generation, stored_digest = (0, "")

@@ -214,6 +214,7 @@ class NginxManager:
             self._start()
 
     def _start(self) -> int:
+        self._stop_orphaned_workers()
         result = self._run_nginx("-c", str(self.conf_path), "-p", f"{self.conf_dir}/")
         if result.returncode != 0:
             raise ProxyConfigError("nginx failed to start: " + result.stderr.strip())
@@ -227,6 +228,19 @@ class NginxManager:
         assert pid is not None
         log.info("started nginx master %d for %s", pid, self.conf_dir)
         return pid
+
+    def _stop_orphaned_workers(self) -> None:
+        """Workers outlive a master that was killed (SIGKILL, OOM) and keep holding the listen
+        socket, so a new master could never bind it. Stop them before starting one."""
+        orphans = _orphaned_workers(self.listen_host, self.listen_port)
+        for sig in (signal.SIGQUIT, signal.SIGKILL):
+            for pid in orphans:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if _wait_until(lambda: not any(_cmdline(str(p)) for p in orphans), 5):
+                break
+        if orphans:
+            log.warning("stopped nginx workers %s left behind by a dead master", orphans)
 
     def _run_nginx(self, *args: str) -> subprocess.CompletedProcess[str]:
         try:
@@ -288,6 +302,49 @@ def _worker_identity() -> tuple[str | None, str | None]:
             continue
         return "nobody", group
     return "nobody", "nobody"
+
+
+def _orphaned_workers(host: str, port: int) -> list[int]:
+    """nginx workers listening on ``host:port`` whose master is gone (it was killed)."""
+    want = ipaddress.ip_address(host)
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                addr_hex, _, port_hex = fields[1].partition(":")
+                raw = bytes.fromhex(addr_hex)
+                # The kernel prints each 32-bit word in host (little-endian) order.
+                addr = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                listening = fields[3] == "0A" and int(port_hex, 16) == port
+                if listening and ipaddress.ip_address(addr) == want:
+                    inodes.add(fields[9])
+    if not inodes:
+        return []
+    sockets = {f"socket:[{inode}]" for inode in inodes}
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if not _cmdline(proc.name).startswith("nginx: worker"):
+                continue
+            parent = Path(f"/proc/{proc.name}/stat").read_text().rpartition(")")[2].split()[1]
+            if _cmdline(parent).startswith("nginx: master"):
+                continue  # a live master's worker is not an orphan
+            if any(os.readlink(fd) in sockets for fd in (proc / "fd").iterdir()):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace")
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
