@@ -47,7 +47,9 @@ test-postgres: venv
 	bash scripts/postgres-drop-db.sh "$$url"; exit $$rc
 
 bench: system venv images
+	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || echo "wrk unavailable: the load benchmark uses Python clients"
 	$(PY) bench/run.py
+	$(PY) bench/metering.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -467,8 +467,8 @@ class BerthServer:
         def converged() -> list[dict[str, Any]] | None:
             rows = self.ps(name)
             healthy = [r for r in rows if r["state"] == "running" and r["healthy"]]
-            running = [c for c in self.containers(name, all=True)]
-            if len(rows) == scale and len(healthy) == scale and len(running) == scale:
+            in_docker = self.containers(name, all=True)  # every state: no leftovers either
+            if len(rows) == scale and len(healthy) == scale and len(in_docker) == scale:
                 return rows
             return None
 

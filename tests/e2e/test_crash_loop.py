@@ -90,11 +90,6 @@ def test_crash_loop_restarts_count_up_in_ps(berth: BerthServer, tmp_path: Path) 
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner bug (src/berth/domain/reconcile.py, _plan_app failure branch): a failed "
-    "first deploy starts `scale` new instances of the failed release in the pass that fails it",
-)
 def test_failed_first_deploy_starts_no_more_instances(berth: BerthServer, tmp_path: Path) -> None:
     """The crashing instance is restarted in place; once the deploy has failed, no new
     instance of the failed release is started."""

@@ -138,9 +138,15 @@ def test_suspension_and_resume_through_nginx(
     wait_until(
         lambda: user.get("/billing/balance").json()["suspended"], 30, "the tenant is suspended"
     )
-    wait_until(lambda: berth.ingress_get(host).status_code == 503, 30, "the suspended page")
-    page = berth.ingress_get(host)
-    assert "suspended" in page.text.lower()
+    # An nginx reload lets old workers finish what they accepted: wait for the page itself.
+    wait_until(
+        lambda: (
+            (page := berth.ingress_get(host)).status_code == 503
+            and "suspended" in page.text.lower()
+        ),
+        30,
+        "the suspended page",
+    )
     wait_until(lambda: not berth.containers(app), 60, "the app's containers are gone")
     assert user.get(f"/apps/{app}").json()["scale"] == 2  # remembered
     refused = user.post(f"/apps/{app}/scale", json={"replicas": 3})

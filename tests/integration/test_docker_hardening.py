@@ -3,7 +3,6 @@ and still serves HTTP on its loopback port. Checked with the engine's own ``dock
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ from berth.runtime.protocol import (
     LABEL_TENANT,
     ContainerInfo,
     ContainerSpec,
-    RuntimeFailure,
 )
 from tests.contract.conftest import (
     APP_PORT,
@@ -145,7 +143,8 @@ def test_berth_restarts_crashes_itself_and_logs_are_capped(attrs: dict[str, Any]
         "Type": "json-file",
         "Config": {"max-size": "10m", "max-file": "3"},
     }
-    assert host["Init"] in (None, False)
+    # tini is PID 1, so a stop's SIGTERM reaches the app even when its image ignores it.
+    assert host["Init"] is True
 
 
 def test_the_app_is_told_its_port(attrs: dict[str, Any]) -> None:
@@ -167,13 +166,20 @@ def test_the_app_answers_http_on_its_loopback_port(web: ContainerInfo) -> None:
     assert httpx.get(url, timeout=2).content == INDEX_HTML
 
 
-def test_a_container_that_cannot_start_leaves_nothing_behind(
+def test_a_missing_program_is_a_crash_with_a_clear_exit_code(
     runtime: DockerRuntime, image: str, network: str
 ) -> None:
+    """With tini as PID 1 the container starts, and the missing program is an exit (127) that
+    the reconciler treats like any crash: backoff, crash loop in ps, a failed deploy."""
     spec = web_spec(image, network, command=("/no/such/program",))
 
-    with pytest.raises(RuntimeFailure):
-        runtime.run(spec)
-    assert all(c.name != spec.name for c in runtime.list())
-    fixed = runtime.run(dataclasses.replace(spec, command=None))  # the name is free again
-    assert fixed.state == "running"
+    info = runtime.run(spec)
+
+    def exited() -> bool:
+        current = runtime.inspect(info.id)
+        return current is not None and current.state == "exited"
+
+    wait_until(exited, "the container exits")
+    current = runtime.inspect(info.id)
+    assert current is not None and current.exit_code == 127
+    assert "/no/such/program" in runtime.logs(info.id)

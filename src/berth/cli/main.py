@@ -216,12 +216,21 @@ def _finish_rollout(
         raise CliError(f"deployment of v{version} {dep['status']}: {dep['message']}")
 
 
+WAIT_LIMIT_SECONDS = 900.0
+
+
 def _wait_for_deployment(api: ApiClient, name: str, dep_id: str, quiet: bool) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
     with err_console.status("Rolling out", spinner="dots") as status:
         while True:
             dep: dict[str, Any] = api.get(f"/apps/{name}/deployments/{dep_id}")
             if dep["status"] != "in_progress":
                 return dep
+            if time.monotonic() > deadline:
+                raise CliError(
+                    f"the rollout is still in progress after {WAIT_LIMIT_SECONDS:.0f}s "
+                    f"(deployment {dep_id}); see `berth ps {name}`"
+                )
             info = api.get(f"/apps/{name}")
             if not quiet:
                 status.update(

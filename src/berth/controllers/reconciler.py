@@ -144,6 +144,8 @@ class Reconciler:
                 by_id = {a.id: a for a in apps}
                 self._finish_deployments(session, plan)
                 self._start_and_restart(session, plan, by_id, now)
+                # What the engine now runs is recorded before anything later can fail.
+                session.commit()
                 removing = {a.container_id for a in plan.actions if isinstance(a, RemoveInstance)}
                 apps = load_apps(session)  # finished deployments changed serving/target
                 self._sync_routes(session, apps, removing)

@@ -127,7 +127,7 @@ def _plan_app(
     waiting: list[Waiting] = []
     target = [i for i in instances if i.revision == target_key]
     if not app.rolling_out:
-        a, w = _maintain(app, target, app.scale, now)
+        a, w = _maintain(app.app_id, target, target_key, app.scale, now)
         return actions + a, waiting + w
 
     old = [i for i in instances if i.revision == serving_key and serving_key != target_key]
@@ -136,7 +136,8 @@ def _plan_app(
         assert app.deployment_id is not None
         actions.append(FinishDeployment(app.app_id, app.deployment_id, False, failure))
         actions += _remove_all(target, "deployment failed")
-        a, w = _maintain(app, old, app.scale, now)
+        # The serving revision stays at scale; with none serving, nothing starts.
+        a, w = _maintain(app.app_id, old, serving_key, app.scale, now)
         return actions + a, waiting + w
 
     ready = [i for i in target if i.ready]
@@ -146,13 +147,13 @@ def _plan_app(
             FinishDeployment(app.app_id, app.deployment_id, True, f"{app.scale} instances healthy")
         )
         actions += _remove_all(old, "replaced by new revision")
-        a, w = _maintain(app, target, app.scale, now)
+        a, w = _maintain(app.app_id, target, target_key, app.scale, now)
         return actions + a, waiting + w
 
-    a, w = _maintain(app, target, app.scale, now)
+    a, w = _maintain(app.app_id, target, target_key, app.scale, now)
     actions += a
     waiting += w
-    a, w = _maintain(app, old, app.scale, now, start_missing=False)
+    a, w = _maintain(app.app_id, old, None, app.scale, now)
     return actions + a, waiting + w
 
 
@@ -170,13 +171,14 @@ def _rollout_failure(app: DesiredApp, target: Sequence[ObservedInstance], now: f
 
 
 def _maintain(
-    app: DesiredApp,
+    app_id: str,
     instances: Sequence[ObservedInstance],
+    start_revision: str | None,
     scale: int,
     now: float,
-    start_missing: bool = True,
 ) -> tuple[list[Action], list[Waiting]]:
-    """Keep ``scale`` instances of one revision: start missing, restart crashed, trim extras."""
+    """Keep ``scale`` instances of one revision: restart crashed ones, trim extras, and start
+    missing ones of ``start_revision`` (None: start nothing)."""
     actions: list[Action] = []
     waiting: list[Waiting] = []
     ordered = sorted(instances, key=_keep_preference)
@@ -198,9 +200,8 @@ def _maintain(
                     due,
                 )
             )
-    if start_missing and app.target is not None:
-        revision = instances[0].revision if instances else app.target.key
-        actions += [StartInstance(app.app_id, revision) for _ in range(scale - len(keep))]
+    if start_revision is not None:
+        actions += [StartInstance(app_id, start_revision) for _ in range(scale - len(keep))]
     return actions, waiting
 
 

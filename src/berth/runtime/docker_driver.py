@@ -318,7 +318,9 @@ def _create_options(spec: ContainerSpec, labels: Mapping[str, str]) -> dict[str,
         # Berth restarts crashed containers itself, with backoff and honest status.
         "restart_policy": {"Name": "no"},
         "log_config": LogConfig(type=LogConfig.types.JSON, config=LOG_OPTIONS),
-        "init": False,
+        # tini as PID 1: signals reach the app (a stop is quick, not a 10 s SIGKILL wait) and
+        # zombies are reaped, whatever the image's entrypoint does.
+        "init": True,
     }
 
 

@@ -246,3 +246,19 @@ def test_old_revision_only_goes_after_new_is_ready(
                 if i.app_id == app.app_id and i.revision == app.target.key and i.ready
             ]
             assert len(ready) >= app.scale
+
+
+def test_failed_first_deploy_starts_nothing_more() -> None:
+    app = DesiredApp("a", 2, target=R2, serving=None, deployment_id="d1", deadline=10)
+    failing = [inst("n1", R2, healthy=False, routed=False)]
+    plan = plan_reconcile([app], failing, now=11)
+    assert not [a for a in plan.actions if isinstance(a, StartInstance)]
+    assert RemoveInstance("a", "n1", "deployment failed") in plan.actions
+
+
+def test_failed_rollout_tops_up_the_serving_revision_only() -> None:
+    app = DesiredApp("a", 2, target=R2, serving=R1, deployment_id="d1", deadline=10)
+    observed = [inst("o1"), inst("n1", R2, healthy=False, routed=False)]
+    plan = plan_reconcile([app], observed, now=11)
+    starts = [a for a in plan.actions if isinstance(a, StartInstance)]
+    assert starts == [StartInstance("a", R1.key)]
