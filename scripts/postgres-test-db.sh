@@ -4,7 +4,7 @@
 set -euo pipefail
 DB="berth_test_$$"
 PASS="$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-su postgres -c "psql -q -v ON_ERROR_STOP=1" >/dev/null <<SQL
+su postgres -c "PGOPTIONS=--client-min-messages=warning psql -q -v ON_ERROR_STOP=1" >/dev/null <<SQL
 DROP DATABASE IF EXISTS ${DB};
 DROP ROLE IF EXISTS ${DB};
 CREATE ROLE ${DB} LOGIN PASSWORD '${PASS}';

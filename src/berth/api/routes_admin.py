@@ -168,15 +168,7 @@ def credit(
     row, created, t = bsvc.credit(
         session, platform.settings, tenant, body.amount, body.idempotency_key, body.memo
     )
-    bal = bsvc.balance(session, t.id)
-    platform.billing_kick()
-    return CreditResult(
-        tenant=t.name,
-        transaction_id=row.id,
-        created=created,
-        balance_minor=bal,
-        balance=bsvc.money(platform.settings, bal),
-    )
+    return _posted(session, platform, row.id, created, t)
 
 
 @router.post("/admin/tenants/{tenant}/adjust", status_code=201)
@@ -187,11 +179,18 @@ def adjust(
     row, created, t = bsvc.adjust(
         session, platform.settings, tenant, body.amount, body.idempotency_key, body.memo
     )
-    bal = bsvc.balance(session, t.id)
+    return _posted(session, platform, row.id, created, t)
+
+
+def _posted(
+    session: SessionDep, platform: PlatformDep, tx_id: str, created: bool, tenant: Tenant
+) -> CreditResult:
+    """The answer to a balance change; arrears are re-evaluated at once (a top-up resumes)."""
+    bal = bsvc.balance(session, tenant.id)
     platform.billing_kick()
     return CreditResult(
-        tenant=t.name,
-        transaction_id=row.id,
+        tenant=tenant.name,
+        transaction_id=tx_id,
         created=created,
         balance_minor=bal,
         balance=bsvc.money(platform.settings, bal),
