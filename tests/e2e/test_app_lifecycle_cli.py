@@ -89,3 +89,14 @@ def test_unknown_commands_and_missing_args_are_clear_errors(berth: BerthServer) 
     assert result.returncode != 0
     assert "DIRECTORY" in result.stderr or "--image" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_delete_returns_once_the_instances_are_gone(berth: BerthServer) -> None:
+    app = "brief"
+    berth.create_app(app, "--health-path", "/healthz")
+    berth.cli_ok("scale", app, "2")
+    berth.deploy_dir(app, PYTHON_APP)
+    berth.wait_converged(app, 2)
+    result = berth.cli_json("apps", "delete", app, "--yes")
+    assert result["deleted"] == app and result["instances_stopping"] == 0
+    assert berth.containers(app) == []  # no wait needed: the 204 means they are gone

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 
 from berth.api import views
@@ -29,6 +30,8 @@ from berth.api.schemas import (
     ScaleRequest,
 )
 from berth.errors import EngineError
+from berth.platform import Platform
+from berth.runtime.protocol import LABEL_APP
 from berth.services import apps as svc
 from berth.store.tables import Release
 
@@ -56,10 +59,37 @@ def get_app(
     return views.app_public(session, settings, svc.get_app(session, who.tenant_id, name))
 
 
-@router.delete("/{name}", status_code=204)
-def delete_app(name: str, session: SessionDep, platform: PlatformDep, who: Writer) -> None:
+@router.delete(
+    "/{name}",
+    status_code=204,
+    responses={202: {"description": "deleted; some instances are still stopping"}},
+)
+def delete_app(name: str, session: SessionDep, platform: PlatformDep, who: Writer) -> Response:
+    """Deletes the app's desired state, then waits (bounded) until its instances are gone, so
+    that a 204 means they are: 202 says some are still stopping."""
+    app_id = svc.get_app(session, who.tenant_id, name).id
     svc.delete_app(session, who.tenant_id, name)
     platform.trigger()
+    remaining = _wait_for_instances_gone(platform, app_id, DELETE_WAIT_SECONDS)
+    if remaining:
+        body = {"deleted": name, "instances_stopping": remaining}
+        return JSONResponse(body, status_code=202)
+    return Response(status_code=204)
+
+
+DELETE_WAIT_SECONDS = 30.0
+
+
+def _wait_for_instances_gone(platform: Platform, app_id: str, timeout: float) -> int:
+    runtime = platform.runtime
+    if runtime is None or not platform.started:
+        return 0  # no loops here to remove anything (tests with fakes)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = len(runtime.list({LABEL_APP: app_id}))
+        if left == 0 or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
 
 
 @router.get("/{name}/releases")

@@ -140,8 +140,16 @@ def apps_delete(
         and not typer.confirm(f"Delete app {name} and all its instances?")
     ):
         raise CliError("not deleted")
-    client().delete(f"/apps/{name}")
-    emit({"deleted": name}, as_json, lambda _: console.print(f"Deleted app [bold]{name}[/]"))
+    answer = client().delete(f"/apps/{name}") or {"deleted": name, "instances_stopping": 0}
+    stopping = answer.get("instances_stopping", 0)
+    emit(
+        answer,
+        as_json,
+        lambda _: console.print(
+            f"Deleted app [bold]{name}[/]"
+            + (f"; {stopping} instances are still stopping" if stopping else "")
+        ),
+    )
 
 
 # -- deploy and releases --------------------------------------------------------------------
