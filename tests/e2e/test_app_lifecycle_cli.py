@@ -3,6 +3,7 @@ requests, releases, logs, config show/unset, and `--json` everywhere."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -82,6 +83,9 @@ def test_logs_show_what_instances_printed(berth: BerthServer, shop: dict[str, An
         20,
         "the request shows in the logs",
     )
+    lines = [json.loads(x) for x in berth.cli_ok("logs", APP, "--json").stdout.splitlines() if x]
+    assert lines and all(set(x) == {"instance", "line"} for x in lines)
+    assert any(marker in x["line"] for x in lines)
 
 
 def test_unknown_commands_and_missing_args_are_clear_errors(berth: BerthServer) -> None:

@@ -351,12 +351,20 @@ def logs(
         bool, typer.Option("--follow", "-f", help="Keep streaming new lines.")
     ] = False,
     tail: Annotated[int, typer.Option(help="Lines per instance to start with.")] = 100,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line: instance and text.")
+    ] = False,
 ) -> None:
-    """Print the logs of an app's instances."""
+    """Print the logs of an app's instances, each line prefixed with its instance."""
     api = client()
     params = {"tail": tail, "follow": str(follow).lower()}
     for line in api.stream_lines("GET", f"/apps/{name}/logs", params=params):
-        console.print(line, markup=False, highlight=False)
+        if as_json:
+            instance, _, text = line.partition("] ")
+            sys.stdout.write(json.dumps({"instance": instance.lstrip("["), "line": text}) + "\n")
+            sys.stdout.flush()
+        else:
+            console.print(line, markup=False, highlight=False)
 
 
 @app.command()
