@@ -259,3 +259,15 @@ def test_run_by_image_id(harness: Harness) -> None:
 
     assert info.state == "running"
     assert info.image == image_id
+
+
+def test_a_running_container_has_an_address_and_an_exited_one_has_none(
+    harness: Harness,
+) -> None:
+    """The agent checks TCP health on the container's own address (not the loopback proxy)."""
+    info = harness.runtime.run(harness.spec())
+    assert info.address
+    harness.runtime.remove(info.id)
+    exited = harness.run_exited(["bye"], 0)
+    now = harness.runtime.inspect(exited.id)
+    assert now is not None and now.state == "exited" and now.address is None

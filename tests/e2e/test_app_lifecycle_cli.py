@@ -4,6 +4,7 @@ requests, releases, logs, config show/unset, and `--json` everywhere."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,3 +105,19 @@ def test_delete_returns_once_the_instances_are_gone(berth: BerthServer) -> None:
     result = berth.cli_json("apps", "delete", app, "--yes")
     assert result["deleted"] == app and result["instances_stopping"] == 0
     assert berth.containers(app) == []  # no wait needed: the 204 means they are gone
+
+
+def test_tcp_health_check_waits_for_the_app_to_listen(berth: BerthServer, tmp_path: Path) -> None:
+    """With no health path the check is a TCP connect to the app itself: an app that only
+    starts listening after a few seconds is not routed (and the deploy not done) before."""
+    app = "slowtcp"
+    (tmp_path / "Dockerfile").write_text(
+        "FROM berth/busybox:latest\n"
+        'CMD ["sh", "-c", "sleep 4; echo up > /www/index.html; exec httpd -f -p 8080 -h /www"]\n'
+    )
+    berth.create_app(app, "--health-path", "")
+    result = berth.deploy_dir(app, tmp_path)
+    assert result["deployment"]["status"] == "succeeded", result
+    # Checked against Docker's loopback proxy, the deploy would "succeed" before the app
+    # listens and this first request would fail.
+    assert berth.ingress_get(berth.host_of(app)).status_code == 200

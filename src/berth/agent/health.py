@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from berth.runtime.protocol import ContainerInfo, Runtime
+from berth.runtime.protocol import LABEL_PORT, ContainerInfo, Runtime
 
 LABEL_HEALTH_PATH = "berth.health-path"
 FAILURES_TO_UNHEALTHY = 2
@@ -42,6 +42,7 @@ class CheckTarget:
     port: int
     path: str | None
     started_at: float | None = None
+    host: str | None = None  # None: the loopback address
 
 
 @dataclass
@@ -113,7 +114,7 @@ class HealthMonitor:
 
     def _probe(self, target: CheckTarget) -> tuple[bool, str]:
         if target.path is None:
-            return _tcp_check(self.host, target.port)
+            return _tcp_check(target.host or self.host, target.port)
         url = f"http://{self.host}:{target.port}{target.path}"
         try:
             resp = self._client.get(url)
@@ -137,6 +138,11 @@ def _target(container: ContainerInfo) -> CheckTarget | None:
     if container.state != "running" or container.host_port is None:
         return None
     path = container.labels.get(LABEL_HEALTH_PATH) or None
+    if path is None and container.address and container.labels.get(LABEL_PORT, "").isdigit():
+        # A TCP check must reach the app itself: the loopback port is held by Docker's proxy,
+        # which accepts connections even while nothing listens inside the container.
+        port = int(container.labels[LABEL_PORT])
+        return CheckTarget(container.id, port, None, container.started_at, container.address)
     return CheckTarget(container.id, container.host_port, path, container.started_at)
 
 

@@ -350,7 +350,16 @@ def _container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
         oom_killed=bool(state.get("OOMKilled")),
         pid=int(state.get("Pid") or 0),
         image=str(attrs.get("Image", "")),
+        address=_network_address(attrs) if status == "running" else None,
     )
+
+
+def _network_address(attrs: Mapping[str, Any]) -> str | None:
+    networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    for settings in networks.values():
+        if (settings or {}).get("IPAddress"):
+            return str(settings["IPAddress"])
+    return None
 
 
 def _loopback_port(attrs: Mapping[str, Any]) -> int | None:

@@ -66,6 +66,9 @@ class _FakeContainer:
             oom_killed=self.oom_killed,
             pid=self.pid,
             image=self.image_id,
+            address=f"10.254.{self.pid // 250 % 250}.{self.pid % 250 + 1}"
+            if self.state == "running"
+            else None,
         )
 
 

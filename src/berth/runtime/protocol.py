@@ -20,6 +20,7 @@ LABEL_RELEASE = "berth.release"  # release id
 LABEL_REVISION = "berth.revision"  # "<release id>:<generation>", the rollout unit
 LABEL_INSTANCE = "berth.instance"  # instance id, unique per container
 LABEL_NODE = "berth.node"
+LABEL_PORT = "berth.port"  # the port the app listens on inside the container
 
 ContainerState = Literal["created", "running", "restarting", "paused", "exited", "dead", "removing"]
 
@@ -61,6 +62,7 @@ class ContainerInfo:
     oom_killed: bool = False
     pid: int = 0  # main process id on the host, 0 when not running
     image: str = ""
+    address: str | None = None  # the container's own address on its network, while running
 
 
 class RuntimeFailure(Exception):
