@@ -271,3 +271,23 @@ def test_a_running_container_has_an_address_and_an_exited_one_has_none(
     exited = harness.run_exited(["bye"], 0)
     now = harness.runtime.inspect(exited.id)
     assert now is not None and now.state == "exited" and now.address is None
+
+
+def test_setting_stop_ends_following_a_quiet_container(harness: Harness) -> None:
+    """A follower of a container that prints nothing must end when asked (a client left)."""
+    import threading
+
+    info = harness.runtime.run(harness.spec())
+    stop = threading.Event()
+    seen: list[str] = []
+    follower = threading.Thread(
+        target=lambda: seen.extend(harness.runtime.follow_logs(info.id, tail=0, stop=stop)),
+        daemon=True,
+    )
+    follower.start()
+    follower.join(timeout=1.0)
+    assert follower.is_alive()  # still following: nothing was printed, nothing ended it
+    stop.set()
+    follower.join(timeout=20)
+    assert not follower.is_alive()
+    assert harness.runtime.inspect(info.id).state == "running"  # type: ignore[union-attr]

@@ -4,6 +4,9 @@ requests, releases, logs, config show/unset, and `--json` everywhere."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +124,30 @@ def test_tcp_health_check_waits_for_the_app_to_listen(berth: BerthServer, tmp_pa
     # Checked against Docker's loopback proxy, the deploy would "succeed" before the app
     # listens and this first request would fail.
     assert berth.ingress_get(berth.host_of(app)).status_code == 200
+
+
+def test_logs_follow_streams_new_lines(berth: BerthServer, shop: dict[str, Any]) -> None:
+    marker = "/follow-marker-path"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "berth.cli.main", "logs", APP, "-f", "--tail", "0"],
+        env=berth.cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        wait_until(
+            lambda: (
+                berth.ingress_get(berth.host_of(APP), marker) is not None
+                and any(marker in line for line in seen)
+            ),
+            30,
+            "a new request shows up in `berth logs -f`",
+        )
+        assert proc.poll() is None  # still following
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

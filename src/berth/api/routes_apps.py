@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import queue
+import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -31,7 +32,7 @@ from berth.api.schemas import (
 )
 from berth.errors import EngineError
 from berth.platform import Platform
-from berth.runtime.protocol import LABEL_APP
+from berth.runtime.protocol import LABEL_APP, Runtime
 from berth.services import apps as svc
 from berth.store.tables import Release
 
@@ -205,28 +206,41 @@ def logs(
     return StreamingResponse(_follow(runtime, containers, tail), media_type="text/plain")
 
 
-def _follow(runtime: object, containers: list[tuple[str, str]], tail: int) -> Iterator[str]:
-    """Merge every instance's log stream; ends when all instances' streams end."""
-    lines: queue.Queue[str | None] = queue.Queue(maxsize=10_000)
+async def _follow(
+    runtime: Runtime, containers: list[tuple[str, str]], tail: int
+) -> AsyncIterator[str]:
+    """Merge every instance's log stream until all end or the client goes away; then ``stop``
+    closes the engine streams, even those of quiet instances."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    stop = threading.Event()
+
+    def put(item: str | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+            loop.call_soon_threadsafe(lines.put_nowait, item)
 
     def pump(short: str, cid: str) -> None:
         try:
-            for line in runtime.follow_logs(cid, tail=tail):  # type: ignore[attr-defined]
-                lines.put(f"[{short}] {line.rstrip()}\n")
+            for line in runtime.follow_logs(cid, tail=tail, stop=stop):
+                put(f"[{short}] {line.rstrip()}\n")
         except Exception as exc:
-            lines.put(f"[{short}] (log stream ended: {exc})\n")
+            if not stop.is_set():
+                put(f"[{short}] (log stream ended: {exc})\n")
         finally:
-            lines.put(None)
+            put(None)
 
     for short, cid in containers:
         threading.Thread(target=pump, args=(short, cid), daemon=True).start()
     open_streams = len(containers)
-    while open_streams:
-        item = lines.get()
-        if item is None:
-            open_streams -= 1
-        else:
-            yield item
+    try:
+        while open_streams:
+            item = await lines.get()
+            if item is None:
+                open_streams -= 1
+            else:
+                yield item
+    finally:
+        stop.set()
 
 
 @router.get("/{name}/domains")

@@ -9,6 +9,7 @@ container, nor removes a network, that lacks those labels. It never pulls images
 from __future__ import annotations
 
 import codecs
+import contextlib
 import math
 import re
 import threading
@@ -163,7 +164,9 @@ class DockerRuntime:
             output = self._api().logs(attrs["Id"], stdout=True, stderr=True, tail=tail)
         return bytes(output).decode("utf-8", errors="replace")
 
-    def follow_logs(self, container_id: str, tail: int = 100) -> Generator[str, None, None]:
+    def follow_logs(
+        self, container_id: str, tail: int = 100, stop: threading.Event | None = None
+    ) -> Generator[str, None, None]:
         """Lines (without their line break) printed by the container, until it stops.
 
         Ownership and the stream are checked here, not on the first ``next()``; closing the
@@ -174,6 +177,10 @@ class DockerRuntime:
             stream = self._api().logs(
                 attrs["Id"], stdout=True, stderr=True, stream=True, follow=True, tail=tail
             )
+        if stop is not None:
+            threading.Thread(
+                target=_close_when_set, args=(stop, stream), name="berth-logs-stop", daemon=True
+            ).start()
         return _decoded_lines(stream, container_id)
 
     # -- images -------------------------------------------------------------------------------
@@ -352,6 +359,13 @@ def _container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
         image=str(attrs.get("Image", "")),
         address=_network_address(attrs) if status == "running" else None,
     )
+
+
+def _close_when_set(stop: threading.Event, stream: Any) -> None:
+    """Close a log stream from another thread: the blocked read then ends the generator."""
+    stop.wait()
+    with contextlib.suppress(Exception):
+        stream.close()
 
 
 def _network_address(attrs: Mapping[str, Any]) -> str | None:

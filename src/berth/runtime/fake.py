@@ -231,13 +231,16 @@ class FakeRuntime:
             container = self._owned(container_id, "read the logs of")
             return "".join(_last_lines(container.output, tail))
 
-    def follow_logs(self, container_id: str, tail: int = 100) -> Generator[str, None, None]:
-        """Lines (without their line break) printed by the container, until it stops."""
+    def follow_logs(
+        self, container_id: str, tail: int = 100, stop: threading.Event | None = None
+    ) -> Generator[str, None, None]:
+        """Lines (without their line break) printed by the container, until it stops or
+        ``stop`` is set."""
         with self.engine.lock:
             container = self._owned(container_id, "follow the logs of")
             backlog = "".join(_last_lines(container.output, tail))
             position = len(container.output)
-        return self._follow(container, backlog, position)
+        return self._follow(container, backlog, position, stop or threading.Event())
 
     # -- images -------------------------------------------------------------------------------
 
@@ -345,14 +348,18 @@ class FakeRuntime:
         self.engine.lock.notify_all()
 
     def _follow(
-        self, container: _FakeContainer, backlog: str, position: int
+        self, container: _FakeContainer, backlog: str, position: int, stop: threading.Event
     ) -> Generator[str, None, None]:
         pending = backlog
         while True:
             *lines, pending = pending.split("\n")
             yield from lines
             with self.engine.lock:
-                self.engine.lock.wait_for(partial(_has_news, container, position))
+                while not self.engine.lock.wait_for(
+                    partial(_has_news, container, position), timeout=0.2
+                ):
+                    if stop.is_set():
+                        return
                 fresh = container.output[position:]
                 position = len(container.output)
                 done = not fresh and not _is_alive(container)

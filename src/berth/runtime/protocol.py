@@ -7,6 +7,7 @@ container that lacks ``berth.managed=true`` and this installation's ``berth.inst
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -105,9 +106,12 @@ class Runtime(Protocol):
 
     def logs(self, container_id: str, tail: int = 100) -> str: ...
 
-    def follow_logs(self, container_id: str, tail: int = 100) -> Generator[str, None, None]:
-        """Printed lines (without line breaks) until the container stops. ``close()`` the
-        generator to stop following early; that releases the engine connection."""
+    def follow_logs(
+        self, container_id: str, tail: int = 100, stop: threading.Event | None = None
+    ) -> Generator[str, None, None]:
+        """Printed lines (without line breaks) until the container stops, or until ``stop`` is
+        set (from any thread: the engine connection is released even while no line comes).
+        ``close()`` the generator to stop following early from the thread that iterates it."""
         ...
 
     def image_id(self, ref: str) -> str | None:
