@@ -98,14 +98,14 @@ def login(
     )
 
 
-def logout() -> None:
+def logout(as_json: JsonOpt = False) -> None:
     """End the session and forget the saved credentials."""
     cfg = CliConfig.load()
     if cfg.token and cfg.token.startswith("bsess_"):
         with contextlib.suppress(CliError):
             ApiClient(cfg).post("/auth/logout")
     CliConfig(cfg.api_url, None, None).save()
-    console.print("Logged out")
+    emit({"logged_out": True}, as_json, lambda _: console.print("Logged out"))
 
 
 def whoami(as_json: JsonOpt = False) -> None:
@@ -129,13 +129,14 @@ def whoami(as_json: JsonOpt = False) -> None:
 
 def switch(
     tenant: Annotated[str | None, typer.Argument(help="Team to act in; omit for your own.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Choose the tenant later commands act in (a team you belong to)."""
     cfg = CliConfig.load()
     new = dataclasses.replace(cfg, tenant=tenant)
-    ApiClient(new).get("/auth/whoami")
+    who = ApiClient(new).get("/auth/whoami")
     new.save()
-    console.print(f"Now acting in {tenant or 'your personal tenant'}")
+    emit(who, as_json, lambda d: console.print(f"Now acting in {d['tenant']} as {d['role']}"))
 
 
 def audit(
@@ -551,9 +552,14 @@ def admin_set_plan(tenant: str, plan: str, as_json: JsonOpt = False) -> None:
 def admin_delete_tenant(
     tenant: str,
     yes: Annotated[bool, typer.Option("--yes", help="Confirm.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Remove a tenant's apps, domains, tokens and members (financial records stay)."""
     if not yes:
         raise CliError(f"this removes every app of {tenant}; add --yes to confirm")
     client().delete(f"/admin/tenants/{tenant}", params={"confirm": tenant})
-    console.print(f"Deleted tenant {tenant}'s apps and access")
+    emit(
+        {"deleted": tenant},
+        as_json,
+        lambda _: console.print(f"Deleted tenant {tenant}'s apps and access"),
+    )

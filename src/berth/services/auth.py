@@ -133,7 +133,7 @@ def _from_token(session: Session, secret: str, tenant_name: str | None) -> Princ
         user_id=user.id if user else None,
         email=user.email if user else f"token {row.name}",
         role=role,
-        scope=_narrowest(row.scopes),
+        scope=_scope_of(row.scopes),
         via="token",
         credential_id=row.id,
         user_is_operator=bool(user.is_operator) if user else tenant.is_admin,
@@ -177,7 +177,7 @@ def _role_of(session: Session, tenant_id: str, user_id: str) -> str | None:
     )
 
 
-def _narrowest(scopes: str) -> str:
+def _scope_of(scopes: str) -> str:
     """Tokens hold one scope; older rows may list several: the widest listed one applies."""
     listed = [s for s in scopes.split(",") if s in _LEVEL]
     return max(listed, key=lambda s: _LEVEL[s]) if listed else "read"
