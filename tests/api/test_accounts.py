@@ -456,10 +456,16 @@ def test_tenant_header_for_a_team_you_are_not_in_is_404(env: Env) -> None:
         for secret in (stranger.session, stranger_token["token"]):
             err = assert_error(env.call("GET", "/apps", secret, tenant=target), 404)
             assert err["code"] == "tenant_not_found"
-    # A token is bound to its tenant: naming another one (even the user's own team) is a 404.
+    # A user's token may name another tenant of the same user (the CLI's `berth switch`): the
+    # membership gives the role there; any other tenant is a 404.
     own_token = env.mint(owner.session, "admin")
-    assert_error(env.call("GET", "/apps", own_token["token"], tenant=team), 404, "tenant_not_found")
+    assert env.ok("GET", "/apps", own_token["token"], tenant=team) == []
     assert env.ok("GET", "/apps", own_token["token"], tenant=owner.tenant) == []
+    assert_error(
+        env.call("GET", "/apps", own_token["token"], tenant=stranger.tenant),
+        404,
+        "tenant_not_found",
+    )
 
 
 def test_invitations_only_into_teams(env: Env) -> None:

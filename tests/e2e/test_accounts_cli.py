@@ -59,10 +59,19 @@ def bob(berth: BerthServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_signup_login_whoami_logout(berth: BerthServer, alice: Path) -> None:
     who = ok(user_cli(berth, alice, "whoami", "--json"))
     assert who["email"] == "alice@example.com" and who["role"] == "owner"
-    assert who["via"] == "session" and not who["is_operator"]
+    # The CLI traded its login session for an API token of its own (sessions are the panel's).
+    assert who["via"] == "token" and who["scope"] == "admin" and not who["is_operator"]
+    saved = json.loads((alice / "berth" / "cli.json").read_text())
+    assert (
+        saved["token"].startswith("berth_")
+        and (alice / "berth" / "cli.json").stat().st_mode & 0o077 == 0
+    )
     ok(user_cli(berth, alice, "logout", "--json"))
     gone = user_cli(berth, alice, "whoami")
     assert gone.returncode == 1 and "berth login" in gone.stderr
+    # Logging out revoked that token: the old secret no longer opens anything.
+    old = berth.api.get("/auth/whoami", headers={"Authorization": f"Bearer {saved['token']}"})
+    assert old.status_code == 401
     wrong = user_cli(berth, alice, "login", "alice@example.com", stdin="wrong password!\n")
     assert wrong.returncode == 1 and "wrong email or password" in wrong.stderr
     ok(user_cli(berth, alice, "login", "alice@example.com", "--json", stdin=PASSWORD + "\n"))

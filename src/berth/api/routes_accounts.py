@@ -45,6 +45,7 @@ class WhoAmI(BaseModel):
     role: str
     scope: str
     via: str
+    token_id: str | None = Field(description="the API token in use, so it can revoke itself")
     is_operator: bool
     tenants: list[TenantMembership]
 
@@ -172,6 +173,7 @@ def whoami(session: SessionDep, who: CurrentPrincipal) -> WhoAmI:
         role=who.role,
         scope=who.scope,
         via=who.via,
+        token_id=who.credential_id if who.via == "token" else None,
         is_operator=who.is_operator,
         tenants=[
             TenantMembership(name=t.name, kind=t.kind, role=r)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import getpass
+import socket
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,8 +36,22 @@ def _password(prompt: str, confirm: bool) -> str:
     return first
 
 
+CLI_TOKEN_SECONDS = 90 * 24 * 3600
+
+
 def _save_session(api_url: str, data: dict[str, Any]) -> Path:
-    return CliConfig(api_url, data["token"], None).save()
+    """Trade the login session for an API token of this machine's CLI (sessions are for the
+    panel), end the session, and save the token (0600)."""
+    session = ApiClient(CliConfig(api_url, data["token"], None))
+    body = {
+        "name": f"cli on {socket.gethostname()}"[:64],
+        "scope": "admin",
+        "expires_in_seconds": CLI_TOKEN_SECONDS,
+    }
+    token = session.post("/tokens", json=body)["token"]
+    with contextlib.suppress(CliError):
+        session.post("/auth/logout")
+    return CliConfig(api_url, token, None, minted=True).save()
 
 
 def signup(
@@ -101,9 +116,15 @@ def login(
 def logout(as_json: JsonOpt = False) -> None:
     """End the session and forget the saved credentials."""
     cfg = CliConfig.load()
-    if cfg.token and cfg.token.startswith("bsess_"):
+    if cfg.token:
+        api = ApiClient(cfg)
         with contextlib.suppress(CliError):
-            ApiClient(cfg).post("/auth/logout")
+            if cfg.token.startswith("bsess_"):
+                api.post("/auth/logout")
+            elif cfg.minted:  # minted by `berth login`: revoke it, the saved secret dies
+                token_id = api.get("/auth/whoami").get("token_id")
+                if token_id:
+                    api.delete(f"/tokens/{token_id}")
     CliConfig(cfg.api_url, None, None).save()
     emit({"logged_out": True}, as_json, lambda _: console.print("Logged out"))
 

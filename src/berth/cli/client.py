@@ -34,6 +34,7 @@ class CliConfig:
     api_url: str
     token: str | None
     tenant: str | None = None
+    minted: bool = False  # the token was created by `berth login`: logout revokes it
 
     @staticmethod
     def load() -> CliConfig:
@@ -50,6 +51,7 @@ class CliConfig:
             api_url=os.environ.get("BERTH_API_URL") or data.get("api_url") or DEFAULT_API_URL,
             token=os.environ.get("BERTH_TOKEN") or data.get("token"),
             tenant=os.environ.get("BERTH_TENANT") or data.get("tenant"),
+            minted=bool(data.get("minted")) and not os.environ.get("BERTH_TOKEN"),
         )
 
     def save(self) -> Path:
@@ -57,9 +59,13 @@ class CliConfig:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump(
-                {"api_url": self.api_url, "token": self.token, "tenant": self.tenant}, fh, indent=2
-            )
+            data = {
+                "api_url": self.api_url,
+                "token": self.token,
+                "tenant": self.tenant,
+                "minted": self.minted,
+            }
+            json.dump(data, fh, indent=2)
         return path
 
 

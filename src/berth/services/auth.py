@@ -123,7 +123,12 @@ def _from_token(session: Session, secret: str, tenant_name: str | None) -> Princ
     if tenant is None or (row.user_id and user is None):
         raise Unauthorized("invalid token", code="unauthorized")
     if tenant_name and tenant_name != tenant.name:
-        raise NotFound(f"tenant {tenant_name!r} not found for this token", code="tenant_not_found")
+        # A user's token acts in the tenant it was made in, or in another tenant of the same
+        # user when asked (X-Berth-Tenant): the membership gives the role, the token caps it.
+        other = session.scalar(select(Tenant).where(Tenant.name == tenant_name))
+        if user is None or other is None or _role_of(session, other.id, user.id) is None:
+            raise NotFound(f"tenant {tenant_name!r} not found", code="tenant_not_found")
+        tenant = other
     role = _role_of(session, tenant.id, user.id) if user else "owner"
     if role is None:  # the user left the team: the token no longer opens it
         raise Unauthorized("this token's user is no longer a member", code="unauthorized")
