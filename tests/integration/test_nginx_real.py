@@ -34,6 +34,8 @@ def _nginx_is_installed() -> None:
     """These tests need the real nginx (make test installs it): missing is a failure."""
     if not os.access(NGINX, os.X_OK):
         pytest.fail(f"nginx is not installed at {NGINX}; run `make test`", pytrace=False)
+
+
 HOST = "app.example.test"
 
 

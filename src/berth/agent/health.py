@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from berth.periodic import PeriodicLoop
 from berth.runtime.protocol import LABEL_PORT, ContainerInfo, Runtime
 
 LABEL_HEALTH_PATH = "berth.health-path"
@@ -56,19 +57,15 @@ class HealthMonitor:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PeriodicLoop("berth-health", self._round, self.interval)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="berth-health")
         self._client = httpx.Client(timeout=CHECK_TIMEOUT_SECONDS, follow_redirects=False)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="berth-health", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._loop.stop(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
@@ -124,14 +121,9 @@ class HealthMonitor:
             return True, ""
         return False, f"GET {target.path}: HTTP {resp.status_code}"
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if self.check_round():
-                    self.on_change()
-            except Exception:  # keep checking; the engine may be briefly unavailable
-                log.exception("health round failed")
-            self._stop.wait(self.interval)
+    def _round(self) -> None:
+        if self.check_round():
+            self.on_change()
 
 
 def _target(container: ContainerInfo) -> CheckTarget | None:

@@ -22,6 +22,7 @@ from berth.billing.metering import RunInterval, UsageRecord, closed_window, hour
 from berth.billing.periods import month_bounds, month_of
 from berth.billing.plans import InstanceSize
 from berth.billing.rating import ResourceUsage, charge_transaction, charges_for_hour
+from berth.periodic import PeriodicLoop
 from berth.services import billing as bsvc
 from berth.services.webhooks import enqueue
 from berth.settings import Settings
@@ -49,35 +50,23 @@ class BillingController:
     on_suspension_change: Callable[[], None] = lambda: None
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self.last_error = ""
+        self._lock = threading.Lock()  # one pass at a time (the loop, or a direct call)
+        self._loop = PeriodicLoop(
+            "berth-billing", self.run_once, self.settings.billing_interval_seconds
+        )
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="berth-billing", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._loop.stop()
 
     def kick(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.run_once()
-                self.last_error = ""
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("billing pass failed")
-            self._wake.wait(self.settings.billing_interval_seconds)
+    @property
+    def last_error(self) -> str:
+        return self._loop.last_error
 
     def run_once(self) -> BillingStats:
         with self._lock, self.sessions() as session:

@@ -38,6 +38,7 @@ from berth.domain.reconcile import (
     plan_reconcile,
     restart_backoff,
 )
+from berth.periodic import PeriodicLoop
 from berth.proxy.model import Route, RouteState, Upstream
 from berth.proxy.nginx import NginxManager
 from berth.runtime.protocol import (
@@ -87,12 +88,15 @@ class Reconciler:
     clock: Callable[[], float] = time.time
     routed: set[str] = field(default_factory=set)
     passes: int = 0
-    last_error: str = ""
 
     def __post_init__(self) -> None:
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Adopted instances are not routed (nor unrouted) before one full health round.
+        self._loop = PeriodicLoop(
+            "berth-reconciler",
+            self.run_once,
+            self.settings.reconcile_interval_seconds,
+            before_first=lambda: self.health.first_round.wait(timeout=10),
+        )
         self._lock = threading.Lock()  # one pass at a time
         self._backoff: dict[str, _Backoff] = {}
         self._routes_hash: str | None = None
@@ -104,31 +108,18 @@ class Reconciler:
     # -- loop -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="berth-reconciler", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._loop.stop()
         self._removals.shutdown(wait=False)
 
     def trigger(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
-    def _run(self) -> None:
-        # Adopted instances are not routed (nor unrouted) before one full health round.
-        self.health.first_round.wait(timeout=10)
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.run_once()
-                self.last_error = ""
-            except Exception as exc:  # the loop must survive anything; the next pass retries
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("reconcile pass failed")
-            self._wake.wait(self.settings.reconcile_interval_seconds)
+    @property
+    def last_error(self) -> str:
+        return self._loop.last_error
 
     # -- one pass ---------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.billing.webhooks import SIGNATURE_HEADER, is_retryable, retry_delay, sign
+from berth.periodic import PeriodicLoop
 from berth.settings import Settings
 from berth.store.tables import WebhookDelivery, new_id
 
@@ -57,27 +57,17 @@ class WebhookSender:
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._client = httpx.Client(timeout=10.0, follow_redirects=False)
+        self._loop = PeriodicLoop(
+            "berth-webhooks", self.deliver_due, self.settings.webhook_interval_seconds
+        )
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="berth-webhooks", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
+        self._loop.stop(timeout=15)
         self._client.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.deliver_due()
-            except Exception:
-                log.exception("webhook delivery pass failed")
-            self._stop.wait(self.settings.webhook_interval_seconds)
 
     def deliver_due(self) -> int:
         """Try every pending delivery whose time has come; returns how many were delivered."""

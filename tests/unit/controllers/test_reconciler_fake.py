@@ -219,3 +219,19 @@ def test_containers_without_our_labels_are_never_touched(world: World) -> None:
     )
     world.settle()
     assert foreign.inspect(info.id).state == "running"  # type: ignore[union-attr]
+
+
+def test_a_burst_of_changes_is_one_nginx_reload(world: World) -> None:
+    """Many API writes between two passes cost one config apply, not one each."""
+    with world.session() as s:
+        svc.create_app(s, world.settings, world.tenant_id, svc.AppSpec("web"))
+    deploy(world, "web")
+    world.settle()
+    applied = len(world.nginx.applied)
+    with world.session() as s:
+        for n in range(20):
+            svc.add_domain(s, world.settings, world.tenant_id, "web", f"d{n}.example.com")
+    world.settle(passes=3)
+    assert len(world.nginx.applied) == applied + 1
+    route = next(r for r in world.nginx.applied[-1].routes if r.app_name == "web")
+    assert len(route.hostnames) == 21
