@@ -14,9 +14,10 @@ from berth.api.deps import (
     SessionDep,
 )
 from berth.api.schemas import Strict
-from berth.errors import BerthError
+from berth.errors import BerthError, Forbidden
 from berth.services import accounts as acc
 from berth.services.auth import Principal, issue_session
+from berth.store.tables import ApiToken, Tenant
 
 router = APIRouter(tags=["accounts"])
 
@@ -145,8 +146,6 @@ def login(
 
 
 def _logged_in(response: Response, result: acc.LoginResult, session: SessionDep) -> LoginPublic:
-    from berth.store.tables import Tenant
-
     tenant = session.get(Tenant, result.user.personal_tenant_id)
     response.set_cookie(
         SESSION_COOKIE, result.session_token, httponly=True, samesite="strict", max_age=14 * 86400
@@ -182,17 +181,15 @@ def whoami(session: SessionDep, who: CurrentPrincipal) -> WhoAmI:
     )
 
 
-def _token_public(row: object) -> TokenPublic:
-    return TokenPublic.model_validate(
-        {
-            "id": row.id,  # type: ignore[attr-defined]
-            "name": row.name,  # type: ignore[attr-defined]
-            "prefix": row.prefix,  # type: ignore[attr-defined]
-            "scope": row.scopes,  # type: ignore[attr-defined]
-            "created_at": row.created_at,  # type: ignore[attr-defined]
-            "expires_at": row.expires_at,  # type: ignore[attr-defined]
-            "revoked_at": row.revoked_at,  # type: ignore[attr-defined]
-        }
+def _token_public(row: ApiToken) -> TokenPublic:
+    return TokenPublic(
+        id=row.id,
+        name=row.name,
+        prefix=row.prefix,
+        scope=row.scopes,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
     )
 
 
@@ -206,8 +203,6 @@ def create_token(body: TokenCreate, session: SessionDep, who: CurrentPrincipal) 
 def _require_user_session_or_admin(who: Principal, action: str = "create tokens") -> None:
     # A narrower token must not mint a wider one, nor manage the account (teams, memberships,
     # other tokens): only sessions and admin-scoped tokens do.
-    from berth.errors import Forbidden
-
     if who.via == "token" and who.scope != "admin":
         raise Forbidden(
             f"use a login session or an admin-scoped token to {action}", code="forbidden"

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from berth.api.audit import record
 from berth.api.deps import CurrentPrincipal, PlatformDep, SessionDep, SettingsDep
@@ -285,8 +286,6 @@ async def payment_webhook(
                 created=created,
                 balance_minor=bsvc.balance(session, tenant.id),
             )
-
-    from starlette.concurrency import run_in_threadpool
 
     try:
         result = await run_in_threadpool(apply)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from berth.api.schemas import (
@@ -51,8 +52,6 @@ def deployment_public(session: Session, dep: Deployment | None) -> DeploymentPub
 
 
 def latest_deployment(session: Session, app: App) -> Deployment | None:
-    from sqlalchemy import select
-
     stmt = (
         select(Deployment)
         .where(Deployment.app_id == app.id)
