@@ -15,6 +15,7 @@ import pytest
 
 from tests.api.conftest import Account, Env, assert_error
 from tests.api.test_cross_tenant_matrix import NOWHERE, TABLE
+from tests.bad_inputs import BAD_DOMAINS, BAD_NAMES
 
 pytestmark = pytest.mark.store
 
@@ -23,60 +24,6 @@ OTHER = "other"  # another app of the same user, owning OTHER_DOMAIN
 KEEP_DOMAIN = "keep.example.com"
 OTHER_DOMAIN = "taken.example.com"
 MAX_SCALE = 5
-
-BAD_NAMES = [
-    "a;b",
-    "a}b",
-    "a{b",
-    "a b",
-    " a",
-    "a ",
-    "a\nb",
-    "a\n",
-    "..",
-    "a..b",
-    ".a",
-    "a/b",
-    "Web",
-    "UPPER",
-    "a" * 31,
-    "",
-    "-a",
-    "a-",
-    "a_b",
-    "ä",
-    "a\x00b",
-    "a$b",
-    "$(id)",
-    "a'b",
-    'a"b',
-    "a\\b",
-]
-BAD_DOMAINS = [
-    "a;b.example.com",
-    "a}.example.com",
-    "a{.example.com",
-    "a b.example.com",
-    "a\nb.example.com",
-    "a\n.example.com",
-    "example.com\n",
-    "..",
-    "a..example.com",
-    ".example.com",
-    "example.com.",
-    "Example.COM",
-    "a" * 64 + ".example.com",
-    ("a" * 60 + ".") * 5 + "com",
-    "",
-    "localhost",
-    "-a.example.com",
-    "a_b.example.com",
-    "*.example.com",
-    "a/b.example.com",
-    "a:80.example.com",
-    "exämple.com",
-    "a\x00.example.com",
-]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.bad_inputs import BAD_DOMAINS, BAD_NAMES
 from tests.harness import BUSYBOX_APP, BerthServer, write_app
 
 pytestmark = [pytest.mark.docker, pytest.mark.nginx]
@@ -25,47 +26,6 @@ OTHER = "other"  # owns OTHER_DOMAIN
 KEEP_DOMAIN = "keep.example.com"
 OTHER_DOMAIN = "taken.example.com"
 PAGE_TEXT = "hello from berth (busybox httpd)"
-
-BAD_NAMES = [
-    "a;b",
-    "a}b",
-    "a{b",
-    "a b",
-    " a",
-    "a\nb",
-    "..",
-    "a..b",
-    "a/b",
-    "Web",
-    "UPPER",
-    "a" * 31,
-    "",
-    "-a",
-    "a-",
-    "a_b",
-    "ä",
-]
-BAD_DOMAINS = [
-    "a;b.example.com",
-    "a}.example.com",
-    "a{.example.com",
-    "a b.example.com",
-    "a\nb.example.com",
-    "a\n.example.com",
-    "..",
-    "a..example.com",
-    ".example.com",
-    "example.com.",
-    "Example.COM",
-    "a" * 64 + ".example.com",
-    ("a" * 60 + ".") * 5 + "com",
-    "",
-    "localhost",
-    "-a.example.com",
-    "a_b.example.com",
-    "*.example.com",
-    "a/b.example.com",
-]
 
 
 # -- helpers ----------------------------------------------------------------------------------
