@@ -8,9 +8,8 @@ when the test fails.
 
 from __future__ import annotations
 
-import io
 import shlex
-import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from typing import Any
 import docker
 import pytest
 
+from berth.images.bootstrap import import_rootfs, make_busybox_rootfs, write_tarball
 from berth.runtime.docker_driver import DockerRuntime
 from berth.runtime.fake import FakeRuntime
 from berth.runtime.protocol import (
@@ -31,11 +31,6 @@ from berth.runtime.protocol import (
     Runtime,
 )
 
-BUSYBOX = Path("/bin/busybox")
-APPLETS = (
-    "sh", "httpd", "wget", "sleep", "echo", "cat", "touch", "ls", "true", "false", "test", "[",
-    "env", "id", "mkdir", "rm",
-)  # fmt: skip
 INDEX_HTML = b"<h1>hello from berth</h1>\n"
 APP_PORT = 8080
 IMAGE_CMD = f'CMD ["httpd", "-f", "-p", "{APP_PORT}", "-h", "/www"]'
@@ -59,31 +54,17 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S
 # -- the test image -----------------------------------------------------------------------------
 
 
-def busybox_rootfs_tar() -> bytes:
-    """A root filesystem: static busybox with applet links, /tmp, and /www/index.html."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for directory, mode in (("bin", 0o755), ("tmp", 0o1777), ("www", 0o755)):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, mode
-            tar.addfile(info)
-        tar.add(str(BUSYBOX), arcname="bin/busybox")
-        for applet in APPLETS:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
-        page = tarfile.TarInfo("www/index.html")
-        page.size, page.mode = len(INDEX_HTML), 0o644
-        tar.addfile(page, io.BytesIO(INDEX_HTML))
-    return buffer.getvalue()
-
-
 def import_busybox_image(client: Any, ref: str) -> None:
-    """docker import of the busybox rootfs as ``ref``; its default command serves /www."""
-    repository, tag = ref.rsplit(":", 1)
-    client.api.import_image_from_data(
-        busybox_rootfs_tar(), repository=repository, tag=tag, changes=[IMAGE_CMD]
-    )
+    """The product's busybox root filesystem plus /www/index.html, imported as ``ref``; its
+    default command serves /www."""
+    with tempfile.TemporaryDirectory(prefix="berth-test-rootfs-") as scratch:
+        root = Path(scratch) / "rootfs"
+        root.mkdir()
+        make_busybox_rootfs(root)
+        (root / "www" / "index.html").write_bytes(INDEX_HTML)
+        tarball = Path(scratch) / "rootfs.tar"
+        write_tarball(root, tarball)
+        import_rootfs(client, tarball, ref, changes=[IMAGE_CMD])
 
 
 def remove_installation(client: Any, installation: str) -> None:
