@@ -13,18 +13,13 @@ from typing import Annotated, Any
 
 import typer
 
-from berth.cli.client import ApiClient, CliConfig, CliError
-from berth.cli.output import ago, console, emit, table
+from berth.cli.client import ApiClient, CliConfig, CliError, client
+from berth.cli.output import JsonOpt, ago, console, emit, table
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 tokens_app = typer.Typer(help="API tokens (shown once; hashed at rest).", no_args_is_help=True)
 teams_app = typer.Typer(help="Teams, members and invitations.", no_args_is_help=True)
 billing_app = typer.Typer(help="Balance, transactions, usage and invoices.", no_args_is_help=True)
 admin_app = typer.Typer(help="Platform operators: plans, tenants, credit.", no_args_is_help=True)
-
-
-def client() -> ApiClient:
-    return ApiClient(CliConfig.load())
 
 
 def _password(prompt: str, confirm: bool) -> str:

@@ -120,3 +120,8 @@ def _raise_for_error(resp: httpx.Response) -> None:
         raise CliError(
             f"HTTP {resp.status_code}: {resp.text[:200]}", status=resp.status_code
         ) from None
+
+
+def client() -> ApiClient:
+    """An API client with the saved (or environment) URL, token and tenant."""
+    return ApiClient(CliConfig.load())

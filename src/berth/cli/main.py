@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import typer
 
 from berth.cli import accounts_cmd, server_cmd
-from berth.cli.client import ApiClient, CliConfig, CliError
-from berth.cli.output import ago, console, emit, err_console, fail, print_json, table
+from berth.cli.client import ApiClient, CliError, client
+from berth.cli.output import JsonOpt, ago, console, emit, err_console, fail, print_json, table
 
 app = typer.Typer(
     help="Berth: deploy, scale and route container apps on your own servers.",
@@ -43,12 +43,6 @@ for _cmd in (
     accounts_cmd.audit,
 ):
     app.command()(_cmd)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-
-
-def client() -> ApiClient:
-    return ApiClient(CliConfig.load())
 
 
 # -- apps ---------------------------------------------------------------------------------

@@ -6,11 +6,13 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 console = Console()
 err_console = Console(stderr=True)
 
