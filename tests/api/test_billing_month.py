@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -607,7 +608,12 @@ def test_arrears_warn_suspend_resume(env: Env, month: Month) -> None:
 
 def test_billing_events_are_queued_as_webhooks(env: Env, month: Month) -> None:
     deliveries = env.ok("GET", "/billing/webhooks", month.payer.session)
-    assert sorted(d["event"] for d in deliveries) == ["low_balance", "resumed", "suspended"]
+    assert sorted(d["event"] for d in deliveries) == [
+        "invoice_issued",
+        "low_balance",
+        "resumed",
+        "suspended",
+    ]
     assert all(d["status"] == "pending" and d["attempts"] == 0 for d in deliveries)
     with env.db() as session:
         rows = session.scalars(
@@ -618,6 +624,9 @@ def test_billing_events_are_queued_as_webhooks(env: Env, month: Month) -> None:
         month.payer.tenant in payloads["suspended"]
         and '"balance_minor": -' in payloads["suspended"]
     )
+    issued = json.loads(payloads["invoice_issued"])
+    invoice = env.ok("GET", f"/billing/invoices/{PERIOD}", month.payer.session)
+    assert (issued["period"], issued["total_minor"]) == (PERIOD, invoice["total_minor"])
     operator_view = {d["id"] for d in env.ok("GET", "/admin/webhooks", env.admin)}
     assert {d["id"] for d in deliveries} <= operator_view
 

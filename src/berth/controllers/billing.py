@@ -7,6 +7,7 @@ so that tests can run a month in seconds.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -217,9 +218,23 @@ class BillingController:
         for tenant_id, periods in by_tenant.items():
             if bsvc.plan_row_of(session, tenant_id) is None:
                 continue
+            tenant = session.get(Tenant, tenant_id)
             for period in sorted(periods):
-                if bsvc.issue_invoice(session, tenant_id, period) is not None:
-                    stats.invoices += 1
+                row = bsvc.issue_invoice(session, tenant_id, period)
+                if row is None:
+                    continue
+                stats.invoices += 1
+                # The external billing system hears of each issued invoice once (keyed).
+                payload: dict[str, object] = {
+                    "event": "invoice_issued",
+                    "tenant": tenant.name if tenant else tenant_id,
+                    "period": period,
+                    "total_minor": row.total_minor,
+                    "currency": row.currency,
+                    "lines": json.loads(row.lines_json),
+                }
+                key = f"invoice_issued:{tenant_id}:{period}"
+                enqueue(session, self.settings, "invoice_issued", tenant_id, payload, key)
 
     # -- arrears -----------------------------------------------------------------------------
 
