@@ -53,6 +53,18 @@ class QuotaExceeded(BerthError):
     code = "quota_exceeded"
 
 
+class TooManyRequests(BerthError):
+    status = 429
+    code = "too_many_requests"
+
+
+class EngineUnavailable(BerthError):
+    """The container engine cannot be reached: try again later."""
+
+    status = 503
+    code = "engine_unavailable"
+
+
 class EngineError(BerthError):
     """The container engine refused or failed an operation."""
 

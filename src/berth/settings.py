@@ -44,6 +44,68 @@ class Settings(BaseSettings):
     cpus_min: float = 0.05
     cpus_max: float = 16.0
 
+    # -- builds (berth.builds): every step runs under these unless the tenant's plan says less --
+    build_timeout_seconds: float = Field(default=900.0, gt=0, description="Wall time per build")
+    build_memory_mb: int = Field(default=1024, ge=64)
+    build_cpus: float = Field(default=1.0, gt=0)
+    build_pids_limit: int = Field(default=512, ge=16)
+    build_disk_mb: int = Field(default=4096, ge=16, description="Layers a build may write")
+    build_log_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_concurrent_builds: int = Field(default=2, ge=1, description="Across the platform")
+    max_concurrent_builds_per_tenant: int = Field(default=1, ge=1)
+    max_queued_builds_per_tenant: int = Field(default=5, ge=0)
+    registry: str = ""  # a registry (host[:port]) images may come from; empty: none
+
+    # -- request edges (berth.api) ----------------------------------------------------------
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_webhook_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    signup_limit_per_address: int = Field(default=5, ge=1, description="Per signup window")
+    signup_window_seconds: float = Field(default=3600.0, gt=0)
+    token_default_days: int = Field(default=90, ge=1, description="API tokens expire by default")
+    audit_retention_days: int = Field(default=90, ge=1)
+    reserved_app_names: list[str] = Field(
+        default_factory=lambda: [
+            "www",
+            "api",
+            "admin",
+            "berth",
+            "default",
+            "localhost",
+            "nginx",
+            "mail",
+            "status",
+            "app",
+            "apps",
+            "dashboard",
+            "panel",
+            "registry",
+            "ingress",
+            "metrics",
+            "smtp",
+            "ftp",
+            "ns1",
+            "ns2",
+            "root",
+            "support",
+            "billing",
+            "login",
+            "auth",
+            "static",
+        ]
+    )
+
+    # -- egress (berth.netpolicy) -----------------------------------------------------------
+    egress_filter: bool = True  # off only for development machines without iptables
+    egress_blocked_ranges: list[str] = Field(default_factory=list)  # operator's internal CIDRs
+
+    # -- apps (berth.services) --------------------------------------------------------------
+    release_history: int = Field(default=50, ge=2, description="Releases kept per app")
+    max_config_bytes: int = Field(default=64 * 1024, ge=1024, description="Total config size")
+    max_concurrent_deletes_per_tenant: int = Field(default=5, ge=1)
+    instance_disk_mb: int = Field(default=256, ge=1, description="Writable /tmp per instance")
+    host_memory_reserve_mb: int = Field(default=1024, ge=0, description="Kept free for the host")
+    dns_resolver: str = ""  # "host:port" checked for domain TXT proofs; empty: system resolver
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -116,6 +116,14 @@ class PlanRow(Base):
     max_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_memory_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_domains: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Builds and instances: NULL means the installation's setting (berth.settings).
+    max_concurrent_builds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    build_memory_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    build_cpus_milli: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    build_disk_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    instance_disk_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Outbound internet from the tenant's containers and build steps (internal ranges never).
+    egress_internet: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
@@ -262,6 +270,8 @@ class App(Base):
     serving_release_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     serving_generation: Mapped[int] = mapped_column(Integer, default=0)
     deployment_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Set by a delete: the controllers remove the instances, then the row goes.
+    deleting_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
 
@@ -337,4 +347,8 @@ class Domain(Base):
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     hostname: Mapped[str] = mapped_column(String(253), unique=True)
+    # A custom domain routes only once its control is proven (DNS TXT) or an operator approved.
+    verification_token: Mapped[str] = mapped_column(String(64), default="")
+    verified_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    verified_by: Mapped[str] = mapped_column(String(16), default="")
     created_at: Mapped[float] = mapped_column(Float, default=now)
