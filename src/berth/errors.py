@@ -58,18 +58,23 @@ class TooManyRequests(BerthError):
     code = "too_many_requests"
 
 
-class EngineUnavailable(BerthError):
-    """The container engine cannot be reached: try again later."""
-
-    status = 503
-    code = "engine_unavailable"
-
-
 class EngineError(BerthError):
     """The container engine refused or failed an operation."""
 
     status = 502
     code = "engine_error"
+
+
+class RuntimeFailure(EngineError):
+    """Raised by a runtime (berth.runtime) when the engine answers an operation with an error."""
+
+
+class EngineUnavailable(RuntimeFailure):
+    """The container engine cannot be reached (down, or its socket is missing): try again later.
+    A RuntimeFailure too, so code that handles any engine failure handles this one."""
+
+    status = 503
+    code = "engine_unavailable"
 
 
 class BuildFailed(BerthError):

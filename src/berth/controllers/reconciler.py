@@ -2,7 +2,10 @@
 
 One pass (``run_once``) is level-triggered: it reads desired state from the store and observed
 state from the engine every time, never from a cache. Passes run every few seconds and at once
-when something changes (an API write, a health change). Failures back off per app.
+when something changes (an API write, a health change). Failed starts, restarts and removals
+back off per app or container (berth.controllers.backoff owns the policy). A removed container
+stays billed until the engine confirms it is gone, and an instance starts only when its memory
+fits the node (berth.domain.admission); otherwise it stays pending with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.agent.health import LABEL_HEALTH_PATH, HealthMonitor
+from berth.controllers.backoff import Backoff
 from berth.controllers.metering import (
     LABEL_CPUS_MILLI,
     LABEL_MEMORY_MB,
@@ -27,6 +31,7 @@ from berth.controllers.metering import (
     record_intervals,
 )
 from berth.controllers.snapshot import AppView, load_apps, release_env
+from berth.domain.admission import MB, NodeMemory, admit
 from berth.domain.model import ObservedInstance, Revision
 from berth.domain.reconcile import (
     FinishDeployment,
@@ -36,7 +41,6 @@ from berth.domain.reconcile import (
     StartInstance,
     next_restart_count,
     plan_reconcile,
-    restart_backoff,
 )
 from berth.periodic import PeriodicLoop
 from berth.proxy.model import Route, RouteState, Upstream
@@ -56,8 +60,9 @@ from berth.runtime.protocol import (
     ContainerSpec,
     Runtime,
 )
+from berth.services.apps import purge_app
 from berth.settings import Settings
-from berth.store.tables import App, Deployment, Instance, Meta, new_id
+from berth.store.tables import App, Deployment, Instance, Meta, PlanRow, Tenant, new_id
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +75,20 @@ def tenant_network(tenant_id: str) -> str:
     return f"{NETWORK_PREFIX}{tenant_id}"
 
 
-@dataclass
-class _Backoff:
-    failures: int = 0
-    until: float = 0.0
-    message: str = ""
+# Containers that hold memory on the node (an exited one holds none until it starts again).
+_HOLDING_MEMORY = frozenset({"created", "running", "restarting", "paused", "removing"})
+
+
+def _app_key(app_id: str) -> str:
+    return f"app:{app_id}"
+
+
+def _restart_key(container_id: str) -> str:
+    return f"restart:{container_id}"
+
+
+def _remove_key(container_id: str) -> str:
+    return f"remove:{container_id}"
 
 
 @dataclass
@@ -86,6 +100,7 @@ class Reconciler:
     health: HealthMonitor
     node: str = "local"
     clock: Callable[[], float] = time.time
+    network_ready: Callable[[str], None] = lambda network: None  # the egress filter's hook
     routed: set[str] = field(default_factory=set)
     passes: int = 0
 
@@ -98,11 +113,17 @@ class Reconciler:
             before_first=lambda: self.health.first_round.wait(timeout=10),
         )
         self._lock = threading.Lock()  # one pass at a time
-        self._backoff: dict[str, _Backoff] = {}
+        self._backoff = Backoff()  # touched only inside a pass
+        self._refused: dict[str, str] = {}  # app id -> why its instance did not fit, this pass
+        self._node_memory_mb: int | None = None  # the engine's MemTotal, read once
         self._routes_hash: str | None = None
         self._generation = 0
         self._seq = int(self.clock() * 1000)
+        # Removals run in the background; their outcome waits here for the next pass.
+        self._removal_lock = threading.Lock()
         self._removing: set[str] = set()
+        self._removed: dict[str, float | None] = {}  # container id -> engine's stop time
+        self._removal_failed: dict[str, str] = {}  # container id -> error
         self._removals = ThreadPoolExecutor(max_workers=8, thread_name_prefix="berth-remove")
 
     # -- loop -------------------------------------------------------------------------------
@@ -128,22 +149,26 @@ class Reconciler:
             now = self.clock()
             with self.sessions() as session:
                 apps = load_apps(session)
-                containers = self._list()
+                self._settle_removals(session, now)
+                # Every container, also those being removed: until the engine confirms that one
+                # is gone it keeps its row and its open run interval (it may still be running).
+                containers = self.runtime.list()
                 self._record_observed(session, containers, now)
                 record_intervals(session, containers, now)
-                observed = self._observe(session, containers)
+                observed = self._observe(session, self._without_removing(containers))
                 plan = plan_reconcile([a.desired for a in apps], observed, now)
                 by_id = {a.id: a for a in apps}
                 self._finish_deployments(session, plan)
-                self._start_and_restart(session, plan, by_id, now)
+                self._start_and_restart(session, plan, by_id, containers, now)
                 # What the engine now runs is recorded before anything later can fail.
                 session.commit()
                 removing = {a.container_id for a in plan.actions if isinstance(a, RemoveInstance)}
                 apps = load_apps(session)  # finished deployments changed serving/target
                 self._sync_routes(session, apps, removing)
-                self._remove(session, plan)
-                self._record_waiting(session, plan)
+                self._remove(plan, now)
+                self._record_waiting(session, plan, now)
                 self._remove_unused_networks(apps)
+                self._purge_deleted_apps(session)
                 session.commit()
             self.passes += 1
             return plan
@@ -181,11 +206,15 @@ class Reconciler:
             for r in session.scalars(select(Instance).where(Instance.node == self.node))
             if r.container_id
         }
+        with self._removal_lock:
+            removing = set(self._removing)
         for c in containers:
             row = rows.pop(c.id, None)
             if row is None:
                 row = self._adopt(session, c)
             self._update_row(row, c)
+            if c.id in removing:
+                row.reason = "stopping"
         for gone in rows.values():  # the container vanished (removed behind our back)
             session.delete(gone)
         session.flush()
@@ -260,28 +289,60 @@ class Reconciler:
         session.flush()
 
     def _start_and_restart(
-        self, session: Session, plan: Plan, apps: dict[str, AppView], now: float
+        self,
+        session: Session,
+        plan: Plan,
+        apps: dict[str, AppView],
+        containers: list[ContainerInfo],
+        now: float,
     ) -> None:
+        self._refused = {}
+        committed_mb = sum(
+            _memory_mb(c) for c in containers if c.state in _HOLDING_MEMORY
+        )  # what the node has promised, including containers still being removed
+        disks = self._disk_mb_by_tenant(session)
+        by_container = {c.id: c for c in containers}
         for action in plan.actions:
             if isinstance(action, StartInstance):
                 app = apps.get(action.app_id)
-                if app is None or not self._may_try(app.id, now):
+                if app is None or not self._backoff.ready(_app_key(app.id), now):
+                    continue
+                revision = Revision.parse(action.revision)
+                release = app.releases.get(revision.release_id)
+                need_mb = release.memory_mb if release is not None else 0
+                refusal = self._admit(committed_mb, need_mb)
+                if refusal is not None:
+                    self._refused[app.id] = refusal
                     continue
                 try:
-                    self._start_instance(session, app, Revision.parse(action.revision))
-                    self._backoff.pop(app.id, None)
+                    self._start_instance(session, app, revision, disks.get(app.tenant_id))
+                    self._backoff.forget(_app_key(app.id))
+                    committed_mb += need_mb
                 except Exception as exc:
-                    self._fail(app.id, now, f"could not start an instance: {exc}")
+                    self._backoff.failed(_app_key(app.id), now, f"could not start: {exc}")
                     log.warning("start of %s failed: %s", app.name, exc)
             elif isinstance(action, RestartInstance):
-                row = session.scalar(
-                    select(Instance).where(Instance.container_id == action.container_id)
-                )
-                try:
-                    info = self.runtime.start(action.container_id)
-                except Exception as exc:
-                    log.warning("restart of %s failed: %s", action.container_id, exc)
+                cid = action.container_id
+                if not self._backoff.ready(_restart_key(cid), now):
                     continue
+                row = session.scalar(select(Instance).where(Instance.container_id == cid))
+                current = by_container.get(cid)
+                need_mb = _memory_mb(current) if current is not None else 0
+                refusal = self._admit(committed_mb, need_mb)
+                if refusal is not None:
+                    if row is not None:
+                        row.reason = refusal
+                    continue
+                try:
+                    info = self.runtime.start(cid)
+                except Exception as exc:
+                    due = self._backoff.failed(_restart_key(cid), now)
+                    if row is not None:
+                        row.reason = f"restart failed: {exc}; retrying in {due - now:.0f}s"
+                    log.warning("restart of %s failed: %s", cid, exc)
+                    continue
+                self._backoff.forget(_restart_key(cid))
+                committed_mb += need_mb
                 if row is not None:
                     row.restarts += 1
                     row.state = info.state
@@ -289,13 +350,42 @@ class Reconciler:
                     row.reason = f"restarted after exit code {row.exit_code}"
         session.flush()
 
-    def _start_instance(self, session: Session, app: AppView, revision: Revision) -> None:
+    def _admit(self, committed_mb: int, need_mb: int) -> str | None:
+        """Why an instance of ``need_mb`` does not fit this node now, or None when it does."""
+        total_mb = self._node_memory()
+        if total_mb is None:
+            return None  # the engine did not say; starting will tell
+        node = NodeMemory(self.node, total_mb, self.settings.host_memory_reserve_mb)
+        refusal = admit(node, committed_mb, need_mb)
+        return refusal.reason if refusal is not None else None
+
+    def _node_memory(self) -> int | None:
+        if self._node_memory_mb is None:
+            try:
+                self._node_memory_mb = self.runtime.memory_bytes() // MB
+            except Exception as exc:
+                log.warning("cannot read the node's memory: %s", exc)
+        return self._node_memory_mb
+
+    def _disk_mb_by_tenant(self, session: Session) -> dict[str, int]:
+        """Each tenant's plan's tmpfs size where the plan sets one (else the setting applies)."""
+        rows = session.execute(
+            select(Tenant.id, PlanRow.instance_disk_mb)
+            .join(PlanRow, PlanRow.id == Tenant.plan_id)
+            .where(PlanRow.instance_disk_mb.is_not(None))
+        )
+        return {tenant_id: disk for tenant_id, disk in rows if disk is not None}
+
+    def _start_instance(
+        self, session: Session, app: AppView, revision: Revision, disk_mb: int | None
+    ) -> None:
         release = app.releases.get(revision.release_id)
         if release is None:
             raise LookupError(f"release {revision.release_id} is gone")
         network = tenant_network(app.tenant_id)
         labels = {LABEL_MANAGED: "true", LABEL_INSTALLATION: self.runtime.installation}
         self.runtime.ensure_network(network, {**labels, LABEL_TENANT: app.tenant_id})
+        self.network_ready(network)  # egress rules in place before anything runs on it
         instance_id = new_id()
         command = tuple(json.loads(release.command_json)) if release.command_json else None
         spec = ContainerSpec(
@@ -322,6 +412,7 @@ class Reconciler:
             },
             env=release_env(release),
             command=command,
+            disk_bytes=(disk_mb or self.settings.instance_disk_mb) * MB,
         )
         info = self.runtime.run(spec)
         session.add(
@@ -344,44 +435,79 @@ class Reconciler:
             delete(Instance).where(Instance.app_id == app.id, Instance.container_id.is_(None))
         )
 
-    def _remove(self, session: Session, plan: Plan) -> None:
+    def _remove(self, plan: Plan, now: float) -> None:
         """Stop and remove in the background: a process that ignores SIGTERM holds its stop for
-        the whole timeout, and that must not hold up the loop. Until the engine confirms, the
-        container is left out of every observation, so no pass plans it twice."""
+        the whole timeout, and that must not hold up the loop. Until the engine's answer is
+        settled by a pass, the container is left out of the planner's input (no pass plans it
+        twice) but keeps its row and its open run interval: it is billed while it may run."""
         for action in plan.actions:
-            if not isinstance(action, RemoveInstance) or action.container_id in self._removing:
+            if not isinstance(action, RemoveInstance):
                 continue
-            self._removing.add(action.container_id)
-            self.routed.discard(action.container_id)
-            close_interval(session, action.container_id, self.clock())
-            session.execute(delete(Instance).where(Instance.container_id == action.container_id))
-            self._removals.submit(self._remove_container, action.container_id)
-        session.flush()
+            cid = action.container_id
+            if not self._backoff.ready(_remove_key(cid), now):
+                continue
+            with self._removal_lock:
+                if cid in self._removing or cid in self._removed or cid in self._removal_failed:
+                    continue
+                self._removing.add(cid)
+            self.routed.discard(cid)
+            self._removals.submit(self._remove_container, cid)
 
     def _remove_container(self, container_id: str) -> None:
         try:
-            self.runtime.remove(container_id, stop_timeout=STOP_TIMEOUT_SECONDS)
+            stopped_at = self.runtime.remove(container_id, stop_timeout=STOP_TIMEOUT_SECONDS)
         except Exception as exc:
-            log.warning("removing %s failed (will retry): %s", container_id, exc)
-        finally:
+            log.warning("removing %s failed (will retry with backoff): %s", container_id, exc)
+            with self._removal_lock:
+                self._removal_failed[container_id] = str(exc)
+                self._removing.discard(container_id)
+            # No wake-up: the retry waits for its backoff, and the periodic pass comes anyway.
+            return
+        with self._removal_lock:
+            self._removed[container_id] = stopped_at
             self._removing.discard(container_id)
-            self.trigger()
+        self.trigger()  # settle its billing and status now
+
+    def _settle_removals(self, session: Session, now: float) -> None:
+        """Apply the engine's answers to removals: a confirmed one ends the container's run
+        interval at the engine's stop time; a failed one backs off before the next attempt."""
+        with self._removal_lock:
+            removed, self._removed = self._removed, {}
+            failed, self._removal_failed = self._removal_failed, {}
+        for cid, stopped_at in removed.items():
+            self._backoff.forget(_remove_key(cid))
+            close_interval(session, cid, stopped_at if stopped_at is not None else now)
+        for cid, error in failed.items():
+            self._backoff.failed(_remove_key(cid), now, error)
+        session.flush()
+
+    def _without_removing(self, containers: list[ContainerInfo]) -> list[ContainerInfo]:
+        with self._removal_lock:
+            removing = set(self._removing)
+        return [c for c in containers if c.id not in removing]
 
     def _list(self) -> list[ContainerInfo]:
-        return [c for c in self.runtime.list() if c.id not in self._removing]
+        return self._without_removing(self.runtime.list())
 
-    def _record_waiting(self, session: Session, plan: Plan) -> None:
+    def _record_waiting(self, session: Session, plan: Plan, now: float) -> None:
         for wait in plan.waiting:
             row = session.scalar(select(Instance).where(Instance.container_id == wait.container_id))
-            if row is not None:
+            if row is not None and not self._backoff.failures(_restart_key(wait.container_id)):
                 row.reason = ("crash loop: " if row.restarts >= 3 else "") + wait.reason
-        now = self.clock()
-        for app_id, backoff in self._backoff.items():
-            if backoff.until <= now:
-                continue
-            session.execute(
-                delete(Instance).where(Instance.app_id == app_id, Instance.container_id.is_(None))
-            )
+        # One pending row per app that should start an instance and cannot: why, for `ps`.
+        pending = {
+            key.removeprefix("app:"): message
+            for key, message in self._backoff.waiting(now).items()
+            if key.startswith("app:")
+        }
+        pending.update(self._refused)
+        stale = select(Instance).where(Instance.container_id.is_(None), Instance.node == self.node)
+        for row in session.scalars(stale):
+            if pending.get(row.app_id) == row.reason:
+                del pending[row.app_id]  # already says so
+            else:
+                session.delete(row)
+        for app_id, reason in pending.items():
             app = session.get(App, app_id)
             if app is not None:
                 session.add(
@@ -390,11 +516,13 @@ class Reconciler:
                         app_id=app_id,
                         tenant_id=app.tenant_id,
                         release_id=app.target_release_id or "",
+                        node=self.node,
                         state="pending",
-                        reason=backoff.message,
+                        reason=reason,
                         seq=self._next_seq(),
                     )
                 )
+        session.flush()
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -453,6 +581,21 @@ class Reconciler:
         self._routes_hash = digest
         self._generation = generation
 
+    # -- app deletion -----------------------------------------------------------------------
+
+    def _purge_deleted_apps(self, session: Session) -> None:
+        """An app being deleted (load_apps leaves it out, so its instances go) loses its rows
+        once the engine has none of its containers left, asked now, after this pass's starts.
+        From then on its name is free."""
+        deleting = list(session.scalars(select(App).where(App.deleting_at.is_not(None))))
+        if not deleting:
+            return
+        left = {c.labels.get(LABEL_APP, "") for c in self.runtime.list()}
+        for app in deleting:
+            if app.id not in left:
+                purge_app(session, app)
+                log.info("app %s is deleted: none of its containers is left", app.name)
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _remove_unused_networks(self, apps: list[AppView]) -> None:
@@ -465,16 +608,13 @@ class Reconciler:
                 except Exception as exc:
                     log.warning("removing network %s failed: %s", name, exc)
 
-    def _may_try(self, app_id: str, now: float) -> bool:
-        backoff = self._backoff.get(app_id)
-        return backoff is None or now >= backoff.until
-
-    def _fail(self, app_id: str, now: float, message: str) -> None:
-        backoff = self._backoff.setdefault(app_id, _Backoff())
-        backoff.failures += 1
-        backoff.until = now + restart_backoff(backoff.failures - 1)
-        backoff.message = message
-
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
+
+
+def _memory_mb(c: ContainerInfo) -> int:
+    try:
+        return int(c.labels.get(LABEL_MEMORY_MB, "0"))
+    except ValueError:
+        return 0

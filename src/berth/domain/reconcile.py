@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from berth.controllers.backoff import exponential_delay  # pure: the one retry policy
 from berth.domain.model import DesiredApp, ObservedInstance
 
 BACKOFF_BASE_SECONDS = 1.0
@@ -78,7 +79,7 @@ class Plan:
 
 def restart_backoff(restarts: int) -> float:
     """Delay before restarting an instance that has already restarted ``restarts`` times."""
-    return float(min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * (2 ** min(restarts, 16))))
+    return exponential_delay(restarts + 1, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)
 
 
 def next_restart_count(previous: int, ran_seconds: float | None) -> int:

@@ -1,8 +1,10 @@
 """The Docker Engine driver.
 
 Every container it creates is hardened (no capabilities beyond KEPT_CAPABILITIES, no new
-privileges, memory/CPU/pids limits, no mounts, a tenant bridge network, the app port published on
-loopback only) and labelled for this installation. It never lists, starts, stops or removes a
+privileges, memory/CPU/pids limits, a read-only root filesystem with size-limited tmpfs at
+WRITABLE_PATHS, no host mounts, a tenant bridge network, the app port published on loopback only)
+and labelled for this installation. An engine that cannot be reached raises EngineUnavailable;
+one that answers with an error raises RuntimeFailure. It never lists, starts, stops or removes a
 container, nor removes a network, that lacks those labels. It never pulls images.
 """
 
@@ -25,9 +27,11 @@ from docker.types import LogConfig
 
 from berth.runtime.protocol import (
     KEPT_CAPABILITIES,
+    WRITABLE_PATHS,
     ContainerInfo,
     ContainerSpec,
     ContainerState,
+    EngineUnavailable,
     RuntimeFailure,
     container_labels,
     is_owned,
@@ -73,6 +77,10 @@ class DockerRuntime:
     def version(self) -> str:
         with _engine_errors("read the engine version"):
             return str(self._api().version()["Version"])
+
+    def memory_bytes(self) -> int:
+        with _engine_errors("read the engine's memory"):
+            return int(self._api().info()["MemTotal"])
 
     # -- networks -----------------------------------------------------------------------------
 
@@ -128,20 +136,26 @@ class DockerRuntime:
             self._api().start(attrs["Id"])
         return self._info_of(attrs["Id"])
 
-    def remove(self, container_id: str, stop_timeout: float = 10.0) -> None:
+    def remove(self, container_id: str, stop_timeout: float = 10.0) -> float | None:
         attrs = self._inspect_raw(container_id)
         if attrs is None:
-            return
+            return None
         if not is_owned(_labels_of(attrs), self.installation):
             raise _foreign(container_id, "remove")
+        stopped_at: float | None = None
         try:
             with _engine_errors(f"stop container {container_id}"):
                 self._api().stop(attrs["Id"], timeout=max(0, math.ceil(stop_timeout)))
+            # The engine's own stop time ends the last run interval (billing), not ours.
+            stopped = self._inspect_raw(attrs["Id"])
+            if stopped is not None:
+                stopped_at = _container_info(stopped).finished_at
             with _engine_errors(f"remove container {container_id}"):
                 self._api().remove_container(attrs["Id"], force=True)
         except RuntimeFailure as failure:
             if not _already_gone(failure.__cause__):
                 raise
+        return stopped_at
 
     def list(self, labels: Mapping[str, str] | None = None) -> list[ContainerInfo]:
         filters = [f"{key}={value}" for key, value in (labels or {}).items()]
@@ -282,7 +296,38 @@ def _engine_errors(action: str) -> Iterator[None]:
     try:
         yield
     except _ENGINE_ERRORS as exc:
+        if _unreachable(exc):
+            raise EngineUnavailable(
+                f"the container engine cannot be reached (cannot {action}): {_explain(exc)}"
+            ) from exc
         raise RuntimeFailure(f"docker: cannot {action}: {_explain(exc)}") from exc
+
+
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    ConnectionError,  # refused, reset (OSError subclasses)
+    FileNotFoundError,  # the engine's socket does not exist
+)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says the engine is not there, rather than that it
+    refused the operation. docker-py wraps a failed first connection in a DockerException."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _UNREACHABLE):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    # docker-py's from_env()/DockerClient() keep only the text of the transport error.
+    text = str(exc)
+    return isinstance(exc, docker.errors.DockerException) and (
+        "Error while fetching server API version" in text
+        or "Connection aborted" in text
+        or "No such file or directory" in text
+    )
 
 
 def _explain(exc: Exception) -> str:
@@ -322,6 +367,10 @@ def _create_options(spec: ContainerSpec, labels: Mapping[str, str]) -> dict[str,
         "cap_add": list(KEPT_CAPABILITIES),
         "security_opt": ["no-new-privileges:true"],
         "privileged": False,
+        # overlay2 on ext4 cannot cap the writable layer, so there is none: the app writes only
+        # to tmpfs, capped per mount (and charged to its memory cgroup by the kernel).
+        "read_only": True,
+        "tmpfs": {path: _tmpfs_options(spec.disk_bytes) for path in WRITABLE_PATHS},
         # Berth restarts crashed containers itself, with backoff and honest status.
         "restart_policy": {"Name": "no"},
         "log_config": LogConfig(type=LogConfig.types.JSON, config=LOG_OPTIONS),
@@ -329,6 +378,11 @@ def _create_options(spec: ContainerSpec, labels: Mapping[str, str]) -> dict[str,
         # zombies are reaped, whatever the image's entrypoint does.
         "init": True,
     }
+
+
+def _tmpfs_options(size_bytes: int) -> str:
+    # mode=1777 as on a normal /tmp: an image whose USER is not root must still write there.
+    return f"rw,nosuid,nodev,size={max(size_bytes, 4096)},mode=1777"
 
 
 def _labels_of(attrs: Mapping[str, Any]) -> dict[str, str]:

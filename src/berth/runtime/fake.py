@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from berth.runtime.protocol import (
+    WRITABLE_PATHS,
     ContainerInfo,
     ContainerSpec,
     ContainerState,
+    EngineUnavailable,
     RuntimeFailure,
     container_labels,
     is_owned,
@@ -33,6 +35,9 @@ FIRST_HOST_PORT = 30000
 LAST_HOST_PORT = 65535
 FAKE_VERSION = "fake-20.10"
 SIGKILL_EXIT_CODE = 137
+FAKE_MEMORY_BYTES = 16 * 1024**3
+READ_ONLY_FS = "Read-only file system"
+NO_SPACE = "No space left on device"
 
 
 @dataclass
@@ -51,6 +56,9 @@ class _FakeContainer:
     oom_killed: bool = False
     output: str = ""
     removed: bool = False
+    disk_bytes: int = 0
+    # Bytes written to each tmpfs mount in this run (tmpfs is empty again after a restart).
+    written: dict[str, int] = field(default_factory=dict)
 
     def info(self) -> ContainerInfo:
         stopped = self.state in ("exited", "dead")
@@ -83,6 +91,10 @@ class FakeEngine:
     networks: dict[str, dict[str, str]] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)
     reachable: bool = True
+    memory_bytes: int = FAKE_MEMORY_BYTES
+    # Test switch: remove() fails with a RuntimeFailure and the container keeps running.
+    refuse_removal: bool = False
+    removal_attempts: int = 0
     lock: threading.Condition = field(default_factory=lambda: threading.Condition())
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _pids: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
@@ -133,6 +145,11 @@ class FakeRuntime:
             self._check_reachable()
             return FAKE_VERSION
 
+    def memory_bytes(self) -> int:
+        with self.engine.lock:
+            self._check_reachable()
+            return self.engine.memory_bytes
+
     # -- networks -----------------------------------------------------------------------------
 
     def ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
@@ -181,6 +198,7 @@ class FakeRuntime:
                 labels=labels,
                 image_id=image_id,
                 network=spec.network,
+                disk_bytes=spec.disk_bytes,
             )
             self.engine.containers[container.id] = container
             self._start_process(container)
@@ -194,18 +212,24 @@ class FakeRuntime:
                 self._start_process(container)
             return container.info()
 
-    def remove(self, container_id: str, stop_timeout: float = 10.0) -> None:
+    def remove(self, container_id: str, stop_timeout: float = 10.0) -> float | None:
         with self.engine.lock:
             self._check_reachable()
             container = self._find(container_id)
             if container is None:
-                return
+                return None
             if not is_owned(container.labels, self.installation):
                 raise _foreign(container_id, "remove")
+            self.engine.removal_attempts += 1
+            if self.engine.refuse_removal:
+                raise RuntimeFailure(f"fake: cannot remove container {container_id}: refused")
+            if container.state == "running":
+                container.finished_at = self._clock()  # the stop ends the process now
             container.removed = True
             container.host_port = None
             del self.engine.containers[container.id]
             self.engine.lock.notify_all()
+            return container.finished_at if container.started_at is not None else None
 
     def list(self, labels: Mapping[str, str] | None = None) -> list[ContainerInfo]:
         wanted = dict(labels or {})
@@ -265,6 +289,25 @@ class FakeRuntime:
             container.output += text
             self.engine.lock.notify_all()
 
+    def write_file(self, container_id: str, path: str, size_bytes: int) -> str:
+        """The container's process writes ``size_bytes`` to ``path``: "" when it fits, else the
+        error text the kernel would give (the root filesystem is read-only; each tmpfs mount at
+        WRITABLE_PATHS holds ``spec.disk_bytes``)."""
+        with self.engine.lock:
+            container = self._existing(container_id)
+            mount = next(
+                (m for m in WRITABLE_PATHS if path == m or path.startswith(m.rstrip("/") + "/")),
+                None,
+            )
+            if mount is None:
+                return READ_ONLY_FS
+            used = container.written.get(mount, 0)
+            if used + size_bytes > container.disk_bytes:
+                container.written[mount] = container.disk_bytes
+                return NO_SPACE
+            container.written[mount] = used + size_bytes
+            return ""
+
     def crash(self, container_id: str, exit_code: int = 1) -> None:
         """The container's main process exits with ``exit_code``."""
         with self.engine.lock:
@@ -289,7 +332,7 @@ class FakeRuntime:
 
     def _check_reachable(self) -> None:
         if not self.engine.reachable:
-            raise RuntimeFailure(f"fake: the engine on node {self.node!r} is unreachable")
+            raise EngineUnavailable(f"fake: the engine on node {self.node!r} is unreachable")
 
     def _find(self, container_id: str) -> _FakeContainer | None:
         """By id, or by name as Docker also accepts."""
@@ -333,6 +376,7 @@ class FakeRuntime:
         container.exit_code = None
         container.oom_killed = False
         container.started_at = self._clock()
+        container.written = {}
         container.host_port = self.engine.allocate_port()
         container.pid = self.engine.new_pid()
         self.engine.lock.notify_all()

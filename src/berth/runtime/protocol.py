@@ -12,6 +12,11 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+# Raised by every runtime: RuntimeFailure (the engine refused, 502) and EngineUnavailable (the
+# engine cannot be reached, 503) are BerthErrors, so the API answers them without a traceback.
+from berth.errors import EngineUnavailable as EngineUnavailable
+from berth.errors import RuntimeFailure as RuntimeFailure
+
 LABEL_MANAGED = "berth.managed"
 LABEL_INSTALLATION = "berth.installation"
 LABEL_TENANT = "berth.tenant"
@@ -31,6 +36,11 @@ ContainerState = Literal["created", "running", "restarting", "paused", "exited",
 # With no-new-privileges none of them can be gained back by a setuid binary.
 KEPT_CAPABILITIES: tuple[str, ...] = ("CHOWN", "SETGID", "SETUID", "NET_BIND_SERVICE")
 
+# The only writable paths of a tenant container (tmpfs, ContainerSpec.disk_bytes each): the root
+# filesystem is read-only, because the writable layer of overlay2 on ext4 cannot be size-limited
+# and would otherwise fill the disk that holds Berth's store.
+WRITABLE_PATHS: tuple[str, ...] = ("/tmp", "/var/tmp", "/run")  # noqa: S108 (in the container)
+
 
 @dataclass(frozen=True)
 class ContainerSpec:
@@ -46,6 +56,9 @@ class ContainerSpec:
     labels: Mapping[str, str]
     env: Mapping[str, str] = field(default_factory=dict)
     command: tuple[str, ...] | None = None
+    # The root filesystem is read-only; an app writes only to size-limited tmpfs mounts at
+    # WRITABLE_PATHS, each of ``disk_bytes`` (tmpfs pages count against the memory limit).
+    disk_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,10 +79,6 @@ class ContainerInfo:
     address: str | None = None  # the container's own address on its network, while running
 
 
-class RuntimeFailure(Exception):
-    """Raised by a runtime when the engine fails; mapped to berth.errors.EngineError by callers."""
-
-
 @runtime_checkable
 class Runtime(Protocol):
     """A container engine on one node, scoped to one Berth installation."""
@@ -79,6 +88,10 @@ class Runtime(Protocol):
     def ping(self) -> bool: ...
 
     def version(self) -> str: ...
+
+    def memory_bytes(self) -> int:
+        """The node's memory as the engine sees it (MemTotal): admission control's capacity."""
+        ...
 
     def ensure_network(self, name: str, labels: Mapping[str, str]) -> None: ...
 
@@ -94,8 +107,13 @@ class Runtime(Protocol):
         """Start an existing (exited) managed container again."""
         ...
 
-    def remove(self, container_id: str, stop_timeout: float = 10.0) -> None:
-        """Stop (SIGTERM, then SIGKILL after the timeout) and remove. Missing is not an error."""
+    def remove(self, container_id: str, stop_timeout: float = 10.0) -> float | None:
+        """Stop (SIGTERM, then SIGKILL after the timeout) and remove. Missing is not an error.
+
+        Returns the engine's time (unix seconds) at which the container's process stopped, the
+        end of its last run interval; None when the container was already gone or never ran.
+        Raises (and the container stays) when the engine refuses: callers must not treat a
+        container as gone before this returns."""
         ...
 
     def list(self, labels: Mapping[str, str] | None = None) -> list[ContainerInfo]:
