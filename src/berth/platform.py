@@ -17,6 +17,8 @@ from berth.agent.health import HealthMonitor
 from berth.builds.protocol import ImageBuilder
 from berth.controllers.billing import BillingController
 from berth.controllers.reconciler import Reconciler
+from berth.netpolicy.controller import EgressController
+from berth.netpolicy.setup import build_egress_controller
 from berth.proxy.nginx import NginxManager
 from berth.runtime.protocol import Runtime
 from berth.services.accounts import LoginLimiter
@@ -41,6 +43,7 @@ class Platform:
     reconciler: Reconciler | None = None
     billing: BillingController | None = None
     webhooks: WebhookSender | None = None
+    netpolicy: EgressController | None = None  # egress filter; None when settings turn it off
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
 
@@ -59,6 +62,8 @@ class Platform:
             self.billing.kick()
 
     def start_loops(self) -> None:
+        if self.netpolicy is not None:
+            self.netpolicy.start()  # before the reconciler runs anything on a tenant network
         if self.nginx is not None:
             self.nginx.ensure_running()
         if self.health is not None:
@@ -80,6 +85,8 @@ class Platform:
             self.reconciler.stop()
         if self.health is not None:
             self.health.stop()
+        if self.netpolicy is not None:
+            self.netpolicy.stop()
         self.started = False
 
 
@@ -121,8 +128,12 @@ def build_platform(settings: Settings) -> Platform:
         builder=DockerImageBuilder(client),
         nginx=nginx,
     )
+    if settings.egress_filter:
+        platform.netpolicy = build_egress_controller(settings, sessions, inst, client.api)
     health = HealthMonitor(runtime, settings.health_interval_seconds)
     reconciler = Reconciler(settings, sessions, runtime, nginx, health)
+    if platform.netpolicy is not None:
+        reconciler.network_ready = platform.netpolicy.ensure_filtered
     health.on_change = reconciler.trigger
     platform.health, platform.reconciler = health, reconciler
     platform.billing = BillingController(
@@ -130,3 +141,4 @@ def build_platform(settings: Settings) -> Platform:
     )
     platform.webhooks = WebhookSender(settings, sessions)
     return platform
+

@@ -1,0 +1,29 @@
+"""Build the egress controller of a real server from its settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from berth.netpolicy.controller import EgressController
+from berth.netpolicy.iptables import IptablesFirewall
+from berth.netpolicy.observe import DockerNetworks, tenants_without_internet
+from berth.netpolicy.plan import parse_blocked_ranges
+from berth.settings import Settings
+
+
+def build_egress_controller(
+    settings: Settings, sessions: sessionmaker[Session], installation: str, docker_api: Any
+) -> EgressController:
+    """Raises NetPolicyError with a clear message on a bad blocked range or missing iptables."""
+    blocked = parse_blocked_ranges(settings.egress_blocked_ranges)
+    firewall = IptablesFirewall(installation)
+    firewall.check_available()
+    return EgressController(
+        installation,
+        DockerNetworks(docker_api, installation),
+        lambda: tenants_without_internet(sessions),
+        firewall,
+        blocked,
+    )
