@@ -11,6 +11,7 @@ import io
 import os
 import stat
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,14 +21,18 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from berth.builds import context as context_module
 from berth.builds.context import (
+    MAX_DEPTH,
     ContextSummary,
     extract_context,
     normalize_member_name,
     pack_directory,
+    path_budget,
     resolve_in_tree,
 )
 from berth.errors import InvalidInput, PayloadTooLarge
+from berth.fsutil import remove_contents, remove_tree
 
 MiB = 1024 * 1024
 LIMIT = 10 * MiB
@@ -661,3 +666,241 @@ def test_failure_while_writing_empties_a_dest_we_did_not_create(
     with pytest.raises(OSError):
         extract_context(make_tar(nested_context()), ws.dest, LIMIT, MAX_FILES)
     assert ws.dest.is_dir() and list(ws.dest.iterdir()) == []
+
+
+# --- cost, depth and length (validation is linear; cleanup works at any depth) ---------------
+
+
+def chain(depth: int, name: str = "d") -> str:
+    return "/".join(f"{name}{i}" for i in range(depth))
+
+
+@dataclass
+class Counted:
+    """How often the tree was asked for a child: one lookup per path component is linear."""
+
+    lookups: int = 0
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> Counted:
+    counter = Counted()
+    original = context_module._Tree.child
+
+    def child(self: context_module._Tree, node: int, name: str) -> int | None:
+        counter.lookups += 1
+        return original(self, node, name)
+
+    monkeypatch.setattr(context_module._Tree, "child", child)
+    return counter
+
+
+def components(entries: list[Entry]) -> int:
+    return sum(len(e.name.split("/")) + len(e.linkname.split("/")) for e in entries)
+
+
+def test_depth_limit_is_a_clear_error(ws: Workspace) -> None:
+    error = assert_rejected(ws, make_tar([dockerfile(), f(chain(MAX_DEPTH + 1))]))
+    assert f"at most {MAX_DEPTH}" in str(error)
+
+
+def test_depth_at_the_limit_extracts(ws: Workspace) -> None:
+    extract_context(make_tar([dockerfile(), f(chain(MAX_DEPTH))]), ws.dest, LIMIT, MAX_FILES)
+    assert (ws.dest / chain(MAX_DEPTH)).is_file()
+
+
+def test_two_hundred_very_deep_members_are_refused_at_once(ws: Workspace, counted: Counted) -> None:
+    # The upload that once cost a minute of CPU: 200 members, each about 2,000 levels deep.
+    entries = [dockerfile()] + [f("a/" * 1990 + f"f{i}") for i in range(200)]
+    started = time.perf_counter()
+    assert_rejected(ws, make_tar(entries, gz=True), max_files=1000)
+    print(f"200 members 1,990 deep refused in {time.perf_counter() - started:.3f}s")
+    assert counted.lookups == 1  # the Dockerfile; the deep name is refused before tree work
+
+
+def test_two_hundred_deep_members_at_the_limit_validate_linearly(
+    ws: Workspace, counted: Counted
+) -> None:
+    entries = [dockerfile()] + [f(chain(MAX_DEPTH - 1, f"n{i}-") + "/file") for i in range(200)]
+    started = time.perf_counter()
+    extract_context(make_tar(entries, gz=True), ws.dest, LIMIT, 200 * MAX_DEPTH + 10)
+    print(f"200 members {MAX_DEPTH} deep extracted in {time.perf_counter() - started:.3f}s")
+    assert counted.lookups <= 2 * components(entries)
+
+
+def test_twenty_thousand_members_sixty_deep_validate_linearly(
+    ws: Workspace, counted: Counted
+) -> None:
+    spine = [f"level-{i}" for i in range(59)]
+    entries = [dockerfile()]
+    for i in range(20_000):
+        entries.append(f("/".join([*spine[: 1 + i % 59], f"file-{i}"]), b""))
+    upload = make_tar(entries, gz=True)
+    started = time.perf_counter()
+    summary = extract_context(upload, ws.dest, 200 * MiB, 20_100)
+    print(f"20,000 members up to 60 deep extracted in {time.perf_counter() - started:.3f}s")
+    assert summary.files == 20_001
+    assert counted.lookups <= 2 * components(entries)
+
+
+def test_implied_directories_count_as_entries(ws: Workspace) -> None:
+    error = assert_rejected(ws, make_tar([dockerfile(), f(chain(30))]), max_files=20)
+    assert "directories its paths imply" in str(error)
+
+
+def test_many_links_through_a_long_chain_are_resolved_once_each(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # s1 -> d/../s0, s2 -> d/../s1, ... then 3,000 links all to the end of that chain: each
+    # link's target is walked once, not once for every link that passes through it.
+    entries = [dockerfile(), d("d"), f("s0")]
+    entries += [sym(f"s{i}", f"d/../s{i - 1}") for i in range(1, 31)]
+    entries += [sym(f"many/l{i}", "../s30") for i in range(3000)]
+    walks = Counted()
+    original = context_module._SymlinkResolver._walk
+
+    def walk(self: context_module._SymlinkResolver, *args: object) -> object:
+        walks.lookups += 1
+        return original(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(context_module._SymlinkResolver, "_walk", walk)
+    extract_context(make_tar(entries, gz=True), ws.dest, LIMIT, 5000)
+    assert walks.lookups == 30 + 3000
+    assert (ws.dest / "many" / "l7").read_bytes() == b"x"
+
+
+def test_too_many_hops_through_memoized_links_is_still_refused(ws: Workspace) -> None:
+    entries = [dockerfile(), d("d"), f("s0")]
+    entries += [sym(f"s{i}", f"d/../s{i - 1}") for i in range(1, 45)]
+    error = assert_rejected(ws, make_tar(entries), max_files=100)
+    assert "too many links" in str(error) or "loop" in str(error)
+
+
+def test_member_name_is_measured_with_the_destination(ws: Workspace) -> None:
+    budget = path_budget(ws.dest)
+    # A name that fits PATH_MAX on its own but not below dest (the old answer was a 500).
+    long_name = "/".join(["x" * 200] * 20)[: 4094 - 1] + "y"
+    assert budget < len(long_name) < 4096
+    error = assert_rejected(ws, make_tar([dockerfile(), f(long_name)]))
+    assert f"at most {budget} bytes" in str(error)
+    fits = "/".join(["x" * 200] * 20)[: budget - 1] + "y"
+    extract_context(make_tar([dockerfile(), f(fits.strip("/"))]), ws.dest, LIMIT, MAX_FILES)
+    assert (ws.dest / fits.strip("/")).is_file()
+
+
+def test_symlink_target_of_path_max_is_refused(ws: Workspace) -> None:
+    assert_rejected(ws, make_tar([dockerfile(), sym("link", "a/" * 2047 + "bb")]))
+
+
+members_for_links: st.SearchStrategy[Entry] = st.one_of(
+    st.builds(d, tree_paths), st.builds(sym, tree_paths, link_targets)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(entries=st.lists(members_for_links, min_size=1, max_size=10))
+def test_memoized_resolution_agrees_with_the_reference(entries: list[Entry]) -> None:
+    """The linear resolver refuses exactly the trees the plain reference resolver refuses."""
+    tree = context_module._Tree(1000)
+    links: list[int] = []
+    for entry in entries:
+        info = tarfile.TarInfo(entry.name)
+        info.type, info.linkname = entry.type, entry.linkname
+        try:
+            member = context_module._classify(info)
+            node = tree.add(member)
+        except InvalidInput:
+            assume(False)
+        if member.kind == "symlink":
+            links.append(node)
+    symlinks = {}
+    for node in links:
+        member = tree.member[node]
+        assert member is not None
+        symlinks.setdefault(member.path, member.target)
+    try:
+        for path, target in symlinks.items():
+            parent = path.rpartition("/")[0]
+            if resolve_in_tree(f"{parent}/{target}" if parent else target, symlinks) is None:
+                raise InvalidInput("outside")
+        expected = "accepted"
+    except InvalidInput:
+        expected = "refused"
+    try:
+        context_module._check_symlinks_stay_inside(tree, links)
+        found = "accepted"
+    except InvalidInput:
+        found = "refused"
+    event(expected)
+    assert found == expected
+
+
+def make_deep_tree(top: Path, depth: int) -> None:
+    """``depth`` nested directories below ``top`` (its full path far beyond PATH_MAX), with a
+    file and a symlink to /etc on the way, made with dir fds since no path reaches the bottom."""
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(depth):
+            name = "d" * 100
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+            if level % 250 == 0:
+                os.close(os.open("file", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+                os.symlink("/etc", "etc-link", dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def test_remove_tree_removes_a_tree_two_thousand_deep(tmp_path: Path) -> None:
+    top = tmp_path / "deep"
+    make_deep_tree(top, 2000)
+    (tmp_path / "keep.txt").write_text("kept")
+    remove_tree(top)
+    assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
+    assert os.path.isfile("/etc/hostname") or os.path.isdir("/etc")
+
+
+def test_remove_tree_never_follows_symlinks(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    top = tmp_path / "tree"
+    (top / "sub").mkdir(parents=True)
+    (top / "sub" / "link").symlink_to(outside)
+    (top / "link-file").symlink_to(outside / "precious")
+    remove_tree(top)
+    assert not top.exists()
+    assert (outside / "precious").read_text() == "keep"
+    link = tmp_path / "just-a-link"
+    link.symlink_to(outside)
+    remove_tree(link)
+    assert not link.is_symlink() and outside.is_dir()
+
+
+def test_remove_tree_tolerates_missing_paths_and_keeps_open_fds_flat(tmp_path: Path) -> None:
+    remove_tree(tmp_path / "never-existed")
+    fds_before = len(os.listdir("/proc/self/fd"))
+    make_deep_tree(tmp_path / "deep", 300)
+    remove_contents(tmp_path / "deep")
+    assert os.listdir(tmp_path / "deep") == []
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_failed_extraction_of_a_deep_tree_is_cleaned_up(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = [dockerfile(), f(chain(MAX_DEPTH) + "", b"deep"), f("last", b"x")]
+    original = context_module._write_file
+
+    def failing(archive: tarfile.TarFile, member: object, dirs: object) -> None:
+        if getattr(member, "path", "") == "last":
+            raise OSError("disk full")
+        original(archive, member, dirs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(context_module, "_write_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        extract_context(make_tar(entries), ws.dest, LIMIT, MAX_FILES)
+    assert not ws.dest.exists()

@@ -7,12 +7,18 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from berth.errors import BerthError
 
 log = logging.getLogger(__name__)
+
+# PostgreSQL's codes for "another transaction got there first": unique violation,
+# serialization failure, deadlock detected, lock not available.
+_PG_CONFLICTS = frozenset({"23505", "40001", "40P01", "55P03"})
+_SQLITE_CONFLICTS = ("UNIQUE constraint failed", "database is locked", "database table is locked")
+CONFLICT_MESSAGE = "another change to the same thing happened at the same time; retry"
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -25,6 +31,17 @@ def _describe_validation(exc: RequestValidationError) -> str:
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
         parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
     return "; ".join(parts) or "invalid request"
+
+
+def is_write_conflict(exc: IntegrityError | OperationalError) -> bool:
+    """A concurrent write lost a race (a unique version taken, a lock not had in time): the
+    request was fine and may simply be retried. Anything else (a NOT NULL or foreign key
+    violation, a lost connection) is a fault of ours, not this."""
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code in _PG_CONFLICTS:
+        return True
+    return any(text in str(orig) for text in _SQLITE_CONFLICTS)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -53,6 +70,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body("invalid", "a value in the request is not valid"), status_code=422
         )
+
+    @app.exception_handler(IntegrityError)
+    @app.exception_handler(OperationalError)
+    async def write_conflict(_: Request, exc: IntegrityError | OperationalError) -> JSONResponse:
+        if not is_write_conflict(exc):
+            log.error("store error", exc_info=exc)
+            return JSONResponse(
+                error_body("internal", "internal error; the server log has the details"),
+                status_code=500,
+            )
+        log.info("a concurrent write lost a race: %s", exc.orig)
+        return JSONResponse(error_body("conflict", CONFLICT_MESSAGE), status_code=409)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

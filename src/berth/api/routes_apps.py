@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -31,8 +30,7 @@ from berth.api.schemas import (
     ScaleRequest,
 )
 from berth.errors import EngineError
-from berth.platform import Platform
-from berth.runtime.protocol import LABEL_APP, Runtime
+from berth.runtime.protocol import Runtime
 from berth.services import apps as svc
 from berth.store.tables import Release
 
@@ -63,34 +61,26 @@ def get_app(
 @router.delete(
     "/{name}",
     status_code=204,
-    responses={202: {"description": "deleted; some instances are still stopping"}},
+    responses={
+        202: {"description": "being deleted: its instances are stopping, then it is gone"},
+        429: {"description": "too many of the tenant's apps are being deleted at once"},
+    },
 )
 def delete_app(name: str, session: SessionDep, platform: PlatformDep, who: Writer) -> Response:
-    """Deletes the app's desired state, then waits (bounded) until its instances are gone, so
-    that a 204 means they are: 202 says some are still stopping."""
-    app_id = svc.get_app(session, who.tenant_id, name).id
-    svc.delete_app(session, who.tenant_id, name)
+    """Answers at once, without waiting for the engine (a stop can take the whole stop timeout,
+    and a worker waiting for it is a worker other tenants lack). 202: the app is deleting, the
+    controllers stop its instances and then its name is free; poll GET until it is 404. 204:
+    it had no instances and is gone already."""
+    outcome = svc.delete_app(session, platform.settings, who.tenant_id, name)
     platform.trigger()
-    remaining = _wait_for_instances_gone(platform, app_id, DELETE_WAIT_SECONDS)
-    if remaining:
-        body = {"deleted": name, "instances_stopping": remaining}
-        return JSONResponse(body, status_code=202)
-    return Response(status_code=204)
-
-
-DELETE_WAIT_SECONDS = 30.0
-
-
-def _wait_for_instances_gone(platform: Platform, app_id: str, timeout: float) -> int:
-    runtime = platform.runtime
-    if runtime is None or not platform.started:
-        return 0  # no loops here to remove anything (tests with fakes)
-    deadline = time.monotonic() + timeout
-    while True:
-        left = len(runtime.list({LABEL_APP: app_id}))
-        if left == 0 or time.monotonic() > deadline:
-            return left
-        time.sleep(0.2)
+    if outcome.gone:
+        return Response(status_code=204)
+    body = {
+        "deleted": outcome.name,
+        "state": "deleting",
+        "instances_stopping": outcome.instances_stopping,
+    }
+    return JSONResponse(body, status_code=202)
 
 
 @router.get("/{name}/releases")

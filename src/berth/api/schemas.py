@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -32,6 +34,9 @@ class AppPublic(BaseModel):
     deployment: DeploymentPublic | None
     instances: InstanceCounts
     created_at: float
+    state: Literal["active", "deleting"] = Field(
+        "active", description="deleting: its instances are stopping, then the app is gone"
+    )
 
 
 class InstanceCounts(BaseModel):
@@ -117,17 +122,21 @@ class DomainPublic(BaseModel):
 
 
 class StatusPublic(BaseModel):
+    """What a tenant may know of the platform; the fields left ``None`` are operators' only
+    (they name the installation, or other tenants in the raw text of an error)."""
+
     server: str
     version: str
-    engine: str
-    engine_version: str | None
-    nginx: str
-    nginx_pid: int | None
+    engine: str = Field(description="ok or unavailable")
     ingress_port: int
     base_domain: str
-    installation: str
-    reconciler: str
     tenant: str
+    engine_version: str | None = Field(default=None, description="operators only")
+    engine_error: str | None = Field(default=None, description="operators only")
+    nginx: str | None = Field(default=None, description="operators only")
+    nginx_pid: int | None = Field(default=None, description="operators only")
+    installation: str | None = Field(default=None, description="operators only")
+    reconciler: str | None = Field(default=None, description="operators only")
 
 
 AppPublic.model_rebuild()

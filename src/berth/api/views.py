@@ -87,6 +87,7 @@ def app_public(session: Session, settings: Settings, app: App) -> AppPublic:
             healthy=sum(1 for i in instances if i.healthy),
         ),
         created_at=app.created_at,
+        state="deleting" if app.deleting_at is not None else "active",
     )
 
 

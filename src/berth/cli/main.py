@@ -125,25 +125,60 @@ def apps_info(name: str, as_json: JsonOpt = False) -> None:
 def apps_delete(
     name: str,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Wait (a minute at most) until its instances are gone.")
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Delete an app: its instances, routes and releases go."""
+    """Delete an app: its instances, routes, domains and releases go, then its name is free."""
     if (
         not yes
         and sys.stdin.isatty()
         and not typer.confirm(f"Delete app {name} and all its instances?")
     ):
         raise CliError("not deleted")
-    answer = client().delete(f"/apps/{name}") or {"deleted": name, "instances_stopping": 0}
-    stopping = answer.get("instances_stopping", 0)
-    emit(
-        answer,
-        as_json,
-        lambda _: console.print(
-            f"Deleted app [bold]{name}[/]"
-            + (f"; {stopping} instances are still stopping" if stopping else "")
-        ),
-    )
+    api = client()
+    answer = api.delete(f"/apps/{name}")  # 204 (no body): it had no instances and is gone
+    stopping = int(answer.get("instances_stopping", 0)) if answer else 0
+    gone = answer is None or (wait and _wait_until_deleted(api, name, as_json))
+    result = {
+        "deleted": name,
+        "state": "deleted" if gone else "deleting",
+        "instances_stopping": 0 if gone else stopping,
+    }
+
+    def human(_: Any) -> None:
+        if gone:
+            console.print(f"Deleted app [bold]{name}[/]")
+        else:
+            console.print(
+                f"Deleting app [bold]{name}[/]: its instances are still stopping; "
+                f"`berth apps info {name}` says 'not found' once it is gone"
+            )
+
+    emit(result, as_json, human)
+
+
+DELETE_WAIT_SECONDS = 60.0
+
+
+def _wait_until_deleted(api: ApiClient, name: str, quiet: bool) -> bool:
+    """Poll until the app is gone (its name answers 404); False if it still is not in time."""
+    deadline = time.monotonic() + DELETE_WAIT_SECONDS
+    with err_console.status(f"Stopping the instances of {name}", spinner="dots") as status:
+        while time.monotonic() < deadline:
+            try:
+                info = api.get(f"/apps/{name}")
+            except CliError as exc:
+                if exc.status == 404:
+                    return True
+                raise
+            if not quiet:
+                status.update(
+                    f"Stopping the instances of {name}: {info['instances']['running']} running"
+                )
+            time.sleep(0.5)
+    return False
 
 
 # -- deploy and releases --------------------------------------------------------------------

@@ -26,7 +26,9 @@ class AppView:
 
 
 def load_apps(session: Session) -> list[AppView]:
-    apps = list(session.scalars(select(App).order_by(App.name)))
+    """Every app that should exist. An app being deleted is not one: to the controllers it is
+    gone (its instances are removed, its routes and domains dropped) until its rows go too."""
+    apps = list(session.scalars(select(App).where(App.deleting_at.is_(None)).order_by(App.name)))
     deployments = {
         d.id: d
         for d in session.scalars(select(Deployment).where(Deployment.status == "in_progress"))

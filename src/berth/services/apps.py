@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from berth.billing.plans import QuotaDelta
@@ -21,7 +21,7 @@ from berth.errors import Conflict, InvalidInput, NotFound
 from berth.services import validation as v
 from berth.services.billing import check_quota_for, ensure_not_suspended
 from berth.settings import Settings
-from berth.store.tables import App, Deployment, Domain, Instance, Release, new_id
+from berth.store.tables import App, Deployment, Domain, Instance, Release, Tenant, new_id
 
 ImageResolver = Callable[[str], str | None]
 _IMAGE_ID = re.compile(r"(sha256:.*)|([0-9a-fA-F]{1,64})")
@@ -41,6 +41,41 @@ def get_app(session: Session, tenant_id: str, name: str) -> App:
     if app is None:
         raise NotFound(f"app {name!r} not found", code="app_not_found")
     return app
+
+
+def lock_app(session: Session, tenant_id: str, name: str, *, deleting_ok: bool = False) -> App:
+    """The app, locked until the transaction ends: every write to an app starts here, so writes
+    to one app run one after another and each one reads what the one before it wrote.
+
+    Touching the row is the transaction's first write. On PostgreSQL that UPDATE takes the row
+    lock; on SQLite it takes the database write lock before anything is read (pysqlite begins
+    the transaction at the first DML, and a transaction that begins by writing waits out the
+    busy timeout instead of failing on a stale snapshot). The re-select then replaces whatever
+    the session cached with what is committed now. An app being deleted takes no more writes.
+    """
+    _end_read_transaction(session)
+    mine = (App.tenant_id == tenant_id, App.name == name)
+    session.execute(
+        update(App)
+        .where(*mine)
+        .values(updated_at=time.time())
+        .execution_options(synchronize_session=False)
+    )
+    app = session.scalar(select(App).where(*mine).execution_options(populate_existing=True))
+    if app is None:
+        raise NotFound(f"app {name!r} not found", code="app_not_found")
+    if app.deleting_at is not None and not deleting_ok:
+        raise Conflict(f"app {name!r} is being deleted", code="app_deleting")
+    return app
+
+
+def _end_read_transaction(session: Session) -> None:
+    """The reads before the lock (the caller's credentials) may have begun a transaction (on
+    PostgreSQL they do); its snapshot must not carry into the write, so it ends here."""
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("lock_app must come before any write of the transaction")
+    if session.in_transaction():
+        session.commit()
 
 
 def list_apps(session: Session, tenant_id: str) -> list[App]:
@@ -75,19 +110,75 @@ def create_app(session: Session, settings: Settings, tenant_id: str, spec: AppSp
     return app
 
 
-def delete_app(session: Session, tenant_id: str, name: str) -> None:
-    """Desired state goes at once; the reconciler then removes containers, routes and network."""
-    app = get_app(session, tenant_id, name)
-    for model in (Domain, Deployment, Release):
-        for row in session.scalars(select(model).where(model.app_id == app.id)):
-            session.delete(row)
-    session.delete(app)
+@dataclass(frozen=True)
+class Deletion:
+    name: str
+    gone: bool  # the app and its rows are gone already (it had no instances)
+    instances_stopping: int
+
+
+def delete_app(session: Session, settings: Settings, tenant_id: str, name: str) -> Deletion:
+    """Mark the app deleting and answer at once; nothing here waits for the engine.
+
+    The controllers treat a deleting app as absent (its instances stop, its routes and domains
+    go) and delete its rows once the engine has none of its containers left. An app without
+    instances goes at once. Deleting an app that is being deleted says the same again.
+    """
+    app = lock_app(session, tenant_id, name, deleting_ok=True)
+    stopping = (
+        session.scalar(
+            select(func.count(Instance.id)).where(
+                Instance.app_id == app.id, Instance.container_id.is_not(None)
+            )
+        )
+        or 0
+    )
+    if app.deleting_at is not None:
+        session.rollback()  # nothing to change
+        return Deletion(app.name, False, stopping)
+    if stopping == 0:
+        purge_app(session, app)
+        session.commit()
+        return Deletion(app.name, True, 0)
+    _check_delete_capacity(session, settings, tenant_id)
+    app.deleting_at = time.time()
     session.commit()
+    return Deletion(app.name, False, stopping)
+
+
+def _check_delete_capacity(session: Session, settings: Settings, tenant_id: str) -> None:
+    # The tenant row lock (PostgreSQL; SQLite writes are serial anyway) makes two deletes of
+    # different apps count one after the other.
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    deleting = (
+        session.scalar(
+            select(func.count(App.id)).where(
+                App.tenant_id == tenant_id, App.deleting_at.is_not(None)
+            )
+        )
+        or 0
+    )
+    cap = settings.max_concurrent_deletes_per_tenant
+    if deleting >= cap:
+        raise TooManyRequests(
+            f"{deleting} apps of this tenant are still being deleted (at most {cap} at once); "
+            "retry once one of them is gone",
+            code="too_many_deletes",
+        )
+
+
+def purge_app(session: Session, app: App) -> None:
+    """Delete the app's rows: its domains, deployments, releases, leftover instance rows, itself.
+    Only for an app none of whose containers is left (or that never had one)."""
+    for model in (Domain, Deployment, Release, Instance):
+        session.execute(delete(model).where(model.app_id == app.id))
+    session.delete(app)
+    session.flush()
 
 
 def scale_app(session: Session, settings: Settings, tenant_id: str, name: str, n: int) -> App:
-    app = get_app(session, tenant_id, name)
     n = v.validate_scale(n, settings.max_scale)
+    app = lock_app(session, tenant_id, name)
     if n > app.scale:
         ensure_not_suspended(session, tenant_id)
     if app.target_release_id or app.serving_release_id:
@@ -127,7 +218,6 @@ def deploy_image(
     resolve: ImageResolver,
     description: str = "",
 ) -> tuple[Release, Deployment]:
-    app = get_app(session, tenant_id, name)
     if not image_ref or len(image_ref) > 255 or any(c.isspace() for c in image_ref):
         raise InvalidInput("image reference is empty or malformed", code="invalid_image")
     if _IMAGE_ID.fullmatch(image_ref):
@@ -136,6 +226,7 @@ def deploy_image(
         raise InvalidInput(
             "name the image (like name:tag); image ids are not accepted", code="invalid_image"
         )
+    app = lock_app(session, tenant_id, name)
     ensure_not_suspended(session, tenant_id)
     if not (app.target_release_id or app.serving_release_id):
         check_quota_for(
@@ -152,6 +243,7 @@ def deploy_image(
     release = _new_release(app, image_ref, image_id, app_config(app), description or "deploy")
     session.add(release)
     deployment = _start_rollout(session, settings, app, release, app.generation, "deploy")
+    prune_releases(session, settings, app)
     session.commit()
     return release, deployment
 
@@ -164,9 +256,9 @@ def set_config(
     set_values: dict[str, str],
     unset_keys: list[str],
 ) -> tuple[dict[str, str], Release | None, Deployment | None]:
-    app = get_app(session, tenant_id, name)
     v.validate_config(set_values)
     v.validate_config_keys(unset_keys)
+    app = lock_app(session, tenant_id, name)  # the merge below reads the newest config
     config = app_config(app)
     missing = [k for k in unset_keys if k not in config]
     if missing:
@@ -176,6 +268,7 @@ def set_config(
         del config[key]
     if len(config) > v.MAX_CONFIG_KEYS:
         raise InvalidInput(f"at most {v.MAX_CONFIG_KEYS} config keys", code="invalid_config")
+    v.validate_config_size(config, settings.max_config_bytes)
     app.config_json = json.dumps(config, sort_keys=True)
     base = current_release(session, app)
     if base is None:
@@ -189,6 +282,7 @@ def set_config(
     release.command_json = base.command_json
     session.add(release)
     deployment = _start_rollout(session, settings, app, release, app.generation, "config")
+    prune_releases(session, settings, app)
     session.commit()
     return config, release, deployment
 
@@ -197,7 +291,7 @@ def rollback(
     session: Session, settings: Settings, tenant_id: str, name: str, version: int | None
 ) -> tuple[Release, Deployment]:
     """Roll back by creating a new release that copies an older one (releases are immutable)."""
-    app = get_app(session, tenant_id, name)
+    app = lock_app(session, tenant_id, name)
     ensure_not_suspended(session, tenant_id)
     serving = get_release(session, app.serving_release_id)
     if version is None:
@@ -216,7 +310,11 @@ def rollback(
             select(Release).where(Release.app_id == app.id, Release.version == version)
         )
         if older is None:
-            raise NotFound(f"release v{version} of {name!r} not found", code="release_not_found")
+            raise NotFound(
+                f"release v{version} of {name!r} not found (only the newest "
+                f"{settings.release_history} releases are kept)",
+                code="release_not_found",
+            )
     release = _new_release(
         app,
         older.image_ref,
@@ -230,13 +328,14 @@ def rollback(
     session.add(release)
     app.config_json = older.config_json
     deployment = _start_rollout(session, settings, app, release, app.generation, "rollback")
+    prune_releases(session, settings, app)
     session.commit()
     return release, deployment
 
 
 def restart_app(session: Session, settings: Settings, tenant_id: str, name: str) -> Deployment:
     """A start-first replacement of every instance: same release, next generation."""
-    app = get_app(session, tenant_id, name)
+    app = lock_app(session, tenant_id, name)
     release = current_release(session, app)
     if release is None:
         raise InvalidInput(f"app {name!r} has no release to restart", code="no_release")
@@ -265,7 +364,7 @@ def list_instances(session: Session, app: App) -> list[Instance]:
 def add_domain(
     session: Session, settings: Settings, tenant_id: str, name: str, hostname: str
 ) -> Domain:
-    app = get_app(session, tenant_id, name)
+    app = lock_app(session, tenant_id, name)
     hostname = validate_domain(hostname)
     base = settings.base_domain
     if hostname == base or hostname.endswith("." + base):
@@ -292,7 +391,7 @@ def list_domains(session: Session, app: App) -> list[Domain]:
 
 
 def remove_domain(session: Session, tenant_id: str, name: str, hostname: str) -> None:
-    app = get_app(session, tenant_id, name)
+    app = lock_app(session, tenant_id, name)
     domain = session.scalar(
         select(Domain).where(Domain.app_id == app.id, Domain.hostname == hostname)
     )
@@ -300,6 +399,45 @@ def remove_domain(session: Session, tenant_id: str, name: str, hostname: str) ->
         raise NotFound(f"domain {hostname!r} is not on app {name!r}", code="domain_not_found")
     session.delete(domain)
     session.commit()
+
+
+def releases_to_prune(newest_first: list[str], keep: int, in_use: set[str | None]) -> list[str]:
+    """The releases beyond the newest ``keep``, except those something still uses."""
+    return [rid for rid in newest_first[keep:] if rid not in in_use]
+
+
+def prune_releases(session: Session, settings: Settings, app: App) -> None:
+    """Bound the release history (each release copies the whole config): the oldest releases
+    beyond settings.release_history go, never the serving or target one, nor one that an
+    in-progress deployment or an instance still runs. Their finished deployments go with them.
+    """
+    session.flush()
+    newest_first = list(
+        session.scalars(
+            select(Release.id).where(Release.app_id == app.id).order_by(Release.version.desc())
+        )
+    )
+    if len(newest_first) <= settings.release_history:
+        return
+    in_use: set[str | None] = {app.serving_release_id, app.target_release_id}
+    in_use |= set(
+        session.scalars(
+            select(Deployment.release_id).where(
+                Deployment.app_id == app.id, Deployment.status == "in_progress"
+            )
+        )
+    )
+    in_use |= set(session.scalars(select(Instance.release_id).where(Instance.app_id == app.id)))
+    doomed = releases_to_prune(newest_first, settings.release_history, in_use)
+    if doomed:
+        session.execute(
+            delete(Deployment).where(
+                Deployment.app_id == app.id,
+                Deployment.release_id.in_(doomed),
+                Deployment.status != "in_progress",
+            )
+        )
+        session.execute(delete(Release).where(Release.id.in_(doomed)))
 
 
 def _new_release(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from berth.errors import InvalidInput
@@ -83,6 +84,17 @@ def validate_config(values: dict[str, str]) -> dict[str, str]:
                 code="invalid_config",
             )
     return values
+
+
+def validate_config_size(config: dict[str, str], max_bytes: int) -> dict[str, str]:
+    """The whole config, as stored (JSON, UTF-8): every release copies it, so it is bounded."""
+    size = len(json.dumps(config, sort_keys=True).encode())
+    if size > max_bytes:
+        raise InvalidInput(
+            f"config would be {size} bytes; the limit is {max_bytes} bytes in total",
+            code="config_too_large",
+        )
+    return config
 
 
 def validate_config_keys(keys: list[str]) -> list[str]:
