@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from berth.billing.plans import QuotaDelta
 from berth.domain.names import validate_app_name, validate_domain
-from berth.errors import Conflict, InvalidInput, NotFound
+from berth.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from berth.services import validation as v
 from berth.services.billing import check_quota_for, ensure_not_suspended
 from berth.settings import Settings
