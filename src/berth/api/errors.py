@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from berth.errors import BerthError
+from berth.errors import BerthError, EngineError, EngineUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,14 @@ def is_write_conflict(exc: IntegrityError | OperationalError) -> bool:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BerthError)
     async def berth_error(_: Request, exc: BerthError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+        # Engine errors (RuntimeFailure 502, EngineUnavailable 503) are BerthErrors too: an
+        # engine that is down asks the client to come back, it is not a fault of the request.
+        headers = {"Retry-After": "5"} if isinstance(exc, EngineUnavailable) else None
+        if isinstance(exc, EngineError):
+            log.warning("engine error answered %s: %s", exc.status, exc.message)
+        return JSONResponse(
+            error_body(exc.code, exc.message), status_code=exc.status, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

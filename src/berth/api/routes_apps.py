@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -29,8 +29,8 @@ from berth.api.schemas import (
     RollbackRequest,
     ScaleRequest,
 )
-from berth.errors import EngineError
-from berth.runtime.protocol import Runtime
+from berth.errors import EngineError, EngineUnavailable, RuntimeFailure
+from berth.runtime.logbuffer import LineBuffer
 from berth.services import apps as svc
 from berth.store.tables import Release
 
@@ -187,48 +187,81 @@ def logs(
     containers = [
         (i.id[:8], i.container_id) for i in svc.list_instances(session, app) if i.container_id
     ]
+    if not runtime.ping():
+        # Before any stream starts, so the answer is a clear 503 rather than an empty 200.
+        raise EngineUnavailable("the container engine cannot be reached; try again later")
     if not follow:
         lines = []
         for short, cid in containers:
-            for line in runtime.logs(cid, tail=tail).splitlines():
+            try:
+                text = runtime.logs(cid, tail=tail)
+            except EngineUnavailable:
+                raise
+            except RuntimeFailure as exc:  # the container went away meanwhile
+                text = f"(no logs: {exc})"
+            for line in text.splitlines():
                 lines.append(f"[{short}] {line}\n")
         return StreamingResponse(iter(lines), media_type="text/plain")
-    return StreamingResponse(_follow(runtime, containers, tail), media_type="text/plain")
+    stop = threading.Event()
+    streams: list[tuple[str, Iterator[str]]] = []
+    try:
+        for short, cid in containers:
+            # Opened here, not in the streaming body: an engine that is down is a 503.
+            try:
+                streams.append((short, runtime.follow_logs(cid, tail=tail, stop=stop)))
+            except EngineUnavailable:
+                raise
+            except RuntimeFailure as exc:
+                streams.append((short, iter([f"(log stream ended: {exc})"])))
+    except BaseException:
+        stop.set()  # releases the streams opened so far
+        raise
+    return StreamingResponse(_follow(streams, stop), media_type="text/plain")
 
 
 async def _follow(
-    runtime: Runtime, containers: list[tuple[str, str]], tail: int
+    streams: list[tuple[str, Iterator[str]]], stop: threading.Event
 ) -> AsyncIterator[str]:
     """Merge every instance's log stream until all end or the client goes away; then ``stop``
-    closes the engine streams, even those of quiet instances."""
+    closes the engine streams, even those of quiet instances.
+
+    Threads read the streams as fast as the apps print; a LineBuffer bounds what waits for a
+    slow reader (server memory stays bounded) and tells the reader how many lines it missed."""
     loop = asyncio.get_running_loop()
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
-    stop = threading.Event()
+    ready = asyncio.Event()
 
-    def put(item: str | None) -> None:
+    def wake() -> None:
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
-            loop.call_soon_threadsafe(lines.put_nowait, item)
+            loop.call_soon_threadsafe(ready.set)
 
-    def pump(short: str, cid: str) -> None:
+    buffer = LineBuffer(len(streams), wake)
+
+    def pump(short: str, stream: Iterator[str]) -> None:
         try:
-            for line in runtime.follow_logs(cid, tail=tail, stop=stop):
-                put(f"[{short}] {line.rstrip()}\n")
+            for line in stream:
+                if stop.is_set():
+                    break
+                buffer.put(f"[{short}] {line.rstrip()}\n")
         except Exception as exc:
             if not stop.is_set():
-                put(f"[{short}] (log stream ended: {exc})\n")
+                buffer.put(f"[{short}] (log stream ended: {exc})\n")
         finally:
-            put(None)
+            close = getattr(stream, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+            buffer.producer_done()
 
-    for short, cid in containers:
-        threading.Thread(target=pump, args=(short, cid), daemon=True).start()
-    open_streams = len(containers)
+    for short, stream in streams:
+        threading.Thread(target=pump, args=(short, stream), daemon=True).start()
     try:
-        while open_streams:
-            item = await lines.get()
-            if item is None:
-                open_streams -= 1
-            else:
-                yield item
+        done = not streams
+        while not done:
+            await ready.wait()
+            ready.clear()
+            lines, done = buffer.take()
+            if lines:
+                yield "".join(lines)
     finally:
         stop.set()
 
