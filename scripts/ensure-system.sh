@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install and start what Berth needs from the distro: Docker Engine, nginx, busybox-static,
-# debootstrap (for the offline base images) and, with --with-postgres, PostgreSQL for the tests.
+# debootstrap (for the offline base images) and, with --with-postgres, what only the tests use:
+# PostgreSQL, and dnsmasq (a DNS server on loopback for the domain-proof tests).
 # Idempotent: installs only what is missing and starts only what is not running.
 set -euo pipefail
 
@@ -24,6 +25,9 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 if [ "$WITH_POSTGRES" = 1 ] && [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
   need+=(postgresql)
+fi
+if [ "$WITH_POSTGRES" = 1 ] && ! command -v dnsmasq >/dev/null 2>&1; then
+  need+=(dnsmasq-base)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
