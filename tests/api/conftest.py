@@ -377,6 +377,7 @@ def build_env(home: Path, **overrides: Any) -> Env:
         "billing_webhook_secret": "",
         "low_balance_threshold_minor": 500,
         "arrears_grace_seconds": 72 * 3600,
+        "signup_limit_per_address": 10_000,  # every test signs up from the same address
     }
     values.update(overrides)
     settings = Settings(**values)

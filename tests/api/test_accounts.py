@@ -6,15 +6,53 @@ from __future__ import annotations
 
 import hashlib
 import time
-import types
+from collections.abc import Iterator
 
+import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from berth.store.tables import ApiToken, Membership, User, WebSession
-from tests.api.conftest import PASSWORD, Env, assert_error
+from berth.services import accounts as acc
+from berth.services.accounts import LoginLimiter, SignupLimiter
+from berth.services.ratelimit import Rule
+from berth.store.tables import ApiToken, AuditEvent, Membership, User, WebSession
+from tests.api.conftest import API, PASSWORD, Env, assert_error
 
 pytestmark = pytest.mark.store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(env: Env) -> Iterator[Clock]:
+    """Fresh limiters on a clock the test moves (the API reads them on every request)."""
+    made = Clock()
+    login_before = env.platform.login_limiter
+    signup_before = env.app.state.signup_limiter
+    env.platform.login_limiter = LoginLimiter(clock=made)
+    env.app.state.signup_limiter = SignupLimiter(clock=made)
+    try:
+        yield made
+    finally:
+        env.platform.login_limiter = login_before
+        env.app.state.signup_limiter = signup_before
+
+
+def audit_rows(env: Env, ip: str) -> list[tuple[str, int]]:
+    with env.db() as session:
+        rows = session.execute(
+            select(AuditEvent.action, AuditEvent.status)
+            .where(AuditEvent.ip == ip)
+            .order_by(AuditEvent.at)
+        )
+        return [(a, s) for a, s in rows]
 
 
 def whoami(env: Env, token: str, tenant: str | None = None) -> dict[str, object]:
@@ -156,38 +194,82 @@ def test_signup_body_must_be_well_formed(env: Env) -> None:
 # -- the login rate limit ------------------------------------------------------------------------
 
 
-def test_login_rate_limit(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_guesser_never_locks_the_owner_out(env: Env, clock: Clock) -> None:
     dave = env.signup("dave")
     bad = {"email": dave.email, "password": "wrong password!"}
     good = {"email": dave.email, "password": PASSWORD}
-    for _ in range(5):
-        assert_error(env.call("POST", "/auth/login", json=bad, ip="10.3.0.1"), 401)
-    # Limited now: even the right password is refused, from this address and from any other.
-    for ip in ("10.3.0.1", "10.3.0.2"):
-        err = assert_error(env.call("POST", "/auth/login", json=good, ip=ip), 429)
-        assert err["code"] == "too_many_attempts"
+    attacker, owner = "10.3.0.1", "10.3.0.2"
+    answers = [env.call("POST", "/auth/login", json=bad, ip=attacker) for _ in range(20)]
+    assert [r.status_code for r in answers] == [401] * 5 + [429] * 15
+    for resp in answers[5:]:
+        err = assert_error(resp, 429, "too_many_attempts")
         assert "try again in" in err["message"]
-    assert_error(env.call("POST", "/auth/login", json=bad, ip="10.3.0.2"), 429)
-    # Existing sessions keep working: the limit is on guessing passwords, not on the account.
+        assert 1 <= int(resp.headers["retry-after"]) <= 300
+    # The attacker's address is refused even the right password...
+    assert_error(env.call("POST", "/auth/login", json=good, ip=attacker), 429, "too_many_attempts")
+    # ...while the owner, elsewhere, logs in at once; existing sessions never stopped working.
+    assert env.ok("POST", "/auth/login", json=good, ip=owner)["email"] == dave.email
     assert whoami(env, dave.session)["email"] == dave.email
+    # Refused attempts are not audited: only the five that reached the password check.
+    assert audit_rows(env, attacker) == [("login failed", 401)] * 5
 
-    # After the window, the right password works again (and resets the count).
-    real_time = time.time
-    monkeypatch.setattr(
-        "berth.services.accounts.time", types.SimpleNamespace(time=lambda: real_time() + 301)
-    )
-    env.ok("POST", "/auth/login", json=good, ip="10.3.0.1")
+    clock.now += 301  # after the window, the attacker's address may try again
+    env.ok("POST", "/auth/login", json=good, ip=attacker)
 
 
-def test_the_limit_also_counts_per_address(env: Env) -> None:
+def test_one_address_spraying_many_emails_is_held_back(env: Env, clock: Clock) -> None:
     ip = "10.4.0.1"
-    for n in range(5):
+    for n in range(20):
         body = {"email": f"guess-{n}@example.com", "password": "wrong password!"}
         assert_error(env.call("POST", "/auth/login", json=body, ip=ip), 401)
     erin = env.signup("erin", ip="10.4.0.9")
     good = {"email": erin.email, "password": PASSWORD}
     assert_error(env.call("POST", "/auth/login", json=good, ip=ip), 429, "too_many_attempts")
     env.ok("POST", "/auth/login", json=good, ip="10.4.0.2")
+
+
+def test_a_distributed_guess_meets_a_per_email_ceiling_but_not_the_owner_at_home(
+    env: Env, clock: Clock
+) -> None:
+    env.platform.login_limiter = LoginLimiter(per_email=Rule(limit=10, window=60.0), clock=clock)
+    fred = env.signup("fred", ip="10.6.0.1")  # fred has a session from 10.6.0.1
+    bad = {"email": fred.email, "password": "wrong password!"}
+    good = {"email": fred.email, "password": PASSWORD}
+    for n in range(10):
+        assert_error(env.call("POST", "/auth/login", json=bad, ip=f"10.7.0.{n}"), 401)
+    refused = env.call("POST", "/auth/login", json=good, ip="10.8.0.1")
+    assert_error(refused, 429, "too_many_attempts")
+    assert int(refused.headers["retry-after"]) <= 60
+    env.ok("POST", "/auth/login", json=good, ip="10.6.0.1")  # a known address is not held back
+    clock.now += 61
+    env.ok("POST", "/auth/login", json=good, ip="10.8.0.1")
+
+
+def test_signups_are_limited_per_address_before_any_hash(
+    env: Env, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashed: list[str] = []
+    real_hash = acc.hash_password
+    monkeypatch.setattr(acc, "hash_password", lambda pw: hashed.append(pw) or real_hash(pw))
+    ip = "2001:db8:5::1"
+    with env.settings_override(signup_limit_per_address=3, signup_window_seconds=600):
+        for n in range(3):
+            env.signup("limited", ip=f"2001:db8:5::{n + 1}")  # one /64 counts as one address
+        users, hashes = user_count(env), len(hashed)
+        email = f"{env.unique('refused')}@example.com"
+        body = {"email": email, "password": PASSWORD}
+        resp = env.call("POST", "/auth/signup", json=body, ip=ip)
+        err = assert_error(resp, 429, "too_many_signups")
+        assert "try again in" in err["message"]
+        assert int(resp.headers["retry-after"]) == 600
+        assert (user_count(env), len(hashed)) == (users, hashes)
+        assert audit_rows(env, ip) == [("signup", 201)]  # the refusal wrote no row
+        # Bad input is a 422 whatever the limit, and costs neither a hash nor an audit row.
+        weak = {"email": f"{env.unique('weak')}@example.com", "password": "short"}
+        assert_error(env.call("POST", "/auth/signup", json=weak, ip=ip), 422, "weak_password")
+        env.signup("elsewhere", ip="2001:db8:6::1")  # another /64 signs up
+        clock.now += 601
+        env.ok("POST", "/auth/signup", json=body, ip=ip, status=201)
 
 
 def test_signup_from_a_limited_address_does_not_half_create_an_account(env: Env) -> None:
@@ -206,6 +288,48 @@ def test_signup_from_a_limited_address_does_not_half_create_an_account(env: Env)
             assert session.scalar(select(User.id).where(User.email == email)) is None
 
 
+# -- the session cookie ----------------------------------------------------------------------------
+
+
+def cookie_attributes(resp: httpx.Response) -> dict[str, str]:
+    parts = [p.strip() for p in resp.headers["set-cookie"].split(";")]
+    assert parts[0].startswith("berth_session=bsess_"), parts
+    return {k.lower(): v for k, _, v in (p.partition("=") for p in parts[1:])}
+
+
+def test_the_session_cookie_is_httponly_lax_and_secure_over_tls(env: Env) -> None:
+    user = env.signup("cookie")
+    good = {"email": user.email, "password": PASSWORD}
+    plain = cookie_attributes(env.call("POST", "/auth/login", json=good))
+    assert "httponly" in plain and plain["samesite"].lower() == "lax"
+    assert "secure" not in plain  # plain HTTP: a Secure cookie would never come back
+    assert int(plain["max-age"]) == 14 * 86400
+
+    tls = {"X-Forwarded-Proto": "https"}
+    proxied = env.call("POST", "/auth/login", json=good, ip="127.0.0.1", headers=tls)
+    assert "secure" in cookie_attributes(proxied)  # a TLS proxy on this machine said so
+    spoofed = env.call("POST", "/auth/login", json=good, ip="10.9.0.1", headers=tls)
+    assert "secure" not in cookie_attributes(spoofed)  # anyone else saying so is not believed
+    with TestClient(env.app, base_url="https://testserver", client=("10.9.0.2", 50000)) as tc:
+        direct = tc.post(API + "/auth/login", json=good)
+    assert direct.status_code == 200 and "secure" in cookie_attributes(direct)
+
+
+def test_the_cookie_takes_login_sessions_only(env: Env) -> None:
+    user = env.signup("jar")
+    token = env.mint(user.session, "admin")["token"]
+    planted = env.call("GET", "/auth/whoami", headers={"Cookie": f"berth_session={token}"})
+    err = assert_error(planted, 401, "unauthorized")
+    assert "bearer" in err["message"]
+    resp = env.call("GET", "/apps", headers={"Cookie": f"berth_session={token}"})
+    assert_error(resp, 401, "unauthorized")
+    cookie = env.call("GET", "/auth/whoami", headers={"Cookie": f"berth_session={user.session}"})
+    assert cookie.status_code == 200 and cookie.json()["via"] == "session"
+    # The bearer header keeps taking both.
+    assert whoami(env, token)["via"] == "token"
+    assert whoami(env, user.session)["via"] == "session"
+
+
 # -- API tokens ----------------------------------------------------------------------------------
 
 
@@ -215,7 +339,7 @@ def test_token_secret_is_shown_once_and_hashed_at_rest(env: Env) -> None:
     secret = created["token"]
     assert secret.startswith("berth_") and len(secret) > 40
     assert secret.startswith(created["prefix"]) and len(created["prefix"]) < 16
-    assert created["scope"] == "deploy" and created["expires_at"] is None
+    assert created["scope"] == "deploy"
 
     listed = env.ok("GET", "/tokens", fay.session)
     assert [t["id"] for t in listed] == [created["id"]]
@@ -245,10 +369,17 @@ def test_token_expiry(env: Env) -> None:
     assert_error(env.call("GET", "/auth/whoami", created["token"]), 401, "token_expired")
     assert_error(env.call("GET", "/apps", created["token"]), 401, "token_expired")
 
+    # Without an expiry a token lasts token_default_days (90), not forever.
+    default = env.mint(gus.session, "read")
+    assert time.time() + 90 * 86400 - 60 < default["expires_at"] <= time.time() + 90 * 86400
+    with env.settings_override(token_default_days=7):
+        week = env.mint(gus.session, "read")
+    assert time.time() + 7 * 86400 - 60 < week["expires_at"] <= time.time() + 7 * 86400
+
     for seconds in (0, 59, -5, 367 * 86400):
         body = {"name": "bad expiry", "scope": "read", "expires_in_seconds": seconds}
         assert_error(env.call("POST", "/tokens", gus.session, json=body), 422, "invalid_expiry")
-    assert len(env.ok("GET", "/tokens", gus.session)) == 1
+    assert len(env.ok("GET", "/tokens", gus.session)) == 3
 
 
 def test_token_revoke(env: Env) -> None:

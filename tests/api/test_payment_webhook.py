@@ -152,7 +152,7 @@ def test_bad_payment_contents(env: Env, payments: Settings, payer: Account) -> N
         (payment(payer.tenant, amount="1.001"), 422, "invalid_amount"),
         (payment(payer.tenant, amount="1e9"), 422, "invalid_amount"),
         (payment(payer.tenant, key="has space"), 422, "invalid_idempotency_key"),
-        (b"{" + b'"pad": "' + b"x" * 70_000 + b'"}', 422, "too_large"),
+        (b"{" + b'"pad": "' + b"x" * 70_000 + b'"}', 413, "too_large"),
     ]
     for body, status, code in cases:
         resp = post_payment(env, body)

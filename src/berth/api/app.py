@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from berth import __version__
 from berth.api import (
@@ -17,8 +20,13 @@ from berth.api import (
     routes_system,
 )
 from berth.api.audit import install_audit
-from berth.api.errors import install_error_handlers
+from berth.api.errors import error_body, install_error_handlers
+from berth.api.limits import BodyLimitMiddleware, body_limit
 from berth.platform import Platform
+from berth.services.accounts import SignupLimiter
+from berth.services.ratelimit import RateLimited
+
+log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 
@@ -41,8 +49,13 @@ def create_app(platform: Platform, run_loops: bool = False) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.platform = platform
+    app.state.signup_limiter = SignupLimiter()
     install_error_handlers(app)
+    install_edge_handlers(app)
     install_audit(app)
+    # Outermost (added last): a body over its limit never reaches the audit log nor a route.
+    # The settings are read per request, so a changed limit applies at once.
+    app.add_middleware(BodyLimitMiddleware, limit_for=lambda p: body_limit(p, platform.settings))
     routers = (
         routes_system.router,
         routes_accounts.router,
@@ -59,3 +72,20 @@ def create_app(platform: Platform, run_loops: bool = False) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def install_edge_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RateLimited)
+    async def rate_limited(_: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.code, exc.message),
+            status_code=exc.status,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, _: ClientDisconnect) -> Response:
+        # The client left mid-body, or the body limit cut it off (and answered 413 itself):
+        # nobody reads this answer, and it is no server error.
+        log.info("client left before sending the whole body of %s", request.url.path)
+        return Response(status_code=400)

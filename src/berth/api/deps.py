@@ -9,9 +9,10 @@ from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from berth.errors import Forbidden
+from berth.errors import Forbidden, Unauthorized
 from berth.platform import Platform
-from berth.services.auth import Principal, authenticate
+from berth.services.accounts import SignupLimiter
+from berth.services.auth import SESSION_PREFIX, Principal, authenticate
 from berth.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
@@ -41,6 +42,14 @@ def get_settings(platform: PlatformDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+def get_signup_limiter(request: Request) -> SignupLimiter:
+    limiter: SignupLimiter = request.app.state.signup_limiter
+    return limiter
+
+
+SignupLimiterDep = Annotated[SignupLimiter, Depends(get_signup_limiter)]
+
+
 def get_principal(
     request: Request,
     session: SessionDep,
@@ -49,7 +58,17 @@ def get_principal(
         str | None, Header(description="Act in this tenant (a team you belong to).")
     ] = None,
 ) -> Principal:
-    secret = creds.credentials if creds else request.cookies.get(SESSION_COOKIE)
+    if creds:
+        secret: str | None = creds.credentials  # the bearer header takes tokens and sessions
+    else:
+        secret = request.cookies.get(SESSION_COOKIE)
+        if secret and not secret.startswith(SESSION_PREFIX):
+            # The cookie is the browser's login session, sent on its own with every request:
+            # an API token planted there must not act for a page.
+            raise Unauthorized(
+                "the session cookie holds login sessions only; send API tokens as a bearer header",
+                code="unauthorized",
+            )
     principal = authenticate(session, secret, x_berth_tenant or None)
     request.state.principal = principal  # for the audit log
     return principal

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
@@ -12,11 +14,14 @@ from berth.api.deps import (
     Manager,
     PlatformDep,
     SessionDep,
+    SettingsDep,
+    SignupLimiterDep,
 )
 from berth.api.schemas import Strict
 from berth.errors import BerthError, Forbidden
 from berth.services import accounts as acc
-from berth.services.auth import Principal, issue_session
+from berth.services.auth import SESSION_SECONDS, Principal, issue_session
+from berth.services.ratelimit import RateLimited, Rule
 from berth.store.tables import ApiToken, Tenant
 
 router = APIRouter(tags=["accounts"])
@@ -105,28 +110,60 @@ def _ip(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-@router.post("/auth/signup", status_code=201)
+def _over_tls(request: Request) -> bool:
+    """Did the browser reach us over TLS? Directly, or through a proxy on this machine (only
+    a local proxy is trusted to say so: anyone else could send the header)."""
+    if request.url.scheme == "https":
+        return True
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return forwarded == "https" and _is_loopback(_ip(request))
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+@router.post(
+    "/auth/signup",
+    status_code=201,
+    responses={429: {"description": "too many sign-ups from this address (see Retry-After)"}},
+)
 def signup(
     body: Credentials,
     request: Request,
     response: Response,
     session: SessionDep,
     platform: PlatformDep,
+    limiter: SignupLimiterDep,
 ) -> LoginPublic:
+    ip = _ip(request)
+    # Bad input first (422, changes nothing, costs nothing, not audited); then the limit
+    # (429, not audited either); only then the argon2 hash. The audit log therefore holds at
+    # most signup_limit_per_address sign-up rows per address per window.
+    acc.normalize_email(body.email)
+    acc.check_password(body.password)
+    settings = platform.settings
+    limiter.hit(ip, Rule(settings.signup_limit_per_address, settings.signup_window_seconds))
     try:
         user = acc.create_user(session, body.email, body.password)
     except BerthError as exc:
-        record(platform, None, "signup", body.email[:100], _ip(request), exc.status, "anonymous")
+        record(platform, None, "signup", body.email[:100], ip, exc.status, "anonymous")
         raise
     # The new user is signed in directly: going through the login limiter could refuse the
     # session (a limited address) after the account was made, leaving it half-created.
-    row, secret = issue_session(session, user.id, _ip(request))
+    row, secret = issue_session(session, user.id, ip)
     result = acc.LoginResult(user, secret, row.expires_at)
-    record(platform, None, "signup", user.email, _ip(request), 201, user.email)
-    return _logged_in(response, result, session)
+    record(platform, None, "signup", user.email, ip, 201, user.email)
+    return _logged_in(request, response, result, session)
 
 
-@router.post("/auth/login")
+@router.post(
+    "/auth/login",
+    responses={429: {"description": "too many failed logins (see Retry-After)"}},
+)
 def login(
     body: Credentials,
     request: Request,
@@ -134,21 +171,29 @@ def login(
     session: SessionDep,
     platform: PlatformDep,
 ) -> LoginPublic:
+    ip = _ip(request)
     try:
-        result = acc.login(session, platform.login_limiter, body.email, body.password, _ip(request))
+        result = acc.login(session, platform.login_limiter, body.email, body.password, ip)
+    except RateLimited:
+        raise  # not audited: the limiter bounds how many failures reach the log
     except BerthError as exc:
-        record(
-            platform, None, "login failed", body.email[:100], _ip(request), exc.status, "anonymous"
-        )
+        record(platform, None, "login failed", body.email[:100], ip, exc.status, "anonymous")
         raise
-    record(platform, None, "login", result.user.email, _ip(request), 200, result.user.email)
-    return _logged_in(response, result, session)
+    record(platform, None, "login", result.user.email, ip, 200, result.user.email)
+    return _logged_in(request, response, result, session)
 
 
-def _logged_in(response: Response, result: acc.LoginResult, session: SessionDep) -> LoginPublic:
+def _logged_in(
+    request: Request, response: Response, result: acc.LoginResult, session: SessionDep
+) -> LoginPublic:
     tenant = session.get(Tenant, result.user.personal_tenant_id)
     response.set_cookie(
-        SESSION_COOKIE, result.session_token, httponly=True, samesite="strict", max_age=14 * 86400
+        SESSION_COOKIE,
+        result.session_token,
+        max_age=SESSION_SECONDS,
+        httponly=True,  # no script may read it
+        samesite="lax",  # not sent with cross-site POSTs
+        secure=_over_tls(request),
     )
     return LoginPublic(
         token=result.session_token,
@@ -159,9 +204,11 @@ def _logged_in(response: Response, result: acc.LoginResult, session: SessionDep)
 
 
 @router.post("/auth/logout", status_code=204)
-def logout(response: Response, session: SessionDep, who: CurrentPrincipal) -> None:
+def logout(
+    request: Request, response: Response, session: SessionDep, who: CurrentPrincipal
+) -> None:
     acc.logout(session, who)
-    response.delete_cookie(SESSION_COOKIE)
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="lax", secure=_over_tls(request))
 
 
 @router.get("/auth/whoami")
@@ -194,9 +241,18 @@ def _token_public(row: ApiToken) -> TokenPublic:
 
 
 @router.post("/tokens", status_code=201)
-def create_token(body: TokenCreate, session: SessionDep, who: CurrentPrincipal) -> TokenCreated:
+def create_token(
+    body: TokenCreate, session: SessionDep, settings: SettingsDep, who: CurrentPrincipal
+) -> TokenCreated:
     _require_user_session_or_admin(who)
-    row, secret = acc.create_token(session, who, body.name, body.scope, body.expires_in_seconds)
+    row, secret = acc.create_token(
+        session,
+        who,
+        body.name,
+        body.scope,
+        body.expires_in_seconds,
+        default_seconds=settings.token_default_days * 86400,
+    )
     return TokenCreated(**_token_public(row).model_dump(), token=secret)
 
 

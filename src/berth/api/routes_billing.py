@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from berth.api.audit import record
 from berth.api.deps import CurrentPrincipal, PlatformDep, SessionDep, SettingsDep
-from berth.errors import BerthError, InvalidInput
+from berth.errors import BerthError, InvalidInput, NotFound, PayloadTooLarge
 from berth.services import billing as bsvc
 from berth.store.tables import Notification, PlanRow, Tenant, WebhookDelivery
 
@@ -270,9 +270,18 @@ async def payment_webhook(
     berth_signature: Annotated[str | None, Header()] = None,
 ) -> PaymentResult:
     """Called by a payment provider; authenticated by its HMAC signature, not a token."""
+    settings = platform.settings
+    if not settings.payment_webhook_secret:
+        # Off: 404 as for any route that does not exist here, decided before a byte of the
+        # body is read (the body limit closes the connection instead of draining it).
+        raise NotFound("the payment webhook is not configured", code="not_configured")
+    # The body limit (berth.api.limits) has cut anything longer off before it was buffered.
     body = await request.body()
-    if len(body) > 64 * 1024:
-        raise InvalidInput("payload too large", code="too_large")
+    if len(body) > settings.max_webhook_body_bytes:
+        raise PayloadTooLarge(
+            f"the payment webhook body is larger than the limit of "
+            f"{settings.max_webhook_body_bytes} bytes"
+        )
     ip = request.client.host if request.client else ""
 
     def apply() -> PaymentResult:

@@ -1,4 +1,8 @@
-"""Platform status: server, engine, nginx, ingress port, base domain."""
+"""Platform status: server, engine, nginx, ingress port, base domain.
+
+A tenant sees what concerns it; the installation id, nginx and the raw text of the engine's and
+the reconciler's last errors (which may name other tenants' apps) are for operators only.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +11,52 @@ from fastapi import APIRouter
 from berth import __version__
 from berth.api.deps import CurrentPrincipal, PlatformDep
 from berth.api.schemas import StatusPublic
+from berth.platform import Platform
 
 router = APIRouter(tags=["system"])
 
 
 @router.get("/status")
 def status(platform: PlatformDep, who: CurrentPrincipal) -> StatusPublic:
-    engine, engine_version = "unavailable", None
+    engine, engine_version, engine_error = "unavailable", None, None
     if platform.runtime is not None:
         try:
             engine_version = platform.runtime.version()
             engine = "ok"
         except Exception as exc:
-            engine = f"unavailable: {exc}"
-    nginx_state, nginx_pid = "not managed", None
-    if platform.nginx is not None:
-        nginx_pid = platform.nginx.pid()
-        nginx_state = "running" if nginx_pid else "stopped"
-    reconciler = "not running"
-    if platform.reconciler is not None and platform.started:
-        err = platform.reconciler.last_error
-        reconciler = f"error: {err}" if err else f"ok ({platform.reconciler.passes} passes)"
-    return StatusPublic(
+            engine_error = str(exc) or type(exc).__name__
+    public = StatusPublic(
         server="ok",
         version=__version__,
         engine=engine,
-        engine_version=engine_version,
-        nginx=nginx_state,
-        nginx_pid=nginx_pid,
         ingress_port=platform.settings.ingress_port,
         base_domain=platform.settings.base_domain,
-        installation=platform.installation,
-        reconciler=reconciler,
         tenant=who.tenant_name,
     )
+    if not who.is_operator:
+        return public
+    nginx_state, nginx_pid = _nginx(platform)
+    return public.model_copy(
+        update={
+            "engine_version": engine_version,
+            "engine_error": engine_error,
+            "nginx": nginx_state,
+            "nginx_pid": nginx_pid,
+            "installation": platform.installation,
+            "reconciler": _reconciler(platform),
+        }
+    )
+
+
+def _nginx(platform: Platform) -> tuple[str, int | None]:
+    if platform.nginx is None:
+        return "not managed", None
+    pid = platform.nginx.pid()
+    return ("running" if pid else "stopped"), pid
+
+
+def _reconciler(platform: Platform) -> str:
+    if platform.reconciler is None or not platform.started:
+        return "not running"
+    err = platform.reconciler.last_error
+    return f"error: {err}" if err else f"ok ({platform.reconciler.passes} passes)"

@@ -402,7 +402,12 @@ def status(as_json: JsonOpt = False) -> None:
     api = client()
     data = api.get("/status")
     data["api_url"] = api.base
-    emit(data, as_json, lambda d: table(None, ["", ""], sorted((k, v) for k, v in d.items())))
+    # Fields a tenant may not see come as null: the table leaves them out, --json keeps them.
+    emit(
+        data,
+        as_json,
+        lambda d: table(None, ["", ""], sorted((k, v) for k, v in d.items() if v is not None)),
+    )
 
 
 # -- config -----------------------------------------------------------------------------------

@@ -73,6 +73,14 @@ def run_foreground() -> None:
         port=settings.api_port,
         log_level="warning",
         timeout_graceful_shutdown=5,
+        # h11, not httptools: only h11 caps the request line and headers (64 KiB here), so
+        # that no request can grow the server's memory before the body limit even applies.
+        http="h11",
+        h11_max_incomplete_event_size=64 * 1024,
+        # Past this many open connections the server answers 503 at once instead of taking
+        # more memory and file descriptors (log streams and builds each hold one).
+        limit_concurrency=512,
+        timeout_keep_alive=5,  # an idle keep-alive connection is closed after 5 s
     )
 
 

@@ -25,6 +25,7 @@ from berth.billing.plans import InstanceSize
 from berth.billing.rating import ResourceUsage, charge_transaction, charges_for_hour
 from berth.periodic import PeriodicLoop
 from berth.services import billing as bsvc
+from berth.services.audit_log import prune_audit_events
 from berth.services.webhooks import enqueue
 from berth.settings import Settings
 from berth.store.tables import Meta, Notification, RunIntervalRow, Tenant, UsageRow, new_id
@@ -79,6 +80,7 @@ class BillingController:
             self.charge(session, hours, now, stats)
             self.invoice_closed_months(session, hours, stats, since)
             self.arrears(session, now, stats)
+            prune_audit_events(session, self.settings.audit_retention_days, now)
             session.commit()
             if stats.suspended or stats.resumed:
                 self.on_suspension_change()

@@ -6,6 +6,7 @@ Only lowercase RFC 1123 labels pass, so that no input can inject configuration.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from berth.errors import InvalidInput
 
@@ -27,6 +28,14 @@ def validate_app_name(name: str) -> str:
             "starting and ending with a letter or digit",
             code="invalid_name",
         )
+    return name
+
+
+def check_not_reserved(name: str, reserved: Iterable[str]) -> str:
+    """Names the platform keeps for itself (``api.<base domain>``, ``www``, ...) are refused,
+    so that no tenant's app answers at a hostname users would take for the provider's own."""
+    if name in {r.strip().lower() for r in reserved}:
+        raise InvalidInput(f"the name {name!r} is reserved; choose another", code="name_reserved")
     return name
 
 

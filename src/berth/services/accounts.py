@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
-import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -16,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from berth.domain.names import validate_app_name
-from berth.errors import BerthError, Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from berth.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from berth.services.auth import (
     ROLES,
     SCOPES,
@@ -24,6 +23,13 @@ from berth.services.auth import (
     hash_token,
     issue_session,
     issue_token,
+)
+from berth.services.ratelimit import (
+    DEFAULT_MAX_KEYS,
+    RateLimited,
+    Rule,
+    SlidingWindow,
+    address_key,
 )
 from berth.store.tables import (
     ApiToken,
@@ -46,39 +52,85 @@ _hasher = PasswordHasher()  # argon2id with the library's current recommended pa
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 
 
-class TooManyAttempts(BerthError):
-    status = 429
-    code = "too_many_attempts"
+LOGIN_PER_ACCOUNT_ADDRESS = Rule(limit=5, window=300.0)
+LOGIN_PER_ADDRESS = Rule(limit=20, window=300.0)
+# High and short: it stops a distributed guess at about 100 tries a minute per account, and it
+# never holds the owner back at an address they have signed in from before (see login()).
+LOGIN_PER_EMAIL = Rule(limit=100, window=60.0)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    rule: str  # "account_address", "address" or "email"
+    wait: int
 
 
 class LoginLimiter:
-    """At most ``limit`` failed logins per email and per address within ``window`` seconds."""
+    """Failed logins, counted per (email, address), per address and (high, short) per email.
 
-    def __init__(self, limit: int = 5, window: float = 300.0):
-        self.limit, self.window = limit, window
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
+    A wrong password from one address therefore never locks the owner out at another one: the
+    per-email ceiling is far above what one address may try, and exempts known addresses.
+    """
 
-    def check(self, *keys: str) -> None:
-        now = time.time()
-        with self._lock:
-            for key in keys:
-                q = self._failures.get(key)
-                while q and q[0] < now - self.window:
-                    q.popleft()
-                if q and len(q) >= self.limit:
-                    wait = int(q[0] + self.window - now) + 1
-                    raise TooManyAttempts(f"too many failed logins; try again in {wait}s")
+    def __init__(
+        self,
+        per_account_address: Rule = LOGIN_PER_ACCOUNT_ADDRESS,
+        per_address: Rule = LOGIN_PER_ADDRESS,
+        per_email: Rule = LOGIN_PER_EMAIL,
+        *,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rules = {
+            "account_address": per_account_address,
+            "address": per_address,
+            "email": per_email,
+        }
+        self.window = SlidingWindow(max_keys, clock)
 
-    def failed(self, *keys: str) -> None:
-        now = time.time()
-        with self._lock:
-            for key in keys:
-                self._failures.setdefault(key, deque()).append(now)
+    @staticmethod
+    def _keys(email: str, ip: str) -> dict[str, str]:
+        where = address_key(ip)
+        return {
+            "account_address": f"login:{email}|{where}",
+            "address": f"login:{where}",
+            "email": f"login:{email}",
+        }
 
-    def succeeded(self, email_key: str) -> None:
-        with self._lock:
-            self._failures.pop(email_key, None)
+    def refusal(self, email: str, ip: str) -> Refusal | None:
+        """The first limit this login attempt is over, if any (nothing is counted)."""
+        for rule, key in self._keys(email, ip).items():
+            wait = self.window.wait(key, self.rules[rule])
+            if wait:
+                return Refusal(rule, wait)
+        return None
+
+    def failed(self, email: str, ip: str) -> None:
+        for rule, key in self._keys(email, ip).items():
+            self.window.add(key, self.rules[rule])
+
+    def succeeded(self, email: str, ip: str) -> None:
+        self.window.forget(self._keys(email, ip)["account_address"])
+
+
+class SignupLimiter:
+    """Sign-ups per address (an IPv6 /64 counts as one), the rule read from the settings on
+    every call so that an operator's change applies at once."""
+
+    def __init__(
+        self, *, max_keys: int = DEFAULT_MAX_KEYS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.window = SlidingWindow(max_keys, clock)
+
+    def hit(self, ip: str, rule: Rule) -> None:
+        """Count one sign-up attempt, or refuse it (429) when the address is over its limit."""
+        key = f"signup:{address_key(ip)}"
+        wait = self.window.wait(key, rule)
+        if wait:
+            raise RateLimited(
+                "too many sign-ups from your address", retry_after=wait, code="too_many_signups"
+            )
+        self.window.add(key, rule)
 
 
 def normalize_email(email: str) -> str:
@@ -117,9 +169,12 @@ def create_user(
 ) -> User:
     """A user with a personal tenant (owner) on the default plan. ``password=None``: no login."""
     email = normalize_email(email)
-    pw_hash = hash_password(check_password(password)) if password is not None else "!"
+    if password is not None:
+        check_password(password)
+    # Before the (deliberately slow) hash: a taken email costs no argon2 run.
     if session.scalar(select(User.id).where(User.email == email)) is not None:
         raise Conflict("an account with that email exists", code="email_taken")
+    pw_hash = hash_password(password) if password is not None else "!"
     tenant = Tenant(
         id=new_id(), name=tenant_slug(email), kind="personal", plan_id=default_plan_id(session)
     )
@@ -156,16 +211,34 @@ class LoginResult:
 def login(
     session: Session, limiter: LoginLimiter, email: str, password: str, ip: str
 ) -> LoginResult:
-    key_email, key_ip = f"email:{str(email).strip().lower()}", f"ip:{ip}"
-    limiter.check(key_email, key_ip)
-    user = session.scalar(select(User).where(User.email == str(email).strip().lower()))
+    """Check the password, within the limiter's limits. A refused attempt (429) is not
+    counted and costs no password hash."""
+    email = str(email).strip().lower()
+    user = session.scalar(select(User).where(User.email == email))
+    refusal = limiter.refusal(email, ip)
+    if refusal and refusal.rule == "email" and user and known_address(session, user.id, ip):
+        refusal = None  # the per-email ceiling holds back strangers, not the owner at home
+    if refusal:
+        raise RateLimited(
+            "too many failed logins", retry_after=refusal.wait, code="too_many_attempts"
+        )
     ok = verify_password(user.password_hash if user else _DUMMY_HASH, str(password))
     if user is None or not ok:
-        limiter.failed(key_email, key_ip)
+        limiter.failed(email, ip)
         raise Unauthorized("wrong email or password", code="bad_credentials")
-    limiter.succeeded(key_email)
+    limiter.succeeded(email, ip)
     row, secret = issue_session(session, user.id, ip)
     return LoginResult(user, secret, row.expires_at)
+
+
+def known_address(session: Session, user_id: str, ip: str) -> bool:
+    """Has this user signed in from this address before (a session row remembers it)?"""
+    found = session.scalar(
+        select(WebSession.id)
+        .where(WebSession.user_id == user_id, WebSession.ip == ip[:64])
+        .limit(1)
+    )
+    return found is not None
 
 
 def logout(session: Session, principal: Principal) -> None:
@@ -180,8 +253,16 @@ def logout(session: Session, principal: Principal) -> None:
 
 
 def create_token(
-    session: Session, who: Principal, name: str, scope: str, expires_in: float | None
+    session: Session,
+    who: Principal,
+    name: str,
+    scope: str,
+    expires_in: float | None,
+    default_seconds: float = 90 * 24 * 3600,
 ) -> tuple[ApiToken, str]:
+    """A new API token; without ``expires_in`` it lasts ``default_seconds`` (never forever:
+    a forgotten token must stop working one day). The operator's first-start token is made
+    by the bootstrap, without an expiry, so that the token file keeps working."""
     if who.user_id is None:
         raise Forbidden("only a user can create tokens", code="forbidden")
     if scope not in SCOPES:
@@ -190,7 +271,9 @@ def create_token(
         raise InvalidInput("token name must be 1-64 characters", code="invalid_name")
     if expires_in is not None and not 60 <= expires_in <= MAX_TOKEN_SECONDS:
         raise InvalidInput("expiry must be between 60 seconds and 366 days", code="invalid_expiry")
-    expires_at = time.time() + expires_in if expires_in is not None else None
+    if expires_in is None:
+        expires_in = min(default_seconds, MAX_TOKEN_SECONDS)
+    expires_at = time.time() + expires_in
     return issue_token(session, who.tenant_id, name.strip(), scope, expires_at, who.user_id)
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from berth.billing.plans import QuotaDelta
-from berth.domain.names import validate_app_name, validate_domain
+from berth.domain.names import check_not_reserved, validate_app_name, validate_domain
 from berth.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from berth.services import validation as v
 from berth.services.billing import check_quota_for, ensure_not_suspended
@@ -83,7 +83,7 @@ def list_apps(session: Session, tenant_id: str) -> list[App]:
 
 
 def create_app(session: Session, settings: Settings, tenant_id: str, spec: AppSpec) -> App:
-    name = validate_app_name(spec.name)
+    name = check_not_reserved(validate_app_name(spec.name), settings.reserved_app_names)
     memory_mb = v.parse_memory_mb(spec.memory, settings.memory_min_mb, settings.memory_max_mb)
     cpus_milli = v.parse_cpus_milli(spec.cpus, settings.cpus_min, settings.cpus_max)
     port = v.validate_port(spec.port)
