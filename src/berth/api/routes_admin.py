@@ -40,6 +40,8 @@ class PlanCreate(Strict):
     max_instances: int | None = Field(default=None, ge=0, le=10**6)
     max_memory_mb: int | None = Field(default=None, ge=0, le=10**9)
     max_domains: int | None = Field(default=None, ge=0, le=10**6)
+    # Size of each writable tmpfs (/tmp, /var/tmp, /run) of an instance; None: the setting.
+    instance_disk_mb: int | None = Field(default=None, ge=1, le=10**6)
 
 
 class PlanPublic(BaseModel):
@@ -53,6 +55,7 @@ class PlanPublic(BaseModel):
     max_instances: int | None
     max_memory_mb: int | None
     max_domains: int | None
+    instance_disk_mb: int | None
 
 
 class TenantAdminPublic(BaseModel):

@@ -58,6 +58,7 @@ class PlanInput:
     max_instances: int | None = None
     max_memory_mb: int | None = None
     max_domains: int | None = None
+    instance_disk_mb: int | None = None
 
 
 def to_plan(row: PlanRow) -> Plan:
@@ -86,6 +87,7 @@ def create_plan(session: Session, settings: Settings, body: PlanInput) -> PlanRo
         max_instances=body.max_instances,
         max_memory_mb=body.max_memory_mb,
         max_domains=body.max_domains,
+        instance_disk_mb=body.instance_disk_mb,
     )
     to_plan(row)  # validates every field with the domain's rules
     if session.scalar(select(PlanRow.id).where(PlanRow.name == row.name)) is not None:
