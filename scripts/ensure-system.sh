@@ -21,6 +21,8 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# Berth's egress filter (berth.netpolicy) applies its rules with iptables-restore.
+command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
 # Debian's python3 ships without ensurepip; `python3 -m venv` needs python3-venv.
 python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 if [ "$WITH_POSTGRES" = 1 ] && [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then

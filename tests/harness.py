@@ -32,6 +32,8 @@ import docker
 import docker.errors
 import httpx
 
+from berth.netpolicy.iptables import IptablesFirewall
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "examples"
 PYTHON_APP = EXAMPLES / "python-app"
@@ -489,6 +491,7 @@ class BerthServer:
             self._remove_docker_objects,
             self._stop_nginx,
             self._kill_server,  # again: nothing may have started in between
+            self._remove_egress_rules,  # the server is gone: nothing re-adds them
             self._close_api,
         ]
         for step in steps:
@@ -554,6 +557,12 @@ class BerthServer:
             for image in images:
                 with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                     client.images.remove(image.id, force=True)
+
+    def _remove_egress_rules(self) -> None:
+        """This installation's iptables chains and jumps (berth.netpolicy); no other's."""
+        inst = self._installation_id()
+        if inst:
+            IptablesFirewall(inst).remove()
 
     def _stop_nginx(self) -> None:
         """Quit this server's nginx master, then kill whatever nginx process is left.
