@@ -92,9 +92,12 @@ class FakeEngine:
     images: dict[str, str] = field(default_factory=dict)
     reachable: bool = True
     memory_bytes: int = FAKE_MEMORY_BYTES
-    # Test switch: remove() fails with a RuntimeFailure and the container keeps running.
+    # Test switches: remove() (the container keeps running) or start() fails with a
+    # RuntimeFailure; the attempts are counted either way.
     refuse_removal: bool = False
+    refuse_start: bool = False
     removal_attempts: int = 0
+    start_attempts: int = 0
     lock: threading.Condition = field(default_factory=lambda: threading.Condition())
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _pids: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
@@ -207,6 +210,9 @@ class FakeRuntime:
     def start(self, container_id: str) -> ContainerInfo:
         with self.engine.lock:
             container = self._owned(container_id, "start")
+            self.engine.start_attempts += 1
+            if self.engine.refuse_start:
+                raise RuntimeFailure(f"fake: cannot start container {container_id}: refused")
             self._require_network(container.network)
             if container.state != "running":
                 self._start_process(container)

@@ -1,0 +1,130 @@
+"""Shared world of the reconciler unit tests: a real store, the fake runtime, a fake nginx and
+fake health checks, and a clock the test moves."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from berth.controllers.reconciler import Reconciler
+from berth.proxy.model import ProxyConfig, Route
+from berth.runtime.fake import FakeRuntime
+from berth.services import apps as svc
+from berth.services.bootstrap import ensure_admin
+from berth.settings import Settings
+from berth.store.db import make_engine, make_sessionmaker, migrate
+from berth.store.tables import Deployment
+
+
+class Clock:
+    """Starts at the real time (deadlines are written by the API with the real clock)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeNginx:
+    """Records the routes it was asked to serve; always valid, always live."""
+
+    applied: list[ProxyConfig] = field(default_factory=list)
+
+    def config(self, routes: tuple[Route, ...], generation: int) -> ProxyConfig:
+        return ProxyConfig("127.0.0.1", 8080, routes, generation)
+
+    def apply(self, cfg: ProxyConfig) -> bool:
+        self.applied.append(cfg)
+        return True
+
+    def wait_for_generation(self, generation: int, timeout: float = 10.0) -> bool:
+        return True
+
+    def is_running(self) -> bool:
+        return True
+
+    def upstream_ports(self, app_name: str) -> set[int]:
+        route = next(r for r in self.applied[-1].routes if r.app_name == app_name)
+        return {u.port for u in route.upstreams}
+
+
+@dataclass
+class FakeHealth:
+    """Every running instance passes, except those listed as failing."""
+
+    runtime: FakeRuntime
+    failing: set[str] = field(default_factory=set)
+
+    def is_healthy(self, container_id: str) -> bool:
+        info = self.runtime.inspect(container_id)
+        return bool(info and info.state == "running" and container_id not in self.failing)
+
+    def state_of(self, container_id: str) -> None:
+        return None
+
+
+@dataclass
+class World:
+    settings: Settings
+    clock: Clock
+    runtime: FakeRuntime
+    nginx: FakeNginx
+    health: FakeHealth
+    reconciler: Reconciler
+    tenant_id: str
+
+    def session(self):  # type: ignore[no-untyped-def]
+        return self.reconciler.sessions()
+
+    def settle(self, passes: int = 4, step: float = 1.0) -> None:
+        for _ in range(passes):
+            self.reconciler.run_once()
+            # Let background removals finish before the next pass, as time would.
+            self.reconciler._removals.shutdown(wait=True)
+            self.reconciler._removals = ThreadPoolExecutor(max_workers=2)
+            self.clock.now += step
+
+    def running(self, app: str) -> list[str]:
+        return [c.id for c in self.runtime.list({"berth.app-name": app}) if c.state == "running"]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    clock = Clock()
+    settings = Settings(home=tmp_path, database_url="", deploy_timeout_seconds=30)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions() as s:
+        tenant = ensure_admin(s, tmp_path / "admin-token")
+    runtime = FakeRuntime("test-install", clock=clock)
+    runtime.add_image("berth/busybox:latest")
+    runtime.add_image("broken:latest")
+    nginx = FakeNginx()
+    health = FakeHealth(runtime)
+    reconciler = Reconciler(settings, sessions, runtime, nginx, health, clock=clock)  # type: ignore[arg-type]
+    yield World(settings, clock, runtime, nginx, health, reconciler, tenant.id)
+    reconciler.stop()
+    engine.dispose()
+
+
+def deploy(world: World, app: str, image: str = "berth/busybox:latest") -> str:
+    with world.session() as s:
+        _, dep = svc.deploy_image(
+            s, world.settings, world.tenant_id, app, image, world.runtime.image_id
+        )
+        return dep.id
+
+
+def status(world: World, deployment_id: str) -> str:
+    with world.session() as s:
+        dep = s.get(Deployment, deployment_id)
+        assert dep is not None
+        return dep.status
