@@ -129,7 +129,7 @@ def build_platform(settings: Settings) -> Platform:
         nginx=nginx,
     )
     if settings.egress_filter:
-        platform.netpolicy = build_egress_controller(settings, sessions, inst, client.api)
+        platform.netpolicy = build_egress_controller(settings, sessions, inst)
     health = HealthMonitor(runtime, settings.health_interval_seconds)
     reconciler = Reconciler(settings, sessions, runtime, nginx, health)
     if platform.netpolicy is not None:

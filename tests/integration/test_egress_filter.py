@@ -297,3 +297,25 @@ def test_containers_in_one_tenant_network_still_reach_each_other(site: Site, cli
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             peer.remove(force=True)
+
+
+def test_the_remove_command_takes_one_installation_away(site: Site) -> None:
+    other = IptablesFirewall(secrets.token_hex(6))
+    try:
+        other.apply(
+            f"*filter\n:{other.chains.egress} - [0:0]\n:{other.chains.input} - [0:0]\nCOMMIT\n"
+        )
+        other.ensure_jumps()
+        command = [sys.executable, "-m", "berth.netpolicy", "remove"]
+        done = subprocess.run([*command, other.chains.egress[8:]], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert other.rules(other.chains.egress) is None
+        assert other.rules(other.chains.input) is None
+        assert site.firewall.jumps_present()  # this module's installation is untouched
+        bad = subprocess.run([*command, "x; rm -rf /"], capture_output=True, text=True)
+        assert bad.returncode == 1 and "installation id" in bad.stderr
+        assert "Traceback" not in bad.stderr
+        usage = subprocess.run(command, capture_output=True, text=True)
+        assert usage.returncode == 2 and "usage:" in usage.stderr
+    finally:
+        other.remove()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+import docker
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.netpolicy.controller import EgressController
@@ -14,15 +13,21 @@ from berth.settings import Settings
 
 
 def build_egress_controller(
-    settings: Settings, sessions: sessionmaker[Session], installation: str, docker_api: Any
+    settings: Settings, sessions: sessionmaker[Session], installation: str
 ) -> EgressController:
     """Raises NetPolicyError with a clear message on a bad blocked range or missing iptables."""
     blocked = parse_blocked_ranges(settings.egress_blocked_ranges)
     firewall = IptablesFirewall(installation)
     firewall.check_available()
+    # A client of its own: the filter's thread never shares a connection with the builder's.
+    client = (
+        docker.DockerClient(base_url=settings.docker_url, version="auto")
+        if settings.docker_url
+        else docker.from_env(version="auto")
+    )
     return EgressController(
         installation,
-        DockerNetworks(docker_api, installation),
+        DockerNetworks(client.api, installation),
         lambda: tenants_without_internet(sessions),
         firewall,
         blocked,
