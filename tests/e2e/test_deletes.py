@@ -73,6 +73,13 @@ class Watcher:
             time.sleep(0.05)
 
 
+def summary(seconds: list[float]) -> str:
+    ordered = sorted(seconds)
+    if not ordered:
+        return "n=0"
+    return f"n={len(ordered)} median={ordered[len(ordered) // 2]:.3f} max={ordered[-1]:.3f}"
+
+
 def test_concurrent_deletes_answer_at_once_and_free_the_names(
     berth: BerthServer, tmp_path: Path
 ) -> None:
@@ -107,9 +114,9 @@ def test_concurrent_deletes_answer_at_once_and_free_the_names(
             "every deleted app is gone",
         )
 
-    # Recorded for whoever reads the run; only statuses are asserted, never times.
-    print("delete latencies (s):", sorted(round(t, 3) for _, _, t in deletes))
-    print("neighbour GET /apps latencies (s):", sorted(round(t, 3) for _, t in watcher.answers))
+    # Recorded for whoever reads the run (pytest -s); only statuses are asserted, never times.
+    print("DELETE /apps/{name} (s):", summary([t for _, _, t in deletes]))
+    print("neighbour's GET /apps meanwhile (s):", summary([t for _, t in watcher.answers]))
     for status, body, _ in deletes:
         assert status == 202, body
         assert body["state"] == "deleting" and body["instances_stopping"] == 1, body
