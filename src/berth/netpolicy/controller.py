@@ -94,9 +94,13 @@ class EgressController:
         """Sync once now (a failure is logged, the loop retries), then every interval."""
         try:
             self.sync()
-        except NetPolicyError as exc:
+        except Exception as exc:  # e.g. the engine is still down: the loop keeps retrying
             log.error("egress filter: first sync failed: %s", exc)
         self._loop.start()
+
+    def wake(self) -> None:
+        """Sync soon (e.g. after a tenant's plan changed), without waiting for the period."""
+        self._loop.wake()
 
     def stop(self) -> None:
         """Stop syncing; the rules stay in place with the containers (the data plane)."""

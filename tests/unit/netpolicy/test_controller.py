@@ -150,7 +150,7 @@ def test_remove_takes_the_rules_away_and_forgets_them(
 def test_start_survives_a_failing_first_sync_and_stop_ends_the_loop() -> None:
     class Broken(FakeNetworks):
         def managed(self) -> list[BridgeNetwork]:
-            raise NetPolicyError("engine down")
+            raise ConnectionError("engine down")  # what docker-py raises is no NetPolicyError
 
     controller = EgressController(INST, Broken(), frozenset, FakeFirewall(), interval=3600)
     controller.start()
@@ -244,3 +244,17 @@ def test_iptables_firewall_explains_a_missing_docker_user_chain() -> None:
     firewall = IptablesFirewall(INST, runner=RecordingRunner({"INPUT": []}))
     with pytest.raises(NetPolicyError, match="DOCKER-USER is missing"):
         firewall.ensure_jumps()
+
+
+def test_wake_syncs_without_waiting_for_the_period() -> None:
+    firewall, networks = FakeFirewall(), FakeNetworks()
+    controller = EgressController(INST, networks, frozenset, firewall, interval=3600)
+    controller.start()
+    try:
+        networks.add("berth-t-t1", "9" * 64)
+        controller.wake()
+        wait_until(
+            lambda: firewall.applied and "br-999999999999" in firewall.applied[-1], 10, "a sync"
+        )
+    finally:
+        controller.stop()
