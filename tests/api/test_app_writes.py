@@ -8,14 +8,18 @@ store; ``Env.call`` fails the test on any 5xx.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
+from berth.api.errors import is_write_conflict
 from berth.store.tables import App, Instance, Release, new_id
 from tests.api.conftest import Account, Env, assert_error
 
@@ -241,3 +245,32 @@ def test_release_history_bounds_the_store_it_uses(env: Env) -> None:
         stored = list(session.scalars(select(Release.config_json).where(Release.app_id == app_id)))
     assert len(stored) == 3
     assert all(json.loads(c)["BIG"] == "y" * 30_000 for c in stored)
+
+
+# -- what counts as a lost race ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("orig", "conflict"),
+    [
+        (
+            sqlite3.IntegrityError("UNIQUE constraint failed: releases.app_id, releases.version"),
+            True,
+        ),
+        (sqlite3.OperationalError("database is locked"), True),
+        (psycopg.errors.UniqueViolation("duplicate key value"), True),
+        (psycopg.errors.SerializationFailure("could not serialize access"), True),
+        (psycopg.errors.DeadlockDetected("deadlock detected"), True),
+        (sqlite3.IntegrityError("NOT NULL constraint failed: apps.name"), False),
+        (psycopg.errors.ForeignKeyViolation("violates foreign key constraint"), False),
+        (sqlite3.OperationalError("no such table: apps"), False),
+        (psycopg.errors.AdminShutdown("terminating connection"), False),
+    ],
+)
+def test_only_lost_races_are_conflicts(orig: Exception, conflict: bool) -> None:
+    kind = (
+        IntegrityError
+        if isinstance(orig, sqlite3.IntegrityError | psycopg.IntegrityError)
+        else OperationalError
+    )
+    assert is_write_conflict(kind("UPDATE apps ...", {}, orig)) is conflict
