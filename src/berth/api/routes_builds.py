@@ -1,15 +1,19 @@
 """Builds: upload a build context (tar or tar.gz), build it, release it, roll it out.
 
-The upload is read with a size cap and unpacked with every archive check *before* the response
-starts, so a bad context gets a clean 4xx. The build then streams as NDJSON events:
-``{"type": "log", "line": ...}``, then ``{"type": "release", ...}`` or ``{"type": "error", ...}``.
+Admission comes first: a tenant with too many builds waiting gets 429 before its upload is
+read. The upload is then read with a size cap and unpacked with every archive check *before*
+the response starts, so a bad context gets a clean 4xx. The build streams as NDJSON events:
+``{"type": "status", "message": ...}`` (the queue position while it waits), ``{"type": "log",
+"line": ...}``, and always exactly one final ``{"type": "release", ...}`` or
+``{"type": "error", ...}``. The work directory is removed whatever happens.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import logging
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,13 +23,29 @@ from starlette.concurrency import run_in_threadpool
 
 from berth.api.deps import PlatformDep, Writer
 from berth.builds.context import extract_context
+from berth.builds.limits import TenantBuildPolicy, tenant_build_policy
+from berth.builds.protocol import BuildRequest
+from berth.builds.queue import BuildQueue, Ticket
 from berth.errors import BerthError, EngineError, PayloadTooLarge
+from berth.fsutil import remove_tree
 from berth.platform import Platform
 from berth.services import apps as svc
 from berth.services.auth import Principal
+from berth.services.billing import plan_row_of
 from berth.store.tables import new_id
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/apps", tags=["builds"])
+QUEUE_UPDATE_SECONDS = 10.0  # a waiting stream says where it stands at least this often
+_queue_lock = threading.Lock()
+
+
+def build_queue(platform: Platform) -> BuildQueue:
+    """The platform's one build queue (made on first use, sized by the settings)."""
+    with _queue_lock:
+        if platform.build_queue is None:
+            platform.build_queue = BuildQueue(platform.settings.max_concurrent_builds)
+        return platform.build_queue
 
 
 @router.post(
@@ -45,13 +65,20 @@ async def build(
         raise EngineError("no image builder is configured")
     settings = platform.settings
 
-    def check_app() -> str:
+    def check_app() -> tuple[str, TenantBuildPolicy]:
         with platform.sessions() as session:
-            return svc.get_app(session, who.tenant_id, name).id
+            app_id = svc.get_app(session, who.tenant_id, name).id
+            return app_id, tenant_build_policy(settings, plan_row_of(session, who.tenant_id))
 
-    app_id = await run_in_threadpool(check_app)
-    settings.builds_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=settings.builds_dir))
+    app_id, policy = await run_in_threadpool(check_app)
+    queue = build_queue(platform)
+    ticket = queue.enter(who.tenant_id, policy.concurrent, settings.max_queued_builds_per_tenant)
+    try:
+        settings.builds_dir.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="build-", dir=settings.builds_dir))
+    except BaseException:
+        queue.leave(ticket)
+        raise
     try:
         upload = workdir / "context.upload"
         await _receive(request, upload, settings.max_build_context_bytes)
@@ -66,9 +93,24 @@ async def build(
             )
         upload.unlink()
     except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
+        queue.leave(ticket)
+        _remove_workdir(workdir)
         raise
-    events = _build_events(platform, who, name, app_id, workdir, context)
+    build_request = BuildRequest(
+        context_dir=context,
+        tag=f"berth-app/{name}:{new_id()}",
+        # Not the container labels: containers inherit image labels, and a container someone
+        # starts by hand from this image must never look like one Berth manages.
+        labels={
+            "berth.build.installation": platform.installation,
+            "berth.build.tenant": who.tenant_id,
+            "berth.build.app": app_id,
+        },
+        tenant_id=who.tenant_id,
+        limits=policy.limits,
+        registry=settings.registry,
+    )
+    events = _build_events(platform, who, name, build_request, queue, ticket, workdir)
     return StreamingResponse(events, media_type="application/x-ndjson")
 
 
@@ -88,39 +130,64 @@ async def _receive(request: Request, dest: Path, max_bytes: int) -> None:
         raise BerthError("the build context is empty; send a tar archive", code="invalid_context")
 
 
+def _remove_workdir(workdir: Path) -> None:
+    try:
+        remove_tree(workdir)
+    except OSError as exc:  # the sweep at the next start gets it
+        log.warning("could not remove build directory %s: %s", workdir, exc)
+
+
 def _line(obj: dict[str, object]) -> str:
     return json.dumps(obj) + "\n"
 
 
+def _error(code: str, message: str) -> str:
+    return _line({"type": "error", "error": {"code": code, "message": message}})
+
+
+def _wait_for_turn(queue: BuildQueue, ticket: Ticket) -> Iterator[str]:
+    state = queue.state(ticket)
+    while not state.running:
+        yield _line({"type": "status", "message": state.message()})
+        state = queue.wait(ticket, QUEUE_UPDATE_SECONDS)
+
+
 def _build_events(
-    platform: Platform, who: Principal, name: str, app_id: str, workdir: Path, context: Path
+    platform: Platform,
+    who: Principal,
+    name: str,
+    request: BuildRequest,
+    queue: BuildQueue,
+    ticket: Ticket,
+    workdir: Path,
 ) -> Iterator[str]:
+    """The build's NDJSON lines: whatever happens, exactly one final release or error."""
     assert platform.builder is not None
-    tag = f"berth-app/{name}:{new_id()}"
-    # Not the container labels: containers inherit image labels, and a container someone
-    # starts by hand from this image must never look like one Berth manages.
-    labels = {
-        "berth.build.installation": platform.installation,
-        "berth.build.tenant": who.tenant_id,
-        "berth.build.app": app_id,
-    }
+    finished = False
     try:
-        yield _line({"type": "status", "message": f"building {tag}"})
+        yield from _wait_for_turn(queue, ticket)
+        yield _line({"type": "status", "message": f"building {request.tag}"})
         image_id = None
-        for event in platform.builder.build(context, tag, labels):
-            if event.kind == "log":
-                yield _line({"type": "log", "line": event.text})
-            elif event.kind == "error":
-                yield _line(
-                    {"type": "error", "error": {"code": "build_failed", "message": event.text}}
-                )
-                return
-            else:
-                image_id = event.image_id
+        steps = platform.builder.build(request)
+        try:
+            for event in steps:
+                if event.kind == "log":
+                    yield _line({"type": "log", "line": event.text})
+                elif event.kind == "error":
+                    finished = True
+                    yield _error("build_failed", event.text)
+                    return
+                else:
+                    image_id = event.image_id
+                    break
+        finally:
+            # Stops the build (and removes its containers) when the reader went away.
+            close = getattr(steps, "close", None)
+            if close is not None:
+                close()
         if image_id is None:
-            yield _line(
-                {"type": "error", "error": {"code": "build_failed", "message": "no image built"}}
-            )
+            finished = True
+            yield _error("build_failed", "the build ended without an image")
             return
         with platform.sessions() as session:
             release, dep = svc.deploy_image(
@@ -128,21 +195,31 @@ def _build_events(
                 platform.settings,
                 who.tenant_id,
                 name,
-                tag,
+                request.tag,
                 lambda _ref: image_id,
                 description="build",
             )
-            yield _line(
+            line = _line(
                 {
                     "type": "release",
                     "version": release.version,
-                    "image": tag,
+                    "image": request.tag,
                     "image_id": image_id,
                     "deployment_id": dep.id,
                 }
             )
+        finished = True
+        yield line
         platform.trigger()
     except BerthError as exc:
-        yield _line({"type": "error", "error": {"code": exc.code, "message": exc.message}})
+        if not finished:
+            finished = True
+            yield _error(exc.code, exc.message)
+    except Exception:
+        log.exception("build of %s for tenant %s failed unexpectedly", name, who.tenant_id)
+        if not finished:
+            finished = True
+            yield _error("build_failed", "the build failed unexpectedly; try again")
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        queue.leave(ticket)
+        _remove_workdir(workdir)

@@ -19,7 +19,7 @@ tenant's image and a missing image give the same answer, word for word.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -192,3 +192,33 @@ class DockerImageStore:
         images = self._api.images(name=f"{BASE_REPOSITORY}/*")
         tags = {tag for image in images for tag in image.get("RepoTags") or []}
         return sorted(t for t in tags if t.startswith(f"{BASE_REPOSITORY}/"))
+
+
+class RuntimeImageStore:
+    """An :class:`ImageStore` over a runtime that knows image ids only (the fake runtime):
+    without labels, no ``berth-app/`` image counts as the tenant's own."""
+
+    def __init__(self, runtime: Any) -> None:
+        self._runtime = runtime
+
+    def inspect_image(self, name: str) -> Mapping[str, Any] | None:
+        image_id = self._runtime.image_id(name)
+        return {"Id": image_id, "Config": {}} if image_id else None
+
+    def base_images(self) -> list[str]:
+        return []
+
+
+def deploy_resolver(
+    store: ImageStore, tenant_id: str, installation: str, registry: str
+) -> Callable[[str], str | None]:
+    """The ``resolve`` callable for ``services.apps.deploy_image``: the policy, then the id.
+
+    Raises InvalidInput (image_not_allowed / image_not_found) instead of returning None, so
+    the answer says what is allowed and which base images exist.
+    """
+
+    def resolve_for_deploy(reference: str) -> str | None:
+        return resolve(reference, store, tenant_id, installation, registry).image_id
+
+    return resolve_for_deploy

@@ -502,6 +502,7 @@ def bootstrap_python(
     current = existing_image_id(client, tag)
     if current is not None and not force:
         say(f"{tag} already exists ({current[:19]}); skipping")
+        tag_latest(client, tag, current, say)
         return _skipped(client, tag, current, started)
     tarball = python_rootfs(cache_dir, say)
     say(f"importing {tag}")
@@ -517,6 +518,7 @@ def bootstrap_python(
         ],
     )
     say(f"{tag} created ({image_id[:19]})")
+    tag_latest(client, tag, image_id, say)
     return BootstrapResult(
         tag=tag,
         action="created",
@@ -524,6 +526,25 @@ def bootstrap_python(
         size_bytes=_image_size(client, tag),
         seconds=time.monotonic() - started,
     )
+
+
+def tag_latest(client: docker.DockerClient, tag: str, image_id: str, say: Progress) -> None:
+    """Give a versioned base image (``berth/python:3``) its ``latest`` tag too, idempotently.
+
+    ``FROM berth/python`` means ``berth/python:latest``, and Berth never pulls: without this
+    tag that line would name a missing image.
+    """
+    repository, version = parse_repository_tag(tag)
+    if not repository.startswith("berth/") or version in (None, "latest"):
+        return
+    latest = f"{repository}:latest"
+    if existing_image_id(client, latest) == image_id:
+        return
+    try:
+        client.api.tag(image_id, repository, "latest", force=True)
+    except docker.errors.APIError as exc:
+        raise BootstrapError(f"cannot tag {latest}: {exc}") from exc
+    say(f"tagged {latest} ({image_id[:19]})")
 
 
 def bootstrap_all(
