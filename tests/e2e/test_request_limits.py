@@ -126,7 +126,9 @@ def test_a_declared_gibibyte_is_refused_at_once(berth: BerthServer, tenant: str,
 
 
 @pytest.mark.parametrize("path", [SIGNUP, WEBHOOK])
-def test_a_chunked_flood_is_cut_off_at_the_limit(berth: BerthServer, tenant: str, path: str) -> None:
+def test_a_chunked_flood_is_cut_off_at_the_limit(
+    berth: BerthServer, tenant: str, path: str
+) -> None:
     before = server_rss(berth)
     statuses: list[int] = []
     stop = threading.Event()
