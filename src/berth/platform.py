@@ -14,7 +14,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.agent.health import HealthMonitor
+from berth.builds.image_policy import ImageStore
 from berth.builds.protocol import ImageBuilder
+from berth.builds.queue import BuildQueue
 from berth.controllers.billing import BillingController
 from berth.controllers.reconciler import Reconciler
 from berth.netpolicy.controller import EgressController
@@ -38,6 +40,8 @@ class Platform:
     installation: str
     runtime: Runtime | None = None
     builder: ImageBuilder | None = None
+    build_queue: BuildQueue | None = None  # made by the build route on first use
+    images: ImageStore | None = None  # image lookups with labels (the image policy)
     nginx: NginxManager | None = None
     health: HealthMonitor | None = None
     reconciler: Reconciler | None = None
@@ -104,7 +108,9 @@ def build_platform(settings: Settings) -> Platform:
     """The real thing: Docker Engine, the distro's nginx, SQLite or PostgreSQL."""
     import docker
 
-    from berth.builds.protocol import DockerImageBuilder
+    from berth.builds.engine_builder import EngineBuilder
+    from berth.builds.image_policy import DockerImageStore
+    from berth.builds.leftovers import sweep_leftovers
     from berth.runtime.docker_driver import DockerRuntime
 
     engine, sessions, inst = open_store(settings)
@@ -116,6 +122,8 @@ def build_platform(settings: Settings) -> Platform:
         if settings.docker_url
         else docker.from_env(version="auto")
     )
+    # Before any build can start: what a server killed mid-build left behind.
+    sweep_leftovers(client.api, inst, settings.builds_dir)
     nginx = NginxManager(
         settings.nginx_dir, settings.nginx_binary, settings.ingress_listen, settings.ingress_port
     )
@@ -125,7 +133,8 @@ def build_platform(settings: Settings) -> Platform:
         sessions=sessions,
         installation=inst,
         runtime=runtime,
-        builder=DockerImageBuilder(client),
+        builder=EngineBuilder(client, inst),
+        images=DockerImageStore(client.api),
         nginx=nginx,
     )
     if settings.egress_filter:

@@ -29,6 +29,7 @@ from berth.api.schemas import (
     RollbackRequest,
     ScaleRequest,
 )
+from berth.builds import image_policy
 from berth.errors import EngineError, EngineUnavailable, RuntimeFailure
 from berth.runtime.logbuffer import LineBuffer
 from berth.services import apps as svc
@@ -96,8 +97,14 @@ def deploy_image(
     runtime = platform.runtime
     if runtime is None:
         raise EngineError("no container engine is configured")
+    # The build policy: base images, the tenant's own builds, the configured registry. Another
+    # tenant's image answers exactly like a missing one.
+    store = platform.images or image_policy.RuntimeImageStore(runtime)
+    resolve = image_policy.deploy_resolver(
+        store, who.tenant_id, platform.installation, platform.settings.registry
+    )
     release, dep = svc.deploy_image(
-        session, platform.settings, who.tenant_id, name, body.image, runtime.image_id
+        session, platform.settings, who.tenant_id, name, body.image, resolve
     )
     platform.trigger()
     return _deploy_result(session, name, who.tenant_id, release, dep.id)

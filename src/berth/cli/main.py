@@ -226,6 +226,9 @@ def _build(api: ApiClient, name: str, directory: Path, quiet: bool) -> tuple[int
                 err_console.print(event["line"], style="dim", highlight=False, markup=False)
             elif event["type"] == "status":
                 status.update(event["message"])
+                if not quiet and event["message"].startswith("queued"):
+                    # The spinner line is not shown when stderr is not a terminal.
+                    err_console.print(event["message"], highlight=False, markup=False)
             elif event["type"] == "error":
                 raise CliError("build failed:\n" + event["error"]["message"])
             elif event["type"] == "release":
