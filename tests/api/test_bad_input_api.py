@@ -36,6 +36,9 @@ def user(env: Env) -> Account:
     env.ok("POST", f"/apps/{KEEP}/domains", owner.session, json={"hostname": KEEP_DOMAIN})
     env.create_app(owner.session, OTHER)
     env.ok("POST", f"/apps/{OTHER}/domains", owner.session, json={"hostname": OTHER_DOMAIN})
+    # Verified: only a verified domain keeps others from claiming it.
+    for hostname in (KEEP_DOMAIN, OTHER_DOMAIN):
+        env.ok("POST", f"/admin/domains/{hostname}/approve", env.admin)
     return owner
 
 

@@ -241,6 +241,10 @@ TABLE: dict[tuple[str, str], Route] = {
                 "app_not_found"),
         global_name(lambda r: Req(f"/apps/{r.own_app}/domains", json={"hostname": r.domain}),
                     "domain_taken"),)),
+    ("POST", "/apps/{name}/domains/{hostname}/verify"): Route("write", (
+        foreign(lambda r: Req(f"/apps/{r.app}/domains/{r.domain}/verify"), "app_not_found"),
+        global_name(lambda r: Req(f"/apps/{r.own_app}/domains/{r.domain}/verify"),
+                    "domain_taken"),)),
     ("DELETE", "/apps/{name}/domains/{hostname}"): Route("write", (
         foreign(lambda r: Req(f"/apps/{r.app}/domains/{r.domain}"), "app_not_found"),
         foreign(lambda r: Req(f"/apps/{r.own_app}/domains/{r.domain}"), "domain_not_found"),)),
@@ -275,6 +279,8 @@ TABLE: dict[tuple[str, str], Route] = {
     ("DELETE", "/admin/tenants/{tenant}"): Route("operator", (operator(
         lambda r: Req(f"/admin/tenants/{r.tenant}", params={"confirm": r.tenant})),)),
     ("GET", "/admin/webhooks"): Route("operator", (operator(lambda r: Req("/admin/webhooks")),)),
+    ("POST", "/admin/domains/{hostname}/approve"): Route("operator", (operator(
+        lambda r: Req(f"/admin/domains/{r.domain}/approve")),)),
     ("GET", "/audit"): Route("read", (
         own(lambda r: Req("/audit")),
         own(lambda r: Req("/audit", params={"all": "true"}), 403, "operator_only"),)),
@@ -399,6 +405,7 @@ def world(env: Env) -> World:
         json={"hostname": "www.alice-shop.example"},
         status=201,
     )
+    env.ok("POST", "/admin/domains/www.alice-shop.example/approve", env.admin)
 
     # A's team: an app with a release and a domain, a viewer, a developer, a pending invitation.
     team = env.unique("alice-team")
@@ -413,6 +420,7 @@ def world(env: Env) -> World:
         json={"hostname": "team.alice-shop.example"},
         status=201,
     )
+    env.ok("POST", "/admin/domains/team.alice-shop.example/approve", env.admin)
     t_admin = env.mint(a.session, "admin", tenant=team)
     join_team(env, a, team, viewer, "viewer")
     join_team(env, a, team, developer, "developer")

@@ -81,6 +81,9 @@ def world(berth: BerthServer) -> dict[str, Any]:
     berth.cli_ok("domains", "add", KEEP, KEEP_DOMAIN)
     berth.create_app(OTHER)
     berth.cli_ok("domains", "add", OTHER, OTHER_DOMAIN)
+    # Verified (by the operator): only a verified domain keeps others from claiming it.
+    for hostname in (KEEP_DOMAIN, OTHER_DOMAIN):
+        berth.cli_ok("admin", "approve-domain", hostname)
     berth.wait_converged(KEEP, 1)
     return snapshot(berth)
 

@@ -8,11 +8,13 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select
 
+from berth.api import views
 from berth.api.deps import CurrentPrincipal, Operator, PlatformDep, SessionDep, SettingsDep
 from berth.api.routes_billing import DeliveryPublic, delivery_public
-from berth.api.schemas import Strict
+from berth.api.schemas import DomainPublic, Strict
 from berth.errors import Forbidden, InvalidInput
 from berth.services import billing as bsvc
+from berth.services import domains as dsvc
 from berth.store.tables import (
     ApiToken,
     App,
@@ -220,6 +222,16 @@ def delete_tenant_apps(
     t.name = f"deleted-{t.id}"
     session.commit()
     platform.trigger()
+
+
+@router.post("/admin/domains/{hostname}/approve")
+def approve_domain(
+    hostname: str, session: SessionDep, platform: PlatformDep, who: Operator
+) -> DomainPublic:
+    """Vouch for a tenant's claim on a domain without a DNS proof: it routes from now on."""
+    domain = dsvc.approve_domain(session, hostname)
+    platform.trigger()
+    return views.domain_public(domain)
 
 
 @router.get("/admin/webhooks")

@@ -8,7 +8,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 
@@ -33,6 +33,9 @@ from berth.builds import image_policy
 from berth.errors import EngineError, EngineUnavailable, RuntimeFailure
 from berth.runtime.logbuffer import LineBuffer
 from berth.services import apps as svc
+from berth.services import domains as dsvc
+from berth.services.dns_txt import DnsTxtResolver
+from berth.services.domains import TxtResolver
 from berth.store.tables import Release
 
 router = APIRouter(prefix="/apps", tags=["apps"])
@@ -273,17 +276,41 @@ async def _follow(
         stop.set()
 
 
+def txt_resolver(platform: PlatformDep) -> TxtResolver:
+    """The resolver for domain proofs (tests override this dependency with a fake)."""
+    return DnsTxtResolver(platform.settings.dns_resolver)
+
+
+TxtResolverDep = Annotated[TxtResolver, Depends(txt_resolver)]
+
+
 @router.get("/{name}/domains")
 def list_domains(name: str, session: SessionDep, who: CurrentPrincipal) -> list[DomainPublic]:
     app = svc.get_app(session, who.tenant_id, name)
-    return [views.domain_public(d) for d in svc.list_domains(session, app)]
+    return [views.domain_public(d) for d in dsvc.list_domains(session, app)]
 
 
 @router.post("/{name}/domains", status_code=201)
 def add_domain(
     name: str, body: DomainCreate, session: SessionDep, platform: PlatformDep, who: Writer
 ) -> DomainPublic:
-    domain = svc.add_domain(session, platform.settings, who.tenant_id, name, body.hostname)
+    """Claim a domain. It stays pending (and does not route) until proven: publish the
+    answer's ``challenge`` TXT record, then POST .../verify."""
+    domain = dsvc.add_domain(session, platform.settings, who.tenant_id, name, body.hostname)
+    return views.domain_public(domain)
+
+
+@router.post("/{name}/domains/{hostname}/verify")
+def verify_domain(
+    name: str,
+    hostname: str,
+    session: SessionDep,
+    platform: PlatformDep,
+    resolver: TxtResolverDep,
+    who: Writer,
+) -> DomainPublic:
+    """Check the domain's TXT record; when it holds, the domain is verified and routes."""
+    domain = dsvc.verify_domain(session, platform.settings, resolver, who.tenant_id, name, hostname)
     platform.trigger()
     return views.domain_public(domain)
 
@@ -292,7 +319,7 @@ def add_domain(
 def remove_domain(
     name: str, hostname: str, session: SessionDep, platform: PlatformDep, who: Writer
 ) -> None:
-    svc.remove_domain(session, who.tenant_id, name, hostname)
+    dsvc.remove_domain(session, who.tenant_id, name, hostname)
     platform.trigger()
 
 

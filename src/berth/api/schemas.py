@@ -116,9 +116,25 @@ class DomainCreate(Strict):
     hostname: str = Field(max_length=300)
 
 
+class DomainChallenge(BaseModel):
+    """The DNS record that proves control of a domain."""
+
+    type: Literal["TXT"]
+    name: str
+    value: str
+
+
 class DomainPublic(BaseModel):
+    """A custom domain. It routes only once ``status`` is "verified"."""
+
     hostname: str
     created_at: float
+    status: Literal["verified", "pending"]
+    verified_at: float | None
+    verified_by: Literal["dns", "operator"] | None
+    challenge: DomainChallenge | None = Field(
+        description="While pending: publish this record, then verify the domain"
+    )
 
 
 class StatusPublic(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -10,12 +11,14 @@ from sqlalchemy.orm import Session
 from berth.api.schemas import (
     AppPublic,
     DeploymentPublic,
+    DomainChallenge,
     DomainPublic,
     InstanceCounts,
     InstancePublic,
     ReleasePublic,
 )
 from berth.services import apps as svc
+from berth.services import domains as dsvc
 from berth.settings import Settings
 from berth.store.tables import App, Deployment, Domain, Instance, Release
 
@@ -62,8 +65,10 @@ def latest_deployment(session: Session, app: App) -> Deployment | None:
 
 
 def app_public(session: Session, settings: Settings, app: App) -> AppPublic:
-    domains = [d.hostname for d in svc.list_domains(session, app)]
-    hosts = [f"{app.name}.{settings.base_domain}", *domains]
+    custom = dsvc.list_domains(session, app)
+    domains = [d.hostname for d in custom]
+    # Only verified domains route, so only they make URLs.
+    hosts = [f"{app.name}.{settings.base_domain}", *(d.hostname for d in custom if d.verified_at)]
     port = "" if settings.ingress_port == 80 else f":{settings.ingress_port}"
     instances = svc.list_instances(session, app)
     serving = svc.get_release(session, app.serving_release_id)
@@ -119,4 +124,22 @@ def _display_state(row: Instance) -> str:
 
 
 def domain_public(domain: Domain) -> DomainPublic:
-    return DomainPublic(hostname=domain.hostname, created_at=domain.created_at)
+    if domain.verified_at is not None:
+        by: Literal["dns", "operator"] = "dns" if domain.verified_by == "dns" else "operator"
+        return DomainPublic(
+            hostname=domain.hostname,
+            created_at=domain.created_at,
+            status="verified",
+            verified_at=domain.verified_at,
+            verified_by=by,
+            challenge=None,
+        )
+    record = dsvc.challenge_for(domain)
+    return DomainPublic(
+        hostname=domain.hostname,
+        created_at=domain.created_at,
+        status="pending",
+        verified_at=None,
+        verified_by=None,
+        challenge=DomainChallenge(type="TXT", name=record.name, value=record.value),
+    )

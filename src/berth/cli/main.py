@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 
@@ -463,30 +464,72 @@ def _change_config(name: str, body: dict[str, Any], wait: bool, as_json: bool) -
 # -- domains -------------------------------------------------------------------------------
 
 
+def _print_challenge(domain: dict[str, Any], name: str) -> None:
+    challenge = domain.get("challenge")
+    if domain.get("status") == "verified" or not challenge:
+        console.print(f"{domain['hostname']} is verified and routes to {name}", markup=False)
+        return
+    console.print(
+        f"Added {domain['hostname']} to {name}: pending until you prove you control it.\n"
+        "Publish this DNS record:\n"
+        f'  {challenge["name"]}  TXT  "{challenge["value"]}"\n'
+        f"then run: berth domains verify {name} {domain['hostname']}\n"
+        "(or ask the operator to approve it)",
+        markup=False,
+        highlight=False,
+    )
+
+
+def _domain_path(name: str, hostname: str) -> str:
+    return f"/apps/{quote(name, safe='')}/domains/{quote(hostname, safe='')}"
+
+
 @domains_app.command("add")
 def domains_add(name: str, hostname: str, as_json: JsonOpt = False) -> None:
-    """Route HOSTNAME to the app."""
-    data = client().post(f"/apps/{name}/domains", json={"hostname": hostname})
-    emit(data, as_json, lambda d: console.print(f"Added {d['hostname']} to {name}"))
+    """Claim HOSTNAME for the app; it routes once verified (prints the DNS record to publish)."""
+    data = client().post(f"/apps/{quote(name, safe='')}/domains", json={"hostname": hostname})
+    emit(data, as_json, lambda d: _print_challenge(d, name))
+
+
+@domains_app.command("verify")
+def domains_verify(name: str, hostname: str, as_json: JsonOpt = False) -> None:
+    """Check HOSTNAME's DNS TXT record; once it holds, HOSTNAME routes to the app."""
+    data = client().post(_domain_path(name, hostname) + "/verify")
+    emit(
+        data,
+        as_json,
+        lambda d: console.print(
+            f"{d['hostname']} is verified ({d['verified_by']}) and routes to {name}",
+            markup=False,
+        ),
+    )
 
 
 @domains_app.command("list")
 def domains_list(name: str, as_json: JsonOpt = False) -> None:
-    """List the app's custom domains."""
-    data = client().get(f"/apps/{name}/domains")
+    """List the app's custom domains: verified, or pending with the TXT record to publish."""
+    data = client().get(f"/apps/{quote(name, safe='')}/domains")
+
+    def rows(domains: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+        out: list[tuple[str, ...]] = []
+        for x in domains:
+            challenge = x.get("challenge") or {}
+            record = f"{challenge['name']} TXT {challenge['value']}" if challenge else ""
+            status = x["status"] if x["status"] == "pending" else f"verified ({x['verified_by']})"
+            out.append((x["hostname"], status, record, ago(x["created_at"])))
+        return out
+
     emit(
         data,
         as_json,
-        lambda d: table(
-            None, ["DOMAIN", "ADDED"], [(x["hostname"], ago(x["created_at"])) for x in d]
-        ),
+        lambda d: table(None, ["DOMAIN", "STATUS", "PUBLISH", "ADDED"], rows(d)),
     )
 
 
 @domains_app.command("remove")
 def domains_remove(name: str, hostname: str, as_json: JsonOpt = False) -> None:
     """Stop routing HOSTNAME to the app."""
-    client().delete(f"/apps/{name}/domains/{hostname}")
+    client().delete(_domain_path(name, hostname))
     emit({"removed": hostname}, as_json, lambda _: console.print(f"Removed {hostname} from {name}"))
 
 

@@ -34,7 +34,8 @@ def load_apps(session: Session) -> list[AppView]:
         for d in session.scalars(select(Deployment).where(Deployment.status == "in_progress"))
     }
     domains: dict[str, list[str]] = {}
-    for dom in session.scalars(select(Domain).order_by(Domain.hostname)):
+    verified = select(Domain).where(Domain.verified_at.is_not(None))  # proof before routing
+    for dom in session.scalars(verified.order_by(Domain.hostname)):
         domains.setdefault(dom.app_id, []).append(dom.hostname)
     release_ids = {a.target_release_id for a in apps} | {a.serving_release_id for a in apps}
     release_ids.discard(None)

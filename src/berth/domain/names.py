@@ -5,12 +5,16 @@ Only lowercase RFC 1123 labels pass, so that no input can inject configuration.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 
 from berth.errors import InvalidInput
 
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+# What a browser would read as a number in the last label (WHATWG "ends in a number"): then
+# the whole host is an IPv4 address to it (127.1, 0x7f.1, 2130706433), whatever we think.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 APP_NAME_MAX = 30
 
 
@@ -45,6 +49,12 @@ def validate_domain(domain: str) -> str:
         raise InvalidInput("domain must not be empty", code="invalid_domain")
     if len(domain) > 253:
         raise InvalidInput("domain must be at most 253 characters", code="invalid_domain")
+    if _is_ip_literal(domain):
+        raise InvalidInput(
+            f"{domain[:60]!r} is an IP address; a custom domain must be a name like "
+            "app.example.com (visits by IP address never route to an app)",
+            code="invalid_domain",
+        )
     labels = domain.split(".")
     if len(labels) < 2:
         raise InvalidInput(
@@ -57,7 +67,22 @@ def validate_domain(domain: str) -> str:
                 "digits or '-', not starting or ending with '-'",
                 code="invalid_domain",
             )
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        raise InvalidInput(
+            f"invalid domain {domain!r}: the last label must not be a number like 1 or 0x7f "
+            "(browsers would read the name as an IP address)",
+            code="invalid_domain",
+        )
     return domain
+
+
+def _is_ip_literal(text: str) -> bool:
+    candidate = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        ipaddress.ip_address(candidate)
+    except ValueError:
+        return False
+    return True
 
 
 def is_valid_domain(domain: str) -> bool:

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from berth.billing.plans import QuotaDelta
-from berth.domain.names import check_not_reserved, validate_app_name, validate_domain
+from berth.domain.names import check_not_reserved, validate_app_name
 from berth.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from berth.services import validation as v
 from berth.services.billing import check_quota_for, ensure_not_suspended
@@ -359,46 +359,6 @@ def get_deployment(session: Session, tenant_id: str, name: str, deployment_id: s
 def list_instances(session: Session, app: App) -> list[Instance]:
     stmt = select(Instance).where(Instance.app_id == app.id).order_by(Instance.seq)
     return list(session.scalars(stmt))
-
-
-def add_domain(
-    session: Session, settings: Settings, tenant_id: str, name: str, hostname: str
-) -> Domain:
-    app = lock_app(session, tenant_id, name)
-    hostname = validate_domain(hostname)
-    base = settings.base_domain
-    if hostname == base or hostname.endswith("." + base):
-        raise InvalidInput(
-            f"domains under {base} are reserved for app names", code="domain_reserved"
-        )
-    existing = session.scalar(select(Domain).where(Domain.hostname == hostname))
-    if existing is not None:
-        raise Conflict(f"domain {hostname} already belongs to an app", code="domain_taken")
-    count = session.scalar(select(func.count(Domain.id)).where(Domain.app_id == app.id)) or 0
-    if count >= 100:
-        raise InvalidInput("at most 100 domains per app", code="too_many_domains")
-    check_quota_for(session, tenant_id, QuotaDelta(domains=1))
-    domain = Domain(id=new_id(), app_id=app.id, tenant_id=tenant_id, hostname=hostname)
-    session.add(domain)
-    session.commit()
-    return domain
-
-
-def list_domains(session: Session, app: App) -> list[Domain]:
-    return list(
-        session.scalars(select(Domain).where(Domain.app_id == app.id).order_by(Domain.hostname))
-    )
-
-
-def remove_domain(session: Session, tenant_id: str, name: str, hostname: str) -> None:
-    app = lock_app(session, tenant_id, name)
-    domain = session.scalar(
-        select(Domain).where(Domain.app_id == app.id, Domain.hostname == hostname)
-    )
-    if domain is None:
-        raise NotFound(f"domain {hostname!r} is not on app {name!r}", code="domain_not_found")
-    session.delete(domain)
-    session.commit()
 
 
 def releases_to_prune(newest_first: list[str], keep: int, in_use: set[str | None]) -> list[str]:

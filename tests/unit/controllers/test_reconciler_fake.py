@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from berth.runtime.fake import FakeRuntime
 from berth.services import apps as svc
+from berth.services import domains
 from berth.store.tables import Instance, RunIntervalRow
 from tests.unit.controllers.conftest import World, deploy, status
 
@@ -110,7 +111,9 @@ def test_a_burst_of_changes_is_one_nginx_reload(world: World) -> None:
     applied = len(world.nginx.applied)
     with world.session() as s:
         for n in range(20):
-            svc.add_domain(s, world.settings, world.tenant_id, "web", f"d{n}.example.com")
+            hostname = f"d{n}.example.com"
+            domains.add_domain(s, world.settings, world.tenant_id, "web", hostname)
+            domains.approve_domain(s, hostname)  # only verified domains route
     world.settle(passes=3)
     assert len(world.nginx.applied) == applied + 1
     route = next(r for r in world.nginx.applied[-1].routes if r.app_name == "web")
