@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,11 +196,11 @@ def _set_up(s: Site, client: Any, tmp: Path, tag: str) -> None:
     def answers(url: str) -> bool:
         return httpx.get(url, timeout=2, trust_env=False).text.strip() != ""
 
-    for address in (s.link_local, s.blocked, s.internet):
-        wait_until(lambda a=address: answers(f"http://{a}:{s.port}/"), 20, f"{address} answers")
-    wait_until(lambda: answers(f"http://{s.gateway}:{s.gateway_port}/"), 20, "the host answers")
+    for url in [f"http://{a}:{s.port}/" for a in (s.link_local, s.blocked, s.internet)]:
+        wait_until(partial(answers, url), 20, f"{url} answers")
+    wait_until(partial(answers, f"http://{s.gateway}:{s.gateway_port}/"), 20, "the host answers")
     for container in (s.control, s.app, s.builder):
-        wait_until(lambda c=container: fetch(c, "http://127.0.0.1:8080/"), 20, "httpd is up")
+        wait_until(partial(fetch, container, "http://127.0.0.1:8080/"), 20, "httpd is up")
 
 
 def has_rule(rules: list[str], *parts: str) -> bool:

@@ -54,7 +54,8 @@ class FakeNetworks:
     def network_id(self, name: str) -> str | None:
         if name in self.bridges:
             return self.bridges[name].id
-        return self.unfilterable.get(name)
+        found: str | None = self.unfilterable.get(name)
+        return found
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ OTHER = BridgeNetwork("br-cccccccccccc", "172.22.0.0/16", "t2", "app", name="ber
 
 
 def snapshot(**kwargs: object) -> EgressSnapshot:
-    return EgressSnapshot(installation=INST, **kwargs)  # type: ignore[arg-type]
+    return EgressSnapshot(installation=INST, **kwargs)  # type: ignore[arg-type,unused-ignore]
 
 
 def lines(text: str) -> list[str]:
