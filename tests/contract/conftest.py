@@ -21,7 +21,7 @@ import pytest
 
 from berth.images.bootstrap import import_rootfs, make_busybox_rootfs, write_tarball
 from berth.runtime.docker_driver import DockerRuntime
-from berth.runtime.fake import FakeRuntime
+from berth.runtime.fake import NO_SPACE, READ_ONLY_FS, FakeRuntime
 from berth.runtime.protocol import (
     LABEL_APP,
     LABEL_INSTALLATION,
@@ -125,6 +125,7 @@ class Harness:
         image: str | None = None,
         labels: dict[str, str] | None = None,
         script: str = SERVE,
+        disk_bytes: int = 8 * 1024 * 1024,
     ) -> ContainerSpec:
         return ContainerSpec(
             name=unique("berth-test"),
@@ -136,6 +137,7 @@ class Harness:
             network=network if network is not None else self.network,
             labels={LABEL_TENANT: "t1", LABEL_APP: app, **(labels or {})},
             command=("sh", "-c", script),
+            disk_bytes=disk_bytes,
         )
 
     def run_printing(self, lines: list[str]) -> ContainerInfo:
@@ -145,6 +147,15 @@ class Harness:
     def run_exited(self, lines: list[str], exit_code: int) -> ContainerInfo:
         """A container whose process printed ``lines`` and exited; started again, it keeps
         running."""
+        raise NotImplementedError
+
+    def unreachable(self) -> Runtime:
+        """A runtime of this kind whose engine cannot be reached."""
+        raise NotImplementedError
+
+    def write(self, path: str, size_bytes: int, disk_bytes: int) -> str:
+        """A container (tmpfs of ``disk_bytes``) writes ``size_bytes`` of zeros to ``path``:
+        "ok", or the error (READ_ONLY_FS, NO_SPACE)."""
         raise NotImplementedError
 
     def cleanup(self) -> None:
@@ -173,6 +184,15 @@ class FakeHarness(Harness):
         self.fake.crash(info.id, exit_code)
         return info
 
+    def unreachable(self) -> Runtime:
+        down = FakeRuntime(unique("berth-test-down"), node="node-a")
+        down.set_reachable(False)
+        return down
+
+    def write(self, path: str, size_bytes: int, disk_bytes: int) -> str:
+        info = self.fake.run(self.spec(disk_bytes=disk_bytes))
+        return self.fake.write_file(info.id, path, size_bytes) or "ok"
+
     def cleanup(self) -> None:
         """Nothing outlives the test: the fake engine is garbage."""
 
@@ -197,12 +217,42 @@ class DockerHarness(Harness):
         return info
 
     def run_exited(self, lines: list[str], exit_code: int) -> ContainerInfo:
-        # The container's filesystem survives a restart: the second run finds /tmp/ran and stays.
-        first_run = f"touch /tmp/ran; {_echo(lines)}; exit {exit_code}"
-        script = f"if [ -e /tmp/ran ]; then {SERVE}; fi; {first_run}"
-        info = self.runtime.run(self.spec(script=script))
-        wait_until(lambda: _state(self.runtime, info.id) == "exited", "the process exits")
-        return info
+        # The root filesystem is read-only and tmpfs is empty after a restart, so nothing inside
+        # remembers a first run: the process exits only before a deadline, and this waits past
+        # it, so a start() afterwards keeps running. A first run that starts too late (a loaded
+        # machine) keeps running and is replaced, with more time.
+        for margin in (3, 8, 20):
+            deadline = int(time.time()) + margin
+            first_run = f"{_echo(lines)}; exit {exit_code}"
+            script = f'if [ "$(date +%s)" -ge {deadline} ]; then {SERVE}; fi; {first_run}'
+            info = self.runtime.run(self.spec(script=script))
+
+            def settled(cid: str = info.id, by: int = deadline) -> bool:
+                return _state(self.runtime, cid) == "exited" or time.time() > by + 1
+
+            wait_until(settled, "the process exits or its deadline passes")
+            if _state(self.runtime, info.id) == "exited":
+                wait_until(lambda by=deadline: time.time() > by + 1, "the deadline passes")
+                return info
+            self.runtime.remove(info.id, stop_timeout=1)
+        raise AssertionError("the container never ran before its deadline")
+
+    def unreachable(self) -> Runtime:
+        # A socket path that does not exist: a real way for an engine to be down.
+        missing = f"unix:///tmp/{unique('berth-no-engine')}.sock"
+        return DockerRuntime(unique("berth-test-down"), docker_url=missing, node="node-a")
+
+    def write(self, path: str, size_bytes: int, disk_bytes: int) -> str:
+        mib = -(-size_bytes // (1024 * 1024))
+        script = f"dd if=/dev/zero of={shlex.quote(path)} bs=1048576 count={mib} 2>&1; echo rc=$?"
+        info = self.runtime.run(self.spec(script=f"{script}; {SERVE}", disk_bytes=disk_bytes))
+        wait_until(lambda: "rc=" in self.runtime.logs(info.id), "the write ends")
+        output = self.runtime.logs(info.id)
+        for error in (READ_ONLY_FS, NO_SPACE):
+            if error in output:
+                return error
+        assert "rc=0" in output, output
+        return "ok"
 
     def cleanup(self) -> None:
         for installation in self.installations:

@@ -7,12 +7,14 @@ import uuid
 
 import pytest
 
+from berth.runtime.fake import NO_SPACE, READ_ONLY_FS
 from berth.runtime.protocol import (
     LABEL_APP,
     LABEL_INSTALLATION,
     LABEL_MANAGED,
     LABEL_NODE,
     LABEL_TENANT,
+    EngineUnavailable,
     RuntimeFailure,
 )
 from tests.contract.conftest import Harness, unique
@@ -291,3 +293,35 @@ def test_setting_stop_ends_following_a_quiet_container(harness: Harness) -> None
     follower.join(timeout=20)
     assert not follower.is_alive()
     assert harness.runtime.inspect(info.id).state == "running"  # type: ignore[union-attr]
+
+
+def test_the_root_filesystem_is_read_only(harness: Harness) -> None:
+    assert harness.write("/big-file", 300 * 1024 * 1024, disk_bytes=8 << 20) == READ_ONLY_FS
+    assert harness.write("/etc/passwd", 1, disk_bytes=8 << 20) == READ_ONLY_FS
+
+
+@pytest.mark.parametrize("path", ["/tmp/x", "/var/tmp/x", "/run/x"])
+def test_writable_paths_hold_their_size_and_no_more(harness: Harness, path: str) -> None:
+    assert harness.write(path, 4 << 20, disk_bytes=8 << 20) == "ok"
+    assert harness.write(path, 12 << 20, disk_bytes=8 << 20) == NO_SPACE
+
+
+def test_an_engine_that_cannot_be_reached_is_unavailable(harness: Harness) -> None:
+    down = harness.unreachable()
+
+    assert down.ping() is False
+    for call in (down.version, down.list, lambda: down.logs("x"), lambda: down.image_id("x")):
+        with pytest.raises(EngineUnavailable):
+            call()
+    assert EngineUnavailable("x").status == 503 and RuntimeFailure("x").status == 502
+
+
+def test_remove_reports_when_the_process_stopped(harness: Harness) -> None:
+    info = harness.runtime.run(harness.spec())
+
+    stopped_at = harness.runtime.remove(info.id, stop_timeout=5)
+
+    assert stopped_at is not None and info.started_at is not None
+    assert stopped_at >= info.started_at
+    assert harness.runtime.inspect(info.id) is None
+    assert harness.runtime.remove(info.id) is None  # already gone: nothing to report

@@ -17,6 +17,7 @@ from berth.runtime.protocol import (
     KEPT_CAPABILITIES,
     LABEL_APP,
     LABEL_TENANT,
+    WRITABLE_PATHS,
     ContainerInfo,
     ContainerSpec,
 )
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.docker
 MEMORY_BYTES = 96 * 1024 * 1024
 NANO_CPUS = 250_000_000
 PIDS_LIMIT = 48
+DISK_BYTES = 4 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,7 @@ def web_spec(image: str, network: str, command: tuple[str, ...] | None = None) -
         labels={LABEL_TENANT: "t1", LABEL_APP: "web"},
         env={"GREETING": "hi", "PORT": "1"},
         command=command,  # None: the image's own command, busybox httpd serving /www
+        disk_bytes=DISK_BYTES,
     )
 
 
@@ -119,6 +122,7 @@ def test_namespaces_are_not_shared_with_the_host(attrs: dict[str, Any], network:
 
 
 def test_nothing_from_the_host_is_mounted(attrs: dict[str, Any]) -> None:
+    # tmpfs (HostConfig.Tmpfs) is memory, not the host's disk: it is not among the mounts.
     assert not attrs["HostConfig"]["Binds"]
     assert not attrs["HostConfig"].get("Mounts")
     assert attrs["Mounts"] == []
@@ -183,3 +187,47 @@ def test_a_missing_program_is_a_crash_with_a_clear_exit_code(
     current = runtime.inspect(info.id)
     assert current is not None and current.exit_code == 127
     assert "/no/such/program" in runtime.logs(info.id)
+
+
+# Capability numbers (linux/capability.h) of KEPT_CAPABILITIES, for the kernel's own view.
+_CAP_BITS = {"CHOWN": 0, "SETGID": 6, "SETUID": 7, "NET_BIND_SERVICE": 10}
+
+
+def _exec(client: Any, container_id: str, script: str) -> tuple[int, str]:
+    code, output = client.containers.get(container_id).exec_run(["sh", "-c", script])
+    return int(code), bytes(output).decode("utf-8", errors="replace")
+
+
+def test_the_root_filesystem_is_read_only_with_sized_tmpfs(attrs: dict[str, Any]) -> None:
+    host = attrs["HostConfig"]
+    assert host["ReadonlyRootfs"] is True
+    assert sorted(host["Tmpfs"]) == sorted(WRITABLE_PATHS)
+    for options in host["Tmpfs"].values():
+        assert f"size={DISK_BYTES}" in options.split(",")
+        assert {"nosuid", "nodev"} <= set(options.split(","))
+
+
+def test_the_kernel_enforces_the_read_only_root_and_the_tmpfs_size(
+    client: Any, web: ContainerInfo
+) -> None:
+    code, output = _exec(client, web.id, "echo x > /written-by-the-app")
+    assert code != 0 and "Read-only file system" in output
+    code, output = _exec(client, web.id, "echo x > /tmp/ok && cat /tmp/ok")
+    assert (code, output) == (0, "x\n")
+    too_much = DISK_BYTES // (1024 * 1024) + 1
+    code, output = _exec(client, web.id, f"dd if=/dev/zero of=/tmp/big bs=1048576 count={too_much}")
+    assert code != 0 and "No space left on device" in output
+    _exec(client, web.id, "rm -f /tmp/big /tmp/ok")
+
+
+def test_the_kernel_sees_only_the_kept_capabilities_and_no_new_privileges(
+    client: Any, web: ContainerInfo
+) -> None:
+    code, status = _exec(client, web.id, "cat /proc/1/status")
+    assert code == 0
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    expected = sum(1 << _CAP_BITS[name] for name in KEPT_CAPABILITIES)
+    for field in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(fields[field].strip(), 16) == expected, (field, fields[field])
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert int(fields["CapAmb"].strip(), 16) == 0
