@@ -50,6 +50,7 @@ bench: system venv images
 	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || echo "wrk unavailable: the load benchmark uses Python clients"
 	$(PY) bench/run.py
 	$(PY) bench/metering.py
+	$(PY) bench/builds.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
