@@ -55,4 +55,13 @@ BAD_DOMAINS = [
     "a:80.example.com",
     "exämple.com",
     "a\x00.example.com",
+    # IP addresses are not domains (visits by IP must never land on a tenant's app), nor is
+    # anything a browser reads as one: a numeric last label.
+    "127.0.0.1",
+    "10.0.0.1",
+    "::1",
+    "[::1]",
+    "127.1",
+    "0x7f.1",
+    "example.123",
 ]
