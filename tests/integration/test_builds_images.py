@@ -1,12 +1,13 @@
-"""Base image bootstrap and image builds against the real Docker Engine.
+"""Base image bootstrap and image builds (Berth's own builder) against the real Docker Engine.
 
-Every image and container made here carries a unique name and is removed at the end, except
-``berth/python:3``, which is created only when missing (it is the platform's real base image,
-and keeping it saves the next run a debootstrap).
+Every image and container made here carries a unique name or a unique installation id and is
+removed at the end, except ``berth/python:3`` (and its ``latest`` tag), created only when
+missing: it is the platform's real base image, and keeping it saves the next run a debootstrap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 import urllib.request
@@ -18,8 +19,10 @@ import docker
 import docker.errors
 import pytest
 
-from berth.builds.builder import BuildEvent, build_image
 from berth.builds.context import extract_context, pack_directory
+from berth.builds.engine_builder import LABEL_BUILD_STEP, EngineBuilder, build_network_name
+from berth.builds.image_policy import LABEL_BUILD_INSTALLATION
+from berth.builds.protocol import BuildEvent, BuildLimits, BuildRequest
 from berth.errors import EngineError
 from berth.images.bootstrap import (
     AptSource,
@@ -34,6 +37,8 @@ from berth.images.bootstrap import (
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LABELS = {"berth.managed": "true", "berth.test": "test_builds_images"}
+BUSYBOX = "berth/busybox:latest"
+SMALL = BuildLimits(memory_mb=256, cpus=1.0, pids=128, disk_mb=256, timeout_seconds=120)
 
 
 # --- fixtures: an engine, and a tracker that removes what a test made ------------------------
@@ -64,30 +69,11 @@ class Tracker:
 
     def cleanup(self) -> None:
         for container in reversed(self.containers):
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 self.client.api.remove_container(container, force=True)
-            except docker.errors.NotFound:
-                pass
         for image in reversed(self.images):
-            self.remove_image_and_children(image)
-
-    def remove_image_and_children(self, ref: str) -> None:
-        """Remove ``ref`` and the untagged layers builds left on it (a failed build's cache)."""
-        try:
-            image_id = self.client.api.inspect_image(ref)["Id"]
-        except docker.errors.ImageNotFound:
-            return
-        children: dict[str, list[str]] = {}
-        for image in self.client.api.images(all=True):
-            children.setdefault(image.get("ParentId", ""), []).append(image["Id"])
-        doomed = [image_id]
-        for current in doomed:  # grows while iterating: a breadth-first walk
-            doomed.extend(children.get(current, []))
-        for image in reversed(doomed):
-            try:
+            with contextlib.suppress(docker.errors.ImageNotFound):
                 self.client.api.remove_image(image, force=True)
-            except docker.errors.ImageNotFound:
-                pass
 
 
 @pytest.fixture
@@ -97,17 +83,84 @@ def tracker(client: docker.DockerClient) -> Iterator[Tracker]:
     made.cleanup()
 
 
-@pytest.fixture(scope="module")
-def busybox_base(client: docker.DockerClient) -> Iterator[str]:
-    """A busybox image under a unique tag, for this module only."""
-    made = Tracker(client)
-    tag = made.image(f"berth-test/busybox:{uuid.uuid4().hex[:12]}")
-    try:
-        result = bootstrap_busybox(client, tag)
-        made.image(result.image_id)
-        yield tag
-    finally:
-        made.cleanup()
+class BuildWorld:
+    """Builds under one unique installation id; cleanup removes every image, build container
+    and build network of that installation, whatever the test did."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+        self.installation = f"test-{uuid.uuid4().hex[:12]}"
+        self.builder = EngineBuilder(client, self.installation)
+        self.tenants: set[str] = set()
+
+    def tenant(self) -> str:
+        tenant = uuid.uuid4().hex[:16]
+        self.tenants.add(tenant)
+        return tenant
+
+    def build(
+        self,
+        context: Path,
+        tenant: str,
+        limits: BuildLimits = SMALL,
+        tag: str | None = None,
+        registry: str = "",
+    ) -> list[BuildEvent]:
+        self.tenants.add(tenant)
+        request = BuildRequest(
+            context_dir=context,
+            tag=tag or f"berth-app/test-{uuid.uuid4().hex[:10]}:{uuid.uuid4().hex[:8]}",
+            labels={
+                LABEL_BUILD_INSTALLATION: self.installation,
+                "berth.build.tenant": tenant,
+                "berth.build.app": "app-id",
+                **{k: v for k, v in LABELS.items() if k != "berth.managed"},
+            },
+            tenant_id=tenant,
+            limits=limits,
+            registry=registry,
+        )
+        return list(self.builder.build(request))
+
+    def build_containers(self) -> list[dict[str, object]]:
+        label = f"{LABEL_BUILD_STEP}={self.installation}"
+        return list(self.client.api.containers(all=True, filters={"label": [label]}))
+
+    def cleanup(self) -> None:
+        api = self.client.api
+        for container in self.build_containers():
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(container["Id"], force=True)
+        label = f"{LABEL_BUILD_INSTALLATION}={self.installation}"
+        images = api.images(all=True, filters={"label": [label]})
+        # Tagged first, then children before parents (newest first).
+        for image in sorted(images, key=lambda i: (not i.get("RepoTags"), -i["Created"])):
+            for tag in image.get("RepoTags") or []:
+                if tag != "<none>:<none>":
+                    with contextlib.suppress(docker.errors.APIError):
+                        api.remove_image(tag, force=True)
+        for image in sorted(images, key=lambda i: -i["Created"]):
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_image(image["Id"], force=True)
+        for tenant in self.tenants:
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_network(build_network_name(tenant))
+
+
+@pytest.fixture
+def world(client: docker.DockerClient) -> Iterator[BuildWorld]:
+    made = BuildWorld(client)
+    yield made
+    made.cleanup()
+
+
+def dockerfile_context(tmp_path: Path, text: str, **files: str) -> Path:
+    context = tmp_path / f"ctx-{uuid.uuid4().hex[:8]}"
+    context.mkdir()
+    (context / "Dockerfile").write_text(text)
+    for name, content in files.items():
+        (context / name).write_text(content)
+    return context
 
 
 def run_once(client: docker.DockerClient, tracker: Tracker, image: str, command: list[str]) -> str:
@@ -133,23 +186,22 @@ def http_get(port: str, path: str, deadline_seconds: float = 15) -> str:
             time.sleep(0.1)
 
 
-def busybox_app(tmp_path: Path, base: str) -> Path:
-    """A copy of examples/busybox-app built FROM ``base``."""
+def busybox_app(tmp_path: Path) -> Path:
+    """A copy of examples/busybox-app."""
     app = tmp_path / "busybox-app"
     shutil.copytree(EXAMPLES / "busybox-app", app)
-    dockerfile = app / "Dockerfile"
-    lines = dockerfile.read_text().splitlines()
-    assert lines[0].startswith("FROM berth/busybox")
-    dockerfile.write_text("\n".join([f"FROM {base}", *lines[1:]]) + "\n")
     return app
-
-
-def build(client: docker.DockerClient, context: Path, tag: str) -> list[BuildEvent]:
-    return list(build_image(client, context, tag, LABELS))
 
 
 def log_text(events: list[BuildEvent]) -> str:
     return "\n".join(e.text for e in events if e.kind == "log")
+
+
+def done_image(events: list[BuildEvent]) -> str:
+    last = events[-1]
+    assert last.kind == "done", last.text
+    assert last.image_id is not None
+    return last.image_id
 
 
 # --- busybox ---------------------------------------------------------------------------------
@@ -172,6 +224,18 @@ def test_bootstrap_busybox_makes_a_runnable_image(
     assert run_once(client, tracker, tag, ["cat", "/etc/passwd"]).startswith("root:x:0:0:")
 
 
+@pytest.fixture(scope="module")
+def busybox_base(client: docker.DockerClient) -> Iterator[str]:
+    """A busybox image under a unique tag, for this module only."""
+    made = Tracker(client)
+    tag = made.image(f"berth-test/busybox:{uuid.uuid4().hex[:12]}")
+    try:
+        bootstrap_busybox(client, tag)
+        yield tag
+    finally:
+        made.cleanup()
+
+
 @pytest.mark.docker
 def test_bootstrap_busybox_skips_an_existing_tag_unless_forced(
     client: docker.DockerClient, tracker: Tracker, busybox_base: str
@@ -187,41 +251,46 @@ def test_bootstrap_busybox_skips_an_existing_tag_unless_forced(
     assert forced.action == "created"
 
 
-# --- builds ----------------------------------------------------------------------------------
+# --- builds ---------------------------------------------------------------------------------
 
 
 @pytest.mark.docker
-def test_build_streams_logs_and_reuses_the_cache(
-    client: docker.DockerClient, tracker: Tracker, busybox_base: str, tmp_path: Path
-) -> None:
+def test_build_streams_logs_and_reuses_the_cache(world: BuildWorld, tmp_path: Path) -> None:
     # The same path an upload takes: pack on the client, extract on the server, build.
     context = tmp_path / "context"
-    extract_context(pack_directory(busybox_app(tmp_path, busybox_base)), context, 10**7, 100)
-    tag = tracker.image(f"berth-test/app:{uuid.uuid4().hex[:12]}")
+    extract_context(pack_directory(busybox_app(tmp_path)), context, 10**7, 100)
+    tenant = world.tenant()
+    tag = f"berth-app/cache-{uuid.uuid4().hex[:8]}:one"
 
-    first = build(client, context, tag)
+    first = world.build(context, tenant, tag=tag)
 
     assert [e.kind for e in first[:-1]] == ["log"] * (len(first) - 1)
-    done = first[-1]
-    assert done.kind == "done" and done.image_id and done.image_id.startswith("sha256:")
-    assert "Step 1/" in log_text(first)
-    image = client.images.get(tag)
-    assert image.id == done.image_id
-    assert image.labels["berth.test"] == "test_builds_images"
+    image_id = done_image(first)
+    assert image_id.startswith("sha256:")
+    assert "Step 1/4 : FROM berth/busybox:latest" in log_text(first)
+    assert "Using cache" not in log_text(first)
+    attrs = world.client.api.inspect_image(tag)
+    assert attrs["Id"] == image_id
+    labels = attrs["Config"]["Labels"]
+    assert labels["berth.test"] == "test_builds_images"
+    assert labels["berth.build.tenant"] == tenant
+    # Commit would carry the build container's labels: they are blanked, never "true".
+    assert labels.get("berth.managed", "") == "" and labels.get(LABEL_BUILD_STEP, "") == ""
+    assert attrs["Config"]["Cmd"] == ["httpd", "-f", "-p", "8080", "-h", "/www"]
+    assert list(attrs["Config"]["ExposedPorts"]) == ["8080/tcp"]
 
-    started = time.monotonic()
-    second = build(client, context, tag)
-    assert time.monotonic() - started < 10
+    second = world.build(context, tenant, tag=tag)
     assert "Using cache" in log_text(second)
-    assert second[-1].kind == "done" and second[-1].image_id == done.image_id
+    assert done_image(second) == image_id
+    assert world.build_containers() == []
 
 
 @pytest.mark.docker
 def test_built_busybox_app_serves_http(
-    client: docker.DockerClient, tracker: Tracker, busybox_base: str, tmp_path: Path
+    client: docker.DockerClient, world: BuildWorld, tracker: Tracker, tmp_path: Path
 ) -> None:
-    tag = tracker.image(f"berth-test/app:{uuid.uuid4().hex[:12]}")
-    assert build(client, busybox_app(tmp_path, busybox_base), tag)[-1].kind == "done"
+    tag = f"berth-app/serve-{uuid.uuid4().hex[:8]}:one"
+    done_image(world.build(busybox_app(tmp_path), world.tenant(), tag=tag))
     container = client.containers.run(
         tag, detach=True, ports={"8080/tcp": ("127.0.0.1", None)}, labels=LABELS
     )
@@ -232,72 +301,115 @@ def test_built_busybox_app_serves_http(
 
 
 @pytest.mark.docker
-def test_failing_build_yields_an_error_event_and_no_image(
-    client: docker.DockerClient, tracker: Tracker, busybox_base: str, tmp_path: Path
+def test_instructions_shape_the_image(
+    client: docker.DockerClient, world: BuildWorld, tracker: Tracker, tmp_path: Path
 ) -> None:
-    context = tmp_path / "failing"
-    context.mkdir()
-    (context / "Dockerfile").write_text(f"FROM {busybox_base}\nRUN echo about-to-fail\nRUN false\n")
-    tag = tracker.image(f"berth-test/failing:{uuid.uuid4().hex[:12]}")
+    context = dockerfile_context(
+        tmp_path,
+        "ARG BASE=berth/busybox\n"
+        "FROM ${BASE} AS build\n"
+        "ARG GREETING=hello\n"
+        'RUN mkdir -p /out && echo "$GREETING from build" > /out/greeting\n'
+        "FROM berth/busybox\n"
+        'ENV APP_HOME=/srv/app MODE="two words"\n'
+        "WORKDIR $APP_HOME\n"
+        "COPY --from=build /out/greeting ./\n"
+        "COPY --chown=1000:1000 data.txt conf/\n"
+        "COPY *.md docs/\n"
+        "USER 1000\n"
+        "LABEL org.example.name=demo\n"
+        "HEALTHCHECK CMD true\n"
+        "VOLUME /data\n"
+        "STOPSIGNAL SIGINT\n"
+        'ENTRYPOINT ["sh", "-c"]\n'
+        'CMD ["cat greeting conf/data.txt docs/*.md; id -u; stat -c %u conf/data.txt; '
+        'echo $MODE"]\n',
+        **{"data.txt": "data\n", "a.md": "A\n", "b.md": "B\n"},
+    )
+    tag = f"berth-app/shape-{uuid.uuid4().hex[:8]}:one"
+    events = world.build(context, world.tenant(), tag=tag)
+    done_image(events)
+    text = log_text(events)
+    assert "HEALTHCHECK ignored" in text and "VOLUME ignored" in text
+    config = client.api.inspect_image(tag)["Config"]
+    assert config["WorkingDir"] == "/srv/app"
+    assert config["User"] == "1000"
+    assert config["StopSignal"] == "SIGINT"
+    assert config["Labels"]["org.example.name"] == "demo"
+    assert "GREETING" not in " ".join(config["Env"])  # build args stay out of the image
+    output = run_once(client, tracker, tag, [])
+    assert output.split("\n")[:7] == [
+        "hello from build",
+        "data",
+        "A",
+        "B",
+        "1000",
+        "1000",
+        "two words",
+    ]
 
-    events = build(client, context, tag)
+
+@pytest.mark.docker
+def test_failing_build_yields_an_error_event_and_no_image(
+    world: BuildWorld, tmp_path: Path
+) -> None:
+    context = dockerfile_context(tmp_path, f"FROM {BUSYBOX}\nRUN echo about-to-fail\nRUN false\n")
+    tag = f"berth-app/failing-{uuid.uuid4().hex[:8]}:one"
+
+    events = world.build(context, world.tenant(), tag=tag)
 
     last = events[-1]
     assert last.kind == "error" and last.image_id is None
     assert "returned a non-zero code: 1" in last.text
     assert "about-to-fail" in last.text  # the tail of the log rides along
     assert "error" not in [e.kind for e in events[:-1]]
-    assert existing_image_id(client, tag) is None
+    assert existing_image_id(world.client, tag) is None
+    assert world.build_containers() == []
 
 
 @pytest.mark.docker
-def test_bad_dockerfile_yields_an_error_event(
-    client: docker.DockerClient, tracker: Tracker, tmp_path: Path
-) -> None:
-    context = tmp_path / "bad"
-    context.mkdir()
-    (context / "Dockerfile").write_text("THIS IS NOT AN INSTRUCTION\n")
-    tag = tracker.image(f"berth-test/bad:{uuid.uuid4().hex[:12]}")
-    events = build(client, context, tag)
-    assert events[-1].kind == "error"
-    assert "unknown instruction" in events[-1].text.lower()
-
-
-@pytest.mark.docker
-def test_missing_base_image_yields_an_error_event(
-    client: docker.DockerClient, tracker: Tracker, tmp_path: Path
-) -> None:
-    # pull=False, and no registry is reachable: the build must fail fast and say why.
-    missing = f"berth-test/missing:{uuid.uuid4().hex[:12]}"
-    (tmp_path / "Dockerfile").write_text(f"FROM {missing}\n")
-    tag = tracker.image(f"berth-test/orphan:{uuid.uuid4().hex[:12]}")
-    started = time.monotonic()
-    events = build(client, tmp_path, tag)
-    assert time.monotonic() - started < 60
-    assert events[-1].kind == "error"
-    assert missing in events[-1].text
-    assert existing_image_id(client, tag) is None
-
-
-def test_invalid_tag_yields_an_error_event(tmp_path: Path) -> None:
-    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
-    offline = docker.DockerClient(base_url=f"unix:///tmp/{uuid.uuid4().hex}.sock", version="1.41")
-    events = list(build_image(offline, tmp_path, "berth-test/UPPER:case", {}))
+def test_bad_dockerfile_yields_an_error_event(world: BuildWorld, tmp_path: Path) -> None:
+    context = dockerfile_context(tmp_path, f"FROM {BUSYBOX}\nTHIS IS NOT AN INSTRUCTION\n")
+    events = world.build(context, world.tenant())
     assert [e.kind for e in events] == ["error"]
-    assert "invalid reference format" in events[0].text
+    assert "line 2: unknown instruction 'THIS'" in events[-1].text
+
+
+@pytest.mark.docker
+def test_missing_base_image_yields_an_error_event(world: BuildWorld, tmp_path: Path) -> None:
+    missing = f"berth/missing-{uuid.uuid4().hex[:8]}"
+    context = dockerfile_context(tmp_path, f"FROM {missing}\n")
+    events = world.build(context, world.tenant())
+    assert [e.kind for e in events] == ["log", "error"]
+    assert f"{missing}" in events[-1].text
+    assert "berth/busybox:latest" in events[-1].text  # the bases that exist are listed
+
+
+@pytest.mark.docker
+def test_copy_of_a_missing_file_is_an_error(world: BuildWorld, tmp_path: Path) -> None:
+    context = dockerfile_context(tmp_path, f"FROM {BUSYBOX}\nCOPY nothing-here /x\n")
+    events = world.build(context, world.tenant())
+    assert events[-1].kind == "error"
+    assert "'nothing-here' is not in the build context" in events[-1].text
+
+
+def offline_builder() -> EngineBuilder:
+    offline = docker.DockerClient(base_url=f"unix:///tmp/{uuid.uuid4().hex}.sock", version="1.41")
+    return EngineBuilder(offline, "offline")
 
 
 def test_missing_dockerfile_yields_an_error_event(tmp_path: Path) -> None:
-    offline = docker.DockerClient(base_url=f"unix:///tmp/{uuid.uuid4().hex}.sock", version="1.41")
-    events = list(build_image(offline, tmp_path, "berth-test/none:x", {}))
+    request = BuildRequest(tmp_path, "berth-app/none:x", {}, "tenant")
+    events = list(offline_builder().build(request))
     assert [e.kind for e in events] == ["error"]
+    assert "no Dockerfile" in events[0].text
 
 
 def test_unreachable_engine_raises_engine_error(tmp_path: Path) -> None:
-    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
-    offline = docker.DockerClient(base_url=f"unix:///tmp/{uuid.uuid4().hex}.sock", version="1.41")
-    with pytest.raises(EngineError):
-        list(build_image(offline, tmp_path, "berth-test/none:x", {}))
+    (tmp_path / "Dockerfile").write_text(f"FROM {BUSYBOX}\n")
+    request = BuildRequest(tmp_path, "berth-app/none:x", {}, "tenant")
+    with pytest.raises(EngineError, match="unreachable"):
+        list(offline_builder().build(request))
 
 
 # --- python (debootstrap) --------------------------------------------------------------------
@@ -331,11 +443,11 @@ def test_bootstrap_python_runs_python(client: docker.DockerClient, tracker: Trac
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_python_example_serves_and_stops_on_sigterm(
-    client: docker.DockerClient, tracker: Tracker
+    client: docker.DockerClient, tracker: Tracker, world: BuildWorld
 ) -> None:
     bootstrap_python(client)  # a no-op when berth/python:3 exists
-    tag = tracker.image(f"berth-test/python-app:{uuid.uuid4().hex[:12]}")
-    assert build(client, EXAMPLES / "python-app", tag)[-1].kind == "done"
+    tag = f"berth-app/python-app-{uuid.uuid4().hex[:8]}:one"
+    done_image(world.build(EXAMPLES / "python-app", world.tenant(), tag=tag))
     container = client.containers.run(
         tag,
         detach=True,
