@@ -15,6 +15,7 @@ import random
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,6 +28,7 @@ import httpx
 import pytest
 
 from berth.netpolicy.controller import EgressController
+from berth.netpolicy.events import NetworkCreations
 from berth.netpolicy.iptables import IptablesFirewall
 from berth.netpolicy.observe import DockerNetworks
 from berth.netpolicy.plan import parse_blocked_ranges
@@ -320,3 +322,31 @@ def test_the_remove_command_takes_one_installation_away(site: Site) -> None:
         assert usage.returncode == 2 and "usage:" in usage.stderr
     finally:
         other.remove()
+
+
+def test_a_new_network_is_filtered_as_soon_as_the_engine_creates_it(client: Any) -> None:
+    installation = secrets.token_hex(6)
+    firewall = IptablesFirewall(installation)
+    controller = EgressController(
+        installation, DockerNetworks(client.api, installation), frozenset, firewall
+    )
+    watcher = NetworkCreations(client.api, controller.sync)
+    labels = {"berth.managed": "true", "berth.installation": installation, "berth.tenant": "t"}
+    network = None
+    watcher.start()  # no periodic loop: only the engine's events make it sync
+    try:
+        wait_until(lambda: firewall.rules(firewall.chains.egress), 20, "the first sync")
+        network = client.networks.create(f"berth-t-{installation}", driver="bridge", labels=labels)
+        bridge = f"br-{network.id[:12]}"
+        wait_until(
+            lambda: has_rule(firewall.rules(firewall.chains.input) or [], f"-i {bridge}"),
+            20,
+            "the new bridge is in the rules",
+        )
+    finally:
+        watcher.stop()
+        if network is not None:
+            network.remove()
+        firewall.remove()
+    assert firewall.rules(firewall.chains.egress) is None
+    assert not any(t.name == "berth-egress-events" for t in threading.enumerate())

@@ -32,6 +32,14 @@ class NetworkSource(Protocol):
         """The id of the network called ``name``; None when there is none."""
 
 
+class Watcher(Protocol):
+    """Calls back when a network appears (berth.netpolicy.events); optional."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class EgressController:
     def __init__(
         self,
@@ -51,6 +59,11 @@ class EgressController:
         self._applied: str | None = None
         self._filtered_ids: frozenset[str] = frozenset()
         self._loop = PeriodicLoop("berth-egress", self.sync, interval)
+        self._watcher: Watcher | None = None
+
+    def set_watcher(self, watcher: Watcher) -> None:
+        """Started and stopped with the controller; it usually calls ``sync``."""
+        self._watcher = watcher
 
     @property
     def last_error(self) -> str:
@@ -97,6 +110,8 @@ class EgressController:
         except Exception as exc:  # e.g. the engine is still down: the loop keeps retrying
             log.error("egress filter: first sync failed: %s", exc)
         self._loop.start()
+        if self._watcher is not None:
+            self._watcher.start()
 
     def wake(self) -> None:
         """Sync soon (e.g. after a tenant's plan changed), without waiting for the period."""
@@ -104,6 +119,8 @@ class EgressController:
 
     def stop(self) -> None:
         """Stop syncing; the rules stay in place with the containers (the data plane)."""
+        if self._watcher is not None:
+            self._watcher.stop()
         self._loop.stop()
 
     def remove(self) -> None:

@@ -6,6 +6,7 @@ import docker
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.netpolicy.controller import EgressController
+from berth.netpolicy.events import NetworkCreations
 from berth.netpolicy.iptables import IptablesFirewall
 from berth.netpolicy.observe import DockerNetworks, tenants_without_internet
 from berth.netpolicy.plan import parse_blocked_ranges
@@ -25,10 +26,12 @@ def build_egress_controller(
         if settings.docker_url
         else docker.from_env(version="auto")
     )
-    return EgressController(
+    controller = EgressController(
         installation,
         DockerNetworks(client.api, installation),
         lambda: tenants_without_internet(sessions),
         firewall,
         blocked,
     )
+    controller.set_watcher(NetworkCreations(client.api, controller.sync))
+    return controller

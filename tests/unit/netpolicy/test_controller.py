@@ -259,3 +259,20 @@ def test_wake_syncs_without_waiting_for_the_period() -> None:
         )
     finally:
         controller.stop()
+
+
+def test_the_watcher_starts_and_stops_with_the_controller() -> None:
+    calls: list[str] = []
+
+    class Watcher:
+        def start(self) -> None:
+            calls.append("start")
+
+        def stop(self) -> None:
+            calls.append("stop")
+
+    controller = EgressController(INST, FakeNetworks(), frozenset, FakeFirewall(), interval=3600)
+    controller.set_watcher(Watcher())
+    controller.start()
+    controller.stop()
+    assert calls == ["start", "stop"]
