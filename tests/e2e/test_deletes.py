@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.harness import BerthServer, wait_until, write_app
 
@@ -80,18 +80,47 @@ def summary(seconds: list[float]) -> str:
     return f"n={len(ordered)} median={ordered[len(ordered) // 2]:.3f} max={ordered[-1]:.3f}"
 
 
+@pytest.fixture(scope="module")
+def image(berth: BerthServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The slow-stopping app, built once through Berth (an app of its own, deleted after)."""
+    context = write_app(
+        tmp_path_factory.mktemp("slowstop"), DOCKERFILE, {"index.html": "hi\n", "healthz": "ok\n"}
+    )
+    berth.create_app("slowstop-build", "--memory", "32M", "--health-path", "/healthz")
+    berth.deploy_dir("slowstop-build", context)
+    ref: str = berth.api_json("GET", "/apps/slowstop-build/releases")[0]["image"]
+    berth.cli_ok("apps", "delete", "slowstop-build", "--yes")
+    return ref
+
+
+def running_app(berth: BerthServer, name: str, image: str) -> None:
+    berth.create_app(name, "--memory", "32M", "--health-path", "/healthz")
+    berth.cli_json("deploy", name, "--image", image, "--no-wait")
+
+
+def test_cli_delete_without_waiting_then_waiting(berth: BerthServer, image: str) -> None:
+    app = "cli-del"
+    running_app(berth, app, image)
+    berth.wait_converged(app, 1, timeout=120)
+    first = berth.cli_json("apps", "delete", app, "--yes", "--no-wait")
+    assert first == {"deleted": app, "state": "deleting", "instances_stopping": 1}
+    assert berth.cli_json("apps", "info", app)["state"] == "deleting"
+    refused = berth.cli("scale", app, "2")
+    assert refused.returncode != 0 and "being deleted" in refused.stderr
+    # Asking again is fine; this time the CLI waits until the app is gone.
+    again = berth.cli_json("apps", "delete", app, "--yes")
+    assert again == {"deleted": app, "state": "deleted", "instances_stopping": 0}
+    assert berth.containers(app) == []
+    assert "not found" in berth.cli("apps", "info", app).stderr
+
+
 def test_concurrent_deletes_answer_at_once_and_free_the_names(
-    berth: BerthServer, tmp_path: Path
+    berth: BerthServer, image: str
 ) -> None:
     names = [f"del{i}" for i in range(APPS)]
-    context = write_app(tmp_path, DOCKERFILE, {"index.html": "hello\n", "healthz": "ok\n"})
     owner = client(berth, berth.token or "")
-    berth.create_app(names[0], "--memory", "32M", "--health-path", "/healthz")
-    berth.deploy_dir(names[0], context)
-    image = owner.get(f"/apps/{names[0]}/releases").json()[0]["image"]
-    for name in names[1:]:
-        berth.create_app(name, "--memory", "32M", "--health-path", "/healthz")
-        berth.cli_json("deploy", name, "--image", image, "--no-wait")
+    for name in names:
+        running_app(berth, name, image)
     for name in names:
         berth.wait_converged(name, 1, timeout=120)
 
