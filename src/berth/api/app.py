@@ -22,6 +22,7 @@ from berth.api import (
 from berth.api.audit import install_audit
 from berth.api.errors import error_body, install_error_handlers
 from berth.api.limits import BodyLimitMiddleware, body_limit
+from berth.api.schemas import ERROR_RESPONSES
 from berth.platform import Platform
 from berth.services.accounts import SignupLimiter
 from berth.services.ratelimit import RateLimited
@@ -47,6 +48,7 @@ def create_app(platform: Platform, run_loops: bool = False) -> FastAPI:
         version=__version__,
         description="Self-hosted, multi-tenant container hosting.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.platform = platform
     app.state.signup_limiter = SignupLimiter()

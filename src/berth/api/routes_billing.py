@@ -22,6 +22,10 @@ from berth.services import billing as bsvc
 from berth.store.tables import Notification, PlanRow, Tenant, WebhookDelivery
 
 router = APIRouter(prefix="/billing", tags=["billing"])
+# Exports answer JSON, or CSV with ?format=csv: the document says both.
+CSV_TOO: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}}
+}
 
 
 class BalancePublic(BaseModel):
@@ -144,7 +148,7 @@ def _day(text: str | None, default: int) -> int:
     return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
 
 
-@router.get("/usage", response_model=None)
+@router.get("/usage", response_model=None, responses=CSV_TOO)
 def export_usage(
     session: SessionDep,
     who: CurrentPrincipal,
@@ -192,7 +196,7 @@ def export_usage(
     )
 
 
-@router.get("/invoices/{period}", response_model=None)
+@router.get("/invoices/{period}", response_model=None, responses=CSV_TOO)
 def get_invoice(
     period: str,
     session: SessionDep,

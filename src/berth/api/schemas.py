@@ -11,12 +11,61 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# The constraints below are documented, not enforced by the model: the services check them and
+# answer with a precise code (invalid_name, invalid_memory, invalid_scale, ...).
+APP_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,28}[a-z0-9])?$"
+MEMORY_PATTERN = r"^[0-9]{1,7}[mMgG]?[bB]?$"
+
+
 class AppCreate(Strict):
-    name: str = Field(max_length=100)
-    memory: str | int = Field(default="256M", description="like 256M or 1G")
-    cpus: float = Field(default=0.5)
-    port: int = Field(default=8080)
+    name: str = Field(
+        max_length=100,
+        description="one DNS label of at most 30 characters; some names are reserved",
+        json_schema_extra={"pattern": APP_NAME_PATTERN, "maxLength": 30},
+    )
+    memory: str | int = Field(
+        default="256M",
+        description="like 256M or 1G, or a number of MB",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "pattern": MEMORY_PATTERN},
+                {"type": "integer", "minimum": 1},
+            ]
+        },
+    )
+    cpus: float = Field(default=0.5, json_schema_extra={"exclusiveMinimum": 0})
+    port: int = Field(default=8080, json_schema_extra={"minimum": 1, "maximum": 65535})
     health_path: str | None = Field(default="/", description="HTTP path, or null for a TCP check")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, for programs: like not_found or too_large")
+    message: str = Field(description="for people: what was wrong and what to do")
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers, whatever its status."""
+
+    error: ErrorDetail
+
+
+def _error(description: str) -> dict[str, object]:
+    return {"model": ErrorBody, "description": description}
+
+
+# Declared for every operation: any of them may be refused for these reasons.
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    400: _error("malformed request"),
+    401: _error("no, an invalid or an expired credential"),
+    403: _error("the role, the token's scope or a quota does not allow it"),
+    404: _error("not found (or not yours)"),
+    409: _error("conflicts with the current state; retry or change the request"),
+    413: _error("the body is larger than this route's limit"),
+    422: _error("the request's contents are not valid"),
+    429: _error("too many requests; the Retry-After header says when to come back"),
+    502: _error("the container engine refused or failed the operation"),
+    503: _error("the container engine cannot be reached; try again later"),
+}
 
 
 class AppPublic(BaseModel):
@@ -74,7 +123,10 @@ class DeployImage(Strict):
 
 
 class ScaleRequest(Strict):
-    replicas: int
+    replicas: int = Field(
+        description="0 up to the installation's max_scale (at most 1000)",
+        json_schema_extra={"minimum": 0, "maximum": 1000},
+    )
 
 
 class RollbackRequest(Strict):
