@@ -28,6 +28,7 @@ import gzip
 import io
 import logging
 import os
+import re
 import stat
 import tarfile
 import tempfile
@@ -58,6 +59,7 @@ ERR_NO_DOCKERFILE = "no_dockerfile"
 
 MemberKind = Literal["file", "dir", "symlink", "hardlink"]
 _REGULAR = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def normalize_member_name(name: str) -> str:
         raise _invalid(f"member name {name!r} contains a NUL byte")
     if "\\" in name:
         raise _invalid(f"member name {name!r} contains a backslash")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+    if _CONTROL.search(name):
         raise _invalid(f"member name {name!r} contains a control character")
     try:
         encoded = name.encode("utf-8")
