@@ -32,7 +32,6 @@ from berth.builds.context import (
     resolve_in_tree,
 )
 from berth.errors import InvalidInput, PayloadTooLarge
-from berth.fsutil import remove_contents, remove_tree
 
 MiB = 1024 * 1024
 LIMIT = 10 * MiB
@@ -833,60 +832,6 @@ def test_memoized_resolution_agrees_with_the_reference(entries: list[Entry]) -> 
         found = "refused"
     event(expected)
     assert found == expected
-
-
-def make_deep_tree(top: Path, depth: int) -> None:
-    """``depth`` nested directories below ``top`` (its full path far beyond PATH_MAX), with a
-    file and a symlink to /etc on the way, made with dir fds since no path reaches the bottom."""
-    top.mkdir()
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for level in range(depth):
-            name = "d" * 100
-            os.mkdir(name, dir_fd=fd)
-            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = child
-            if level % 250 == 0:
-                os.close(os.open("file", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
-                os.symlink("/etc", "etc-link", dir_fd=fd)
-    finally:
-        os.close(fd)
-
-
-def test_remove_tree_removes_a_tree_two_thousand_deep(tmp_path: Path) -> None:
-    top = tmp_path / "deep"
-    make_deep_tree(top, 2000)
-    (tmp_path / "keep.txt").write_text("kept")
-    remove_tree(top)
-    assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
-    assert os.path.isfile("/etc/hostname") or os.path.isdir("/etc")
-
-
-def test_remove_tree_never_follows_symlinks(tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "precious").write_text("keep")
-    top = tmp_path / "tree"
-    (top / "sub").mkdir(parents=True)
-    (top / "sub" / "link").symlink_to(outside)
-    (top / "link-file").symlink_to(outside / "precious")
-    remove_tree(top)
-    assert not top.exists()
-    assert (outside / "precious").read_text() == "keep"
-    link = tmp_path / "just-a-link"
-    link.symlink_to(outside)
-    remove_tree(link)
-    assert not link.is_symlink() and outside.is_dir()
-
-
-def test_remove_tree_tolerates_missing_paths_and_keeps_open_fds_flat(tmp_path: Path) -> None:
-    remove_tree(tmp_path / "never-existed")
-    fds_before = len(os.listdir("/proc/self/fd"))
-    make_deep_tree(tmp_path / "deep", 300)
-    remove_contents(tmp_path / "deep")
-    assert os.listdir(tmp_path / "deep") == []
-    assert len(os.listdir("/proc/self/fd")) == fds_before
 
 
 def test_failed_extraction_of_a_deep_tree_is_cleaned_up(
