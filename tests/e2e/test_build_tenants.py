@@ -1,0 +1,282 @@
+"""Builds through a real server, with two tenants: limits, the queue, images across tenants,
+and the sweep of what a killed server left behind.
+
+The server runs with small build limits (64 processes, 128 MiB, one build per tenant at a
+time) so the attacks stay bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+from berth.builds.context import pack_directory
+from berth.builds.engine_builder import LABEL_BUILD_STEP
+from tests.harness import BUSYBOX_APP, BerthServer, docker_client, wait_until, write_app
+
+pytestmark = [pytest.mark.docker, pytest.mark.nginx]
+
+BERTH_SERVER_OPTIONS = {
+    "extra_env": {
+        "BERTH_BUILD_PIDS_LIMIT": "64",
+        "BERTH_BUILD_MEMORY_MB": "128",
+        "BERTH_MAX_CONCURRENT_BUILDS_PER_TENANT": "1",
+        "BERTH_MAX_QUEUED_BUILDS_PER_TENANT": "1",
+    }
+}
+
+
+def signup(berth: BerthServer) -> httpx.Client:
+    resp = httpx.post(
+        f"{berth.api_url}/api/v1/auth/signup",
+        json={
+            "email": f"{uuid.uuid4().hex[:10]}@example.com",
+            "password": "a long enough password",
+        },
+        trust_env=False,
+    )
+    assert resp.status_code == 201, resp.text
+    return httpx.Client(
+        base_url=f"{berth.api_url}/api/v1",
+        headers={"Authorization": f"Bearer {resp.json()['token']}"},
+        timeout=240,
+        trust_env=False,
+    )
+
+
+def build(api: httpx.Client, app: str, directory: Path) -> list[dict[str, Any]]:
+    """POST a build and read its whole NDJSON stream."""
+    with api.stream(
+        "POST",
+        f"/apps/{app}/builds",
+        content=pack_directory(directory),
+        headers={"Content-Type": "application/gzip"},
+    ) as resp:
+        assert resp.status_code == 200, resp.read()
+        return [json.loads(line) for line in resp.iter_lines() if line.strip()]
+
+
+def final(events: list[dict[str, Any]]) -> dict[str, Any]:
+    finals = [e for e in events if e["type"] in ("release", "error")]
+    assert len(finals) == 1 and finals[0] is events[-1], events[-5:]
+    return finals[0]
+
+
+def log_of(events: list[dict[str, Any]]) -> str:
+    return "\n".join(e["line"] for e in events if e["type"] == "log")
+
+
+@pytest.fixture(scope="module")
+def tenant_b(berth: BerthServer) -> dict[str, Any]:
+    """Tenant B with a serving busybox app; its built image tag."""
+    api = signup(berth)
+    app = f"bee-{uuid.uuid4().hex[:6]}"
+    assert api.post("/apps", json={"name": app, "health_path": "/healthz"}).status_code == 201
+    release = final(build(api, app, BUSYBOX_APP))
+    assert release["type"] == "release", release
+    wait_until(lambda: berth.app_body(app) is not None, 60, f"{app} serves")
+    return {"api": api, "app": app, "image": release["image"]}
+
+
+def test_fork_bomb_build_fails_on_the_pids_limit_and_neighbours_keep_serving(
+    berth: BerthServer, tenant_b: dict[str, Any], tmp_path: Path
+) -> None:
+    a = signup(berth)
+    assert a.post("/apps", json={"name": "bomb"}).status_code == 201
+    context = write_app(
+        tmp_path / "bomb",
+        "FROM berth/busybox\nRUN i=0; while [ $i -lt 300 ]; do sleep 20 & i=$((i+1)); done; wait\n",
+    )
+    with berth.client_loop(tenant_b["app"], max_seconds=120) as loop:
+        events = build(a, "bomb", context)
+        loop.wait_for_requests(5)
+    result = final(events)
+    assert result["type"] == "error"
+    assert "hit the process limit of 64" in result["error"]["message"]
+    assert loop.result.ok > 0 and not loop.result.failures, loop.result.failures[:3]
+    assert berth.app_body(tenant_b["app"]) is not None
+
+
+def test_deploying_another_tenants_image_looks_like_a_missing_one(
+    berth: BerthServer, tenant_b: dict[str, Any]
+) -> None:
+    a = signup(berth)
+    assert a.post("/apps", json={"name": "thief"}).status_code == 201
+    theirs = a.post("/apps/thief/releases", json={"image": tenant_b["image"]})
+    missing_tag = tenant_b["image"].rsplit(":", 1)[0] + ":0000000000000000"
+    missing = a.post("/apps/thief/releases", json={"image": missing_tag})
+    assert theirs.status_code == missing.status_code == 422
+    assert theirs.json()["error"]["code"] == missing.json()["error"]["code"] == "image_not_found"
+    assert theirs.json()["error"]["message"].replace(tenant_b["image"], "X") == (
+        missing.json()["error"]["message"].replace(missing_tag, "X")
+    )
+    assert a.get("/apps/thief/releases").json() == []
+    refused = a.post("/apps/thief/releases", json={"image": "ubuntu:22.04"})
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "image_not_allowed"
+    assert "berth-app/<app>" in refused.json()["error"]["message"]
+    # The owner may deploy it by name.
+    own = tenant_b["api"].post(
+        f"/apps/{tenant_b['app']}/releases", json={"image": tenant_b["image"]}
+    )
+    assert own.status_code == 201, own.text
+
+
+def test_a_second_build_of_a_tenant_waits_in_line(berth: BerthServer, tmp_path: Path) -> None:
+    api = signup(berth)
+    assert api.post("/apps", json={"name": "slow"}).status_code == 201
+    assert api.post("/apps", json={"name": "next"}).status_code == 201
+    slow = write_app(tmp_path / "slow", "FROM berth/busybox\nRUN echo slow-started; sleep 8\n")
+    quick = write_app(tmp_path / "quick", f"FROM berth/busybox\nRUN echo {uuid.uuid4().hex}\n")
+    first: list[list[dict[str, Any]]] = []
+    started = threading.Event()
+
+    def run_first() -> None:
+        with api.stream(
+            "POST",
+            "/apps/slow/builds",
+            content=pack_directory(slow),
+            headers={"Content-Type": "application/gzip"},
+        ) as resp:
+            events = []
+            for line in resp.iter_lines():
+                if line.strip():
+                    events.append(json.loads(line))
+                    if events[-1].get("line") == "slow-started":
+                        started.set()
+            first.append(events)
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    try:
+        assert started.wait(60), "the first build never started"
+        # One more may wait; the one after that is refused before its upload is read.
+        second = build(api, "next", quick)
+    finally:
+        thread.join(120)
+    statuses = [e["message"] for e in second if e["type"] == "status"]
+    assert statuses[0] == "queued: position 1 (1 build of yours running)", statuses
+    assert final(second)["type"] == "release"
+    assert final(first[0])["type"] == "release"
+
+
+def test_too_many_waiting_builds_get_429(berth: BerthServer, tmp_path: Path) -> None:
+    api = signup(berth)
+    for app in ("w1", "w2", "w3"):
+        assert api.post("/apps", json={"name": app}).status_code == 201
+    slow = write_app(tmp_path / "slow", "FROM berth/busybox\nRUN echo w-started; sleep 8\n")
+    waiting = write_app(tmp_path / "wait", f"FROM berth/busybox\nRUN echo {uuid.uuid4().hex}\n")
+    started, queued = threading.Event(), threading.Event()
+    results: list[list[dict[str, Any]]] = []
+
+    def stream(app: str, directory: Path, mark: threading.Event, text: str) -> None:
+        with api.stream(
+            "POST",
+            f"/apps/{app}/builds",
+            content=pack_directory(directory),
+            headers={"Content-Type": "application/gzip"},
+        ) as resp:
+            events = []
+            for line in resp.iter_lines():
+                if line.strip():
+                    events.append(json.loads(line))
+                    if text in (events[-1].get("line") or events[-1].get("message") or ""):
+                        mark.set()
+            results.append(events)
+
+    threads = [
+        threading.Thread(target=stream, args=("w1", slow, started, "w-started")),
+        threading.Thread(target=stream, args=("w2", waiting, queued, "queued: position 1")),
+    ]
+    threads[0].start()
+    try:
+        assert started.wait(60)
+        threads[1].start()
+        assert queued.wait(60)
+        third = api.post(
+            "/apps/w3/builds",
+            content=pack_directory(waiting),
+            headers={"Content-Type": "application/gzip"},
+        )
+        assert third.status_code == 429, third.text
+        assert third.json()["error"]["code"] == "too_many_requests"
+    finally:
+        for thread in threads:
+            thread.join(120)
+    assert all(final(events)["type"] == "release" for events in results)
+
+
+def test_leftovers_of_a_killed_server_are_swept_at_start(fresh_berth: BerthServer) -> None:
+    assert fresh_berth.installation is not None
+    leftover_dir = fresh_berth.home / "builds" / "build-leftover" / "context"
+    leftover_dir.mkdir(parents=True)
+    (leftover_dir / "Dockerfile").write_text("FROM berth/busybox\n")
+    with contextlib.closing(docker_client()) as client:
+        container = client.api.create_container(
+            "berth/busybox:latest",
+            command=["true"],
+            name=f"berth-test-leftover-{uuid.uuid4().hex[:8]}",
+            labels={
+                "berth.managed": "true",
+                "berth.installation": fresh_berth.installation,
+                LABEL_BUILD_STEP: fresh_berth.installation,
+            },
+        )
+        try:
+            fresh_berth.stop()
+            fresh_berth.start()
+            with pytest.raises(docker.errors.NotFound):
+                client.api.inspect_container(container["Id"])
+        finally:
+            try:
+                client.api.remove_container(container["Id"], force=True)
+            except docker.errors.NotFound:
+                pass
+    assert list((fresh_berth.home / "builds").iterdir()) == []
+
+
+def test_cli_deploy_shows_the_queue_position(berth: BerthServer, tmp_path: Path) -> None:
+    berth.create_app("cli-slow")
+    berth.create_app("cli-next")
+    slow = write_app(tmp_path / "slow", "FROM berth/busybox\nRUN echo cli-slow-started; sleep 8\n")
+    quick = write_app(
+        tmp_path / "quick",
+        f"FROM berth/busybox\nRUN echo {uuid.uuid4().hex}\nCOPY index.html /www/\n"
+        'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n',
+        {"index.html": "hi\n"},
+    )
+    started = threading.Event()
+    first: list[list[dict[str, Any]]] = []
+
+    def run_first() -> None:
+        with berth.api.stream(
+            "POST",
+            "/apps/cli-slow/builds",
+            content=pack_directory(slow),
+            headers={"Content-Type": "application/gzip"},
+        ) as resp:
+            events = []
+            for line in resp.iter_lines():
+                if line.strip():
+                    events.append(json.loads(line))
+                    if events[-1].get("line") == "cli-slow-started":
+                        started.set()
+            first.append(events)
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    try:
+        assert started.wait(60)
+        result = berth.cli("deploy", "cli-next", str(quick), "--no-wait")
+    finally:
+        thread.join(120)
+    assert result.returncode == 0, result.stderr
+    assert "queued: position 1 (1 build of yours running)" in result.stderr
