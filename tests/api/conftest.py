@@ -28,12 +28,14 @@ from sqlalchemy import Engine, MetaData, create_engine, select
 from sqlalchemy.orm import Session
 
 from berth.api.app import create_app
+from berth.api.routes_apps import txt_resolver
 from berth.billing.ledger import tenant_account
 from berth.builds.builder import BuildEvent
 from berth.platform import Platform, open_store
 from berth.runtime.fake import FakeRuntime
 from berth.services import accounts
 from berth.services.bootstrap import ensure_admin
+from berth.services.domains import TxtLookupError
 from berth.settings import Settings
 from berth.store.tables import Base, LedgerEntryRow, LedgerTx, Tenant, User
 
@@ -69,6 +71,13 @@ class FakeBuilder:
         yield BuildEvent("log", f"Step 1/1 : COPY . / ({len(files)} files)")
         image_id = self.runtime.add_image(tag)
         yield BuildEvent("done", "", image_id)
+
+
+class NoDns:
+    """A TXT resolver that never touches the network and finds no record."""
+
+    def txt_records(self, name: str) -> list[str]:
+        raise TxtLookupError(f"{name} does not exist in DNS (NXDOMAIN; no DNS in the API tests)")
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,9 @@ class Env:
     def app(self) -> FastAPI:
         if self._app is None:
             self._app = create_app(self.platform)
+            # No API test may send a DNS query (fuzzed domain verifications included): TXT
+            # lookups find nothing unless a test injects its own resolver.
+            self._app.dependency_overrides[txt_resolver] = NoDns
         return self._app
 
     def client(self, ip: str = "testclient") -> TestClient:

@@ -43,11 +43,16 @@ class FakeTxt:
 @pytest.fixture(scope="module")
 def dns(env: Env) -> Iterator[FakeTxt]:
     fake = FakeTxt()
-    env.app.dependency_overrides[routes_apps.txt_resolver] = lambda: fake
+    overrides = env.app.dependency_overrides
+    before = overrides.get(routes_apps.txt_resolver)
+    overrides[routes_apps.txt_resolver] = lambda: fake
     try:
         yield fake
     finally:
-        env.app.dependency_overrides.pop(routes_apps.txt_resolver, None)
+        if before is None:
+            overrides.pop(routes_apps.txt_resolver, None)
+        else:
+            overrides[routes_apps.txt_resolver] = before
 
 
 def routed(env: Env) -> dict[str, set[str]]:

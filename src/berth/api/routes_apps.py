@@ -306,8 +306,8 @@ def verify_domain(
     hostname: str,
     session: SessionDep,
     platform: PlatformDep,
-    resolver: TxtResolverDep,
     who: Writer,
+    resolver: TxtResolverDep,  # after the credentials: a 401 comes before any setting's 503
 ) -> DomainPublic:
     """Check the domain's TXT record; when it holds, the domain is verified and routes."""
     domain = dsvc.verify_domain(session, platform.settings, resolver, who.tenant_id, name, hostname)
