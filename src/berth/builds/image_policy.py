@@ -123,6 +123,8 @@ def classify(
         kind: ImageKind = "base" if local["ns"] == BASE_REPOSITORY else "own"
         return ImageRef(kind, f"{local['repo']}:{local['tag'] or 'latest'}")
     remote = _REMOTE.match(reference)
+    if remote is not None and not _is_host(remote["host"]):
+        remote = None  # "team/app" is a Docker Hub name, not a registry host
     if remote is not None and registry and remote["host"].lower() == registry.lower():
         if remote["tag"] is None and remote["digest"] is None:
             return ImageRef("registry", f"{reference}:latest")
@@ -132,6 +134,12 @@ def classify(
     if remote is not None:
         raise refused(reference, registry, builds, f"only the registry {registry} is allowed")
     raise refused(reference, registry, builds)
+
+
+def _is_host(first: str) -> bool:
+    """Docker's rule: the first component names a registry host only with a dot, a port, or
+    as localhost."""
+    return "." in first or ":" in first or first == "localhost"
 
 
 def may_use(ref: ImageRef, attrs: Mapping[str, Any], tenant_id: str, installation: str) -> bool:

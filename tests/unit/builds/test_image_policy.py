@@ -68,6 +68,8 @@ def test_own_build_is_allowed() -> None:
         "library/ubuntu:22.04",
         "docker.io/library/ubuntu",
         "berth-evil/x",
+        "berth-test/does-not-exist:1",
+        "localhost/x",
         "berth/../x",
         "",
         "a b",
@@ -123,6 +125,9 @@ def test_registry_only_when_configured_and_matching() -> None:
     assert policy.classify("registry.example/x", registry="registry.example").name == (
         "registry.example/x:latest"
     )
+    with pytest.raises(InvalidInput) as hub:
+        policy.classify("team/app:1", registry="registry.example")
+    assert "registry" not in hub.value.message.split(". Use")[0]
     digest = "registry.example/x@sha256:" + "a" * 64
     assert policy.classify(digest, registry="registry.example").name == digest
 
