@@ -246,3 +246,21 @@ def test_verify_of_a_domain_nobody_claimed_claims_it_when_the_proof_holds(
     dns.records[f"_berth-challenge.{hostname}"] = [value.group(0)]
     assert verify(env, user, app, hostname)["status"] == "verified"
     assert routed(env)[app] == {hostname}
+
+
+def test_verifications_are_rate_limited_per_tenant(env: Env, dns: FakeTxt) -> None:
+    user, app = owner_with_app(env, "hammer")
+    add(env, user, app, "hammer.example.com")
+    path = f"/apps/{app}/domains/hammer.example.com/verify"
+    for _ in range(routes_apps.VERIFY_RULE.limit):
+        assert_error(env.call("POST", path, user.session), 422, "domain_not_verified")
+    asked = len(dns.asked)
+    resp = env.call("POST", path, user.session)
+    assert_error(resp, 429, "too_many_requests")
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert len(dns.asked) == asked  # refused before any lookup
+    # Another tenant is not affected.
+    other, other_app = owner_with_app(env, "calm")
+    add(env, other, other_app, "calm.example.com")
+    resp = env.call("POST", f"/apps/{other_app}/domains/calm.example.com/verify", other.session)
+    assert_error(resp, 422, "domain_not_verified")

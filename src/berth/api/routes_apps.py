@@ -36,6 +36,7 @@ from berth.services import apps as svc
 from berth.services import domains as dsvc
 from berth.services.dns_txt import DnsTxtResolver
 from berth.services.domains import TxtResolver
+from berth.services.ratelimit import RateLimited, Rule, SlidingWindow
 from berth.store.tables import Release
 
 router = APIRouter(prefix="/apps", tags=["apps"])
@@ -283,6 +284,22 @@ def txt_resolver(platform: PlatformDep) -> TxtResolver:
 
 TxtResolverDep = Annotated[TxtResolver, Depends(txt_resolver)]
 
+# Each verification may wait seconds on a DNS server the tenant controls: per tenant they are
+# rate limited, and only a few run at once, so that they cannot tie up the API's threads.
+VERIFY_RULE = Rule(limit=10, window=60.0)
+VERIFY_IN_FLIGHT = 8
+_verifications = SlidingWindow(max_keys=10_000)
+_verifying = threading.BoundedSemaphore(VERIFY_IN_FLIGHT)
+
+
+def _admit_verification(tenant_id: str) -> None:
+    wait = _verifications.wait(tenant_id, VERIFY_RULE)
+    if wait:
+        raise RateLimited(
+            f"at most {VERIFY_RULE.limit} domain verifications a minute", retry_after=wait
+        )
+    _verifications.add(tenant_id, VERIFY_RULE)
+
 
 @router.get("/{name}/domains")
 def list_domains(name: str, session: SessionDep, who: CurrentPrincipal) -> list[DomainPublic]:
@@ -310,7 +327,15 @@ def verify_domain(
     resolver: TxtResolverDep,  # after the credentials: a 401 comes before any setting's 503
 ) -> DomainPublic:
     """Check the domain's TXT record; when it holds, the domain is verified and routes."""
-    domain = dsvc.verify_domain(session, platform.settings, resolver, who.tenant_id, name, hostname)
+    _admit_verification(who.tenant_id)
+    if not _verifying.acquire(blocking=False):
+        raise RateLimited("too many domain verifications are running", retry_after=5)
+    try:
+        domain = dsvc.verify_domain(
+            session, platform.settings, resolver, who.tenant_id, name, hostname
+        )
+    finally:
+        _verifying.release()
     platform.trigger()
     return views.domain_public(domain)
 
