@@ -122,7 +122,8 @@ def test_tcp_health_check_waits_for_the_app_to_listen(berth: BerthServer, tmp_pa
     app = "slowtcp"
     (tmp_path / "Dockerfile").write_text(
         "FROM berth/busybox:latest\n"
-        'CMD ["sh", "-c", "sleep 4; echo up > /www/index.html; exec httpd -f -p 8080 -h /www"]\n'
+        # The root filesystem is read-only: an app writes to /tmp (tmpfs).
+        'CMD ["sh", "-c", "sleep 4; echo up > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]\n'
     )
     berth.create_app(app, "--health-path", "")
     result = berth.deploy_dir(app, tmp_path)
