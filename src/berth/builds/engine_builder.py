@@ -77,6 +77,7 @@ NOOP_ENTRYPOINT = ["/.berth-build-noop"]  # containers that are never started ne
 _GO_DIR = 1 << 31
 _GO_SYMLINK = 1 << 27
 MiB = 1024 * 1024
+_FORK_FAILURES = ("can't fork", "cannot fork", "fork: retry", "resource temporarily unavailable")
 _PIDS_ROOTS = (
     "/sys/fs/cgroup/pids/docker/{id}",
     "/sys/fs/cgroup/pids/system.slice/docker-{id}.scope",
@@ -470,9 +471,9 @@ class _Build:
     # -- containers -------------------------------------------------------------------------
 
     def _container_labels(self) -> dict[str, str]:
+        # Not berth.managed: the app runtime lists managed containers of this installation as
+        # instances, and would remove a running build step as an orphan.
         return {
-            LABEL_MANAGED: "true",
-            LABEL_INSTALLATION: self.installation,
             LABEL_BUILD_STEP: self.installation,
             LABEL_TENANT: self.request.tenant_id,
         }
@@ -976,8 +977,9 @@ class _Limits:
 
 
 def _mentions_fork(tail: Iterator[str] | deque[str]) -> bool:
+    # What shells and libc print when fork() fails with EAGAIN (the pids cgroup is full).
     text = "\n".join(tail).lower()
-    return "fork" in text or "resource temporarily unavailable" in text
+    return any(sign in text for sign in _FORK_FAILURES)
 
 
 def _spool_capped(stream: Any, out: IO[bytes], budget: int, too_big: Any) -> None:
