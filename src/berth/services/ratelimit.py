@@ -7,9 +7,9 @@ behind one address will need the counters in the store (or a shared cache) inste
 from __future__ import annotations
 
 import ipaddress
+import math
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,14 +37,16 @@ class Rule:
 
 
 class SlidingWindow:
-    """Event times per key, for one rule; bounded both in keys and in times kept per key."""
+    """Event times per key, for rules given per call; bounded both in keys and in the times
+    kept per key (a rule needs only its last ``limit`` events). A plain dict in the order keys
+    were last touched, and short lists: about 200 bytes a key (10 MB at the cap)."""
 
     def __init__(
         self, max_keys: int = DEFAULT_MAX_KEYS, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.max_keys = max_keys
         self.clock = clock
-        self._events: OrderedDict[str, deque[float]] = OrderedDict()
+        self._events: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
     def wait(self, key: str, rule: Rule) -> int:
@@ -54,28 +56,26 @@ class SlidingWindow:
             times = self._events.get(key)
             if times is None:
                 return 0
-            _expire(times, now - rule.window)
-            if not times:
+            live = [t for t in times if t > now - rule.window]
+            if not live:
                 del self._events[key]
                 return 0
-            if len(times) < rule.limit:
+            self._events[key] = live
+            if len(live) < rule.limit:
                 return 0
             # The window frees a slot when the oldest of the last ``limit`` events leaves it.
-            oldest = times[-rule.limit]
-            return max(1, int(oldest + rule.window - now + 0.999))
+            oldest = live[-rule.limit]
+            return max(1, math.ceil(oldest + rule.window - now))
 
     def add(self, key: str, rule: Rule) -> None:
         now = self.clock()
         with self._lock:
-            times = self._events.get(key)
-            if times is None or times.maxlen != rule.limit:
-                times = deque(times or (), maxlen=rule.limit)
-            _expire(times, now - rule.window)
-            times.append(now)
-            self._events[key] = times
-            self._events.move_to_end(key)
+            times = self._events.pop(key, [])  # re-inserted below: now the newest key
+            live = [t for t in times if t > now - rule.window]
+            live.append(now)
+            self._events[key] = live[-rule.limit :]
             while len(self._events) > self.max_keys:
-                self._events.popitem(last=False)
+                del self._events[next(iter(self._events))]
 
     def forget(self, key: str) -> None:
         with self._lock:
@@ -83,11 +83,6 @@ class SlidingWindow:
 
     def __len__(self) -> int:
         return len(self._events)
-
-
-def _expire(times: deque[float], before: float) -> None:
-    while times and times[0] <= before:
-        times.popleft()
 
 
 def address_key(ip: str) -> str:
