@@ -23,7 +23,7 @@ from sqlalchemy import select
 from berth.billing.webhooks import SIGNATURE_HEADER, sign, verify
 from berth.services.webhooks import WebhookSender, enqueue
 from berth.settings import Settings
-from berth.store.tables import WebhookDelivery
+from berth.store.tables import AuditEvent, WebhookDelivery
 from tests.api.conftest import Account, Env, assert_error
 
 pytestmark = pytest.mark.store
@@ -121,6 +121,22 @@ def test_unsigned_or_tampered_payments_are_401(
     rotated = f"t={now},v1={'0' * 64},v1={digest}"
     assert post_payment(env, body, rotated).status_code == 200
     assert env.balance(payer.tenant) == 1000
+
+
+def test_forged_payments_fill_the_audit_log_only_so_far(
+    env: Env, payments: Settings, payer: Account
+) -> None:
+    """Each refusal is audited, up to 20 rows per address per 5 minutes: a forger cannot
+    grow the log without bound (a real provider is never 429'd for retrying)."""
+    ip = "10.30.0.1"
+    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: "t=1,v1=" + "0" * 64}
+    for _ in range(30):
+        resp = env.call("POST", PATH, content=payment(payer.tenant), headers=headers, ip=ip)
+        assert_error(resp, 401, ("bad_signature", "stale_signature"))
+    with env.db() as session:
+        rows = session.scalars(select(AuditEvent.status).where(AuditEvent.ip == ip)).all()
+    assert rows == [401] * 20
+    assert env.balance(payer.tenant) == 0
 
 
 @pytest.mark.parametrize(

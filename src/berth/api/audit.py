@@ -11,10 +11,14 @@ from starlette.concurrency import run_in_threadpool
 
 from berth.platform import Platform
 from berth.services.auth import Principal
+from berth.services.ratelimit import Rule, SlidingWindow, address_key
 from berth.store.tables import AuditEvent, new_id
 
 log = logging.getLogger(__name__)
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Anonymous failures that no limiter refuses (a forged payment webhook is cheap to send and
+# never 429'd, since a real provider retries): at most this many rows per address per window.
+ANONYMOUS_FAILURE_ROWS = Rule(limit=20, window=300.0)
 
 
 def record(
@@ -43,7 +47,20 @@ def record(
         session.commit()
 
 
+def anonymous_failure_audited(request: Request, ip: str) -> bool:
+    """Whether this anonymous failure gets its audit row (and counts it), or is only logged."""
+    window: SlidingWindow = request.app.state.anonymous_audit
+    key = f"audit:{address_key(ip)}"
+    if window.wait(key, ANONYMOUS_FAILURE_ROWS):
+        log.info("not audited: too many anonymous failures from %s", ip)
+        return False
+    window.add(key, ANONYMOUS_FAILURE_ROWS)
+    return True
+
+
 def install_audit(app: FastAPI) -> None:
+    app.state.anonymous_audit = SlidingWindow()
+
     @app.middleware("http")
     async def audit(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]

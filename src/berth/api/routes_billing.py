@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from berth.api.audit import record
+from berth.api.audit import anonymous_failure_audited, record
 from berth.api.deps import CurrentPrincipal, PlatformDep, SessionDep, SettingsDep
 from berth.errors import BerthError, InvalidInput, NotFound, PayloadTooLarge
 from berth.services import billing as bsvc
@@ -303,9 +303,10 @@ async def payment_webhook(
     try:
         result = await run_in_threadpool(apply)
     except BerthError as exc:
-        await run_in_threadpool(
-            record, platform, None, "payment webhook", "", ip, exc.status, "payment provider"
-        )
+        if anonymous_failure_audited(request, ip):
+            await run_in_threadpool(
+                record, platform, None, "payment webhook", "", ip, exc.status, "payment provider"
+            )
         raise
     await run_in_threadpool(
         record, platform, None, "payment webhook", result.tenant, ip, 200, "payment provider"
