@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from sqlalchemy import select
 
 from berth.api import routes_apps
 from berth.controllers.snapshot import load_apps
 from berth.services.domains import TxtLookupError
+from berth.store.tables import Domain
 from tests.api.conftest import Account, Env, assert_error
 
 pytestmark = pytest.mark.store
@@ -264,3 +266,18 @@ def test_verifications_are_rate_limited_per_tenant(env: Env, dns: FakeTxt) -> No
     add(env, other, other_app, "calm.example.com")
     resp = env.call("POST", f"/apps/{other_app}/domains/calm.example.com/verify", other.session)
     assert_error(resp, 422, "domain_not_verified")
+
+
+def test_domains_from_before_proofs_show_as_legacy_and_route(env: Env, dns: FakeTxt) -> None:
+    user, app = owner_with_app(env, "legacy")
+    add(env, user, app, "old.legacy.example")
+    with env.db() as session:  # what migration 0003 does to every domain that existed then
+        row = session.scalar(select(Domain).where(Domain.hostname == "old.legacy.example"))
+        assert row is not None
+        row.verified_at, row.verified_by = row.created_at, "legacy"
+        session.commit()
+    listed = env.ok("GET", f"/apps/{app}/domains", user.session)
+    assert [(d["status"], d["verified_by"], d["challenge"]) for d in listed] == [
+        ("verified", "legacy", None)
+    ]
+    assert routed(env)[app] == {"old.legacy.example"}

@@ -183,7 +183,8 @@ class DomainPublic(BaseModel):
     created_at: float
     status: Literal["verified", "pending"]
     verified_at: float | None
-    verified_by: Literal["dns", "operator"] | None
+    # "legacy": added before proof of control existed, and kept routing by the migration.
+    verified_by: Literal["dns", "operator", "legacy"] | None
     challenge: DomainChallenge | None = Field(
         description="While pending: publish this record, then verify the domain"
     )

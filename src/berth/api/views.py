@@ -123,9 +123,13 @@ def _display_state(row: Instance) -> str:
     return row.state
 
 
+VerifiedBy = Literal["dns", "operator", "legacy"]
+_VERIFIED_BY: dict[str, VerifiedBy] = {"dns": "dns", "operator": "operator", "legacy": "legacy"}
+
+
 def domain_public(domain: Domain) -> DomainPublic:
     if domain.verified_at is not None:
-        by: Literal["dns", "operator"] = "dns" if domain.verified_by == "dns" else "operator"
+        by = _VERIFIED_BY.get(domain.verified_by, "operator")
         return DomainPublic(
             hostname=domain.hostname,
             created_at=domain.created_at,
