@@ -171,3 +171,43 @@ def test_oversized_headers_are_refused(berth: BerthServer, tenant: str) -> None:
     assert answer == b"" or answer.split(b" ", 2)[1] in (b"400", b"413", b"431"), answer[:200]
     assert server_rss(berth) - before < 50 * 1024
     assert apps_of(berth, tenant) == 200
+
+
+# -- login and sign-up limits through the real server ---------------------------------------------
+# The test talks to the server from 127.0.0.1, the one proxy address the server trusts to name
+# the client (X-Forwarded-For), so it can play an attacker and the owner at different addresses.
+
+
+def from_address(berth: BerthServer, ip: str, path: str, body: dict[str, str]) -> httpx.Response:
+    return httpx.post(
+        berth.api_url + path,
+        json=body,
+        headers={"X-Forwarded-For": ip},
+        timeout=30,
+        trust_env=False,
+    )
+
+
+def test_a_guesser_elsewhere_never_locks_the_owner_out(berth: BerthServer) -> None:
+    owner = {"email": "owner@example.com", "password": PASSWORD}
+    assert from_address(berth, "198.51.100.7", SIGNUP, owner).status_code == 201
+    wrong = {**owner, "password": "not the password at all"}
+    statuses = [from_address(berth, "203.0.113.5", "/api/v1/auth/login", wrong) for _ in range(20)]
+    assert [r.status_code for r in statuses] == [401] * 5 + [429] * 15
+    assert all(1 <= int(r.headers["retry-after"]) <= 300 for r in statuses[5:])
+    assert from_address(berth, "203.0.113.5", "/api/v1/auth/login", owner).status_code == 429
+    # The owner, at another address, logs in at once.
+    assert from_address(berth, "198.51.100.8", "/api/v1/auth/login", owner).status_code == 200
+
+
+def test_signups_per_address_are_limited(berth: BerthServer) -> None:
+    ip = "192.0.2.77"
+    answers = [
+        from_address(berth, ip, SIGNUP, {"email": f"many-{n}@example.com", "password": PASSWORD})
+        for n in range(7)
+    ]
+    assert [r.status_code for r in answers] == [201] * 5 + [429] * 2
+    assert b"too_many_signups" in answers[-1].content
+    assert int(answers[-1].headers["retry-after"]) > 0
+    other = {"email": "elsewhere@example.com", "password": PASSWORD}
+    assert from_address(berth, "192.0.2.78", SIGNUP, other).status_code == 201

@@ -81,6 +81,10 @@ def run_foreground() -> None:
         # more memory and file descriptors (log streams and builds each hold one).
         limit_concurrency=512,
         timeout_keep_alive=5,  # an idle keep-alive connection is closed after 5 s
+        # A proxy on this machine (only) may say who the client is and that it came over TLS:
+        # the login and sign-up limits then count real client addresses.
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
     )
 
 
