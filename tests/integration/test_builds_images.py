@@ -251,6 +251,28 @@ def test_bootstrap_busybox_skips_an_existing_tag_unless_forced(
     assert forced.action == "created"
 
 
+@pytest.mark.docker
+def test_versioned_base_images_get_a_latest_tag_once(
+    client: docker.DockerClient, tracker: Tracker
+) -> None:
+    from berth.images.bootstrap import tag_latest
+
+    repository = f"berth/test-{uuid.uuid4().hex[:10]}"
+    image_id = client.api.inspect_image(BUSYBOX)["Id"]
+    client.api.tag(image_id, repository, "3")
+    tracker.image(f"{repository}:3")
+    tracker.image(f"{repository}:latest")
+    said: list[str] = []
+
+    tag_latest(client, f"{repository}:3", image_id, said.append)
+    assert client.api.inspect_image(f"{repository}:latest")["Id"] == image_id
+    assert said == [f"tagged {repository}:latest ({image_id[:19]})"]
+    tag_latest(client, f"{repository}:3", image_id, said.append)
+    assert len(said) == 1  # nothing to do the second time
+    tag_latest(client, "berth-test/other:3", image_id, said.append)
+    assert existing_image_id(client, "berth-test/other:latest") is None
+
+
 # --- builds ---------------------------------------------------------------------------------
 
 
