@@ -382,6 +382,15 @@ def test_token_expiry(env: Env) -> None:
     assert len(env.ok("GET", "/tokens", gus.session)) == 3
 
 
+def test_the_operators_first_start_token_does_not_expire(env: Env) -> None:
+    """The token file written at first start is how the operator gets in: it never expires
+    (it can be revoked); only tokens made through the API get the default expiry."""
+    me = whoami(env, env.admin)
+    with env.db() as session:
+        row = session.get(ApiToken, me["token_id"])
+        assert row is not None and row.expires_at is None
+
+
 def test_token_revoke(env: Env) -> None:
     hal = env.signup("hal")
     keep = env.mint(hal.session, "deploy")
