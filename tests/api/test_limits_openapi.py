@@ -55,6 +55,10 @@ def test_the_document_declares_errors_and_input_constraints(env: Env) -> None:
     for status in ("401", "403", "404", "409", "413", "422", "429"):
         ref = create[status]["content"]["application/json"]["schema"]["$ref"]
         assert ref == "#/components/schemas/ErrorBody"
+    for path in ("/api/v1/auth/signup", "/api/v1/auth/login"):
+        too_many = doc["paths"][path]["post"]["responses"]["429"]
+        assert too_many["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+        assert "Retry-After" in too_many["description"]
     error = doc["components"]["schemas"]["ErrorDetail"]
     assert set(error["required"]) == {"code", "message"}
     app_create = doc["components"]["schemas"]["AppCreate"]["properties"]

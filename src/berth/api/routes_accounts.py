@@ -17,7 +17,7 @@ from berth.api.deps import (
     SettingsDep,
     SignupLimiterDep,
 )
-from berth.api.schemas import Strict
+from berth.api.schemas import ErrorBody, Strict
 from berth.errors import BerthError, Forbidden
 from berth.services import accounts as acc
 from berth.services.auth import SESSION_SECONDS, Principal, issue_session
@@ -129,7 +129,12 @@ def _is_loopback(ip: str) -> bool:
 @router.post(
     "/auth/signup",
     status_code=201,
-    responses={429: {"description": "too many sign-ups from this address (see Retry-After)"}},
+    responses={
+        429: {
+            "model": ErrorBody,
+            "description": "too many sign-ups from this address (see Retry-After)",
+        }
+    },
 )
 def signup(
     body: Credentials,
@@ -162,7 +167,9 @@ def signup(
 
 @router.post(
     "/auth/login",
-    responses={429: {"description": "too many failed logins (see Retry-After)"}},
+    responses={
+        429: {"model": ErrorBody, "description": "too many failed logins (see Retry-After)"}
+    },
 )
 def login(
     body: Credentials,
