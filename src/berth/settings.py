@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     cpus_min: float = 0.05
     cpus_max: float = 16.0
 
-    # -- builds (berth.builds): every step runs under these unless the tenant's plan says less --
+    # -- builds (berth.builds): every step runs under these unless the tenant's plan sets its own
     build_timeout_seconds: float = Field(default=900.0, gt=0, description="Wall time per build")
     build_memory_mb: int = Field(default=1024, ge=64)
     build_cpus: float = Field(default=1.0, gt=0)
