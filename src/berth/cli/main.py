@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
+from rich.markup import escape
 
 from berth.cli import accounts_cmd, server_cmd
 from berth.cli.client import ApiClient, CliError, client
@@ -226,7 +227,7 @@ def _build(api: ApiClient, name: str, directory: Path, quiet: bool) -> tuple[int
             if event["type"] == "log" and not quiet:
                 err_console.print(event["line"], style="dim", highlight=False, markup=False)
             elif event["type"] == "status":
-                status.update(event["message"])
+                status.update(escape(event["message"]))
                 if not quiet and event["message"].startswith("queued"):
                     # The spinner line is not shown when stderr is not a terminal.
                     err_console.print(event["message"], highlight=False, markup=False)
