@@ -314,6 +314,8 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
 def _unreachable(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) says the engine is not there, rather than that it
     refused the operation. docker-py wraps a failed first connection in a DockerException."""
+    if isinstance(exc, docker.errors.APIError):
+        return False  # the engine answered (with an error status): it is there
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:

@@ -2,8 +2,9 @@
 
 The engine streams are read by threads as fast as the apps print; the HTTP reader drains at its
 own pace. Blocking the threads would only move the backlog into the engine's stream, so once
-``max_bytes`` are waiting, new lines are dropped and counted, and the reader gets one marker line
-saying how many in their place. Memory per reader is therefore bounded by ``max_bytes``.
+``max_bytes`` are waiting (counted in characters: log text is mostly ASCII), new lines are
+dropped and counted, and the reader gets one marker line saying how many in their place. Memory
+per reader is therefore bounded by about ``max_bytes``.
 """
 
 from __future__ import annotations
