@@ -317,18 +317,15 @@ def check_env_name(name: str, line: int) -> str:
 
 def arg_declaration(instruction: Instruction) -> tuple[str, str | None]:
     """``ARG name`` or ``ARG name=default``: (name, default or None)."""
-    words = instruction.args.split()
+    try:
+        words = split_words(instruction.args)
+    except ValueError as exc:
+        raise DockerfileError(instruction.line, str(exc)) from exc
     if len(words) != 1:
         raise DockerfileError(instruction.line, "ARG takes one name[=default]")
     name, eq, default = words[0].partition("=")
     check_env_name(name, instruction.line)
-    if not eq:
-        return name, None
-    try:
-        value = split_words(default)
-    except ValueError as exc:
-        raise DockerfileError(instruction.line, str(exc)) from exc
-    return name, value[0] if value else ""
+    return name, default if eq else None
 
 
 def from_parts(instruction: Instruction, env: Mapping[str, str]) -> tuple[str, str | None]:
