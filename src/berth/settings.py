@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     release_history: int = Field(default=50, ge=2, description="Releases kept per app")
     max_config_bytes: int = Field(default=64 * 1024, ge=1024, description="Total config size")
     max_concurrent_deletes_per_tenant: int = Field(default=5, ge=1)
-    instance_disk_mb: int = Field(default=256, ge=1, description="Writable /tmp per instance")
+    instance_disk_mb: int = Field(default=256, ge=1, description="Size of each tmpfs")
     host_memory_reserve_mb: int = Field(default=1024, ge=0, description="Kept free for the host")
     dns_resolver: str = ""  # "host:port" checked for domain TXT proofs; empty: system resolver
 
