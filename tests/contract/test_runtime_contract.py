@@ -325,3 +325,8 @@ def test_remove_reports_when_the_process_stopped(harness: Harness) -> None:
     assert stopped_at >= info.started_at
     assert harness.runtime.inspect(info.id) is None
     assert harness.runtime.remove(info.id) is None  # already gone: nothing to report
+
+
+def test_the_engine_reports_the_nodes_memory(harness: Harness) -> None:
+    """Admission control's capacity: at least the memory of one small instance."""
+    assert harness.runtime.memory_bytes() >= 64 * 1024 * 1024

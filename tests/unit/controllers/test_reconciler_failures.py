@@ -4,9 +4,11 @@ the node's memory stay pending with the reason."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select, update
 
 from berth.controllers.backoff import exponential_delay
+from berth.errors import EngineUnavailable
 from berth.runtime.fake import NO_SPACE, READ_ONLY_FS
 from berth.services import apps as svc
 from berth.store.tables import Instance, PlanRow, RunIntervalRow, Tenant
@@ -152,3 +154,19 @@ def test_without_a_plan_size_the_setting_sizes_tmpfs(world: World) -> None:
 
     assert world.runtime.write_file(cid, "/var/tmp/x", disk) == ""
     assert world.runtime.write_file(cid, "/var/tmp/y", 1) == NO_SPACE
+
+
+def test_a_pass_while_the_engine_is_down_changes_nothing(world: World) -> None:
+    cid = _one_app(world)
+    rows_before = [(r.id, r.container_id, r.state) for r in _instance_rows(world)]
+    intervals_before = _intervals(world, cid)
+    world.runtime.set_reachable(False)
+
+    with pytest.raises(EngineUnavailable):
+        world.reconciler.run_once()
+
+    assert [(r.id, r.container_id, r.state) for r in _instance_rows(world)] == rows_before
+    assert _intervals(world, cid) == intervals_before  # still open: it still runs
+    world.runtime.set_reachable(True)
+    world.settle(passes=2)
+    assert world.running("web") == [cid]
