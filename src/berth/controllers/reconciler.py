@@ -297,9 +297,8 @@ class Reconciler:
         now: float,
     ) -> None:
         self._refused = {}
-        committed_mb = sum(
-            _memory_mb(c) for c in containers if c.state in _HOLDING_MEMORY
-        )  # what the node has promised, including containers still being removed
+        # What the node has promised, including containers still being removed.
+        committed_mb = sum(_memory_mb(c) for c in containers if c.state in _HOLDING_MEMORY)
         disks = self._disk_mb_by_tenant(session)
         by_container = {c.id: c for c in containers}
         for action in plan.actions:
