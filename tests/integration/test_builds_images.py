@@ -372,6 +372,26 @@ def test_instructions_shape_the_image(
 
 
 @pytest.mark.docker
+def test_copy_chown_by_name_uses_the_images_accounts(world: BuildWorld, tmp_path: Path) -> None:
+    context = dockerfile_context(
+        tmp_path,
+        f"FROM {BUSYBOX}\n"
+        "RUN echo 'app:x:1234:1234::/:/bin/sh' >> /etc/passwd && echo 'app:x:1234:' >> /etc/group\n"
+        "COPY --chown=app:app f.txt /f.txt\n"
+        "COPY --chown=app f.txt /g.txt\n"
+        "RUN stat -c 'owner=%u:%g' /f.txt /g.txt\n",
+        **{"f.txt": "x\n"},
+    )
+    events = world.build(context, world.tenant())
+    done_image(events)
+    assert log_text(events).count("owner=1234:1234") == 2
+    missing = dockerfile_context(
+        tmp_path, f"FROM {BUSYBOX}\nCOPY --chown=nobody-here f /f\n", f="x"
+    )
+    assert "no user 'nobody-here' in the image" in world.build(missing, world.tenant())[-1].text
+
+
+@pytest.mark.docker
 def test_failing_build_yields_an_error_event_and_no_image(
     world: BuildWorld, tmp_path: Path
 ) -> None:

@@ -371,13 +371,55 @@ def copy_parts(instruction: Instruction, env: Mapping[str, str]) -> tuple[list[s
     return sources, dest
 
 
-def chown_ids(value: str, line: int) -> tuple[int, int]:
-    """``--chown=uid[:gid]`` in numbers (names would need the image's /etc/passwd)."""
-    user, _, group = value.partition(":")
-    group = group or user
-    if not (user.isdigit() and group.isdigit()) or int(user) > 2**31 or int(group) > 2**31:
-        raise DockerfileError(line, f"--chown={value[:40]} must be numeric (uid:gid)")
-    return int(user), int(group)
+_ACCOUNT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+
+
+def chown_ids(
+    value: str,
+    line: int,
+    users: Mapping[str, tuple[int, int]] | None = None,
+    groups: Mapping[str, int] | None = None,
+) -> tuple[int, int]:
+    """``--chown=user[:group]`` as numbers; names are looked up in the image's ``users``
+    (name: (uid, primary gid), from /etc/passwd) and ``groups`` (from /etc/group)."""
+    user, colon, group = value.partition(":")
+    if user.isdigit():
+        uid, default_gid = int(user), int(user)
+    elif _ACCOUNT.match(user) and users is not None and user in users:
+        uid, default_gid = users[user]
+    else:
+        raise DockerfileError(line, f"--chown: no user {user[:40]!r} in the image")
+    if not colon:
+        gid = default_gid
+    elif group.isdigit():
+        gid = int(group)
+    elif _ACCOUNT.match(group) and groups is not None and group in groups:
+        gid = groups[group]
+    else:
+        raise DockerfileError(line, f"--chown: no group {group[:40]!r} in the image")
+    if uid > 2**31 or gid > 2**31:
+        raise DockerfileError(line, f"--chown={value[:40]}: id out of range")
+    return uid, gid
+
+
+def passwd_entries(text: str) -> dict[str, tuple[int, int]]:
+    """name: (uid, gid) from /etc/passwd text (malformed lines skipped)."""
+    entries: dict[str, tuple[int, int]] = {}
+    for raw in text.splitlines():
+        fields = raw.split(":")
+        if len(fields) >= 4 and fields[2].isdigit() and fields[3].isdigit():
+            entries.setdefault(fields[0], (int(fields[2]), int(fields[3])))
+    return entries
+
+
+def group_entries(text: str) -> dict[str, int]:
+    """name: gid from /etc/group text (malformed lines skipped)."""
+    entries: dict[str, int] = {}
+    for raw in text.splitlines():
+        fields = raw.split(":")
+        if len(fields) >= 3 and fields[2].isdigit():
+            entries.setdefault(fields[0], int(fields[2]))
+    return entries
 
 
 def chmod_mode(value: str, line: int) -> int:

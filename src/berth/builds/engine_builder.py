@@ -671,7 +671,7 @@ class _Build:
             stage,
             {
                 "copy": [dest, [t for _, t in placed]],
-                "owner": [owner.uid, owner.gid, owner.mode],
+                "owner": [instruction.flags.get("chown"), owner.mode],
                 "files": copy_files.digest(placed),
             },
         )
@@ -685,6 +685,7 @@ class _Build:
             )
         container_id = self._create(stage.image_id, NOOP_ENTRYPOINT, list(stage.config.env))
         try:
+            owner = self._owner_in(container_id, instruction, owner)
             for source, target in placed:
                 if not source.is_dir and not dest.endswith("/"):
                     found_stat = self._stat(container_id, target)
@@ -708,13 +709,40 @@ class _Build:
         yield self._say(f" ---> {_short(stage.image_id)}")
 
     def _ownership(self, instruction: df.Instruction) -> copy_files.Ownership:
-        uid = gid = 0
+        """The --chmod mode; the --chown ids come from the image (:meth:`_owner_in`)."""
         mode = None
-        if "chown" in instruction.flags:
-            uid, gid = df.chown_ids(instruction.flags["chown"], instruction.line)
         if "chmod" in instruction.flags:
             mode = df.chmod_mode(instruction.flags["chmod"], instruction.line)
-        return copy_files.Ownership(uid, gid, mode)
+        return copy_files.Ownership(0, 0, mode)
+
+    def _owner_in(
+        self, container_id: str, instruction: df.Instruction, owner: copy_files.Ownership
+    ) -> copy_files.Ownership:
+        spec = instruction.flags.get("chown")
+        if spec is None:
+            return owner
+        user, _, group = spec.partition(":")
+        users = groups = None
+        if not user.isdigit():
+            users = df.passwd_entries(self._small_file(container_id, "/etc/passwd"))
+        if group and not group.isdigit():
+            groups = df.group_entries(self._small_file(container_id, "/etc/group"))
+        uid, gid = df.chown_ids(spec, instruction.line, users, groups)
+        return replace(owner, uid=uid, gid=gid)
+
+    def _small_file(self, container_id: str, path: str, limit: int = 1024 * 1024) -> str:
+        """A small text file of the image ("" when missing or not a regular file)."""
+        if self._stat(container_id, path) is None:
+            return ""
+        stream, _ = self.api.get_archive(container_id, path)
+        with copy_files.spooled() as raw:
+            _spool_capped(stream, raw, limit, lambda: BuildStopped(f"{path} is too large"))
+            with tarfile.open(fileobj=raw, mode="r|") as archive:
+                for member in archive:
+                    if member.isreg() and member.size <= limit:
+                        data = archive.extractfile(member)
+                        return data.read().decode("utf-8", "replace") if data else ""
+        return ""
 
     def _make_workdir(self, stage: Stage, directory: str) -> Generator[str, None, None]:
         key = self._key(stage, {"mkdir": directory})
@@ -798,7 +826,7 @@ class _Build:
                 "copy_from": resolved.image_id,
                 "sources": sources,
                 "dest": dest,
-                "owner": [owner.uid, owner.gid, owner.mode],
+                "owner": [instruction.flags.get("chown"), owner.mode],
             },
         )
         used = yield from self._use_cache(stage, key)
@@ -808,6 +836,7 @@ class _Build:
         source_id = self._create(resolved.image_id, NOOP_ENTRYPOINT, [])
         container_id = self._create(stage.image_id, NOOP_ENTRYPOINT, list(stage.config.env))
         try:
+            owner = self._owner_in(container_id, instruction, owner)
             for source in sources:
                 path = posixpath.normpath("/" + source)
                 found = self._stat(source_id, path)

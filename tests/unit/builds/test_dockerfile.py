@@ -142,8 +142,20 @@ def test_copy_forms_and_flags() -> None:
     assert flagged.flags == {"from": "build", "chown": "1000:1000"}
     assert df.chown_ids("1000:1000", 1) == (1000, 1000)
     assert df.chown_ids("7", 1) == (7, 7)
-    with pytest.raises(df.DockerfileError, match="numeric"):
+    with pytest.raises(df.DockerfileError, match="no user 'app'"):
         df.chown_ids("app:app", 1)
+
+
+def test_chown_names_come_from_the_image() -> None:
+    users = df.passwd_entries("root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\nbad")
+    groups = df.group_entries("root:x:0:\nstaff:x:50:\napp:x:1001:\n")
+    assert df.chown_ids("app", 1, users, groups) == (1000, 1001)
+    assert df.chown_ids("app:staff", 1, users, groups) == (1000, 50)
+    assert df.chown_ids("app:7", 1, users, groups) == (1000, 7)
+    with pytest.raises(df.DockerfileError, match="no group 'nogroup'"):
+        df.chown_ids("app:nogroup", 1, users, groups)
+    with pytest.raises(df.DockerfileError, match="no user"):
+        df.chown_ids("../etc", 1, users, groups)
 
 
 def test_add_from_a_url_is_refused() -> None:
