@@ -11,8 +11,10 @@ What is understood, and how it differs from Docker's own builder:
 - ``ADD`` copies local files like ``COPY``: a URL is refused and a tar archive is copied as it
   is, not unpacked.
 - ``HEALTHCHECK`` and ``VOLUME`` are ignored with a log line (Berth checks health itself, and an
-  app has no volumes); ``ONBUILD`` and ``MAINTAINER``-style oddities that change later builds
-  are refused.
+  app has no volumes); ``MAINTAINER`` becomes a label; ``ONBUILD`` (which changes later builds
+  behind their author's back) and flags such as ``RUN --mount`` are refused.
+- Build args (``ARG``) reach a shell-form ``RUN`` (exported by the shell, so they stay out of
+  the image); an exec-form ``RUN`` does not see them. There are no ``--build-arg`` values.
 - ``$VAR``, ``${VAR}``, ``${VAR:-default}`` and ``${VAR:+alt}`` are substituted where Docker
   substitutes them (not in ``RUN``/``CMD``/``ENTRYPOINT``, where the shell does it).
 """
