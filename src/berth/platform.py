@@ -124,6 +124,7 @@ def build_platform(settings: Settings) -> Platform:
     )
     # Before any build can start: what a server killed mid-build left behind.
     sweep_leftovers(client.api, inst, settings.builds_dir)
+    builder = EngineBuilder(client, inst)
     nginx = NginxManager(
         settings.nginx_dir, settings.nginx_binary, settings.ingress_listen, settings.ingress_port
     )
@@ -133,7 +134,7 @@ def build_platform(settings: Settings) -> Platform:
         sessions=sessions,
         installation=inst,
         runtime=runtime,
-        builder=EngineBuilder(client, inst),
+        builder=builder,
         images=DockerImageStore(client.api),
         nginx=nginx,
     )
@@ -143,6 +144,7 @@ def build_platform(settings: Settings) -> Platform:
     reconciler = Reconciler(settings, sessions, runtime, nginx, health)
     if platform.netpolicy is not None:
         reconciler.network_ready = platform.netpolicy.ensure_filtered
+        builder.network_ready = platform.netpolicy.ensure_filtered  # build networks too
     health.on_change = reconciler.trigger
     platform.health, platform.reconciler = health, reconciler
     platform.billing = BillingController(

@@ -255,3 +255,20 @@ def test_sweep_removes_only_this_installations_build_containers_and_dirs(
         for container in (ours, other):
             with contextlib.suppress(docker.errors.NotFound):
                 api.remove_container(container["Id"], force=True)
+
+
+@pytest.mark.docker
+def test_no_step_runs_when_the_build_network_cannot_be_filtered(
+    world: BuildWorld, tmp_path: Path
+) -> None:
+    def refuse(network: str) -> None:
+        raise RuntimeError(f"no rules for {network}")
+
+    world.builder.network_ready = refuse
+    context = dockerfile_context(tmp_path, f"FROM {BUSYBOX}\nRUN echo must-not-run\n")
+    events = world.build(context, world.tenant())
+    assert events[-1].kind == "error"
+    assert "could not be secured" in events[-1].text
+    assert "must-not-run" not in "\n".join(e.text for e in events if not e.text.startswith("Step"))
+    assert "no rules for" not in events[-1].text
+    assert world.build_containers() == []

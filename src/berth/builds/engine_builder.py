@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -195,12 +195,20 @@ class Stage:
 class EngineBuilder:
     """An :class:`berth.builds.protocol.ImageBuilder` on the Docker Engine."""
 
-    def __init__(self, client: docker.DockerClient, installation: str) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        installation: str,
+        network_ready: Callable[[str], None] | None = None,
+    ) -> None:
         self._client = client
         self.installation = installation
+        # The egress filter's hook: returns once the network's rules are in place, raises if
+        # they cannot be. Called before the first step runs on the build network.
+        self.network_ready: Callable[[str], None] = network_ready or (lambda _network: None)
 
     def build(self, request: BuildRequest) -> Iterator[BuildEvent]:
-        return _Build(self._client.api, self.installation, request).events()
+        return _Build(self._client.api, self.installation, request, self.network_ready).events()
 
 
 def _short(image_id: str) -> str:
@@ -214,8 +222,15 @@ def _is_transport(exc: BaseException) -> bool:
 
 
 class _Build:
-    def __init__(self, api: Any, installation: str, request: BuildRequest) -> None:
+    def __init__(
+        self,
+        api: Any,
+        installation: str,
+        request: BuildRequest,
+        network_ready: Callable[[str], None] = lambda _network: None,
+    ) -> None:
         self.api = api
+        self.network_ready = network_ready
         self.installation = installation
         self.request = request
         self.limits: BuildLimits = request.limits
@@ -549,6 +564,13 @@ class _Build:
                 raise
         if not self._owned_network():
             raise BuildStopped("the build network could not be set up")
+        try:
+            self.network_ready(self.network)
+        except Exception as exc:
+            log.error("build network %s is not egress-filtered: %s", self.network, exc)
+            raise BuildStopped(
+                "the build network could not be secured; the build did not start (try again)"
+            ) from exc
 
     def _owned_network(self) -> bool:
         found = [n for n in self.api.networks(names=[self.network]) if n["Name"] == self.network]
