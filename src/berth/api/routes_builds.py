@@ -14,6 +14,7 @@ import json
 import logging
 import tempfile
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from berth.store.tables import new_id
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/apps", tags=["builds"])
+NDJSON = "application/x-ndjson"
 QUEUE_UPDATE_SECONDS = 10.0  # a waiting stream says where it stands at least this often
 _queue_lock = threading.Lock()
 
@@ -111,7 +113,7 @@ async def build(
         registry=settings.registry,
     )
     events = _build_events(platform, who, name, build_request, queue, ticket, workdir)
-    return StreamingResponse(events, media_type="application/x-ndjson")
+    return StreamingResponse(BuildStream(events, queue, ticket, workdir), media_type=NDJSON)
 
 
 async def _receive(request: Request, dest: Path, max_bytes: int) -> None:
@@ -128,6 +130,36 @@ async def _receive(request: Request, dest: Path, max_bytes: int) -> None:
             fh.write(chunk)
     if total == 0:
         raise BerthError("the build context is empty; send a tar archive", code="invalid_context")
+
+
+class BuildStream:
+    """The response body: the build's lines, with a guarantee for a stream never started.
+
+    A client that goes away before the first line is sent leaves the generator unstarted, and
+    an unstarted generator's ``finally`` never runs: the queue place and the work directory
+    would stay taken. When this object is collected, they are freed anyway (at most once).
+    """
+
+    def __init__(self, lines: Iterator[str], queue: BuildQueue, ticket: Ticket, workdir: Path):
+        self._lines = lines
+        self._finalizer = weakref.finalize(self, _release, queue, ticket, workdir)
+
+    def __iter__(self) -> BuildStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._lines)
+
+    def close(self) -> None:
+        close = getattr(self._lines, "close", None)
+        if close is not None:
+            close()
+        self._finalizer()
+
+
+def _release(queue: BuildQueue, ticket: Ticket, workdir: Path) -> None:
+    queue.leave(ticket)
+    _remove_workdir(workdir)
 
 
 def _remove_workdir(workdir: Path) -> None:
@@ -221,5 +253,4 @@ def _build_events(
             finished = True
             yield _error("build_failed", "the build failed unexpectedly; try again")
     finally:
-        queue.leave(ticket)
-        _remove_workdir(workdir)
+        _release(queue, ticket, workdir)

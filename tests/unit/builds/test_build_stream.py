@@ -126,3 +126,19 @@ def test_a_queued_build_says_its_position_then_runs(tmp_path: Path) -> None:
     rest = events_of(lines)
     assert rest[0] == {"type": "status", "message": "building berth-app/x:1"}
     assert rest[-1]["type"] == "error"
+
+
+def test_a_stream_never_started_still_frees_its_place(tmp_path: Path) -> None:
+    import gc
+
+    from berth.api.routes_builds import BuildStream
+
+    queue = BuildQueue(1)
+    lines, workdir, _ = stream(tmp_path, SlowBuilder(), queue)
+    ticket = next(iter(queue._running))
+    body = BuildStream(lines, queue, ticket, workdir)
+    del body, lines
+    gc.collect()
+    assert queue.running == 0
+    assert not workdir.exists()
+    assert queue.enter("tenant-a", 1, 0) is not None  # the place is free again
