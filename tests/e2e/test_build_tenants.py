@@ -280,3 +280,38 @@ def test_cli_deploy_shows_the_queue_position(berth: BerthServer, tmp_path: Path)
         thread.join(120)
     assert result.returncode == 0, result.stderr
     assert "queued: position 1 (1 build of yours running)" in result.stderr
+
+
+def test_a_server_killed_mid_build_leaves_nothing_after_restart(
+    fresh_berth: BerthServer, tmp_path: Path
+) -> None:
+    import signal
+
+    fresh_berth.create_app("killed")
+    context = write_app(tmp_path / "slow", "FROM berth/busybox\nRUN echo kill-me-now; sleep 60\n")
+    running = threading.Event()
+
+    def run_build() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            with fresh_berth.api.stream(
+                "POST",
+                "/apps/killed/builds",
+                content=pack_directory(context),
+                headers={"Content-Type": "application/gzip"},
+            ) as resp:
+                for line in resp.iter_lines():
+                    if line.strip() and json.loads(line).get("line") == "kill-me-now":
+                        running.set()  # printed by the step: its container runs
+
+    thread = threading.Thread(target=run_build, daemon=True)
+    thread.start()
+    assert running.wait(60), fresh_berth.log_tail()
+    fresh_berth.stop(signal.SIGKILL)
+    thread.join(30)
+    label = f"{LABEL_BUILD_STEP}={fresh_berth.installation}"
+    with contextlib.closing(docker_client()) as client:
+        assert client.api.containers(all=True, filters={"label": [label]}), "no build container"
+        assert list((fresh_berth.home / "builds").iterdir())
+        fresh_berth.start()
+        assert client.api.containers(all=True, filters={"label": [label]}) == []
+    assert list((fresh_berth.home / "builds").iterdir()) == []
