@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from berth.builds.context import pack_directory
-from berth.builds.engine_builder import LABEL_BUILD_STEP
+from berth.builds.image_config import LABEL_BUILD_STEP
 from tests.harness import BUSYBOX_APP, BerthServer, docker_client, wait_until, write_app
 
 pytestmark = [pytest.mark.docker, pytest.mark.nginx]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from berth.builds.engine_builder import LABEL_BUILD_STEP
+from berth.builds.image_config import LABEL_BUILD_STEP
 from berth.builds.protocol import BuildEvent
 from berth.runtime.protocol import LABEL_TENANT
 from tests.integration.test_builds_images import (

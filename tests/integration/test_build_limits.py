@@ -18,7 +18,7 @@ import docker
 import docker.errors
 import pytest
 
-from berth.builds.engine_builder import LABEL_BUILD_STEP
+from berth.builds.image_config import LABEL_BUILD_STEP
 from berth.builds.leftovers import sweep_leftovers
 from berth.builds.protocol import BuildLimits, BuildRequest
 from berth.runtime.protocol import KEPT_CAPABILITIES

@@ -20,7 +20,8 @@ import docker.errors
 import pytest
 
 from berth.builds.context import extract_context, pack_directory
-from berth.builds.engine_builder import LABEL_BUILD_STEP, EngineBuilder, build_network_name
+from berth.builds.engine_builder import EngineBuilder, build_network_name
+from berth.builds.image_config import LABEL_BUILD_STEP
 from berth.builds.image_policy import LABEL_BUILD_INSTALLATION
 from berth.builds.protocol import BuildEvent, BuildLimits, BuildRequest
 from berth.errors import EngineError

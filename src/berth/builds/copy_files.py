@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from berth.builds.dockerfile import DockerfileError
 
@@ -232,3 +232,58 @@ def _add(archive: tarfile.TarFile, path: Path, name: str, owner: Ownership, foll
 
 def spooled() -> IO[bytes]:
     return tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
+
+
+def spool_capped(stream: Any, out: IO[bytes], budget: int, too_big: Any) -> None:
+    size = 0
+    for chunk in stream:
+        size += len(chunk)
+        if size > max(budget, 0) + 1024 * 1024:
+            raise too_big()
+        out.write(chunk)
+    out.seek(0)
+
+
+def rewrite_archive(
+    raw: IO[bytes],
+    out: IO[bytes],
+    base: str,
+    into: str,
+    is_dir: bool,
+    name: str | None,
+    owner: Ownership,
+    line: int,
+) -> None:
+    """An archive from ``get_archive`` re-rooted for ``put_archive`` at ``base``.
+
+    A directory's contents land in ``into``; a file lands in ``into`` as ``name``.
+    """
+    prefix = relative_to(base, into)
+    chown = owner.uid != 0 or owner.gid != 0
+    with (
+        tarfile.open(fileobj=raw, mode="r|") as source,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as target,
+    ):
+        for new_dir in missing_dirs(base, into):
+            info = tarfile.TarInfo(new_dir)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            info.uid, info.gid = owner.uid, owner.gid
+            target.addfile(info)
+        for member in source:
+            parts = [p for p in member.name.split("/") if p not in ("", ".")]
+            if ".." in parts or not parts:
+                raise DockerfileError(line, "COPY --from found an unsafe path in the image")
+            rest = parts[1:] if is_dir else [name or parts[-1]]
+            if not rest:
+                continue  # the copied directory itself: its contents are what is copied
+            member.name = "/".join([p for p in [prefix, *rest] if p])
+            if member.islnk():
+                link = [p for p in member.linkname.split("/") if p not in ("", ".")]
+                member.linkname = "/".join([p for p in [prefix, *link[1:]] if p])
+            if chown:
+                member.uid, member.gid = owner.uid, owner.gid
+            if owner.mode is not None and not member.issym():
+                member.mode = owner.mode
+            data = source.extractfile(member) if member.isreg() else None
+            target.addfile(member, data)
+    out.seek(0)

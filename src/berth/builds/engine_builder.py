@@ -25,7 +25,6 @@ Images are never pulled: every ``FROM``/``COPY --from`` goes through
 from __future__ import annotations
 
 import base64
-import codecs
 import contextlib
 import hashlib
 import json
@@ -38,8 +37,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import IO, Any
 
 import docker
@@ -48,8 +46,14 @@ import requests
 import urllib3
 from docker.types import LogConfig
 
-from berth.builds import copy_files, image_policy
+from berth.builds import copy_files, image_policy, step_output
 from berth.builds import dockerfile as df
+from berth.builds.image_config import (
+    LABEL_BUILD_CACHE,
+    LABEL_BUILD_STEP,
+    ImageConfig,
+    Stage,
+)
 from berth.builds.protocol import BuildEvent, BuildLimits, BuildRequest
 from berth.errors import BerthError, EngineError
 from berth.runtime.protocol import (
@@ -63,12 +67,7 @@ log = logging.getLogger(__name__)
 
 BUILD_NETWORK_PREFIX = "berth-b-"
 LABEL_PURPOSE = "berth.purpose"
-LABEL_BUILD_STEP = "berth.build.step"  # on build containers: the installation id (for sweeps)
-LABEL_BUILD_CACHE = "berth.build.cache"
 BUILD_LABELS = (image_policy.LABEL_BUILD_TENANT, image_policy.LABEL_BUILD_INSTALLATION)
-# Commit merges the container's labels into the image. These must not reach the image: a
-# container started from it would look like a Berth-managed container, or a build step.
-_SCRUBBED = {LABEL_MANAGED: "", LABEL_INSTALLATION: "", LABEL_BUILD_STEP: "", LABEL_TENANT: ""}
 NETWORK_OPTIONS = {"com.docker.network.bridge.enable_icc": "true"}
 STEP_LOG = {"max-size": "10m", "max-file": "1"}
 LOG_TAIL_LINES = 20
@@ -77,13 +76,6 @@ NOOP_ENTRYPOINT = ["/.berth-build-noop"]  # containers that are never started ne
 _GO_DIR = 1 << 31
 _GO_SYMLINK = 1 << 27
 MiB = 1024 * 1024
-_FORK_FAILURES = ("can't fork", "cannot fork", "fork: retry", "resource temporarily unavailable")
-_PIDS_ROOTS = (
-    "/sys/fs/cgroup/pids/docker/{id}",
-    "/sys/fs/cgroup/pids/system.slice/docker-{id}.scope",
-    "/sys/fs/cgroup/docker/{id}",
-    "/sys/fs/cgroup/system.slice/docker-{id}.scope",
-)
 
 
 def build_network_name(tenant_id: str) -> str:
@@ -92,101 +84,6 @@ def build_network_name(tenant_id: str) -> str:
 
 class BuildStopped(Exception):
     """The build cannot go on; the message is what the user reads."""
-
-
-# --- the image config the build carries from step to step ------------------------------------
-
-
-@dataclass
-class ImageConfig:
-    env: list[str] = field(default_factory=list)
-    cmd: list[str] | None = None
-    entrypoint: list[str] | None = None
-    workdir: str = ""
-    user: str = ""
-    exposed: dict[str, dict[str, Any]] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
-    stop_signal: str = ""
-    shell: tuple[str, ...] = df.DEFAULT_SHELL
-
-    @classmethod
-    def of_image(cls, config: Mapping[str, Any]) -> ImageConfig:
-        return cls(
-            env=list(config.get("Env") or []),
-            cmd=list(config["Cmd"]) if config.get("Cmd") else None,
-            entrypoint=list(config["Entrypoint"]) if config.get("Entrypoint") else None,
-            workdir=str(config.get("WorkingDir") or ""),
-            user=str(config.get("User") or ""),
-            exposed={k: {} for k in config.get("ExposedPorts") or {}},
-            labels={
-                k: v
-                for k, v in (config.get("Labels") or {}).items()
-                if k not in _SCRUBBED and k != LABEL_BUILD_CACHE
-            },
-            stop_signal=str(config.get("StopSignal") or ""),
-            shell=tuple(config.get("Shell") or df.DEFAULT_SHELL),
-        )
-
-    def copy(self) -> ImageConfig:
-        return replace(
-            self,
-            env=list(self.env),
-            cmd=list(self.cmd) if self.cmd is not None else None,
-            entrypoint=list(self.entrypoint) if self.entrypoint is not None else None,
-            exposed=dict(self.exposed),
-            labels=dict(self.labels),
-        )
-
-    def env_map(self) -> dict[str, str]:
-        pairs = (item.partition("=") for item in self.env)
-        return {name: value for name, _, value in pairs}
-
-    def set_env(self, name: str, value: str) -> None:
-        self.env = [item for item in self.env if item.partition("=")[0] != name]
-        self.env.append(f"{name}={value}")
-
-    def commit_conf(self, labels: Mapping[str, str]) -> dict[str, Any]:
-        # Empty lists, not None: the engine fills a missing Cmd/Entrypoint from the container
-        # (a RUN step's command would become the image's CMD).
-        conf: dict[str, Any] = {
-            "Env": list(self.env),
-            "Cmd": list(self.cmd or []),
-            "Entrypoint": list(self.entrypoint or []),
-            "WorkingDir": self.workdir,
-            "User": self.user,
-            "ExposedPorts": dict(self.exposed),
-            "Labels": {**self.labels, **labels, **_SCRUBBED},
-        }
-        if self.stop_signal:
-            conf["StopSignal"] = self.stop_signal
-        if self.shell != df.DEFAULT_SHELL:
-            conf["Shell"] = list(self.shell)
-        return conf
-
-    def key_material(self) -> dict[str, Any]:
-        return {
-            "env": self.env,
-            "cmd": self.cmd,
-            "entrypoint": self.entrypoint,
-            "workdir": self.workdir,
-            "user": self.user,
-            "exposed": sorted(self.exposed),
-            "labels": sorted(self.labels.items()),
-            "stop_signal": self.stop_signal,
-            "shell": list(self.shell),
-        }
-
-
-@dataclass
-class Stage:
-    name: str | None
-    image_id: str
-    config: ImageConfig
-    args: dict[str, str] = field(default_factory=dict)
-    declared: set[str] = field(default_factory=set)
-
-    def substitution_env(self) -> dict[str, str]:
-        return {**self.args, **self.config.env_map()}
 
 
 # --- one build -------------------------------------------------------------------------------
@@ -362,7 +259,7 @@ class _Build:
             config = ImageConfig.of_image(resolved.config)
         if name is not None and any(s.name == name for s in self.stages):
             raise df.DockerfileError(instruction.line, f"stage name {name!r} is used twice")
-        self.stages.append(Stage(name, resolved.image_id, config, {}, set()))
+        self.stages.append(Stage(name, resolved.image_id, config, {}))
         yield self._say(f" ---> {_short(resolved.image_id)}")
 
     def _resolve(self, reference: str) -> image_policy.ResolvedImage:
@@ -403,7 +300,6 @@ class _Build:
                 config.set_env(name, value)
         elif keyword == "ARG":
             name, default = df.arg_declaration(instruction)
-            stage.declared.add(name)
             if default is not None:
                 stage.args[name] = df.substitute(default, env)
             elif name in meta_args:
@@ -605,13 +501,15 @@ class _Build:
         yield self._say(f" ---> {_short(stage.image_id)}")
 
     def _watch(self, container_id: str, argv: list[str]) -> Generator[str, None, None]:
+        # Attached before the start, so not a byte is missed: following the log of a container
+        # that exits at once sometimes returns nothing.
+        stream = self.api.attach(container_id, stdout=True, stderr=True, stream=True, logs=True)
         self.api.start(container_id)
         chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=256)
-        stream = self.api.logs(container_id, stdout=True, stderr=True, stream=True, follow=True)
         threading.Thread(
-            target=_pump, args=(stream, chunks), name="berth-build-output", daemon=True
+            target=step_output.pump, args=(stream, chunks), name="berth-build-output", daemon=True
         ).start()
-        lines = _LineSplitter()
+        lines = step_output.LineSplitter()
         watcher = _Limits(self, container_id)
         reason: str | None = None
         ended = False
@@ -635,7 +533,7 @@ class _Build:
             if reason is not None:
                 self._kill(container_id)
                 break
-        rest = iter(()) if ended else _drain(chunks, reason is not None)
+        rest = iter(()) if ended else step_output.drain(chunks, reason is not None)
         for line in lines.rest(rest):
             yield from self._output(line)
         state = self._wait(container_id)
@@ -758,7 +656,9 @@ class _Build:
             return ""
         stream, _ = self.api.get_archive(container_id, path)
         with copy_files.spooled() as raw:
-            _spool_capped(stream, raw, limit, lambda: BuildStopped(f"{path} is too large"))
+            copy_files.spool_capped(
+                stream, raw, limit, lambda: BuildStopped(f"{path} is too large")
+            )
             with tarfile.open(fileobj=raw, mode="r|") as archive:
                 for member in archive:
                     if member.isreg() and member.size <= limit:
@@ -876,8 +776,10 @@ class _Build:
                 base = self._existing_base(container_id, into, instruction.line)
                 stream, _ = self.api.get_archive(source_id, found[0])
                 with copy_files.spooled() as raw, copy_files.spooled() as tar:
-                    _spool_capped(stream, raw, budget, self._stopped_disk)
-                    _rewrite(raw, tar, base, into, is_dir, name, owner, instruction.line)
+                    copy_files.spool_capped(stream, raw, budget, self._stopped_disk)
+                    copy_files.rewrite_archive(
+                        raw, tar, base, into, is_dir, name, owner, instruction.line
+                    )
                     self._put(container_id, base, tar)
             self._count_written(container_id)
             self._commit(stage, container_id, key, {})
@@ -937,50 +839,6 @@ def _shell_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-def _pump(stream: Any, chunks: queue.Queue[bytes | None]) -> None:
-    try:
-        for chunk in stream:
-            chunks.put(bytes(chunk))
-    except Exception as exc:  # the container was removed under us: the stream just ends
-        log.debug("build output stream ended: %s", exc)
-    finally:
-        chunks.put(None)
-
-
-def _drain(chunks: queue.Queue[bytes | None], killed: bool) -> Iterator[bytes]:
-    """What is left of the output after the loop (a few seconds at most after a kill)."""
-    deadline = time.monotonic() + (5.0 if killed else 30.0)
-    while time.monotonic() < deadline:
-        try:
-            chunk = chunks.get(timeout=0.25)
-        except queue.Empty:
-            continue
-        if chunk is None:
-            return
-        yield chunk
-
-
-class _LineSplitter:
-    """Byte chunks, cut anywhere (even inside a character), into text lines."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""
-
-    def feed(self, chunk: bytes) -> list[str]:
-        self._pending += self._decoder.decode(chunk)
-        *lines, self._pending = self._pending.replace("\r", "\n").split("\n")
-        return [line.rstrip() for line in lines if line.strip()]
-
-    def rest(self, chunks: Iterator[bytes]) -> Iterator[str]:
-        for chunk in chunks:
-            yield from self.feed(chunk)
-        last = (self._pending + self._decoder.decode(b"", final=True)).rstrip()
-        self._pending = ""
-        if last.strip():
-            yield last
-
-
 class _Limits:
     """Watches one RUN step: the disk it writes and the processes it starts."""
 
@@ -1002,7 +860,7 @@ class _Limits:
         if state.get("OOMKilled"):
             return f"was killed for using more than {memory} MiB of memory (the build memory limit)"
         if self.pids_max_events > 0 or (
-            int(state.get("ExitCode") or 0) != 0 and _mentions_fork(self.build.tail)
+            int(state.get("ExitCode") or 0) != 0 and step_output.mentions_fork(self.build.tail)
         ):
             return f"hit the process limit of {self.build.limits.pids} (the build pids limit)"
         return self.check_disk_only()
@@ -1014,75 +872,6 @@ class _Limits:
         return None
 
     def _read_pids(self) -> None:
-        for template in _PIDS_ROOTS:
-            events = Path(template.format(id=self.container_id)) / "pids.events"
-            try:
-                text = events.read_text()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                name, _, value = line.partition(" ")
-                if name == "max" and value.strip().isdigit():
-                    self.pids_max_events = max(self.pids_max_events, int(value))
-            return
-
-
-def _mentions_fork(tail: Iterator[str] | deque[str]) -> bool:
-    # What shells and libc print when fork() fails with EAGAIN (the pids cgroup is full).
-    text = "\n".join(tail).lower()
-    return any(sign in text for sign in _FORK_FAILURES)
-
-
-def _spool_capped(stream: Any, out: IO[bytes], budget: int, too_big: Any) -> None:
-    size = 0
-    for chunk in stream:
-        size += len(chunk)
-        if size > max(budget, 0) + 1024 * 1024:
-            raise too_big()
-        out.write(chunk)
-    out.seek(0)
-
-
-def _rewrite(
-    raw: IO[bytes],
-    out: IO[bytes],
-    base: str,
-    into: str,
-    is_dir: bool,
-    name: str | None,
-    owner: copy_files.Ownership,
-    line: int,
-) -> None:
-    """An archive from ``get_archive`` re-rooted for ``put_archive`` at ``base``.
-
-    A directory's contents land in ``into``; a file lands in ``into`` as ``name``.
-    """
-    prefix = copy_files.relative_to(base, into)
-    chown = owner.uid != 0 or owner.gid != 0
-    with (
-        tarfile.open(fileobj=raw, mode="r|") as source,
-        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as target,
-    ):
-        for new_dir in copy_files.missing_dirs(base, into):
-            info = tarfile.TarInfo(new_dir)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            info.uid, info.gid = owner.uid, owner.gid
-            target.addfile(info)
-        for member in source:
-            parts = [p for p in member.name.split("/") if p not in ("", ".")]
-            if ".." in parts or not parts:
-                raise df.DockerfileError(line, "COPY --from found an unsafe path in the image")
-            rest = parts[1:] if is_dir else [name or parts[-1]]
-            if not rest:
-                continue  # the copied directory itself: its contents are what is copied
-            member.name = "/".join([p for p in [prefix, *rest] if p])
-            if member.islnk():
-                link = [p for p in member.linkname.split("/") if p not in ("", ".")]
-                member.linkname = "/".join([p for p in [prefix, *link[1:]] if p])
-            if chown:
-                member.uid, member.gid = owner.uid, owner.gid
-            if owner.mode is not None and not member.issym():
-                member.mode = owner.mode
-            data = source.extractfile(member) if member.isreg() else None
-            target.addfile(member, data)
-    out.seek(0)
+        events = step_output.pids_max_events(self.container_id)
+        if events is not None:
+            self.pids_max_events = max(self.pids_max_events, events)

@@ -12,7 +12,7 @@ from typing import Any
 
 import docker.errors
 
-from berth.builds.engine_builder import LABEL_BUILD_STEP
+from berth.builds.image_config import LABEL_BUILD_STEP
 from berth.fsutil import remove_tree
 
 log = logging.getLogger(__name__)

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from berth.builds.engine_builder import (
-    LABEL_BUILD_STEP,
-    ImageConfig,
-    Stage,
-    _mentions_fork,
-    _with_args,
-)
+from berth.builds.engine_builder import _with_args
+from berth.builds.image_config import LABEL_BUILD_STEP, ImageConfig, Stage
+from berth.builds.step_output import mentions_fork
 
 
 def test_commit_conf_never_leaves_cmd_or_entrypoint_to_the_engine() -> None:
@@ -46,5 +42,5 @@ def test_build_args_are_exported_by_the_shell_not_the_environment() -> None:
 
 
 def test_fork_failures_are_recognised_but_not_the_word_fork() -> None:
-    assert _mentions_fork(["sh: can't fork: Resource temporarily unavailable"])
-    assert not _mentions_fork(["running tests/test_fork.py", "1 failed"])
+    assert mentions_fork(["sh: can't fork: Resource temporarily unavailable"])
+    assert not mentions_fork(["running tests/test_fork.py", "1 failed"])
