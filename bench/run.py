@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_requirements()
     cleanup_on_sigterm()
-    with running_server() as berth, raw_docker() as raw:
+    with running_server(default_intervals=True) as berth, raw_docker() as raw:
         console.print(f"Berth server on {berth.api_url}, ingress 127.0.0.1:{berth.ingress_port}")
         image = built_image(berth, PYTHON_APP, "/healthz")
         busybox_image = built_image(berth, BUSYBOX_APP, "/")

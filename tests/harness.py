@@ -210,6 +210,7 @@ class BerthServer:
         max_build_context_bytes: int | None = None,
         max_scale: int | None = None,
         extra_env: Mapping[str, str] | None = None,
+        default_intervals: bool = False,
     ) -> None:
         tag = uuid.uuid4().hex[:10]
         self.root = Path(tempfile.mkdtemp(prefix=f"berth-e2e-{tag}-"))
@@ -232,6 +233,9 @@ class BerthServer:
             "BERTH_RECONCILE_INTERVAL_SECONDS": "0.5",
             "BERTH_HEALTH_INTERVAL_SECONDS": "0.5",
         }
+        if default_intervals:  # the benchmarks measure what users get, not the tests' pace
+            del settings["BERTH_RECONCILE_INTERVAL_SECONDS"]
+            del settings["BERTH_HEALTH_INTERVAL_SECONDS"]
         if max_build_context_bytes is not None:
             settings["BERTH_MAX_BUILD_CONTEXT_BYTES"] = str(max_build_context_bytes)
         if max_scale is not None:

@@ -18,6 +18,7 @@ from berth.builds.image_policy import ImageStore
 from berth.builds.protocol import ImageBuilder
 from berth.builds.queue import BuildQueue
 from berth.controllers.billing import BillingController
+from berth.controllers.engine_events import ControllerWaker, EngineEvents
 from berth.controllers.reconciler import Reconciler
 from berth.netpolicy.controller import EgressController
 from berth.netpolicy.setup import build_egress_controller
@@ -48,6 +49,7 @@ class Platform:
     billing: BillingController | None = None
     webhooks: WebhookSender | None = None
     netpolicy: EgressController | None = None  # egress filter; None when settings turn it off
+    events: EngineEvents | None = None  # the engine's events: wake the loops at once
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
 
@@ -70,6 +72,8 @@ class Platform:
             self.netpolicy.start()  # before the reconciler runs anything on a tenant network
         if self.nginx is not None:
             self.nginx.ensure_running()
+        if self.events is not None:
+            self.events.start()  # subscribers were wired in build_platform
         if self.health is not None:
             self.health.start()
         if self.reconciler is not None:
@@ -91,6 +95,8 @@ class Platform:
             self.health.stop()
         if self.netpolicy is not None:
             self.netpolicy.stop()
+        if self.events is not None:
+            self.events.stop()
         self.started = False
 
 
@@ -138,10 +144,19 @@ def build_platform(settings: Settings) -> Platform:
         images=DockerImageStore(client.api),
         nginx=nginx,
     )
+    # One stream of engine events for every loop, on a connection of its own.
+    events_client = (
+        docker.APIClient(base_url=settings.docker_url, version="auto")
+        if settings.docker_url
+        else docker.from_env(version="auto").api
+    )
+    platform.events = EngineEvents(events_client, inst)
     if settings.egress_filter:
-        platform.netpolicy = build_egress_controller(settings, sessions, inst)
+        platform.netpolicy = build_egress_controller(settings, sessions, inst, platform.events)
     health = HealthMonitor(runtime, settings.health_interval_seconds)
     reconciler = Reconciler(settings, sessions, runtime, nginx, health)
+    reconciler.on_started = health.probe_soon  # checked at once, not at the next round
+    platform.events.subscribe(ControllerWaker(reconciler.trigger, health.probe_soon, health.forget))
     if platform.netpolicy is not None:
         reconciler.network_ready = platform.netpolicy.ensure_filtered
         builder.network_ready = platform.netpolicy.ensure_filtered  # build networks too
@@ -152,4 +167,3 @@ def build_platform(settings: Settings) -> Platform:
     )
     platform.webhooks = WebhookSender(settings, sessions)
     return platform
-

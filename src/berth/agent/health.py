@@ -4,6 +4,12 @@ An instance is healthy after one passing check and unhealthy after ``FAILURES_TO
 failing checks in a row. The check is an HTTP GET of the app's health path (any 2xx/3xx passes),
 or a TCP connect when the app has no health path. Results live in memory: after a restart the
 first round runs before anything is routed (see ``first_round``).
+
+A new instance is not left for the next round: ``probe_soon`` (called when the reconciler starts
+one, or the engine says one started) checks it at once and then every ``FAST_PROBE_STEP_SECONDS``
+until its first pass, for at most ``FAST_PROBE_WINDOW_SECONDS``; after that the regular rounds
+go on. A fast probe's pass counts like any check's (routing still waits for one); its
+failures are not counted, so an app still booting shows as starting, not failing.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from berth.runtime.protocol import LABEL_PORT, ContainerInfo, Runtime
 LABEL_HEALTH_PATH = "berth.health-path"
 FAILURES_TO_UNHEALTHY = 2
 CHECK_TIMEOUT_SECONDS = 2.0
+FAST_PROBE_STEP_SECONDS = 0.05
+FAST_PROBE_WINDOW_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,54 @@ class CheckTarget:
 
 
 @dataclass
+class _Pending:
+    next_at: float
+    until: float
+
+
+@dataclass
+class FastProbes:
+    """When each newly started container is probed next (pure: the caller passes the time)."""
+
+    step: float = FAST_PROBE_STEP_SECONDS
+    window: float = FAST_PROBE_WINDOW_SECONDS
+    _pending: dict[str, _Pending] = field(default_factory=dict)
+
+    def add(self, container_id: str, now: float) -> None:
+        """Probe ``container_id`` now, and again every ``step`` until it passes or the window
+        ends. A container added again (a restart) gets a new window."""
+        self._pending[container_id] = _Pending(now, now + self.window)
+
+    def discard(self, container_id: str) -> None:
+        self._pending.pop(container_id, None)
+
+    def due(self, now: float) -> list[str]:
+        """The containers to probe at ``now``; those past their window are dropped."""
+        for cid in [c for c, p in self._pending.items() if now >= p.until]:
+            del self._pending[cid]
+        return sorted(c for c, p in self._pending.items() if now >= p.next_at)
+
+    def probed(self, container_id: str, now: float, passed: bool) -> None:
+        """A probe ended: a pass ends the fast schedule, a failure tries again after ``step``."""
+        pending = self._pending.get(container_id)
+        if pending is None:
+            return
+        if passed:
+            del self._pending[container_id]
+        else:
+            pending.next_at = now + self.step
+
+    def next_at(self) -> float | None:
+        """When the next probe (or the end of a window) is due; None when nothing is pending."""
+        if not self._pending:
+            return None
+        return min(min(p.next_at, p.until) for p in self._pending.values())
+
+    def __contains__(self, container_id: object) -> bool:
+        return container_id in self._pending
+
+
+@dataclass
 class HealthMonitor:
     runtime: Runtime
     interval: float = 1.0
@@ -55,19 +111,120 @@ class HealthMonitor:
     states: dict[str, HealthState] = field(default_factory=dict)
     first_round: threading.Event = field(default_factory=threading.Event)
 
+    clock: Callable[[], float] = time.monotonic  # the fast-probe schedule's clock
+
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._loop = PeriodicLoop("berth-health", self._round, self.interval)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="berth-health")
         self._client = httpx.Client(timeout=CHECK_TIMEOUT_SECONDS, follow_redirects=False)
+        # New instances: the schedule, what is known of each, and the thread that probes them.
+        self._fast = FastProbes()
+        self._fast_targets: dict[str, CheckTarget] = {}
+        self._fast_wake = threading.Condition(self._lock)
+        self._fast_stop = False
+        self._fast_thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._loop.start()
+        self._fast_stop = False
+        self._fast_thread = threading.Thread(
+            target=self._fast_run, name="berth-health-fast", daemon=True
+        )
+        self._fast_thread.start()
 
     def stop(self) -> None:
         self._loop.stop(timeout=5)
+        with self._lock:
+            self._fast_stop = True
+            self._fast_wake.notify_all()
+        if self._fast_thread is not None:
+            self._fast_thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
+
+    # -- new instances ------------------------------------------------------------------------
+
+    def probe_soon(self, container: ContainerInfo | str) -> None:
+        """Check a container that has just started at once and then quickly until it passes.
+        Given only an id (an engine event), its port is looked up in the probing thread."""
+        cid = container if isinstance(container, str) else container.id
+        target = None if isinstance(container, str) else _target(container)
+        with self._lock:
+            if target is not None:
+                self._fast_targets[cid] = target
+            elif isinstance(container, str) and cid in self._fast:
+                return  # already being probed (the reconciler started it): keep its target
+            else:
+                self._fast_targets.pop(cid, None)
+            self._fast.add(cid, self.clock())
+            self._fast_wake.notify_all()
+
+    def forget(self, container_id: str) -> None:
+        """A container stopped or is gone: not healthy any more, and no longer fast-probed."""
+        changed = False
+        with self._lock:
+            self._fast.discard(container_id)
+            self._fast_targets.pop(container_id, None)
+            state = self.states.pop(container_id, None)
+            changed = bool(state and state.healthy)
+        if changed:
+            self.on_change()
+
+    def _fast_run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._fast_stop:
+                    now = self.clock()
+                    due = self._fast.due(now)
+                    if due:
+                        break
+                    next_at = self._fast.next_at()
+                    self._fast_wake.wait(None if next_at is None else max(0.0, next_at - now))
+                if self._fast_stop:
+                    return
+                known = {cid: self._fast_targets.get(cid) for cid in due}
+            try:
+                self._fast_round(known)
+            except Exception:  # the regular rounds still check everything
+                log.exception("fast health probes failed")
+                with self._lock:
+                    for cid in due:
+                        self._fast.probed(cid, self.clock(), passed=False)
+
+    def _fast_round(self, known: dict[str, CheckTarget | None]) -> None:
+        targets: dict[str, CheckTarget] = {}
+        for cid, target in known.items():
+            if target is None:
+                info = self.runtime.inspect(cid)
+                target = _target(info) if info is not None else None
+                if info is None or info.state not in ("created", "running", "restarting"):
+                    with self._lock:  # gone or stopped: nothing to wait for
+                        self._fast.discard(cid)
+                    continue
+            if target is None:
+                with self._lock:
+                    self._fast.probed(cid, self.clock(), passed=False)
+                continue
+            targets[cid] = target
+        results = list(self._pool.map(self._probe, targets.values()))
+        changed = False
+        with self._lock:
+            for target, (ok, error) in zip(targets.values(), results, strict=True):
+                if target.container_id not in self._fast:
+                    continue  # forgotten meanwhile (it died): its result is stale
+                self._fast.probed(target.container_id, self.clock(), passed=ok)
+                if ok:
+                    self._fast_targets.pop(target.container_id, None)
+                    changed |= self._record(target, ok, error)
+                else:
+                    # An app still booting is not "failing" in ``ps``: only the regular rounds
+                    # count failures, as before.
+                    self._fast_targets[target.container_id] = target
+        if changed:
+            self.on_change()
+
+    # -- regular rounds -----------------------------------------------------------------------
 
     def is_healthy(self, container_id: str) -> bool:
         with self._lock:

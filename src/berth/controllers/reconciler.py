@@ -101,6 +101,7 @@ class Reconciler:
     node: str = "local"
     clock: Callable[[], float] = time.time
     network_ready: Callable[[str], None] = lambda network: None  # the egress filter's hook
+    on_started: Callable[[ContainerInfo], object] = lambda info: None  # health: probe it now
     routed: set[str] = field(default_factory=set)
     passes: int = 0
 
@@ -125,6 +126,10 @@ class Reconciler:
         self._removed: dict[str, float | None] = {}  # container id -> engine's stop time
         self._removal_failed: dict[str, str] = {}  # container id -> error
         self._removals = ThreadPoolExecutor(max_workers=8, thread_name_prefix="berth-remove")
+        # A pass at the moment a crashed instance's restart is due, not at the next interval.
+        self._timer_lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._timer_due = 0.0
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -133,6 +138,9 @@ class Reconciler:
 
     def stop(self) -> None:
         self._loop.stop()
+        with self._timer_lock:
+            if self._timer is not None:
+                self._timer.cancel()
         self._removals.shutdown(wait=False)
 
     def trigger(self) -> None:
@@ -164,14 +172,35 @@ class Reconciler:
                 session.commit()
                 removing = {a.container_id for a in plan.actions if isinstance(a, RemoveInstance)}
                 apps = load_apps(session)  # finished deployments changed serving/target
+                routed_before = set(self.routed)
                 self._sync_routes(session, apps, removing)
+                if self.routed - routed_before:
+                    self.trigger()  # newly routed: finish the rollout now, not next interval
                 self._remove(plan, now)
                 self._record_waiting(session, plan, now)
                 self._remove_unused_networks(apps)
                 self._purge_deleted_apps(session)
                 session.commit()
             self.passes += 1
+            if plan.waiting:
+                self._wake_at(min(w.until for w in plan.waiting), now)
             return plan
+
+    def _wake_at(self, due: float, now: float) -> None:
+        """Run a pass at ``due`` when that comes before the next interval (one timer, the
+        earliest; a later pass plans again anyway)."""
+        delay = due - now
+        if delay >= self.settings.reconcile_interval_seconds:
+            return
+        with self._timer_lock:
+            if self._timer is not None and self._timer.is_alive() and self._timer_due <= due:
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(max(0.0, delay), self.trigger)
+            self._timer.daemon = True
+            self._timer_due = due
+            self._timer.start()
 
     def _observe(self, session: Session, containers: list[ContainerInfo]) -> list[ObservedInstance]:
         rows = {
@@ -341,6 +370,7 @@ class Reconciler:
                     log.warning("restart of %s failed: %s", cid, exc)
                     continue
                 self._backoff.forget(_restart_key(cid))
+                self.on_started(info)
                 committed_mb += need_mb
                 if row is not None:
                     row.restarts += 1
@@ -414,6 +444,7 @@ class Reconciler:
             disk_bytes=(disk_mb or self.settings.instance_disk_mb) * MB,
         )
         info = self.runtime.run(spec)
+        self.on_started(info)
         session.add(
             Instance(
                 id=instance_id,

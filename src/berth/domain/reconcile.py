@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from berth.controllers.backoff import exponential_delay  # pure: the one retry policy
 from berth.domain.model import DesiredApp, ObservedInstance
 
+# Like Docker's restart policy, a first crash is restarted almost at once (Docker waits 100 ms);
+# a second crash in a row is a likely loop: from there the wait doubles from 1 s, as before.
+FIRST_RESTART_SECONDS = 0.1
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
 CRASH_LOOP_RESTARTS = 3
@@ -79,7 +82,9 @@ class Plan:
 
 def restart_backoff(restarts: int) -> float:
     """Delay before restarting an instance that has already restarted ``restarts`` times."""
-    return exponential_delay(restarts + 1, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)
+    if restarts <= 0:
+        return FIRST_RESTART_SECONDS
+    return exponential_delay(restarts, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)
 
 
 def next_restart_count(previous: int, ran_seconds: float | None) -> int:
@@ -197,13 +202,18 @@ def _maintain(
                 Waiting(
                     inst.app_id,
                     inst.container_id,
-                    f"crashed (exit code {inst.exit_code}); restarting in {due - now:.0f}s",
+                    f"crashed (exit code {inst.exit_code}); restarting in {_seconds(due - now)}",
                     due,
                 )
             )
     if start_revision is not None:
         actions += [StartInstance(app_id, start_revision) for _ in range(scale - len(keep))]
     return actions, waiting
+
+
+def _seconds(delay: float) -> str:
+    # Sub-second waits are common now (the first restart): "0s" would read as "stuck".
+    return f"{delay:.1f}s" if delay < 10 else f"{delay:.0f}s"
 
 
 def _keep_preference(inst: ObservedInstance) -> tuple[int, int, int, str]:

@@ -3,69 +3,50 @@
 Defence in depth: code that creates a network must still call ``ensure_filtered()`` before it
 runs anything there (that is what makes it airtight); this only shrinks the window for code that
 does not, from the slow period to the time one sync takes.
+
+The server has one engine event stream (berth.controllers.engine_events) and this subscribes to
+it. Given a Docker API client instead, it runs a stream of its own (a controller used alone).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
+from berth.controllers.engine_events import EngineEvent, EngineEvents, NetworkCreated, Reconnected
+
 log = logging.getLogger(__name__)
 
-RETRY_SECONDS = 2.0  # after the engine went away (dockerd restart): listen again
+# Only for a stream of its own: network events carry no labels, so the installation does not
+# matter (any creation wakes a sync, which reads only this installation's networks).
+_ANY_INSTALLATION = ""
 
 
 class NetworkCreations:
-    def __init__(self, api: Any, on_create: Callable[[], object]) -> None:
-        self._api = api
-        # Network events carry no labels on Docker 20.10, so any creation wakes a sync (which
-        # reads only this installation's networks; one more costs a few milliseconds).
-        self._filters = {"type": ["network"], "event": ["create"]}
+    def __init__(self, source: EngineEvents | Any, on_create: Callable[[], object]) -> None:
+        self._owned = not isinstance(source, EngineEvents)
+        self._events: EngineEvents = (
+            EngineEvents(source, _ANY_INSTALLATION, name="berth-egress-events")
+            if self._owned
+            else source
+        )
         self._on_create = on_create
-        self._stop = threading.Event()
-        self._stream: Any = None
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="berth-egress-events", daemon=True)
-        self._thread.start()
+        self._events.subscribe(self._handle)
+        if self._owned:
+            self._events.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        with self._lock:
-            if self._stream is not None:
-                with contextlib.suppress(Exception):
-                    self._stream.close()  # ends the blocked read in the thread
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._events.unsubscribe(self._handle)
+        if self._owned:
+            self._events.stop(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                stream = self._api.events(decode=True, filters=self._filters)
-                with self._lock:
-                    self._stream = stream
-                if self._stop.is_set():
-                    break
-                self._call()  # whatever was created while nobody listened
-                for _event in stream:
-                    if self._stop.is_set():
-                        break
-                    self._call()
-            except Exception as exc:  # engine down or restarting: listen again shortly
-                if not self._stop.is_set():
-                    log.debug("egress filter: network events interrupted: %s", exc)
-            finally:
-                with self._lock:
-                    if self._stream is not None:
-                        with contextlib.suppress(Exception):
-                            self._stream.close()
-                        self._stream = None
-            self._stop.wait(RETRY_SECONDS)
+    def _handle(self, event: EngineEvent) -> None:
+        # Reconnected: whatever was created while nobody listened.
+        if isinstance(event, NetworkCreated | Reconnected):
+            self._call()
 
     def _call(self) -> None:
         try:

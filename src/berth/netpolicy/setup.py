@@ -5,6 +5,7 @@ from __future__ import annotations
 import docker
 from sqlalchemy.orm import Session, sessionmaker
 
+from berth.controllers.engine_events import EngineEvents
 from berth.netpolicy.controller import EgressController
 from berth.netpolicy.events import NetworkCreations
 from berth.netpolicy.iptables import IptablesFirewall
@@ -14,7 +15,10 @@ from berth.settings import Settings
 
 
 def build_egress_controller(
-    settings: Settings, sessions: sessionmaker[Session], installation: str
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    installation: str,
+    events: EngineEvents | None = None,
 ) -> EgressController:
     """Raises NetPolicyError with a clear message on a bad blocked range or missing iptables."""
     blocked = parse_blocked_ranges(settings.egress_blocked_ranges)
@@ -33,5 +37,6 @@ def build_egress_controller(
         firewall,
         blocked,
     )
-    controller.set_watcher(NetworkCreations(client.api, controller.sync))
+    # The server's one engine event stream when given; else a stream of its own.
+    controller.set_watcher(NetworkCreations(events or client.api, controller.sync))
     return controller

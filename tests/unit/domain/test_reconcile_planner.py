@@ -94,9 +94,9 @@ def test_crashed_instance_restarts_after_backoff() -> None:
     assert late.actions == (RestartInstance("a", "c1"),)
 
 
-def test_backoff_doubles_and_caps() -> None:
+def test_backoff_is_quick_first_then_doubles_and_caps() -> None:
     delays = [restart_backoff(n) for n in range(10)]
-    assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
+    assert delays[:5] == [0.1, 1.0, 2.0, 4.0, 8.0]  # the first like Docker's restart policy
     assert max(delays) == 60.0
 
 
