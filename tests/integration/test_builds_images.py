@@ -393,6 +393,16 @@ def test_copy_chown_by_name_uses_the_images_accounts(world: BuildWorld, tmp_path
 
 
 @pytest.mark.docker
+def test_output_of_quick_steps_is_never_lost(world: BuildWorld, tmp_path: Path) -> None:
+    # Each step exits at once and prints no line break: its output must still arrive.
+    steps = "".join(f"RUN printf %s quick-{i}-{uuid.uuid4().hex[:6]}\n" for i in range(12))
+    events = world.build(dockerfile_context(tmp_path, f"FROM {BUSYBOX}\n{steps}"), world.tenant())
+    done_image(events)
+    printed = [line for line in log_text(events).splitlines() if line.startswith("quick-")]
+    assert [line.split("-")[1] for line in printed] == [str(i) for i in range(12)]
+
+
+@pytest.mark.docker
 def test_failing_build_yields_an_error_event_and_no_image(
     world: BuildWorld, tmp_path: Path
 ) -> None:
