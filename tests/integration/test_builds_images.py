@@ -403,6 +403,21 @@ def test_output_of_quick_steps_is_never_lost(world: BuildWorld, tmp_path: Path) 
 
 
 @pytest.mark.docker
+def test_a_silent_step_may_outlast_the_client_timeout(world: BuildWorld, tmp_path: Path) -> None:
+    impatient = docker.from_env(version="auto", timeout=2)
+    try:
+        builder = EngineBuilder(impatient, world.installation)
+        context = dockerfile_context(tmp_path, f"FROM {BUSYBOX}\nRUN sleep 5; echo after-silence\n")
+        tenant = world.tenant()
+        request = BuildRequest(context, "berth-app/silent:x", {}, tenant, limits=SMALL)
+        events = list(builder.build(request))
+    finally:
+        impatient.close()
+    done_image(events)
+    assert "after-silence" in log_text(events).splitlines()
+
+
+@pytest.mark.docker
 def test_failing_build_yields_an_error_event_and_no_image(
     world: BuildWorld, tmp_path: Path
 ) -> None:
