@@ -31,6 +31,7 @@ from berth.settings import Settings
 from berth.store.db import make_engine, make_sessionmaker, migrate
 
 log = logging.getLogger(__name__)
+BUILD_API_TIMEOUT = 600  # seconds, for the build and image client (not the runtime's)
 
 
 @dataclass
@@ -123,10 +124,11 @@ def build_platform(settings: Settings) -> Platform:
     with sessions() as session:
         ensure_admin(session, settings.home / "admin-token", settings.currency)
     runtime = DockerRuntime(inst, settings.docker_url)
+    # Builds commit layers of up to the build disk limit: a commit may take minutes.
     client = (
-        docker.DockerClient(base_url=settings.docker_url, version="auto")
+        docker.DockerClient(base_url=settings.docker_url, version="auto", timeout=BUILD_API_TIMEOUT)
         if settings.docker_url
-        else docker.from_env(version="auto")
+        else docker.from_env(version="auto", timeout=BUILD_API_TIMEOUT)
     )
     # Before any build can start: what a server killed mid-build left behind.
     sweep_leftovers(client.api, inst, settings.builds_dir)
