@@ -104,7 +104,7 @@ class EngineEvents:
 
     def __init__(self, api: Any, installation: str, name: str = "berth-engine-events") -> None:
         self._api = api  # a docker.APIClient of its own (the stream holds its connection)
-        self._installation = installation
+        self.installation = installation
         self._name = name
         self._subscribers: list[Subscriber] = []
         self._lock = threading.Lock()
@@ -150,7 +150,7 @@ class EngineEvents:
                 for raw in stream:
                     if self._stop.is_set():
                         break
-                    event = decode(raw, self._installation) if isinstance(raw, dict) else None
+                    event = decode(raw, self.installation) if isinstance(raw, dict) else None
                     if event is not None:
                         self._dispatch(event)
             except Exception as exc:  # engine down or restarting: listen again shortly
