@@ -286,7 +286,13 @@ class Node:
     def start_engine(self) -> None:
         """Start dockerd in the node's namespaces and cgroups; wait until it answers."""
         pids_procs, freezer_procs = make_node_cgroups(self.name)
+        if cgroup_pids(pids_procs.parent):
+            raise HarnessError(f"{self.name} still has processes: kill or stop it first")
         remove_stale_shim_sockets(self.exec_root)
+        # A killed engine's children may linger as zombies until init reaps them, and dockerd
+        # takes a pid file naming a zombie for a live containerd (then times out waiting).
+        for stale in (self.state_dir / "docker.pid", self.exec_root / "containerd/containerd.pid"):
+            stale.unlink(missing_ok=True)
         command = [
             "nsenter",
             f"--net={NETNS_DIR / self.name}",
