@@ -21,6 +21,8 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# The multi-node test harness (tests/cluster) enters namespaces with nsenter and unshare.
+{ command -v nsenter && command -v unshare; } >/dev/null 2>&1 || need+=(util-linux)
 # Berth's egress filter (berth.netpolicy) applies its rules with iptables-restore.
 command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
 # Debian's python3 ships without ensurepip; `python3 -m venv` needs python3-venv.

@@ -1,4 +1,4 @@
-"""The multi-node tier: one cluster (a drained manager and three workers) for the whole run.
+"""The multi-node tier: one cluster (a drained manager and three workers) for all its tests.
 
 Forming a cluster per test would cost the run's time budget, so tests share this one; the
 ``swarm`` fixture makes it whole again before and after each test (heals partitions, restarts
@@ -14,13 +14,18 @@ from collections.abc import Iterator
 import docker.errors
 import pytest
 
-from tests.cluster.nodes import Cluster, sweep_leftovers
+from tests.cluster.nodes import Cluster, check_requirements, sweep_leftovers
 
 TIMINGS: list[str] = []
 
 
-@pytest.fixture(scope="session")
-def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+# Package scope: every test of tests/cluster shares it, and its engines stop once the tier is
+# done instead of idling through the rest of the run.
+@pytest.fixture(scope="package")
+def cluster(real_platform: None, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    problems = check_requirements()
+    if problems:
+        pytest.fail("the cluster tier needs:\n  " + "\n  ".join(problems), pytrace=False)
     swept = sweep_leftovers()
     if swept:
         TIMINGS.append(f"swept leftovers of dead runs {', '.join(swept)}")

@@ -48,7 +48,7 @@ SHIM_SOCKET_DIR = Path("/run/containerd/s")
 RUN_ID = re.compile(r"^(bt[0-9a-f]{5})(?:-|$)")
 
 # 10.213.0.0/16 is the harness's: each run takes a free /24 of it for the nodes and the host.
-NODE_NETWORKS = ipaddress.ip_network("10.213.0.0/16")
+NODE_NETWORKS = ipaddress.IPv4Network("10.213.0.0/16")
 HOST_HOST = 254  # the host's end of its veth into the switch
 # Both live only inside the nodes' namespaces; chosen apart from the host's ranges anyway.
 BRIDGE_RANGE = "10.214.{index}.1/24"  # each engine's docker0
@@ -74,6 +74,20 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
         raise HarnessError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result
+
+
+def check_requirements() -> list[str]:
+    """What this machine lacks for the harness (empty when nothing): said, never skipped."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("the cluster harness needs root (namespaces, veths, cgroups)")
+    for controller in ("pids", "freezer"):
+        if not (CGROUP_ROOT / controller / "cgroup.procs").is_file():
+            problems.append(f"no cgroup v1 {controller} hierarchy at {CGROUP_ROOT / controller}")
+    for tool in ("ip", "nsenter", "unshare", "dockerd", "umount"):
+        if shutil.which(tool) is None:
+            problems.append(f"{tool} is not installed (scripts/ensure-system.sh installs it)")
+    return problems
 
 
 # ---------------------------------------------------------------- addresses
@@ -405,7 +419,7 @@ def leftovers(run_id: str | None = None) -> list[str]:
 
     def ours(name: str) -> bool:
         match = RUN_ID.match(name)
-        return bool(match) and (run_id is None or match.group(1) == run_id)
+        return match is not None and (run_id is None or match.group(1) == run_id)
 
     found = [f"netns {n}" for n in _names_with_prefix(NETNS_DIR) if ours(n)]
     found += [f"link {n}" for n in _host_links() if ours(n)]

@@ -67,11 +67,12 @@ def running_tasks(swarm: Cluster, service: Any) -> list[dict[str, Any]]:
 
 
 def wait_running(swarm: Cluster, service: Any, count: int, timeout: float = 60.0) -> list[Any]:
-    return wait_until(
+    tasks: list[Any] = wait_until(
         lambda: (tasks := running_tasks(swarm, service)) and len(tasks) == count and tasks,
         timeout,
         f"{count} tasks of {service.name} run",
     )
+    return tasks
 
 
 def http_get(address: str, port: int) -> str:
@@ -86,8 +87,9 @@ def assert_each_task_answers(swarm: Cluster, tasks: list[dict[str, Any]]) -> Non
     for task in tasks:
         node = swarm.node(task["short"])
         port = task["Status"]["PortStatus"]["Ports"][0]["PublishedPort"]
+        address = node.address
         body = wait_until(
-            lambda node=node, port=port: http_get(node.address, port),
+            lambda: http_get(address, port),  # called at once, before the loop moves on
             20,
             f"the task on {node.name}:{port} answers",
         )
@@ -115,6 +117,9 @@ def test_swarm_forms_with_a_drained_manager_and_three_ready_workers(swarm: Clust
         assert attrs["Status"]["Addr"] == node.address
         expected = ("manager", "drain") if short == "m1" else ("worker", "active")
         assert (attrs["Spec"]["Role"], attrs["Spec"]["Availability"]) == expected
+    manager_swarm = swarm.manager_client().swarm
+    manager_swarm.reload()
+    assert manager_swarm.attrs["Spec"]["Dispatcher"]["HeartbeatPeriod"] == 2_000_000_000
     # The host's own engine is never part of it.
     host = docker.from_env(version="auto")
     try:
