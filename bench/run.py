@@ -1,15 +1,19 @@
 """Berth benchmarks against a real server (Docker Engine + nginx), each side by side with plain
 Docker, in one run:
 
-(a) deploy latency: examples/python-app, image already built, 2 replicas, from the API call to
-    the first 200 through nginx; beside it, ``docker run`` of the same image until its first 200;
+(a) deploy latency: examples/python-app, image already built, 2 replicas (``--replicas``), from
+    the API call to the first 200 through nginx and to the deployment's ``succeeded``; beside it,
+    ``docker run`` of the same image until its first 200;
 (b) crash recovery: kill -9 of an instance's process until it is serving again (on its port and
     healthy in ``ps``); beside it, Docker's own ``--restart on-failure``;
 (c) throughput: requests/s and p50/p99 latency through Berth's nginx vs straight to the same
     container's published port, for examples/python-app and examples/busybox-app.
 
-Prints a table and writes bench/results/latest.json. All traffic stays on 127.0.0.1.
-Usage: python bench/run.py [--repeat 5] [--seconds 10] [--connections 4] [--no-wrk] [--out PATH]
+The server runs at the default settings (reconcile and health intervals included): what users
+get, not the tests' faster pace. Prints a table and writes bench/results/latest.json. All traffic
+stays on 127.0.0.1.
+Usage: python bench/run.py [--repeat 5] [--replicas 2] [--seconds 10] [--connections 4] [--no-wrk]
+       [--out PATH]
 (``wrk`` is used for the load when installed: ``apt-get install wrk``; else Python clients.)
 """
 
@@ -50,6 +54,7 @@ from tests.harness import (  # noqa: E402
 )
 
 from bench.load import run_load  # noqa: E402
+from berth.settings import Settings  # noqa: E402
 
 APP_PORT = 8080
 POLL = 0.01
@@ -148,11 +153,13 @@ def _deployment_succeeded(berth: BerthServer, path: str) -> bool:
     return bool(berth.api_json("GET", path)["status"] == "succeeded")
 
 
-def bench_deploy(berth: BerthServer, raw: RawDocker, image: str, repeat: int) -> dict[str, Any]:
+def bench_deploy(
+    berth: BerthServer, raw: RawDocker, image: str, repeat: int, replicas: int = 2
+) -> dict[str, Any]:
     first_200, all_healthy, docker_run = [], [], []
     for i in range(repeat):
         name = f"deploy{i}"
-        new_app(berth, name, 2)
+        new_app(berth, name, replicas)
         url = f"http://127.0.0.1:{berth.ingress_port}/"
         started = time.perf_counter()
         result = berth.api_json("POST", f"/apps/{name}/releases", json={"image": image})
@@ -327,6 +334,10 @@ def environment(berth: BerthServer) -> dict[str, Any]:
         "docker": status["engine_version"],
         "berth": status["version"],
         "settings": {k: v for k, v in berth.settings.items() if "INTERVAL" in k or "TIMEOUT" in k},
+        "intervals": {  # what the server ran with: its settings, else the defaults
+            name: berth.settings.get(f"BERTH_{name.upper()}", Settings.model_fields[name].default)
+            for name in ("reconcile_interval_seconds", "health_interval_seconds")
+        },
     }
 
 
@@ -342,6 +353,7 @@ def raw_docker() -> Iterator[RawDocker]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--replicas", type=int, default=2, help="instances per deploy in (a)")
     parser.add_argument("--seconds", type=float, default=10.0, help="load duration per path")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--no-wrk", action="store_true", help="load with Python clients")
@@ -353,8 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"Berth server on {berth.api_url}, ingress 127.0.0.1:{berth.ingress_port}")
         image = built_image(berth, PYTHON_APP, "/healthz")
         busybox_image = built_image(berth, BUSYBOX_APP, "/")
-        console.print(f"(a) deploy latency, image {image}, 2 replicas, {args.repeat} runs")
-        deploy = bench_deploy(berth, raw, image, args.repeat)
+        console.print(
+            f"(a) deploy latency, image {image}, {args.replicas} replicas, {args.repeat} runs"
+        )
+        deploy = bench_deploy(berth, raw, image, args.repeat, args.replicas)
         console.print(f"(b) crash recovery, {args.repeat} kills")
         crash = bench_crash(berth, raw, image, args.repeat)
         console.print(

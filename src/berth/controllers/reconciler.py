@@ -187,11 +187,8 @@ class Reconciler:
             return plan
 
     def _wake_at(self, due: float, now: float) -> None:
-        """Run a pass at ``due`` when that comes before the next interval (one timer, the
-        earliest; a later pass plans again anyway)."""
+        """Run a pass at ``due`` (one timer, for the earliest: a pass plans again anyway)."""
         delay = due - now
-        if delay >= self.settings.reconcile_interval_seconds:
-            return
         with self._timer_lock:
             if self._timer is not None and self._timer.is_alive() and self._timer_due <= due:
                 return
