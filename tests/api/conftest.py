@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from berth.api.app import create_app
 from berth.api.routes_apps import txt_resolver
 from berth.billing.ledger import tenant_account
-from berth.builds.builder import BuildEvent
+from berth.builds.protocol import BuildEvent, BuildRequest
 from berth.platform import Platform, open_store
 from berth.runtime.fake import FakeRuntime
 from berth.services import accounts
@@ -65,7 +65,8 @@ class FakeBuilder:
         self.runtime = runtime
         self.builds: list[tuple[str, dict[str, str], list[str]]] = []
 
-    def build(self, context_dir: Path, tag: str, labels: dict[str, str]) -> Iterator[BuildEvent]:
+    def build(self, request: BuildRequest) -> Iterator[BuildEvent]:
+        context_dir, tag, labels = request.context_dir, request.tag, dict(request.labels)
         files = sorted(str(p.relative_to(context_dir)) for p in context_dir.rglob("*"))
         self.builds.append((tag, dict(labels), files))
         yield BuildEvent("log", f"Step 1/1 : COPY . / ({len(files)} files)")
@@ -390,6 +391,9 @@ def build_env(home: Path, **overrides: Any) -> Env:
         "low_balance_threshold_minor": 500,
         "arrears_grace_seconds": 72 * 3600,
         "signup_limit_per_address": 10_000,  # every test signs up from the same address
+        # The fake runtime's images are registry references (no build labels to prove
+        # ownership), so the tests deploy from a configured registry.
+        "registry": "registry.example",
     }
     values.update(overrides)
     settings = Settings(**values)

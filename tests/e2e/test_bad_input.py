@@ -393,7 +393,12 @@ def test_unknown_image_is_refused(berth: BerthServer, unchanged: None) -> None:
         assert_error(berth.api.post(f"/apps/{KEEP}/releases", json={"image": image}), 422)
     result = berth.cli("deploy", KEEP, "--image", "berth-test/does-not-exist:1")
     assert result.returncode == 1
+    assert "is not allowed" in result.stderr
+    # An allowed name that is not here names what is.
+    result = berth.cli("deploy", KEEP, "--image", "berth/does-not-exist:1")
+    assert result.returncode == 1
     assert "not on this machine" in result.stderr
+    assert "berth/busybox:latest" in result.stderr
 
 
 # -- platform status ------------------------------------------------------------------------------
