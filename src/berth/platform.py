@@ -123,7 +123,8 @@ def build_platform(settings: Settings) -> Platform:
     engine, sessions, inst = open_store(settings)
     with sessions() as session:
         ensure_admin(session, settings.home / "admin-token", settings.currency)
-    runtime = DockerRuntime(inst, settings.docker_url)
+    pool, prefix = settings.network_pool, settings.network_prefix
+    runtime = DockerRuntime(inst, settings.docker_url, network_pool=pool, network_prefix=prefix)
     # Builds commit layers of up to the build disk limit: a commit may take minutes.
     client = (
         docker.DockerClient(base_url=settings.docker_url, version="auto", timeout=BUILD_API_TIMEOUT)
@@ -132,7 +133,7 @@ def build_platform(settings: Settings) -> Platform:
     )
     # Before any build can start: what a server killed mid-build left behind.
     sweep_leftovers(client.api, inst, settings.builds_dir)
-    builder = EngineBuilder(client, inst)
+    builder = EngineBuilder(client, inst, network_pool=pool, network_prefix=prefix)
     nginx = NginxManager(
         settings.nginx_dir, settings.nginx_binary, settings.ingress_listen, settings.ingress_port
     )

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     egress_filter: bool = True  # off only for development machines without iptables
     egress_blocked_ranges: list[str] = Field(default_factory=list)  # operator's internal CIDRs
 
+    # Subnets of Berth's bridge networks (a network per tenant, and one per building tenant).
+    network_pool: str = "10.224.0.0/12"
+    network_prefix: int = Field(default=24, ge=8, le=29)
+
     # -- apps (berth.services) --------------------------------------------------------------
     release_history: int = Field(default=50, ge=2, description="Releases kept per app")
     max_config_bytes: int = Field(default=64 * 1024, ge=1024, description="Total config size")

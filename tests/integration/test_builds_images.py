@@ -8,6 +8,7 @@ missing: it is the platform's real base image, and keeping it saves the next run
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import shutil
 import time
 import urllib.request
@@ -35,6 +36,7 @@ from berth.images.bootstrap import (
     parse_deb822_sources,
     parse_one_line_sources,
 )
+from berth.runtime.subnets import DEFAULT_NETWORK_POOL
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LABELS = {"berth.managed": "true", "berth.test": "test_builds_images"}
@@ -606,3 +608,18 @@ def test_no_mirror_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(BootstrapError, match="no apt source"):
         find_debian_mirror("bookworm", tmp_path / "none.list", tmp_path / "none.d")
+
+
+def test_build_steps_get_a_subnet_of_the_pool_and_the_network_goes_with_the_build(
+    world: BuildWorld, client: docker.DockerClient, tmp_path: Path
+) -> None:
+    # Docker's default pools hold ~31 bridges; a network per building tenant, kept forever,
+    # would use them up. The network lives only while the tenant builds.
+    context = dockerfile_context(tmp_path, "FROM berth/busybox\nRUN ip -4 addr show eth0\n")
+    tenant = world.tenant()
+    events = world.build(context, tenant)
+    assert events[-1].kind == "done", events[-1].text
+    inet = next(line for line in log_text(events).splitlines() if "inet " in line)
+    address = ipaddress.IPv4Interface(inet.split()[1])
+    assert address.ip in ipaddress.IPv4Network(DEFAULT_NETWORK_POOL)
+    assert client.api.networks(names=[build_network_name(tenant)]) == []

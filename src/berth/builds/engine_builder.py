@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import posixpath
@@ -61,6 +62,12 @@ from berth.runtime.protocol import (
     LABEL_INSTALLATION,
     LABEL_MANAGED,
     LABEL_TENANT,
+)
+from berth.runtime.subnets import (
+    DEFAULT_NETWORK_POOL,
+    DEFAULT_NETWORK_PREFIX,
+    create_bridge_network,
+    parse_pool,
 )
 
 log = logging.getLogger(__name__)
@@ -97,15 +104,57 @@ class EngineBuilder:
         client: docker.DockerClient,
         installation: str,
         network_ready: Callable[[str], None] | None = None,
+        network_pool: str = DEFAULT_NETWORK_POOL,
+        network_prefix: int = DEFAULT_NETWORK_PREFIX,
     ) -> None:
         self._client = client
         self.installation = installation
         # The egress filter's hook: returns once the network's rules are in place, raises if
         # they cannot be. Called before the first step runs on the build network.
         self.network_ready: Callable[[str], None] = network_ready or (lambda _network: None)
+        self.networks = BuildNetworks(
+            client.api, parse_pool(network_pool, network_prefix), network_prefix
+        )
 
     def build(self, request: BuildRequest) -> Iterator[BuildEvent]:
-        return _Build(self._client.api, self.installation, request, self.network_ready).events()
+        api = self._client.api
+        return _Build(api, self.installation, request, self.network_ready, self.networks).events()
+
+
+class BuildNetworks:
+    """Each building tenant's network exists only while one of its builds runs: the last build
+    to finish removes it, so idle tenants hold no subnet (and no bridge) for builds."""
+
+    def __init__(self, api: Any, pool: ipaddress.IPv4Network, prefix: int) -> None:
+        self.api = api
+        self.pool, self.prefix = pool, prefix
+        self._lock = threading.Lock()
+        self._users: dict[str, int] = {}
+
+    def create(self, name: str, labels: Mapping[str, str]) -> None:
+        create_bridge_network(self.api, name, labels, NETWORK_OPTIONS, self.pool, self.prefix)
+
+    def enter(self, tenant_id: str) -> None:
+        with self._lock:
+            self._users[tenant_id] = self._users.get(tenant_id, 0) + 1
+
+    def leave(self, tenant_id: str, name: str) -> None:
+        # Under the lock, so that a build of the same tenant entering now waits for the removal
+        # and then creates the network anew, instead of using one that is going away.
+        with self._lock:
+            left = self._users.get(tenant_id, 1) - 1
+            if left > 0:
+                self._users[tenant_id] = left
+                return
+            self._users.pop(tenant_id, None)
+            try:
+                self.api.remove_network(name)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:  # in use by a leftover: the sweep retries
+                log.info("build network %s stays for now: %s", name, _explain(exc))
+            except Exception as exc:
+                log.warning("could not remove build network %s: %s", name, exc)
 
 
 def _short(image_id: str) -> str:
@@ -124,7 +173,8 @@ class _Build:
         api: Any,
         installation: str,
         request: BuildRequest,
-        network_ready: Callable[[str], None] = lambda _network: None,
+        network_ready: Callable[[str], None],
+        networks: BuildNetworks,
     ) -> None:
         self.api = api
         self.network_ready = network_ready
@@ -134,6 +184,8 @@ class _Build:
         self.deadline = time.monotonic() + self.limits.timeout_seconds
         self.store = image_policy.DockerImageStore(api)
         self.network = build_network_name(request.tenant_id)
+        self.networks = networks
+        self.network_entered = False
         self.written = 0  # bytes of layers this build wrote
         self.log_bytes = 0
         self.truncated = False
@@ -172,6 +224,8 @@ class _Build:
             return
         finally:
             self._remove_containers()
+            if self.network_entered:
+                self.networks.leave(self.request.tenant_id, self.network)
         yield BuildEvent("done", f"built {self.request.tag} ({image_id})", image_id)
 
     def _lines_as_events(
@@ -445,21 +499,22 @@ class _Build:
             LABEL_TENANT: self.request.tenant_id,
             LABEL_PURPOSE: "build",
         }
+        if not self.network_entered:
+            self.networks.enter(self.request.tenant_id)
+            self.network_entered = True
         if self._owned_network():
+            self._network_secured()
             return
         try:
-            self.api.create_network(
-                self.network,
-                driver="bridge",
-                options=NETWORK_OPTIONS,
-                labels=labels,
-                check_duplicate=True,
-            )
+            self.networks.create(self.network, labels)
         except docker.errors.APIError:
             if not self._owned_network():  # lost a race with another build of the tenant
                 raise
         if not self._owned_network():
             raise BuildStopped("the build network could not be set up")
+        self._network_secured()
+
+    def _network_secured(self) -> None:
         try:
             self.network_ready(self.network)
         except Exception as exc:

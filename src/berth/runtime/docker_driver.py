@@ -37,6 +37,12 @@ from berth.runtime.protocol import (
     is_owned,
     owner_labels,
 )
+from berth.runtime.subnets import (
+    DEFAULT_NETWORK_POOL,
+    DEFAULT_NETWORK_PREFIX,
+    create_bridge_network,
+    parse_pool,
+)
 
 LOOPBACK = "127.0.0.1"
 LOG_OPTIONS = {"max-size": "10m", "max-file": "3"}
@@ -54,11 +60,20 @@ _ENGINE_ERRORS: tuple[type[Exception], ...] = (
 class DockerRuntime:
     """A Docker Engine on one node, scoped to one Berth installation."""
 
-    def __init__(self, installation: str, docker_url: str = "", node: str = "local") -> None:
+    def __init__(
+        self,
+        installation: str,
+        docker_url: str = "",
+        node: str = "local",
+        network_pool: str = DEFAULT_NETWORK_POOL,
+        network_prefix: int = DEFAULT_NETWORK_PREFIX,
+    ) -> None:
         if not installation:
             raise ValueError("installation id must not be empty")
         self.installation = installation
         self.node = node
+        self._network_pool = parse_pool(network_pool, network_prefix)
+        self._network_prefix = network_prefix
         self._docker_url = docker_url
         self._client: Any = None
         # The client connects lazily, so Berth starts (and reports ping() False) while the engine
@@ -89,12 +104,13 @@ class DockerRuntime:
             return
         try:
             with _engine_errors(f"create network {name}"):
-                self._api().create_network(
+                create_bridge_network(
+                    self._api(),
                     name,
-                    driver="bridge",
-                    options=NETWORK_OPTIONS,
-                    labels={**labels, **owner_labels(self.installation)},
-                    check_duplicate=True,
+                    {**labels, **owner_labels(self.installation)},
+                    NETWORK_OPTIONS,
+                    self._network_pool,
+                    self._network_prefix,
                 )
         except RuntimeFailure:
             # Lost a race with another creator of the same network: fine if it is ours now.
