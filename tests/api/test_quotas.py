@@ -180,3 +180,31 @@ def test_a_downgraded_tenant_can_still_shrink(env: Env) -> None:
     # Config changes and restarts do not add instances: still allowed.
     env.ok("PATCH", f"/apps/{app}/config", user.session, json={"set": {"MODE": "lean"}})
     env.ok("POST", f"/apps/{app}/restart", user.session, status=201)
+
+
+def test_plans_carry_build_disk_and_internet_limits(env: Env) -> None:
+    plan = env.unique("closed")
+    limits = {
+        "max_concurrent_builds": 2,
+        "build_memory_mb": 512,
+        "build_cpus_milli": 500,
+        "build_disk_mb": 1024,
+        "instance_disk_mb": 64,
+        "egress_internet": False,
+    }
+    created = env.ok("POST", "/admin/plans", env.admin, json={"name": plan, **limits}, status=201)
+    assert {k: created[k] for k in limits} == limits
+    listed = {p["name"]: p for p in env.ok("GET", "/admin/plans", env.admin)}
+    assert listed[plan]["egress_internet"] is False
+    # Unset, a plan takes the installation's settings (None) and keeps the internet on.
+    other = env.ok("POST", "/admin/plans", env.admin, json={"name": env.unique("open")}, status=201)
+    assert other["build_memory_mb"] is None and other["egress_internet"] is True
+    for bad in (
+        {"build_memory_mb": 1},
+        {"build_cpus_milli": 0},
+        {"max_concurrent_builds": 0},
+        {"build_disk_mb": -1},
+        {"egress_internet": "sometimes"},
+    ):
+        body = {"name": env.unique("bad-plan"), **bad}
+        assert_error(env.call("POST", "/admin/plans", env.admin, json=body), 422)

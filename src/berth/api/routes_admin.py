@@ -44,6 +44,13 @@ class PlanCreate(Strict):
     max_domains: int | None = Field(default=None, ge=0, le=10**6)
     # Size of each writable tmpfs (/tmp, /var/tmp, /run) of an instance; None: the setting.
     instance_disk_mb: int | None = Field(default=None, ge=1, le=10**6)
+    # Builds: None means the installation's setting (BERTH_BUILD_*).
+    max_concurrent_builds: int | None = Field(default=None, ge=1, le=100)
+    build_memory_mb: int | None = Field(default=None, ge=64, le=10**6)
+    build_cpus_milli: int | None = Field(default=None, ge=50, le=256_000)
+    build_disk_mb: int | None = Field(default=None, ge=16, le=10**7)
+    # Outbound internet from the tenant's containers and builds; internal ranges never.
+    egress_internet: bool = True
 
 
 class PlanPublic(BaseModel):
@@ -58,6 +65,11 @@ class PlanPublic(BaseModel):
     max_memory_mb: int | None
     max_domains: int | None
     instance_disk_mb: int | None
+    max_concurrent_builds: int | None
+    build_memory_mb: int | None
+    build_cpus_milli: int | None
+    build_disk_mb: int | None
+    egress_internet: bool
 
 
 class TenantAdminPublic(BaseModel):
@@ -131,10 +143,12 @@ def list_tenants(
 
 @router.put("/admin/tenants/{tenant}/plan")
 def assign_plan(
-    tenant: str, body: PlanAssign, session: SessionDep, settings: SettingsDep, who: Operator
+    tenant: str, body: PlanAssign, session: SessionDep, platform: PlatformDep, who: Operator
 ) -> TenantAdminPublic:
     t = bsvc.set_tenant_plan(session, tenant, body.plan)
-    return _tenants_public(session, settings, [t])[0]
+    if platform.netpolicy is not None:
+        platform.netpolicy.wake()  # the plan may switch the tenant's internet on or off
+    return _tenants_public(session, platform.settings, [t])[0]
 
 
 def _tenants_public(

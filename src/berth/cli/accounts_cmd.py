@@ -514,9 +514,19 @@ def admin_plan_create(
     max_instances: int | None = None,
     max_memory_mb: int | None = None,
     max_domains: int | None = None,
+    instance_disk_mb: Annotated[
+        int | None, typer.Option(help="Size of each instance's /tmp, /var/tmp and /run (MiB).")
+    ] = None,
+    max_concurrent_builds: int | None = None,
+    build_memory_mb: int | None = None,
+    build_cpus: Annotated[float | None, typer.Option(help="CPUs of each build step.")] = None,
+    build_disk_mb: Annotated[int | None, typer.Option(help="Layers one build may write.")] = None,
+    internet: Annotated[
+        bool, typer.Option(help="Outbound internet for the tenant's apps and builds.")
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Define a plan: prices, included resources and limits."""
+    """Define a plan: prices, included resources and limits (unset limits: the settings)."""
     body = {
         "name": name,
         "price_per_gb_hour": price_per_gb_hour,
@@ -527,9 +537,15 @@ def admin_plan_create(
         "max_instances": max_instances,
         "max_memory_mb": max_memory_mb,
         "max_domains": max_domains,
+        "instance_disk_mb": instance_disk_mb,
+        "max_concurrent_builds": max_concurrent_builds,
+        "build_memory_mb": build_memory_mb,
+        "build_cpus_milli": round(build_cpus * 1000) if build_cpus is not None else None,
+        "build_disk_mb": build_disk_mb,
+        "egress_internet": internet,
     }
     data = client().post("/admin/plans", json=body)
-    emit(data, as_json, lambda d: console.print(f"Created plan {d['name']}"))
+    emit(data, as_json, lambda d: console.print(f"Created plan {d['name']}", markup=False))
 
 
 @admin_app.command("plans")
@@ -541,7 +557,19 @@ def admin_plans(as_json: JsonOpt = False) -> None:
         as_json,
         lambda d: table(
             None,
-            ["PLAN", "GB-HOUR", "CPU-HOUR", "APPS", "INSTANCES", "MEMORY", "DOMAINS"],
+            [
+                "PLAN",
+                "GB-HOUR",
+                "CPU-HOUR",
+                "APPS",
+                "INSTANCES",
+                "MEMORY",
+                "DOMAINS",
+                "DISK",
+                "BUILDS",
+                "BUILD-MEM",
+                "INTERNET",
+            ],
             [
                 (
                     p["name"],
@@ -551,6 +579,10 @@ def admin_plans(as_json: JsonOpt = False) -> None:
                     p["max_instances"],
                     p["max_memory_mb"],
                     p["max_domains"],
+                    p.get("instance_disk_mb"),
+                    p.get("max_concurrent_builds"),
+                    p.get("build_memory_mb"),
+                    "yes" if p.get("egress_internet", True) else "no",
                 )
                 for p in d
             ],
@@ -562,7 +594,9 @@ def admin_plans(as_json: JsonOpt = False) -> None:
 def admin_set_plan(tenant: str, plan: str, as_json: JsonOpt = False) -> None:
     """Put a tenant on a plan."""
     data = client().request("PUT", f"/admin/tenants/{tenant}/plan", json={"plan": plan})
-    emit(data, as_json, lambda d: console.print(f"{d['name']} is on plan {d['plan']}"))
+    emit(
+        data, as_json, lambda d: console.print(f"{d['name']} is on plan {d['plan']}", markup=False)
+    )
 
 
 @admin_app.command("approve-domain")

@@ -59,6 +59,11 @@ class PlanInput:
     max_memory_mb: int | None = None
     max_domains: int | None = None
     instance_disk_mb: int | None = None
+    max_concurrent_builds: int | None = None
+    build_memory_mb: int | None = None
+    build_cpus_milli: int | None = None
+    build_disk_mb: int | None = None
+    egress_internet: bool = True
 
 
 def to_plan(row: PlanRow) -> Plan:
@@ -88,6 +93,11 @@ def create_plan(session: Session, settings: Settings, body: PlanInput) -> PlanRo
         max_memory_mb=body.max_memory_mb,
         max_domains=body.max_domains,
         instance_disk_mb=body.instance_disk_mb,
+        max_concurrent_builds=body.max_concurrent_builds,
+        build_memory_mb=body.build_memory_mb,
+        build_cpus_milli=body.build_cpus_milli,
+        build_disk_mb=body.build_disk_mb,
+        egress_internet=body.egress_internet,
     )
     to_plan(row)  # validates every field with the domain's rules
     if session.scalar(select(PlanRow.id).where(PlanRow.name == row.name)) is not None:
