@@ -175,3 +175,18 @@ def test_a_container_that_is_gone_is_not_probed(
     wait_until(lambda: runtime.inspections >= 1, 20, "the lookup")
     wait_until(lambda: "missing" not in m._fast, 20, "dropped from the fast schedule")
     assert m.state_of("missing") is None and changes == []
+
+
+def test_a_running_container_with_nothing_to_check_is_left_to_the_regular_rounds(
+    runtime: StubRuntime, monitor: tuple[HealthMonitor, list[int]]
+) -> None:
+    m, changes = monitor
+    runtime.containers["noport"] = ContainerInfo("noport", "web", {}, "running", started_at=1.0)
+    runtime.containers["booting"] = ContainerInfo("booting", "web", {}, "created")
+    m.probe_soon("noport")
+    m.probe_soon("booting")
+    wait_until(lambda: "noport" not in m._fast, 20, "dropped after one lookup")
+    wait_until(lambda: runtime.inspections >= 4, 20, "the booting one is looked up again")
+    assert "booting" in m._fast and changes == []
+    m.forget("booting")
+    assert "booting" not in m._fast

@@ -198,8 +198,11 @@ class HealthMonitor:
             if target is None:
                 info = self.runtime.inspect(cid)
                 target = _target(info) if info is not None else None
-                if info is None or info.state not in ("created", "running", "restarting"):
-                    with self._lock:  # gone or stopped: nothing to wait for
+                # Gone, stopped, or running with nothing to check (no published port): leave
+                # it to the regular rounds. Only one not running yet is looked up again.
+                booting = info is not None and info.state in ("created", "restarting")
+                if target is None and not booting:
+                    with self._lock:
                         self._fast.discard(cid)
                     continue
             if target is None:
