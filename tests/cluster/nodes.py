@@ -418,8 +418,7 @@ def leftovers(run_id: str | None = None) -> list[str]:
     """What of the harness exists now (of one run, or of every run): empty when all is gone."""
 
     def ours(name: str) -> bool:
-        match = RUN_ID.match(name)
-        return match is not None and (run_id is None or match.group(1) == run_id)
+        return _of_run(name, run_id)
 
     found = [f"netns {n}" for n in _names_with_prefix(NETNS_DIR) if ours(n)]
     found += [f"link {n}" for n in _host_links() if ours(n)]
@@ -431,16 +430,30 @@ def leftovers(run_id: str | None = None) -> list[str]:
 
 
 def _processes_of_run(run_id: str | None) -> list[int]:
-    """Processes whose command line names a run's directories (a backstop to the cgroups)."""
+    """Live processes of a run outside its cgroups' view: a command line naming the run's
+    directories, or a seat in one of its network namespaces (a backstop to the cgroups)."""
     needle = str(STATE_ROOT / (run_id or "bt")).encode()
+    namespaces = set()
+    for name in _names_with_prefix(NETNS_DIR):
+        if _of_run(name, run_id):
+            with contextlib.suppress(OSError):
+                namespaces.add(f"net:[{(NETNS_DIR / name).stat().st_ino}]")
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
-            if needle in (proc / "cmdline").read_bytes() and not _is_zombie(int(proc.name)):
+            ours = needle in (proc / "cmdline").read_bytes()
+            ours = ours or os.readlink(proc / "ns" / "net") in namespaces
+            if ours and not _is_zombie(int(proc.name)):
                 pids.append(int(proc.name))
     return pids
+
+
+def _of_run(name: str, run_id: str | None) -> bool:
+    """Whether a name is the harness's (of this run, or of any run when run_id is None)."""
+    match = RUN_ID.match(name)
+    return match is not None and (run_id is None or match.group(1) == run_id)
 
 
 def _unmount_under(roots: Sequence[Path]) -> None:
@@ -458,24 +471,29 @@ def _unmount_under(roots: Sequence[Path]) -> None:
 def remove_run(run_id: str) -> None:
     """Remove everything of one run: idempotent, and it works when the owner is long dead."""
     run_dir, data_dir = STATE_ROOT / run_id, DATA_ROOT / run_id
-    names = {n for n in _all_cgroup_names() | _names_with_prefix(NETNS_DIR) if n.startswith(run_id)}
-    for name in sorted(names):
-        kill_cgroup(name)
+    # Each step goes on when one before it failed: what stays is reported by leftovers().
+    for name in sorted(_all_cgroup_names() | _names_with_prefix(NETNS_DIR)):
+        if _of_run(name, run_id):
+            with contextlib.suppress(AssertionError, OSError):
+                kill_cgroup(name)
     for pid in _processes_of_run(run_id):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: not _processes_of_run(run_id), 20, f"the processes of {run_id} die")
     for node_dir in run_dir.iterdir() if run_dir.is_dir() else ():
         remove_stale_shim_sockets(node_dir / "exec")
     _unmount_under([run_dir, data_dir])
     for name in sorted(_names_with_prefix(NETNS_DIR)):
-        if name.startswith(run_id):
+        if _of_run(name, run_id):
             run("ip", "netns", "delete", name, check=False)
     for link in sorted(_host_links()):
-        if link.startswith(run_id):
+        if _of_run(link, run_id):
             run("ip", "link", "delete", link, check=False)
     for name in sorted(_all_cgroup_names()):
-        if name.startswith(run_id):
-            remove_cgroups(name)
+        if _of_run(name, run_id):
+            with contextlib.suppress(OSError):
+                remove_cgroups(name)
     for directory in (run_dir, data_dir):
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -505,7 +523,7 @@ class Cluster:
         self.run_dir = STATE_ROOT / self.run_id
         self.data_dir = DATA_ROOT / self.run_id
         self.nodes: dict[str, Node] = {}
-        self.manager: str | None = None
+        self.managers: list[str] = []  # in the order they joined; the first inits the swarm
         self.subnet: ipaddress.IPv4Network | None = None
         self._lock = threading.Lock()
         self._image_tars: dict[str, Path] = {}
@@ -536,9 +554,17 @@ class Cluster:
     def client(self, short: str) -> docker.DockerClient:
         return self.nodes[short].client()
 
-    def manager_client(self) -> docker.DockerClient:
-        if self.manager is None:
+    @property
+    def manager(self) -> str:
+        """A manager that can answer now: its engine runs and its cable is in."""
+        if not self.managers:
             raise HarnessError("no swarm yet: call swarm_init first")
+        for short in self.managers:
+            if self.nodes[short].engine_alive() and not self.partitioned(short):
+                return short
+        raise HarnessError(f"no manager of {self.managers} is up and connected")
+
+    def manager_client(self) -> docker.DockerClient:
         return self.client(self.manager)
 
     # -- building
@@ -642,11 +668,9 @@ class Cluster:
             subnet_size=24,
             dispatcher_heartbeat_period=DISPATCHER_HEARTBEAT_NS,
         )
-        self.manager = short
+        self.managers = [short]
 
     def join(self, short: str, manager: bool = False) -> None:
-        if self.manager is None:
-            raise HarnessError("no swarm yet: call swarm_init first")
         boss = self.nodes[self.manager]
         swarm = self.manager_client().swarm
         swarm.reload()
@@ -658,6 +682,8 @@ class Cluster:
             listen_addr=f"{node.address}:{SWARM_PORT}",
             advertise_addr=node.address,
         )
+        if manager:
+            self.managers.append(short)
 
     def swarm_node(self, short: str) -> Any:
         """The manager's view of a node (docker-py Node), found by hostname."""
@@ -701,16 +727,33 @@ class Cluster:
         )
         return time.monotonic() - started
 
-    def form(self, workers: int = 3, images: Sequence[str] = ("berth/busybox:latest",)) -> None:
-        """One drained manager ``m1`` and workers ``w1``..``wN``, all Ready, images loaded."""
-        shorts = ["m1", *(f"w{i}" for i in range(1, workers + 1))]
-        self.add_nodes(shorts)
+    def form(
+        self,
+        workers: int = 3,
+        managers: int = 1,
+        images: Sequence[str] = ("berth/busybox:latest",),
+    ) -> None:
+        """Drained managers ``m1``..``mK`` and workers ``w1``..``wN``, all Ready, images loaded."""
+        bosses = [f"m{i}" for i in range(1, managers + 1)]
+        hands = [f"w{i}" for i in range(1, workers + 1)]
+        self.add_nodes([*bosses, *hands])
         self.load_images(images)
-        self.swarm_init("m1")
-        self.set_availability("m1", "drain")
+        self.swarm_init(bosses[0])
+        for short in bosses[1:]:  # one at a time: each join changes the Raft membership
+            self.join(short, manager=True)
+        for short in bosses:
+            self.set_availability(short, "drain")
         with ThreadPoolExecutor(max_workers=workers or 1) as pool:
-            list(pool.map(self.join, shorts[1:]))
-        self.wait_states(dict.fromkeys(shorts, "ready"))
+            list(pool.map(self.join, hands))
+        self.wait_states(dict.fromkeys([*bosses, *hands], "ready"))
+
+    def leader(self) -> str:
+        """The short name of the manager the swarm reports as its Raft leader."""
+        by_name = {n.name: s for s, n in self.nodes.items()}
+        for entry in self.manager_client().nodes.list(filters={"role": "manager"}):
+            if entry.attrs.get("ManagerStatus", {}).get("Leader"):
+                return by_name[entry.attrs["Description"]["Hostname"]]
+        raise HarnessError("the swarm has no leader now")
 
     # -- faults
 
@@ -742,13 +785,13 @@ class Cluster:
                 self.heal(short)
             if not node.engine_alive():
                 self.restart_node(short)
-        if self.manager is not None:
+        if self.managers:
             self.wait_states(dict.fromkeys(self.nodes, "ready"), timeout)
 
     def remove_node(self, short: str) -> None:
         """Take a node out for good: it leaves the swarm, its engine and namespace go."""
         node = self.nodes[short]
-        if self.manager is not None and short != self.manager:
+        if self.managers and short not in self.managers:
             with contextlib.suppress(docker.errors.APIError):
                 node.client().swarm.leave(force=True)
             with contextlib.suppress(docker.errors.APIError, HarnessError):
@@ -785,11 +828,11 @@ _live_clusters: list[Cluster] = []
 
 
 @contextlib.contextmanager
-def running_cluster(workers: int = 3) -> Iterator[Cluster]:
+def running_cluster(workers: int = 3, managers: int = 1) -> Iterator[Cluster]:
     """A formed cluster that is always removed afterwards."""
     cluster = Cluster()
     try:
-        cluster.form(workers)
+        cluster.form(workers, managers)
         yield cluster
     finally:
         cluster.cleanup()

@@ -11,12 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from typing import Any
 
 import docker.types
-import httpx
 import pytest
 
 from tests.cluster.nodes import (
@@ -27,83 +25,17 @@ from tests.cluster.nodes import (
     shim_sockets,
     sweep_leftovers,
 )
+from tests.cluster.services import (
+    IMAGE,
+    assert_each_task_answers,
+    containers_running_everywhere,
+    create_web_service,
+    running_tasks,
+    wait_running,
+)
 from tests.harness import REPO_ROOT, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
-
-IMAGE = "berth/busybox:latest"
-# Each task serves its own hostname (node name and slot). sh as PID 1 traps TERM, so a task
-# stops at once instead of after the 10 s grace period.
-HTTPD = (
-    "mkdir -p /www && hostname > /www/index.html && trap 'exit 0' TERM; "
-    "httpd -f -p 8080 -h /www & wait"
-)
-
-
-def create_web_service(swarm: Cluster, replicas: int, max_per_node: int | None = None) -> Any:
-    """busybox httpd, dnsrr, target 8080 published in host mode on a dynamic node port."""
-    return swarm.manager_client().services.create(
-        IMAGE,
-        command=["sh", "-c", HTTPD],
-        name=f"{swarm.run_id}-{uuid.uuid4().hex[:6]}",
-        hostname="{{.Node.Hostname}}-{{.Task.Slot}}",
-        mode=docker.types.ServiceMode("replicated", replicas=replicas),
-        maxreplicas=max_per_node,
-        endpoint_spec=docker.types.EndpointSpec(
-            mode="dnsrr",
-            ports=[{"Protocol": "tcp", "TargetPort": 8080, "PublishMode": "host"}],
-        ),
-    )
-
-
-def running_tasks(swarm: Cluster, service: Any) -> list[dict[str, Any]]:
-    """Tasks the manager wants running and reports running, with their node's short name."""
-    shorts = swarm.short_of_node_id()
-    tasks = []
-    for task in service.tasks(filters={"desired-state": "running"}):
-        if task["Status"]["State"] == "running":
-            tasks.append(dict(task, short=shorts.get(task["NodeID"], "?")))
-    return tasks
-
-
-def wait_running(swarm: Cluster, service: Any, count: int, timeout: float = 60.0) -> list[Any]:
-    tasks: list[Any] = wait_until(
-        lambda: (tasks := running_tasks(swarm, service)) and len(tasks) == count and tasks,
-        timeout,
-        f"{count} tasks of {service.name} run",
-    )
-    return tasks
-
-
-def http_get(address: str, port: int) -> str:
-    with httpx.Client(trust_env=False, timeout=5) as client:
-        response = client.get(f"http://{address}:{port}/")
-        response.raise_for_status()
-        return response.text.strip()
-
-
-def assert_each_task_answers(swarm: Cluster, tasks: list[dict[str, Any]]) -> None:
-    """Every task answers on its node's address and its own host-mode port."""
-    for task in tasks:
-        node = swarm.node(task["short"])
-        port = task["Status"]["PortStatus"]["Ports"][0]["PublishedPort"]
-        address = node.address
-        body = wait_until(
-            lambda: http_get(address, port),  # called at once, before the loop moves on
-            20,
-            f"the task on {node.name}:{port} answers",
-        )
-        assert body.startswith(f"{node.name}-"), (body, node.name)
-
-
-def containers_running_everywhere(swarm: Cluster, service: Any) -> int:
-    """The truth from every engine, not the manager's view: running containers of a service."""
-    label = f"com.docker.swarm.service.name={service.name}"
-    total = 0
-    for node in swarm.nodes.values():
-        if node.engine_alive():
-            total += len(node.client().containers.list(filters={"label": label}))
-    return total
 
 
 def test_swarm_forms_with_a_drained_manager_and_three_ready_workers(swarm: Cluster) -> None:
