@@ -2,8 +2,10 @@
 
 One pass (``run_once``) is level-triggered: it reads desired state from the store and observed
 state from the engine every time, never from a cache. Passes run every few seconds and at once
-when something changes (an API write, a health change). Failed starts, restarts and removals
-back off per app or container (berth.controllers.backoff owns the policy). A removed container
+when something changes (an API write, a health change, an engine event: see
+berth.controllers.engine_events), and when a crashed instance's restart falls due. Failed
+starts, restarts and removals back off per app or container (berth.controllers.backoff owns the
+policy). A removed container
 stays billed until the engine confirms it is gone, and an instance starts only when its memory
 fits the node (berth.domain.admission); otherwise it stays pending with the reason.
 """
