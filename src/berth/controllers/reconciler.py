@@ -6,7 +6,8 @@ when something changes (an API write, a health change, an engine event: see
 berth.controllers.engine_events), and when a crashed instance's restart falls due. Failed
 starts, restarts and removals back off per app or container (berth.controllers.backoff owns the
 policy). A removed container stays billed until the engine confirms it is gone, and an instance
-starts only when its memory fits the node (berth.domain.admission); otherwise it stays pending with the reason.
+starts only when its memory fits the node (berth.domain.admission); otherwise it stays pending
+with the reason.
 """
 
 from __future__ import annotations
