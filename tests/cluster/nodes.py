@@ -165,19 +165,22 @@ def kill_cgroup(name: str, timeout: float = 20.0) -> None:
     pids_dir = CGROUP_ROOT / "pids" / name
     if not freezer.is_dir() and not pids_dir.is_dir():
         return
-    if freezer.is_dir():
-        (freezer / "freezer.state").write_text("FROZEN")
-        wait_until(
-            lambda: (freezer / "freezer.state").read_text().strip() == "FROZEN",
-            timeout,
-            f"cgroup {name} is frozen",
-        )
-    for directory in (freezer, pids_dir):
-        for pid in cgroup_pids(directory) if directory.is_dir() else set():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    if freezer.is_dir():
-        (freezer / "freezer.state").write_text("THAWED")
+    try:
+        if freezer.is_dir():
+            (freezer / "freezer.state").write_text("FROZEN")
+            wait_until(
+                lambda: (freezer / "freezer.state").read_text().strip() == "FROZEN",
+                timeout,
+                f"cgroup {name} is frozen",
+            )
+        for directory in (freezer, pids_dir):
+            for pid in cgroup_pids(directory) if directory.is_dir() else set():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    finally:
+        # Never leave a node frozen, whatever failed above.
+        if freezer.is_dir():
+            (freezer / "freezer.state").write_text("THAWED")
     wait_until(
         lambda: not any(cgroup_pids(d) for d in (freezer, pids_dir) if d.is_dir()),
         timeout,
@@ -280,7 +283,9 @@ class Node:
     def dockerd_args(self) -> list[str]:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         config = self.state_dir / "daemon.json"
-        config.write_text("{}\n")  # never the host's /etc/docker/daemon.json
+        # Never the host's /etc/docker/daemon.json; and a trust key of the node's own, else every
+        # engine shares /etc/docker/key.json and reports the host engine's ID in `docker info`.
+        config.write_text(json.dumps({"deprecated-key-path": str(self.state_dir / "key.json")}))
         return [
             "dockerd",
             f"--config-file={config}",
@@ -489,7 +494,7 @@ def remove_run(run_id: str) -> None:
             run("ip", "netns", "delete", name, check=False)
     for link in sorted(_host_links()):
         if _of_run(link, run_id):
-            run("ip", "link", "delete", link, check=False)
+            run("ip", "link", "delete", "dev", link, check=False)
     for name in sorted(_all_cgroup_names()):
         if _of_run(name, run_id):
             with contextlib.suppress(OSError):
@@ -574,16 +579,16 @@ class Cluster:
         self.subnet = pick_free_subnet(host_networks())
         sw = self.switch
         run("ip", "netns", "add", sw)
-        run("ip", "-n", sw, "link", "set", "lo", "up")
+        run("ip", "-n", sw, "link", "set", "dev", "lo", "up")
         run("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
-        run("ip", "-n", sw, "link", "set", "br0", "up")
+        run("ip", "-n", sw, "link", "set", "dev", "br0", "up")
         run(
             "ip", "link", "add", "name", self.host_link, "type", "veth",
             "peer", "name", "host", "netns", sw,
         )  # fmt: skip
-        run("ip", "-n", sw, "link", "set", "host", "master", "br0", "up")
+        run("ip", "-n", sw, "link", "set", "dev", "host", "master", "br0", "up")
         run("ip", "addr", "add", f"{self.host_address}/24", "dev", self.host_link)
-        run("ip", "link", "set", self.host_link, "up")
+        run("ip", "link", "set", "dev", self.host_link, "up")
 
     def add_node(self, short: str) -> Node:
         """A new node on the switch with its engine running (not in the swarm yet)."""
@@ -615,10 +620,10 @@ class Cluster:
             "ip", "link", "add", "name", "eth0", "netns", ns, "type", "veth",
             "peer", "name", node.short, "netns", sw,
         )  # fmt: skip
-        run("ip", "-n", sw, "link", "set", node.short, "master", "br0", "up")
+        run("ip", "-n", sw, "link", "set", "dev", node.short, "master", "br0", "up")
         run("ip", "-n", ns, "addr", "add", f"{node.address}/24", "dev", "eth0")
-        run("ip", "-n", ns, "link", "set", "eth0", "up")
-        run("ip", "-n", ns, "link", "set", "lo", "up")
+        run("ip", "-n", ns, "link", "set", "dev", "eth0", "up")
+        run("ip", "-n", ns, "link", "set", "dev", "lo", "up")
 
     def add_nodes(self, shorts: Sequence[str]) -> list[Node]:
         """Several nodes, their engines started in parallel."""
@@ -769,13 +774,15 @@ class Cluster:
 
     def partition(self, short: str) -> None:
         """Pull the node's cable: its veth in the switch goes down (the node keeps running)."""
-        run("ip", "-n", self.switch, "link", "set", self.nodes[short].short, "down")
+        run("ip", "-n", self.switch, "link", "set", "dev", self.nodes[short].short, "down")
 
     def heal(self, short: str) -> None:
-        run("ip", "-n", self.switch, "link", "set", self.nodes[short].short, "up")
+        run("ip", "-n", self.switch, "link", "set", "dev", self.nodes[short].short, "up")
 
     def partitioned(self, short: str) -> bool:
-        out = run("ip", "-j", "-n", self.switch, "link", "show", self.nodes[short].short).stdout
+        out = run(
+            "ip", "-j", "-n", self.switch, "link", "show", "dev", self.nodes[short].short
+        ).stdout
         return "UP" not in json.loads(out)[0].get("flags", [])
 
     def make_whole(self, timeout: float = 60.0) -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import docker.types
@@ -31,6 +32,7 @@ from tests.cluster.services import (
     containers_running_everywhere,
     create_web_service,
     running_tasks,
+    task_port,
     wait_running,
 )
 from tests.harness import REPO_ROOT, wait_until
@@ -56,6 +58,9 @@ def test_swarm_forms_with_a_drained_manager_and_three_ready_workers(swarm: Clust
     host = docker.from_env(version="auto")
     try:
         assert host.info()["Swarm"]["LocalNodeState"] == "inactive"
+        # Each engine has an identity of its own, not the host engine's.
+        ids = {swarm.client(short).info()["ID"] for short in swarm.nodes}
+        assert len(ids) == len(swarm.nodes) and host.info()["ID"] not in ids
     finally:
         host.close()
 
@@ -65,8 +70,13 @@ def test_six_replicas_spread_two_per_worker_and_each_answers_on_its_node(swarm: 
     tasks = wait_running(swarm, service, 6)
     assert Counter(t["short"] for t in tasks) == {"w1": 2, "w2": 2, "w3": 2}
     assert_each_task_answers(swarm, tasks)
+    # The nodes' engines give every container no-new-privileges (the service API cannot).
+    label = f"com.docker.swarm.task.id={tasks[0]['ID']}"
+    (container,) = swarm.client(tasks[0]["short"]).containers.list(filters={"label": label})
+    status = Path(f"/proc/{container.attrs['State']['Pid']}/status").read_text()
+    assert "NoNewPrivs:\t1" in status
     # Two tasks on one node got two different node ports.
-    ports = {(t["short"], t["Status"]["PortStatus"]["Ports"][0]["PublishedPort"]) for t in tasks}
+    ports = {(t["short"], task_port(swarm, t)) for t in tasks}
     assert len(ports) == 6
 
 
