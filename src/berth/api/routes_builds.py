@@ -193,9 +193,17 @@ def _build_events(
     ticket: Ticket,
     workdir: Path,
 ) -> Iterator[str]:
-    """The build's NDJSON lines: whatever happens, exactly one final release or error."""
+    """The build's NDJSON lines: whatever happens, exactly one final release or error.
+
+    The queue place and the work directory are freed *before* the final line is sent, so a
+    client that has read the result finds the build's traces gone (releasing is idempotent:
+    the ``finally`` does it again for a reader that went away)."""
     assert platform.builder is not None
     finished = False
+
+    def free_slot() -> None:
+        _release(queue, ticket, workdir)
+
     try:
         yield from _wait_for_turn(queue, ticket)
         yield _line({"type": "status", "message": f"building {request.tag}"})
@@ -207,6 +215,7 @@ def _build_events(
                     yield _line({"type": "log", "line": event.text})
                 elif event.kind == "error":
                     finished = True
+                    free_slot()
                     yield _error("build_failed", event.text)
                     return
                 else:
@@ -219,6 +228,7 @@ def _build_events(
                 close()
         if image_id is None:
             finished = True
+            free_slot()
             yield _error("build_failed", "the build ended without an image")
             return
         with platform.sessions() as session:
@@ -241,16 +251,19 @@ def _build_events(
                 }
             )
         finished = True
-        yield line
         platform.trigger()
+        free_slot()
+        yield line
     except BerthError as exc:
         if not finished:
             finished = True
+            free_slot()
             yield _error(exc.code, exc.message)
     except Exception:
         log.exception("build of %s for tenant %s failed unexpectedly", name, who.tenant_id)
         if not finished:
             finished = True
+            free_slot()
             yield _error("build_failed", "the build failed unexpectedly; try again")
     finally:
-        _release(queue, ticket, workdir)
+        free_slot()
