@@ -55,7 +55,8 @@ BRIDGE_RANGE = "10.214.{index}.1/24"  # each engine's docker0
 SWARM_ADDRESS_POOL = "10.215.0.0/16"  # overlay networks of the swarm
 SWARM_PORT = 2377
 # 2 s marks a dead node Down after ~5 s; 1 s is unsafe (healthy workers marked Down after a
-# Raft leader change, see ENVIRONMENT.md).
+# Raft leader change, see ENVIRONMENT.md), and even at 2 s a worker slow to find the new leader
+# was once marked Down (README.md).
 DISPATCHER_HEARTBEAT_NS = 2_000_000_000
 ENGINE_START_TIMEOUT = 60.0
 
@@ -525,6 +526,8 @@ class Cluster:
 
     def __init__(self) -> None:
         self.run_id = "bt" + secrets.token_hex(3)[:5]
+        while (STATE_ROOT / self.run_id).exists() or (DATA_ROOT / self.run_id).exists():
+            self.run_id = "bt" + secrets.token_hex(3)[:5]
         self.run_dir = STATE_ROOT / self.run_id
         self.data_dir = DATA_ROOT / self.run_id
         self.nodes: dict[str, Node] = {}
@@ -596,7 +599,13 @@ class Cluster:
             self.create_switch()
         assert self.subnet is not None
         with self._lock:
-            if not re.fullmatch(r"[a-z][a-z0-9]{0,5}", short) or short in self.nodes:
+            # Short names become interface names ({run}-{short} fits IFNAMSIZ) and must not
+            # be the switch's own links or names.
+            if (
+                not re.fullmatch(r"[a-z][a-z0-9]{0,5}", short)
+                or short in self.nodes
+                or short in ("host", "br0", "sw", "h")
+            ):
                 raise HarnessError(f"bad or taken node name {short!r}")
             # Indexes are never reused, so a re-added node never gets a removed one's address.
             self._next_index += 1
