@@ -9,56 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from berth.controllers.reconciler import Reconciler
-from berth.proxy.model import ProxyConfig, Route
-from berth.runtime.fake import FakeRuntime
 from tests.api.conftest import Account, Env, assert_error
+from tests.fakes import FakeHealth, FakeNginx
 
 pytestmark = pytest.mark.store
 
 
 @dataclass
-class RecordingNginx:
-    applied: list[ProxyConfig] = field(default_factory=list)
-
-    def config(self, routes: tuple[Route, ...], generation: int) -> ProxyConfig:
-        return ProxyConfig("127.0.0.1", 8080, routes, generation)
-
-    def apply(self, cfg: ProxyConfig) -> bool:
-        self.applied.append(cfg)
-        return True
-
-    def wait_for_generation(self, generation: int, timeout: float = 10.0) -> bool:
-        return True
-
-    def is_running(self) -> bool:
-        return True
-
-    def routed_apps(self) -> set[str]:
-        return {r.app_name for r in self.applied[-1].routes} if self.applied else set()
-
-
-@dataclass
-class RunningIsHealthy:
-    runtime: FakeRuntime
-
-    def is_healthy(self, container_id: str) -> bool:
-        info = self.runtime.inspect(container_id)
-        return bool(info and info.state == "running")
-
-    def state_of(self, container_id: str) -> None:
-        return None
-
-
-@dataclass
 class Loop:
     reconciler: Reconciler
-    nginx: RecordingNginx
+    nginx: FakeNginx
 
     def settle(self, passes: int = 4) -> None:
         for _ in range(passes):
@@ -70,13 +36,13 @@ class Loop:
 
 @pytest.fixture
 def loop(env: Env) -> Iterator[Loop]:
-    nginx = RecordingNginx()
+    nginx = FakeNginx()
     reconciler = Reconciler(
         env.settings,
         env.platform.sessions,
         env.runtime,
         nginx,  # type: ignore[arg-type]
-        RunningIsHealthy(env.runtime),  # type: ignore[arg-type]
+        FakeHealth(env.runtime),  # type: ignore[arg-type]
     )
     try:
         yield Loop(reconciler, nginx)

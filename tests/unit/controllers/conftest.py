@@ -6,19 +6,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from berth.controllers.reconciler import Reconciler
-from berth.proxy.model import ProxyConfig, Route
 from berth.runtime.fake import FakeRuntime
 from berth.services import apps as svc
 from berth.services.bootstrap import ensure_admin
 from berth.settings import Settings
 from berth.store.db import make_engine, make_sessionmaker, migrate
 from berth.store.tables import Deployment
+from tests.fakes import FakeHealth, FakeNginx
 
 
 class Clock:
@@ -29,45 +29,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@dataclass
-class FakeNginx:
-    """Records the routes it was asked to serve; always valid, always live."""
-
-    applied: list[ProxyConfig] = field(default_factory=list)
-
-    def config(self, routes: tuple[Route, ...], generation: int) -> ProxyConfig:
-        return ProxyConfig("127.0.0.1", 8080, routes, generation)
-
-    def apply(self, cfg: ProxyConfig) -> bool:
-        self.applied.append(cfg)
-        return True
-
-    def wait_for_generation(self, generation: int, timeout: float = 10.0) -> bool:
-        return True
-
-    def is_running(self) -> bool:
-        return True
-
-    def upstream_ports(self, app_name: str) -> set[int]:
-        route = next(r for r in self.applied[-1].routes if r.app_name == app_name)
-        return {u.port for u in route.upstreams}
-
-
-@dataclass
-class FakeHealth:
-    """Every running instance passes, except those listed as failing."""
-
-    runtime: FakeRuntime
-    failing: set[str] = field(default_factory=set)
-
-    def is_healthy(self, container_id: str) -> bool:
-        info = self.runtime.inspect(container_id)
-        return bool(info and info.state == "running" and container_id not in self.failing)
-
-    def state_of(self, container_id: str) -> None:
-        return None
 
 
 @dataclass
