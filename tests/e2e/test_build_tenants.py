@@ -52,6 +52,37 @@ def signup(berth: BerthServer) -> httpx.Client:
     )
 
 
+class BackgroundBuild:
+    """A build streamed in a thread: ``seen`` is set once a line or status holds ``marker``."""
+
+    def __init__(self, api: httpx.Client, app: str, directory: Path, marker: str) -> None:
+        self.api, self.app, self.directory, self.marker = api, app, directory, marker
+        self.seen = threading.Event()
+        self.events: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BackgroundBuild:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.join(120)
+
+    def _run(self) -> None:
+        with self.api.stream(
+            "POST",
+            f"/apps/{self.app}/builds",
+            content=pack_directory(self.directory),
+            headers={"Content-Type": "application/gzip"},
+        ) as resp:
+            for line in resp.iter_lines():
+                if line.strip():
+                    self.events.append(json.loads(line))
+                    last = self.events[-1]
+                    if self.marker in (last.get("line") or last.get("message") or ""):
+                        self.seen.set()
+
+
 def build(api: httpx.Client, app: str, directory: Path) -> list[dict[str, Any]]:
     """POST a build and read its whole NDJSON stream."""
     with api.stream(
@@ -136,36 +167,14 @@ def test_a_second_build_of_a_tenant_waits_in_line(berth: BerthServer, tmp_path: 
     assert api.post("/apps", json={"name": "next"}).status_code == 201
     slow = write_app(tmp_path / "slow", "FROM berth/busybox\nRUN echo slow-started; sleep 8\n")
     quick = write_app(tmp_path / "quick", f"FROM berth/busybox\nRUN echo {uuid.uuid4().hex}\n")
-    first: list[list[dict[str, Any]]] = []
-    started = threading.Event()
-
-    def run_first() -> None:
-        with api.stream(
-            "POST",
-            "/apps/slow/builds",
-            content=pack_directory(slow),
-            headers={"Content-Type": "application/gzip"},
-        ) as resp:
-            events = []
-            for line in resp.iter_lines():
-                if line.strip():
-                    events.append(json.loads(line))
-                    if events[-1].get("line") == "slow-started":
-                        started.set()
-            first.append(events)
-
-    thread = threading.Thread(target=run_first)
-    thread.start()
-    try:
-        assert started.wait(60), "the first build never started"
+    with BackgroundBuild(api, "slow", slow, "slow-started") as first:
+        assert first.seen.wait(60), "the first build never started"
         # One more may wait; the one after that is refused before its upload is read.
         second = build(api, "next", quick)
-    finally:
-        thread.join(120)
     statuses = [e["message"] for e in second if e["type"] == "status"]
     assert statuses[0] == "queued: position 1 (1 build of yours running)", statuses
     assert final(second)["type"] == "release"
-    assert final(first[0])["type"] == "release"
+    assert final(first.events)["type"] == "release"
 
 
 def test_too_many_waiting_builds_get_429(berth: BerthServer, tmp_path: Path) -> None:
@@ -174,44 +183,19 @@ def test_too_many_waiting_builds_get_429(berth: BerthServer, tmp_path: Path) -> 
         assert api.post("/apps", json={"name": app}).status_code == 201
     slow = write_app(tmp_path / "slow", "FROM berth/busybox\nRUN echo w-started; sleep 8\n")
     waiting = write_app(tmp_path / "wait", f"FROM berth/busybox\nRUN echo {uuid.uuid4().hex}\n")
-    started, queued = threading.Event(), threading.Event()
-    results: list[list[dict[str, Any]]] = []
-
-    def stream(app: str, directory: Path, mark: threading.Event, text: str) -> None:
-        with api.stream(
-            "POST",
-            f"/apps/{app}/builds",
-            content=pack_directory(directory),
-            headers={"Content-Type": "application/gzip"},
-        ) as resp:
-            events = []
-            for line in resp.iter_lines():
-                if line.strip():
-                    events.append(json.loads(line))
-                    if text in (events[-1].get("line") or events[-1].get("message") or ""):
-                        mark.set()
-            results.append(events)
-
-    threads = [
-        threading.Thread(target=stream, args=("w1", slow, started, "w-started")),
-        threading.Thread(target=stream, args=("w2", waiting, queued, "queued: position 1")),
-    ]
-    threads[0].start()
-    try:
-        assert started.wait(60)
-        threads[1].start()
-        assert queued.wait(60)
-        third = api.post(
-            "/apps/w3/builds",
-            content=pack_directory(waiting),
-            headers={"Content-Type": "application/gzip"},
-        )
-        assert third.status_code == 429, third.text
-        assert third.json()["error"]["code"] == "too_many_requests"
-    finally:
-        for thread in threads:
-            thread.join(120)
-    assert all(final(events)["type"] == "release" for events in results)
+    with BackgroundBuild(api, "w1", slow, "w-started") as first:
+        assert first.seen.wait(60)
+        with BackgroundBuild(api, "w2", waiting, "queued: position 1") as second:
+            assert second.seen.wait(60)
+            third = api.post(
+                "/apps/w3/builds",
+                content=pack_directory(waiting),
+                headers={"Content-Type": "application/gzip"},
+            )
+            assert third.status_code == 429, third.text
+            assert third.json()["error"]["code"] == "too_many_requests"
+    assert final(first.events)["type"] == "release"
+    assert final(second.events)["type"] == "release"
 
 
 def test_leftovers_of_a_killed_server_are_swept_at_start(fresh_berth: BerthServer) -> None:
@@ -253,31 +237,9 @@ def test_cli_deploy_shows_the_queue_position(berth: BerthServer, tmp_path: Path)
         'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n',
         {"index.html": "hi\n"},
     )
-    started = threading.Event()
-    first: list[list[dict[str, Any]]] = []
-
-    def run_first() -> None:
-        with berth.api.stream(
-            "POST",
-            "/apps/cli-slow/builds",
-            content=pack_directory(slow),
-            headers={"Content-Type": "application/gzip"},
-        ) as resp:
-            events = []
-            for line in resp.iter_lines():
-                if line.strip():
-                    events.append(json.loads(line))
-                    if events[-1].get("line") == "cli-slow-started":
-                        started.set()
-            first.append(events)
-
-    thread = threading.Thread(target=run_first)
-    thread.start()
-    try:
-        assert started.wait(60)
+    with BackgroundBuild(berth.api, "cli-slow", slow, "cli-slow-started") as first:
+        assert first.seen.wait(60)
         result = berth.cli("deploy", "cli-next", str(quick), "--no-wait")
-    finally:
-        thread.join(120)
     assert result.returncode == 0, result.stderr
     assert "queued: position 1 (1 build of yours running)" in result.stderr
 
