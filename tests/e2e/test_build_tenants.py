@@ -136,6 +136,27 @@ def test_fork_bomb_build_fails_on_the_pids_limit_and_neighbours_keep_serving(
     assert berth.app_body(tenant_b["app"]) is not None
 
 
+def test_memory_bomb_build_is_oom_killed_and_neighbours_keep_serving(
+    berth: BerthServer, tenant_b: dict[str, Any], tmp_path: Path
+) -> None:
+    # Doubling a string towards 512 MiB under the server's 128 MiB build memory (no swap).
+    a = signup(berth)
+    assert a.post("/apps", json={"name": "membomb"}).status_code == 201
+    context = write_app(
+        tmp_path / "membomb",
+        "FROM berth/busybox\n"
+        "RUN awk 'BEGIN { s = \"x\"; while (length(s) < 536870912) s = s s; print length(s) }'\n",
+    )
+    with berth.client_loop(tenant_b["app"], max_seconds=120) as loop:
+        events = build(a, "membomb", context)
+        loop.wait_for_requests(5)
+    result = final(events)
+    assert result["type"] == "error"
+    assert "more than 128 MiB of memory (the build memory limit)" in result["error"]["message"]
+    assert loop.result.ok > 0 and not loop.result.failures, loop.result.failures[:3]
+    assert a.get("/apps/membomb/releases").json() == []
+
+
 def test_deploying_another_tenants_image_looks_like_a_missing_one(
     berth: BerthServer, tenant_b: dict[str, Any]
 ) -> None:
