@@ -185,12 +185,12 @@ class Reconciler:
                 session.commit()
             self.passes += 1
             if plan.waiting:
-                self._wake_at(min(w.until for w in plan.waiting), now)
+                self._wake_at(min(w.until for w in plan.waiting))
             return plan
 
-    def _wake_at(self, due: float, now: float) -> None:
+    def _wake_at(self, due: float) -> None:
         """Run a pass at ``due`` (one timer, for the earliest: a pass plans again anyway)."""
-        delay = due - now
+        delay = due - self.clock()  # from now: the pass itself took time (an nginx reload)
         with self._timer_lock:
             if self._timer is not None and self._timer.is_alive() and self._timer_due <= due:
                 return
