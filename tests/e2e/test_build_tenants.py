@@ -298,3 +298,33 @@ def test_a_server_killed_mid_build_leaves_nothing_after_restart(
         fresh_berth.start()
         assert client.api.containers(all=True, filters={"label": [label]}) == []
     assert list((fresh_berth.home / "builds").iterdir()) == []
+
+
+def test_the_layer_cache_is_never_shared_between_tenants(
+    berth: BerthServer, tmp_path: Path
+) -> None:
+    # The attack: B's RUN makes a secret; A builds the same Dockerfile hoping for B's layer.
+    dockerfile = (
+        "FROM berth/busybox\n"
+        "RUN head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /secret\n"
+        "RUN echo secret=$(cat /secret)\n"
+    )
+    secrets: dict[str, str] = {}
+    logs: dict[str, str] = {}
+    for who in ("b", "a"):
+        api = signup(berth)
+        app = f"cache-{who}-{uuid.uuid4().hex[:6]}"
+        assert api.post("/apps", json={"name": app}).status_code == 201
+        events = build(api, app, write_app(tmp_path / who, dockerfile))
+        assert final(events)["type"] == "release", final(events)
+        logs[who] = log_of(events)
+        secrets[who] = next(
+            line.removeprefix("secret=")
+            for line in logs[who].splitlines()
+            if line.startswith("secret=")
+        )
+        if who == "b":
+            again = log_of(build(api, app, write_app(tmp_path / "b-again", dockerfile)))
+            assert "Using cache" in again  # the owner's own cache works
+    assert "Using cache" not in logs["a"]
+    assert secrets["a"] != secrets["b"] and len(secrets["b"]) == 24
