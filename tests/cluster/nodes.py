@@ -712,6 +712,11 @@ class Cluster:
         spec = dict(entry.attrs["Spec"], Availability=availability)
         entry.update(spec)
 
+    def set_labels(self, short: str, labels: dict[str, str]) -> None:
+        """Replace the node's labels (for placement constraints and spread preferences)."""
+        entry = self.swarm_node(short)
+        entry.update(dict(entry.attrs["Spec"], Labels=dict(labels)))
+
     def node_states(self) -> dict[str, str]:
         """Short name -> the manager's Status.State of it ('ready', 'down', ...)."""
         by_name = {n.name: s for s, n in self.nodes.items()}

@@ -22,8 +22,13 @@ HTTPD = (
 )
 
 
-def create_web_service(swarm: Cluster, replicas: int, max_per_node: int | None = None) -> Any:
-    """busybox httpd, dnsrr, target 8080 published in host mode on a dynamic node port."""
+def create_web_service(
+    swarm: Cluster, replicas: int, max_per_node: int | None = None, **placement: Any
+) -> Any:
+    """busybox httpd, dnsrr, target 8080 published in host mode on a dynamic node port.
+
+    ``placement``: docker-py's ``constraints`` and ``preferences``.
+    """
     return swarm.manager_client().services.create(
         IMAGE,
         command=["sh", "-c", HTTPD],
@@ -35,6 +40,7 @@ def create_web_service(swarm: Cluster, replicas: int, max_per_node: int | None =
             mode="dnsrr",
             ports=[{"Protocol": "tcp", "TargetPort": 8080, "PublishMode": "host"}],
         ),
+        **placement,
     )
 
 
