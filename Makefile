@@ -51,6 +51,7 @@ bench: system venv images
 	$(PY) bench/run.py
 	$(PY) bench/metering.py
 	$(PY) bench/builds.py
+	$(PY) bench/context_validation.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
