@@ -179,9 +179,11 @@ def kill_cgroup(name: str, timeout: float = 20.0) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
     finally:
-        # Never leave a node frozen, whatever failed above.
-        if freezer.is_dir():
-            (freezer / "freezer.state").write_text("THAWED")
+        # Never leave a node frozen, whatever failed above; thawing the node's cgroup does not
+        # thaw a container frozen by `docker pause`, and SIGKILL waits for the thaw: thaw all.
+        for sub, _, _ in os.walk(freezer):
+            with contextlib.suppress(OSError):
+                (Path(sub) / "freezer.state").write_text("THAWED")
     wait_until(
         lambda: not any(cgroup_pids(d) for d in (freezer, pids_dir) if d.is_dir()),
         timeout,

@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.nodes import Cluster, leftovers, remove_run, run_alive, sweep_leftovers
+from tests.cluster.nodes import (
+    CGROUP_ROOT,
+    Cluster,
+    cgroup_pids,
+    leftovers,
+    remove_run,
+    run_alive,
+    sweep_leftovers,
+)
 from tests.harness import REPO_ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
@@ -101,3 +109,19 @@ def test_sigterm_removes_everything_of_the_run() -> None:
             child.kill()
             child.wait(timeout=30)
         remove_run(run_id)
+
+
+def test_a_node_with_a_paused_container_is_killed_whole(request: pytest.FixtureRequest) -> None:
+    lone = Cluster()
+    request.addfinalizer(lone.cleanup)
+    (node,) = lone.add_nodes(["n1"])
+    lone.load_images(["berth/busybox:latest"])
+    container = node.client().containers.run("berth/busybox:latest", ["sleep", "300"], detach=True)
+    container.pause()  # a frozen cgroup of its own, below the node's
+
+    lone.kill_node("n1")
+
+    assert not node.engine_alive()
+    assert cgroup_pids(CGROUP_ROOT / "pids" / node.name) == set()
+    lone.restart_node("n1")  # and it starts again
+    assert node.client().containers.get(container.id).status != "running"
