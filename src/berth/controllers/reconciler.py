@@ -166,7 +166,9 @@ class Reconciler:
                 self._record_observed(session, containers, now)
                 record_intervals(session, containers, now)
                 observed = self._observe(session, self._without_removing(containers))
-                plan = plan_reconcile([a.desired for a in apps], observed, now)
+                # Planned as of the observation: the engine may hold a dying container's inspect
+                # for a while, and a restart due by then belongs in this pass, not the next.
+                plan = plan_reconcile([a.desired for a in apps], observed, self.clock())
                 by_id = {a.id: a for a in apps}
                 self._finish_deployments(session, plan)
                 self._start_and_restart(session, plan, by_id, containers, now)
