@@ -15,7 +15,7 @@ from tests.harness import BerthServer, wait_until, write_app
 
 pytestmark = [pytest.mark.docker, pytest.mark.nginx, pytest.mark.slow]
 
-# The deploy deadline (30 s) is well past the crash loop's 3 restarts (1 + 2 + 4 s of backoff),
+# The deploy deadline (30 s) is well past the crash loop's 3 restarts (0.1 + 1 + 2 s of backoff),
 # so the deploy fails for the crashes, not for the deadline.
 CRASHES = """\
 FROM berth/busybox:latest
