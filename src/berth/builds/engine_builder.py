@@ -185,7 +185,8 @@ class _Build:
         self.store = image_policy.DockerImageStore(api)
         self.network = build_network_name(request.tenant_id)
         self.networks = networks
-        self.network_entered = False
+        self.network_entered = False  # counted among the network's users
+        self.network_ensured = False  # exists and is filtered
         self.written = 0  # bytes of layers this build wrote
         self.log_bytes = 0
         self.truncated = False
@@ -278,7 +279,6 @@ class _Build:
             raise BuildStopped("the Dockerfile is not UTF-8 text") from exc
         instructions = df.parse_dockerfile(text)
         self.step_total = len(instructions)
-        self._ensure_network()
         meta_args: dict[str, str] = {}
         for number, instruction in enumerate(instructions, start=1):
             self.step_number, self.step_text = number, instruction.text
@@ -443,7 +443,7 @@ class _Build:
             LABEL_TENANT: self.request.tenant_id,
         }
 
-    def _host_config(self) -> Any:
+    def _host_config(self, network: str) -> Any:
         memory = self.limits.memory_mb * MiB
         return self.api.create_host_config(
             mem_limit=memory,
@@ -455,12 +455,20 @@ class _Build:
             security_opt=["no-new-privileges:true"],
             privileged=False,
             init=True,
-            network_mode=self.network,
+            network_mode=network,
             log_config=LogConfig(type=LogConfig.types.JSON, config=STEP_LOG),
             restart_policy={"Name": "no"},
         )
 
-    def _create(self, image_id: str, entrypoint: list[str], env: list[str], **extra: Any) -> str:
+    def _create(
+        self,
+        image_id: str,
+        entrypoint: list[str],
+        env: list[str],
+        network: str = "none",
+        **extra: Any,
+    ) -> str:
+        """A step container; only RUN containers are started, and only they get the network."""
         config = self.stages[-1].config if self.stages else ImageConfig()
         answer = self.api.create_container(
             image=image_id,
@@ -469,7 +477,7 @@ class _Build:
             working_dir=config.workdir or None,
             user=config.user or None,
             labels=self._container_labels(),
-            host_config=self._host_config(),
+            host_config=self._host_config(network),
             name=f"berth-build-{uuid.uuid4().hex[:16]}",
             **extra,
         )
@@ -499,11 +507,14 @@ class _Build:
             LABEL_TENANT: self.request.tenant_id,
             LABEL_PURPOSE: "build",
         }
+        if self.network_ensured:
+            return
         if not self.network_entered:
             self.networks.enter(self.request.tenant_id)
             self.network_entered = True
         if self._owned_network():
             self._network_secured()
+            self.network_ensured = True
             return
         try:
             self.networks.create(self.network, labels)
@@ -513,6 +524,7 @@ class _Build:
         if not self._owned_network():
             raise BuildStopped("the build network could not be set up")
         self._network_secured()
+        self.network_ensured = True
 
     def _network_secured(self) -> None:
         try:
@@ -546,7 +558,11 @@ class _Build:
         if used:
             return
         command = _with_args(argv, stage, instruction.exec_form is not None)
-        container_id = self._create(stage.image_id, command, list(stage.config.env))
+        # The network is made (and filtered) for the first step that runs: a build whose steps
+        # all come from the cache, or that only copies, needs none.
+        self._ensure_network()
+        env = list(stage.config.env)
+        container_id = self._create(stage.image_id, command, env, network=self.network)
         try:
             yield self._say(f" ---> Running in {container_id[:12]}")
             yield from self._watch(container_id, argv)
