@@ -611,7 +611,7 @@ def test_tenant_header_for_a_team_you_are_not_in_is_404(env: Env) -> None:
 def test_invitations_only_into_teams(env: Env) -> None:
     solo = env.signup("solo")
     body = {"email": "friend@example.com", "role": "developer"}
-    assert_error(env.call("POST", "/invitations", solo.session, json=body), 422, "not_a_team")
+    assert_error(env.call("POST", "/invitations", solo.session, json=body), 409, "not_a_team")
     team = env.unique("band")
     env.ok("POST", "/teams", solo.session, json={"name": team}, status=201)
     for bad in ({"email": "nope", "role": "developer"}, {"email": "a@example.com", "role": "boss"}):

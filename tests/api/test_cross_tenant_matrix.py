@@ -199,7 +199,7 @@ TABLE: dict[tuple[str, str], Route] = {
         foreign(lambda r: Req(f"/members/{r.email}"), "member_not_found"),)),
     ("POST", "/invitations"): Route("manage", (own(
         lambda r: Req("/invitations", json={"email": r.email, "role": "owner"}),
-        422, "not_a_team"),)),
+        409, "not_a_team"),)),
     ("POST", "/invitations/accept"): Route("account", (foreign(
         lambda r: Req("/invitations/accept", json={"token": r.invitation}),
         "invitation_not_found"),)),

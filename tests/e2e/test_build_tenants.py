@@ -167,7 +167,7 @@ def test_deploying_another_tenants_image_looks_like_a_missing_one(
     theirs = a.post("/apps/thief/releases", json={"image": tenant_b["image"]})
     missing_tag = tenant_b["image"].rsplit(":", 1)[0] + ":0000000000000000"
     missing = a.post("/apps/thief/releases", json={"image": missing_tag})
-    assert theirs.status_code == missing.status_code == 422
+    assert theirs.status_code == missing.status_code == 404
     assert theirs.json()["error"]["code"] == missing.json()["error"]["code"] == "image_not_found"
     assert theirs.json()["error"]["message"].replace(tenant_b["image"], "X") == (
         missing.json()["error"]["message"].replace(missing_tag, "X")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -22,6 +23,7 @@ from berth.api import (
 from berth.api.audit import install_audit
 from berth.api.errors import error_body, install_error_handlers
 from berth.api.limits import BodyLimitMiddleware, body_limit
+from berth.api.openapi_limits import tailor
 from berth.api.schemas import ERROR_RESPONSES
 from berth.platform import Platform
 from berth.services.accounts import SignupLimiter
@@ -73,6 +75,13 @@ def create_app(platform: Platform, run_loops: bool = False) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # The document states this installation's own limits (max scale, memory, CPUs).
+        return tailor(generate(), platform.settings)
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -17,10 +17,10 @@ from berth.api.deps import (
     SettingsDep,
     SignupLimiterDep,
 )
-from berth.api.schemas import ErrorBody, Strict
+from berth.api.schemas import APP_NAME_PATTERN, EMAIL_PATTERN, ErrorBody, Strict
 from berth.errors import BerthError, Forbidden
 from berth.services import accounts as acc
-from berth.services.auth import SESSION_SECONDS, Principal, issue_session
+from berth.services.auth import ROLES, SCOPES, SESSION_SECONDS, Principal, issue_session
 from berth.services.ratelimit import RateLimited, Rule
 from berth.store.tables import ApiToken, Tenant
 
@@ -28,8 +28,8 @@ router = APIRouter(tags=["accounts"])
 
 
 class Credentials(Strict):
-    email: str = Field(max_length=254)
-    password: str = Field(max_length=1024)
+    email: str = Field(max_length=254, json_schema_extra={"pattern": EMAIL_PATTERN})
+    password: str = Field(max_length=1024, json_schema_extra={"minLength": 10})
 
 
 class LoginPublic(BaseModel):
@@ -57,9 +57,15 @@ class WhoAmI(BaseModel):
 
 
 class TokenCreate(Strict):
-    name: str = Field(max_length=64)
-    scope: str = "deploy"
-    expires_in_seconds: float | None = None
+    name: str = Field(max_length=64, json_schema_extra={"pattern": r"^[^\x00]*\S[^\x00]*$"})
+    scope: str = Field(default="deploy", json_schema_extra={"enum": list(SCOPES)})
+    expires_in_seconds: float | None = Field(
+        default=None,
+        description="60 s to 366 days; default: the installation's token_default_days",
+        json_schema_extra={
+            "anyOf": [{"type": "number", "minimum": 60, "maximum": 366 * 86400}, {"type": "null"}]
+        },
+    )
 
 
 class TokenPublic(BaseModel):
@@ -77,12 +83,12 @@ class TokenCreated(TokenPublic):
 
 
 class TeamCreate(Strict):
-    name: str = Field(max_length=64)
+    name: str = Field(max_length=64, json_schema_extra={"pattern": APP_NAME_PATTERN})
 
 
 class InvitationCreate(Strict):
-    email: str = Field(max_length=254)
-    role: str = "developer"
+    email: str = Field(max_length=254, json_schema_extra={"pattern": EMAIL_PATTERN})
+    role: str = Field(default="developer", json_schema_extra={"enum": list(ROLES)})
 
 
 class InvitationCreated(BaseModel):
@@ -103,7 +109,7 @@ class MemberPublic(BaseModel):
 
 
 class RoleChange(Strict):
-    role: str
+    role: str = Field(json_schema_extra={"enum": list(ROLES)})
 
 
 def _ip(request: Request) -> str:

@@ -9,7 +9,7 @@ import time
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -22,6 +22,7 @@ from berth.services import billing as bsvc
 from berth.store.tables import Notification, PlanRow, Tenant, WebhookDelivery
 
 router = APIRouter(prefix="/billing", tags=["billing"])
+DAY_PATTERN = r"^(20[0-9]{2}|21[0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])$"
 # Exports answer JSON, or CSV with ?format=csv: the document says both.
 CSV_TOO: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {"schema": {"type": "string"}}}}
@@ -153,10 +154,20 @@ def export_usage(
     session: SessionDep,
     who: CurrentPrincipal,
     start: Annotated[
-        str | None, Query(alias="from", description="first day, like 2026-11-01")
+        str | None,
+        Query(
+            alias="from",
+            description="first day, like 2026-11-01",
+            json_schema_extra={"pattern": DAY_PATTERN},
+        ),
     ] = None,
     end: Annotated[
-        str | None, Query(alias="to", description="day after the last, exclusive")
+        str | None,
+        Query(
+            alias="to",
+            description="day after the last, exclusive; at most 400 days after from",
+            json_schema_extra={"pattern": DAY_PATTERN},
+        ),
     ] = None,
     format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
 ) -> list[UsagePublic] | Response:
@@ -198,7 +209,13 @@ def export_usage(
 
 @router.get("/invoices/{period}", response_model=None, responses=CSV_TOO)
 def get_invoice(
-    period: str,
+    period: Annotated[
+        str,
+        Path(
+            description="a month, like 2026-11",
+            json_schema_extra={"pattern": r"^(20[0-9]{2}|21[0-9]{2}|2200)-(0[1-9]|1[0-2])$"},
+        ),
+    ],
     session: SessionDep,
     settings: SettingsDep,
     who: CurrentPrincipal,

@@ -14,7 +14,16 @@ class Strict(BaseModel):
 # The constraints below are documented, not enforced by the model: the services check them and
 # answer with a precise code (invalid_name, invalid_memory, invalid_scale, ...).
 APP_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,28}[a-z0-9])?$"
-MEMORY_PATTERN = r"^[0-9]{1,7}[mMgG]?[bB]?$"
+MEMORY_PATTERN = r"^[0-9]{1,7}[mMgG]?[bB]?$"  # berth.api.openapi_limits writes the exact range
+HEALTH_PATH_PATTERN = r"^(/[A-Za-z0-9._~/%?=&-]{0,254})?$"
+EMAIL_PATTERN = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"
+CONFIG_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# What deploy --image may name here: a base image or one of the tenant's builds (with a
+# registry configured, its references too).
+IMAGE_PATTERN = (
+    r"^(berth|berth-app)/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
+)
+NO_NUL = r"^[^\x00]*$"
 
 
 class AppCreate(Strict):
@@ -35,7 +44,13 @@ class AppCreate(Strict):
     )
     cpus: float = Field(default=0.5, json_schema_extra={"exclusiveMinimum": 0})
     port: int = Field(default=8080, json_schema_extra={"minimum": 1, "maximum": 65535})
-    health_path: str | None = Field(default="/", description="HTTP path, or null for a TCP check")
+    health_path: str | None = Field(
+        default="/",
+        description="HTTP path, or null (or empty) for a TCP check",
+        json_schema_extra={
+            "anyOf": [{"type": "string", "pattern": HEALTH_PATH_PATTERN}, {"type": "null"}]
+        },
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -119,7 +134,7 @@ class DeploymentPublic(BaseModel):
 
 
 class DeployImage(Strict):
-    image: str = Field(max_length=255)
+    image: str = Field(max_length=255, json_schema_extra={"pattern": IMAGE_PATTERN})
 
 
 class ScaleRequest(Strict):
@@ -134,8 +149,23 @@ class RollbackRequest(Strict):
 
 
 class ConfigChange(Strict):
-    set: dict[str, str] = Field(default_factory=dict)
-    unset: list[str] = Field(default_factory=list)
+    set: dict[str, str] = Field(
+        default_factory=dict,
+        description="at most 200 keys, 32 KiB a value and 64 KiB in all; PORT is set by Berth",
+        json_schema_extra={
+            "maxProperties": 200,
+            "propertyNames": {"pattern": CONFIG_KEY_PATTERN, "not": {"const": "PORT"}},
+            "additionalProperties": {"type": "string", "maxLength": 32768, "pattern": NO_NUL},
+        },
+    )
+    unset: list[str] = Field(
+        default_factory=list,
+        description="keys that are set",
+        json_schema_extra={
+            "maxItems": 200,
+            "items": {"type": "string", "pattern": CONFIG_KEY_PATTERN},
+        },
+    )
 
 
 class ConfigPublic(BaseModel):

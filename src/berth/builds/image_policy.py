@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from berth.errors import InvalidInput
+from berth.errors import InvalidInput, NotFound
 
 BASE_REPOSITORY = "berth"
 APP_REPOSITORY = "berth-app"
@@ -99,9 +99,10 @@ def refused(reference: str, registry: str, builds: bool, why: str = "") -> Inval
     )
 
 
-def missing(reference: str, base_images: Sequence[str]) -> InvalidInput:
+def missing(reference: str, base_images: Sequence[str]) -> NotFound:
+    """A well-formed reference to an image that is not here (or not the tenant's): a 404."""
     bases = ", ".join(sorted(base_images)) or "none"
-    return InvalidInput(
+    return NotFound(
         f"image {reference[:80]!r} is not on this machine (Berth never pulls images). "
         f"Base images here: {bases}",
         code=ERR_NOT_FOUND,
@@ -222,7 +223,7 @@ def deploy_resolver(
 ) -> Callable[[str], str | None]:
     """The ``resolve`` callable for ``services.apps.deploy_image``: the policy, then the id.
 
-    Raises InvalidInput (image_not_allowed / image_not_found) instead of returning None, so
+    Raises InvalidInput (image_not_allowed) or NotFound (image_not_found) instead of None, so
     the answer says what is allowed and which base images exist.
     """
 

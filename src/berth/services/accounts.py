@@ -342,7 +342,8 @@ def invite(session: Session, who: Principal, email: str, role: str) -> tuple[Inv
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}", code="invalid_role")
     tenant = session.get(Tenant, who.tenant_id)
     if tenant is None or tenant.kind != "team":
-        raise InvalidInput("invite people to a team, not to a personal tenant", code="not_a_team")
+        # The request is well formed; the tenant it acts in cannot have members: a conflict.
+        raise Conflict("invite people to a team, not to a personal tenant", code="not_a_team")
     secret = "binv_" + secrets.token_urlsafe(24)
     inv = Invitation(
         id=new_id(),

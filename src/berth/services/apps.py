@@ -236,7 +236,7 @@ def deploy_image(
         )
     image_id = resolve(image_ref)
     if image_id is None:
-        raise InvalidInput(
+        raise NotFound(
             f"image {image_ref!r} is not on this machine (no registry is configured to pull from)",
             code="image_not_found",
         )
@@ -262,7 +262,8 @@ def set_config(
     config = app_config(app)
     missing = [k for k in unset_keys if k not in config]
     if missing:
-        raise InvalidInput(f"config keys not set: {', '.join(missing)}", code="config_not_set")
+        # Well formed, but the app's config has no such key now: a conflict with its state.
+        raise Conflict(f"config keys not set: {', '.join(missing)}", code="config_not_set")
     config.update(set_values)
     for key in unset_keys:
         del config[key]

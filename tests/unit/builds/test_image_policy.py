@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from berth.builds import image_policy as policy
-from berth.errors import InvalidInput
+from berth.errors import InvalidInput, NotFound
 
 INST = "inst-1"
 IDS = {
@@ -85,9 +85,9 @@ def test_refused_references_say_what_is_allowed(ref: str) -> None:
 
 
 def test_another_tenants_image_is_like_a_missing_one() -> None:
-    with pytest.raises(InvalidInput) as theirs:
+    with pytest.raises(NotFound) as theirs:
         resolve("berth-app/theirs:v1")
-    with pytest.raises(InvalidInput) as missing:
+    with pytest.raises(NotFound) as missing:
         resolve("berth-app/theirs:v2")
     assert theirs.value.code == missing.value.code == policy.ERR_NOT_FOUND
     assert theirs.value.message.replace("v1", "v2") == missing.value.message
@@ -102,12 +102,12 @@ def test_another_installations_image_is_refused() -> None:
             attrs["Config"]["Labels"][policy.LABEL_BUILD_INSTALLATION] = "elsewhere"
             return attrs
 
-    with pytest.raises(InvalidInput, match="not on this machine"):
+    with pytest.raises(NotFound, match="not on this machine"):
         policy.resolve("berth-app/mine:v1", Other(), "tenant-a", INST)
 
 
 def test_missing_base_image_lists_the_bases_and_nothing_of_the_host() -> None:
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(NotFound) as caught:
         resolve("berth/ruby:3")
     message = caught.value.message
     assert caught.value.code == policy.ERR_NOT_FOUND
@@ -146,7 +146,7 @@ def test_stage_names_only_in_builds() -> None:
 def test_deploy_resolver_raises_the_policy_errors() -> None:
     resolve_for_deploy = policy.deploy_resolver(Store(), "tenant-a", INST, "")
     assert resolve_for_deploy("berth-app/mine:v1") == IDS["berth-app/mine:v1"]
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(NotFound) as caught:
         resolve_for_deploy("berth-app/theirs:v1")
     assert caught.value.code == policy.ERR_NOT_FOUND
 
