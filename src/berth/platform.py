@@ -116,7 +116,7 @@ def build_platform(settings: Settings) -> Platform:
     import docker
 
     from berth.builds.engine_builder import EngineBuilder
-    from berth.builds.image_policy import DockerImageStore
+    from berth.builds.image_stores import DockerImageStore
     from berth.builds.leftovers import sweep_leftovers
     from berth.runtime.docker_driver import DockerRuntime
 

@@ -30,6 +30,7 @@ from berth.api.schemas import (
     ScaleRequest,
 )
 from berth.builds import image_policy
+from berth.builds.image_stores import RuntimeImageStore
 from berth.errors import EngineError, EngineUnavailable, RuntimeFailure
 from berth.runtime.logbuffer import LineBuffer
 from berth.services import apps as svc
@@ -103,7 +104,7 @@ def deploy_image(
         raise EngineError("no container engine is configured")
     # The build policy: base images, the tenant's own builds, the configured registry. Another
     # tenant's image answers exactly like a missing one.
-    store = platform.images or image_policy.RuntimeImageStore(runtime)
+    store = platform.images or RuntimeImageStore(runtime)
     resolve = image_policy.deploy_resolver(
         store, who.tenant_id, platform.installation, platform.settings.registry
     )

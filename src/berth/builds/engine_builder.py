@@ -55,6 +55,7 @@ from berth.builds.image_config import (
     ImageConfig,
     Stage,
 )
+from berth.builds.image_stores import DockerImageStore
 from berth.builds.protocol import BuildEvent, BuildLimits, BuildRequest
 from berth.errors import BerthError, EngineError
 from berth.runtime.protocol import (
@@ -182,7 +183,7 @@ class _Build:
         self.request = request
         self.limits: BuildLimits = request.limits
         self.deadline = time.monotonic() + self.limits.timeout_seconds
-        self.store = image_policy.DockerImageStore(api)
+        self.store = DockerImageStore(api)
         self.network = build_network_name(request.tenant_id)
         self.networks = networks
         self.network_entered = False  # counted among the network's users

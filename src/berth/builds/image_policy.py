@@ -13,7 +13,8 @@ whatever image matches: another tenant's among them), and nothing else. The refe
 resolved to an image id by inspecting the exact ``name:tag``; nothing is ever pulled. Another
 tenant's image and a missing image give the same answer, word for word.
 
-:func:`classify` is pure; :func:`resolve` does the inspection through an :class:`ImageStore`.
+:func:`classify` is pure; :func:`resolve` does the inspection through an :class:`ImageStore`
+(the engine's, in :mod:`berth.builds.image_stores`).
 """
 
 from __future__ import annotations
@@ -176,46 +177,6 @@ def resolve(
     if attrs is None or not may_use(ref, attrs, tenant_id, installation):
         raise missing(reference, store.base_images())
     return ResolvedImage(ref, str(attrs["Id"]), dict(attrs.get("Config") or {}))
-
-
-class DockerImageStore:
-    """An :class:`ImageStore` over docker-py's low-level APIClient."""
-
-    def __init__(self, api: Any) -> None:
-        self._api = api
-
-    def inspect_image(self, name: str) -> Mapping[str, Any] | None:
-        import docker.errors
-
-        try:
-            attrs: Mapping[str, Any] = self._api.inspect_image(name)
-        except docker.errors.NotFound:
-            return None
-        # The engine would answer a short name with any image that has it as an id prefix;
-        # only an image that really carries the tag counts.
-        if name not in (attrs.get("RepoTags") or []) and "@" not in name:
-            return None
-        return attrs
-
-    def base_images(self) -> list[str]:
-        images = self._api.images(name=f"{BASE_REPOSITORY}/*")
-        tags = {tag for image in images for tag in image.get("RepoTags") or []}
-        return sorted(t for t in tags if t.startswith(f"{BASE_REPOSITORY}/"))
-
-
-class RuntimeImageStore:
-    """An :class:`ImageStore` over a runtime that knows image ids only (the fake runtime):
-    without labels, no ``berth-app/`` image counts as the tenant's own."""
-
-    def __init__(self, runtime: Any) -> None:
-        self._runtime = runtime
-
-    def inspect_image(self, name: str) -> Mapping[str, Any] | None:
-        image_id = self._runtime.image_id(name)
-        return {"Id": image_id, "Config": {}} if image_id else None
-
-    def base_images(self) -> list[str]:
-        return []
 
 
 def deploy_resolver(
