@@ -17,9 +17,10 @@ from berth.agent.health import HealthMonitor
 from berth.builds.image_policy import ImageStore
 from berth.builds.protocol import ImageBuilder
 from berth.builds.queue import BuildQueue
+from berth.cluster.nodes import ManagerClient
 from berth.controllers.billing import BillingController
 from berth.controllers.engine_events import ControllerWaker, EngineEvents
-from berth.controllers.reconciler import Reconciler
+from berth.controllers.reconciler import Reconciler, instance_seed
 from berth.netpolicy.controller import EgressController
 from berth.netpolicy.setup import build_egress_controller
 from berth.proxy.nginx import NginxManager
@@ -29,6 +30,8 @@ from berth.services.bootstrap import ensure_admin, installation_id
 from berth.services.webhooks import WebhookSender
 from berth.settings import Settings
 from berth.store.db import make_engine, make_sessionmaker, migrate
+from berth.workloads.local import LocalWorkloads
+from berth.workloads.protocol import Workloads
 
 log = logging.getLogger(__name__)
 BUILD_API_TIMEOUT = 600  # seconds, for the build and image client (not the runtime's)
@@ -41,6 +44,7 @@ class Platform:
     sessions: sessionmaker[Session]
     installation: str
     runtime: Runtime | None = None
+    workloads: Workloads | None = None  # where apps run: this machine, or a Swarm
     builder: ImageBuilder | None = None
     build_queue: BuildQueue | None = None  # made by the build route on first use
     images: ImageStore | None = None  # image lookups with labels (the image policy)
@@ -51,6 +55,7 @@ class Platform:
     webhooks: WebhookSender | None = None
     netpolicy: EgressController | None = None  # egress filter; None when settings turn it off
     events: EngineEvents | None = None  # the engine's events: wake the loops at once
+    swarm_manager: ManagerClient | None = None  # the Swarm's nodes (None: one machine)
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
 
@@ -157,14 +162,22 @@ def build_platform(settings: Settings) -> Platform:
     if settings.egress_filter:
         platform.netpolicy = build_egress_controller(settings, sessions, inst, platform.events)
     health = HealthMonitor(runtime, settings.health_interval_seconds)
-    reconciler = Reconciler(settings, sessions, runtime, nginx, health)
-    reconciler.on_started = health.probe_soon  # checked at once, not at the next round
+    workloads = LocalWorkloads(
+        runtime,
+        host_memory_reserve_mb=settings.host_memory_reserve_mb,
+        healthy=health.is_healthy,
+        on_started=health.probe_soon,  # checked at once, not at the next round
+        seed=instance_seed(sessions),
+    )
+    reconciler = Reconciler(settings, sessions, workloads, nginx, health)
+    workloads.on_change = reconciler.trigger
     platform.events.subscribe(ControllerWaker(reconciler.trigger, health.probe_soon, health.forget))
     if platform.netpolicy is not None:
-        reconciler.network_ready = platform.netpolicy.ensure_filtered
+        workloads.network_ready = platform.netpolicy.ensure_filtered
         builder.network_ready = platform.netpolicy.ensure_filtered  # build networks too
     health.on_change = reconciler.trigger
     platform.health, platform.reconciler = health, reconciler
+    platform.workloads = workloads
     platform.billing = BillingController(
         settings, sessions, on_suspension_change=reconciler.trigger
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,12 @@ class Settings(BaseSettings):
     max_concurrent_builds_per_tenant: int = Field(default=1, ge=1)
     max_queued_builds_per_tenant: int = Field(default=5, ge=0)
     registry: str = ""  # a registry (host[:port]) images may come from; empty: none
+
+    # -- the platform registry (berth.registry): where builds go for the nodes to pull ------
+    # Loopback on one machine: no tenant container can reach it (see berth.registry). On a
+    # swarm, an address the nodes reach and the tenants' networks do not (the egress filter).
+    registry_listen: str = "127.0.0.1:5000"
+    registry_binary: str = "/usr/bin/docker-registry"
 
     # -- request edges (berth.api) ----------------------------------------------------------
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -110,6 +117,13 @@ class Settings(BaseSettings):
     host_memory_reserve_mb: int = Field(default=1024, ge=0, description="Kept free for the host")
     dns_resolver: str = ""  # "host:port" checked for domain TXT proofs; empty: system resolver
 
+    # -- many machines (berth.cluster): `berth cluster init` records "swarm" in the store
+    backend: Literal["local", "swarm"] = "local"
+    swarm_advertise_addr: str = ""  # empty: the engine picks (one address) or init asks
+    swarm_default_addr_pool: str = "10.240.0.0/16"  # overlays' subnets, a /24 each
+    # 2 s marks a dead node Down in ~5 s; 1 s is unsafe (a new Raft leader marks live nodes Down)
+    swarm_dispatcher_heartbeat_seconds: float = Field(default=2.0, ge=2.0)
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -123,6 +137,10 @@ class Settings(BaseSettings):
     @property
     def builds_dir(self) -> Path:
         return self.home / "builds"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.home / "registry"
 
 
 @lru_cache(maxsize=1)

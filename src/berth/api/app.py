@@ -18,6 +18,7 @@ from berth.api import (
     routes_apps,
     routes_billing,
     routes_builds,
+    routes_nodes,
     routes_system,
 )
 from berth.api.audit import install_audit
@@ -67,6 +68,7 @@ def create_app(platform: Platform, run_loops: bool = False) -> FastAPI:
         routes_builds.router,
         routes_billing.router,
         routes_admin.router,
+        routes_nodes.router,
     )
     for router in routers:
         app.include_router(router, prefix=API_PREFIX)
