@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install and start what Berth needs from the distro: Docker Engine, nginx, busybox-static,
-# debootstrap (for the offline base images) and, with --with-postgres, what only the tests use:
+# debootstrap (for the offline base images), docker-registry (the platform registry) and, with --with-postgres, what only the tests use:
 # PostgreSQL, and dnsmasq (a DNS server on loopback for the domain-proof tests).
 # Idempotent: installs only what is missing and starts only what is not running.
 set -euo pipefail
@@ -25,6 +25,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 { command -v nsenter && command -v unshare; } >/dev/null 2>&1 || need+=(util-linux)
 # Berth's egress filter (berth.netpolicy) applies its rules with iptables-restore.
 command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
+# The platform registry (berth.registry) runs the distro's CNCF distribution registry.
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 # Debian's python3 ships without ensurepip; `python3 -m venv` needs python3-venv.
 python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 if [ "$WITH_POSTGRES" = 1 ] && [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
@@ -41,7 +43,8 @@ if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # policy-rc.d keeps the distro's own nginx from starting on port 80, which Berth's owns.
+  # policy-rc.d keeps the distro's own nginx from starting on port 80, which Berth's owns, and
+  # its docker-registry from starting open on :5000 (with no init system its start would fail).
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d
@@ -54,6 +57,28 @@ if [ -f /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
     systemctl disable --now nginx >/dev/null 2>&1 || true
   else
     /usr/sbin/nginx -s quit || true
+  fi
+fi
+
+# The distro's docker-registry service would serve :5000 to everyone with its packaged config;
+# Berth runs its own registry (berth.registry.server) with a config of its own.
+if [ -x /usr/bin/docker-registry ]; then
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    if systemctl is-enabled --quiet docker-registry 2>/dev/null \
+      || systemctl is-active --quiet docker-registry 2>/dev/null; then
+      log "disabling the distro's docker-registry service (Berth runs its own registry)"
+      systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    fi
+  else
+    # Left enabled, a sysvinit boot would start it; disabled, its links become K links.
+    if compgen -G '/etc/rc[2-5].d/S[0-9][0-9]docker-registry' >/dev/null; then
+      update-rc.d docker-registry disable >/dev/null 2>&1 || true
+    fi
+    if [ -f /run/docker-registry.pid ] && kill -0 "$(cat /run/docker-registry.pid)" 2>/dev/null; then
+      log "stopping the distro's docker-registry service (Berth runs its own registry)"
+      start-stop-daemon --stop --quiet --retry 5 --pidfile /run/docker-registry.pid \
+        --exec /usr/bin/docker-registry || true
+    fi
   fi
 fi
 
