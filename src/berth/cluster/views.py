@@ -79,8 +79,8 @@ def parse_time(value: str | None) -> float | None:
         text = text[:-1] + "+00:00"
     head, sep, rest = text.partition(".")
     if sep:
-        digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits) :]
+        count = len(rest) - len(rest.lstrip("0123456789"))
+        digits, zone = rest[:count], rest[count:]
         text = f"{head}.{digits[:6]}{zone}"
     try:
         stamp = dt.datetime.fromisoformat(text)
