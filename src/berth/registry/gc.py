@@ -53,7 +53,6 @@ MANIFEST_TYPES = ", ".join(
 )
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _PAGE = 100
-_BASE_LABEL = "berth.base"
 
 
 # -- the registry: pure planning -------------------------------------------------------------
@@ -310,8 +309,10 @@ class EngineImage:
 
 
 def is_installations_image(image: EngineImage, installation: str, registry_address: str) -> bool:
-    if image.labels.get(_BASE_LABEL) or any(t.startswith("berth/") for t in image.repo_tags):
-        return False  # the platform's base images are never collected
+    # The platform's base images are never collected. Not told by their berth.base label:
+    # every image built FROM a base inherits it.
+    if any(t.startswith("berth/") for t in image.repo_tags):
+        return False
     if image.labels.get(LABEL_BUILD_INSTALLATION) == installation:
         return True
     ours = f"{registry_address}/{REPOSITORY_PREFIX}"

@@ -85,11 +85,17 @@ def test_node_plan_removes_only_this_installations_unkept_images() -> None:
         _image("sha256:young", labels=ours, created=NOW - 10),  # type: ignore[arg-type]
         _image("sha256:other-inst", labels={LABEL_BUILD_INSTALLATION: "zzz"}),
         _image("sha256:base", repo_tags=("berth/python:3",), labels=ours),
-        _image("sha256:base-label", labels={**ours, "berth.base": "busybox"}),
+        _image("sha256:base-untagged", labels={"berth.base": "busybox"}),
+        # Built FROM a base: it inherits the base's label, and is still an app image.
+        _image("sha256:built-on-base", labels={**ours, "berth.base": "busybox"}),
         _image("sha256:foreign", repo_tags=("nginx:latest",)),
         _image("sha256:other-registry", repo_digests=(f"10.0.0.9:5000/t-0a/web@{D2}",)),
     ]
-    assert sorted(_plan(images)) == ["sha256:built-old", "sha256:pulled-old"]
+    assert sorted(_plan(images)) == [
+        "sha256:built-old",
+        "sha256:built-on-base",
+        "sha256:pulled-old",
+    ]
 
 
 def test_node_plan_oldest_first() -> None:
