@@ -33,6 +33,7 @@ SINGLE_MACHINE = "this installation runs on one machine: run `berth cluster init
 NodeRef = Annotated[
     str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ]
+ENGINE_API_VERSION = "1.41"  # Docker 20.10's; later engines still speak it
 LABEL_KEY_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 
 
@@ -154,11 +155,13 @@ def engine_api(platform: PlatformDep) -> Iterator[EngineApi]:
     import docker
 
     url = platform.settings.docker_url
+    # A pinned API version: the client connects at its first call, not here (a request
+    # refused for its body never touches the engine).
     client: docker.APIClient = engine_call(
         "connecting to the engine",
-        lambda: docker.APIClient(base_url=url, version="auto")
+        lambda: docker.APIClient(base_url=url, version=ENGINE_API_VERSION)
         if url
-        else docker.from_env(version="auto").api,
+        else docker.from_env(version=ENGINE_API_VERSION).api,
     )
     try:
         yield client
@@ -185,10 +188,10 @@ def cluster_info(platform: PlatformDep, session: SessionDep, who: Operator) -> C
 
 @router.post("/admin/cluster/init")
 def cluster_init_route(
+    who: Operator,  # first: a tenant is refused before the engine is touched
     platform: PlatformDep,
     session: SessionDep,
     api: EngineApiDep,
-    who: Operator,
     body: ClusterInit | None = None,
 ) -> InitPublic:
     """Make the engine a Swarm manager (nothing changes when it already is one) and move the
