@@ -32,7 +32,7 @@ import pytest
 from berth.builds.image_policy import LABEL_BUILD_INSTALLATION
 from berth.errors import InvalidInput, RuntimeFailure
 from berth.registry.gc import MANIFEST_TYPES, collect_node_images, collect_registry
-from berth.registry.push import PushedImage, push_image, repository_for
+from berth.registry.push import PushedImage, RegistryReadOnly, push_image, repository_for
 from berth.registry.server import RegistryError, RegistryServer
 from berth.settings import Settings
 
@@ -333,13 +333,39 @@ def test_a_registry_left_read_only_by_a_killed_server_is_restarted_read_write(
     server.set_read_only(True)
     image_id = registries.build(BUSYBOX, {"r.txt": b"r\n"}, {})
     repo = repository_for(secrets.token_hex(8), "web")
-    with pytest.raises(RuntimeFailure, match=r"read-only|denied|405|unsupported"):
-        push_image(client, server.address, image_id, repo)
+    with pytest.raises(RegistryReadOnly, match="read-only while it collects garbage"):
+        push_image(client, server.address, image_id, repo, read_only_wait=0)
 
     restarted = RegistryServer(Settings(home=server.dir.parent, registry_listen=server.address))
     restarted.ensure_running()
     assert restarted.start_count == 1  # its config differed: restarted read-write
     assert push_image(client, server.address, image_id, repo).layers_pushed == 2
+
+
+def test_a_push_during_a_collection_waits_for_it_and_succeeds(
+    client: Any, registries: Registries
+) -> None:
+    server = registries.new()
+    server.set_read_only(True)  # as RegistryServer.garbage_collect does while it runs
+    image_id = registries.build(BUSYBOX, {"w.txt": b"w\n"}, {})
+    repo = repository_for(secrets.token_hex(8), "web")
+    outcome: list[PushedImage | BaseException] = []
+
+    def pusher() -> None:
+        try:
+            outcome.append(push_image(client, server.address, image_id, repo, read_only_wait=60))
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=pusher)
+    thread.start()
+    try:
+        time.sleep(1.5)  # the push meets the read-only registry at least once
+        server.set_read_only(False)
+    finally:
+        thread.join(timeout=90)
+    assert len(outcome) == 1 and isinstance(outcome[0], PushedImage), outcome
+    assert head_manifest(server, repo, outcome[0].digest) == 200
 
 
 def test_start_failures_are_clear(registries: Registries) -> None:

@@ -25,6 +25,8 @@ from berth.domain.names import validate_app_name
 from berth.errors import EngineUnavailable, InvalidInput, RuntimeFailure
 
 REPOSITORY_PREFIX = "t-"
+DEFAULT_READ_ONLY_WAIT = 120.0
+_READ_ONLY_RETRY = 1.0
 _IMAGE_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TENANT_ID = re.compile(r"^[0-9a-f]{1,32}$")
@@ -74,19 +76,34 @@ def push(client: Any, address: str, image_id: str, repository: str) -> str:
     return push_image(client, address, image_id, repository).reference
 
 
-def push_image(client: Any, address: str, image_id: str, repository: str) -> PushedImage:
+def push_image(
+    client: Any,
+    address: str,
+    image_id: str,
+    repository: str,
+    read_only_wait: float = DEFAULT_READ_ONLY_WAIT,
+) -> PushedImage:
     """``client`` is a docker-py DockerClient. Raises InvalidInput on a bad id or repository,
     RuntimeFailure when the engine or the registry refuses, EngineUnavailable when the engine
-    cannot be reached."""
+    cannot be reached. While the registry is read-only (a garbage collection runs), the push is
+    tried again for up to ``read_only_wait`` seconds, then RegistryReadOnly."""
     if not isinstance(image_id, str) or not _IMAGE_ID.match(image_id):
         raise InvalidInput(f"image id {image_id!r} is not sha256:<64 hex digits>")
     validate_repository(repository)
     target, tag = f"{address}/{repository}", tag_for(image_id)
     started = time.monotonic()
-    with _engine_errors(f"push {image_id[:19]} to {target}"):
-        client.api.tag(image_id, target, tag=tag)
-        stream = client.api.push(target, tag=tag, stream=True, decode=True)
-        outcome = read_push_stream(stream)
+    deadline = started + read_only_wait
+    while True:
+        try:
+            with _engine_errors(f"push {image_id[:19]} to {target}"):
+                client.api.tag(image_id, target, tag=tag)
+                stream = client.api.push(target, tag=tag, stream=True, decode=True)
+                outcome = read_push_stream(stream)
+            break
+        except RegistryReadOnly:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_READ_ONLY_RETRY)
     return PushedImage(
         reference=pinned_reference(address, repository, outcome.digest),
         repository=repository,
@@ -96,6 +113,13 @@ def push_image(client: Any, address: str, image_id: str, repository: str) -> Pus
         layers_existing=outcome.existing,
         seconds=time.monotonic() - started,
     )
+
+
+class RegistryReadOnly(RuntimeFailure):
+    """The registry refuses writes for now: a garbage collection runs."""
+
+    status = 503
+    code = "registry_read_only"
 
 
 @dataclass(frozen=True)
@@ -116,6 +140,12 @@ def read_push_stream(lines: Any) -> PushOutcome:
         if line.get("error") or line.get("errorDetail"):
             detail = line.get("errorDetail") or {}
             message = line.get("error") or (detail.get("message") if detail else "") or "failed"
+            if "HTTP 405" in str(message):
+                # What the registry answers every write while it serves read-only.
+                raise RegistryReadOnly(
+                    "the platform registry is read-only while it collects garbage: "
+                    "try again in a moment"
+                )
             raise RuntimeFailure(f"the registry refused the push: {message}")
         aux = line.get("aux")
         if isinstance(aux, Mapping) and isinstance(aux.get("Digest"), str):

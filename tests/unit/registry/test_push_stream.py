@@ -8,6 +8,7 @@ import pytest
 
 from berth.errors import InvalidInput, RuntimeFailure
 from berth.registry.push import (
+    RegistryReadOnly,
     pinned_reference,
     push_image,
     read_push_stream,
@@ -119,6 +120,18 @@ def test_stream_error_is_a_runtime_failure() -> None:
         {"errorDetail": {"message": "unknown blob"}, "error": "unknown blob"},
     ]
     with pytest.raises(RuntimeFailure, match="unknown blob"):
+        read_push_stream(lines)
+
+
+def test_a_read_only_registry_is_told_apart() -> None:
+    # The engine's words when the registry answers 405 to a write (read-only mode).
+    lines = [
+        {
+            "error": "error parsing HTTP 405 response body: invalid character 'M' looking for "
+            'beginning of value: "Method not allowed\\n"'
+        }
+    ]
+    with pytest.raises(RegistryReadOnly, match="read-only"):
         read_push_stream(lines)
 
 
