@@ -52,6 +52,7 @@ bench: system venv images
 	$(PY) bench/metering.py
 	$(PY) bench/builds.py
 	$(PY) bench/context_validation.py
+	$(PY) bench/ingress_scale.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -83,7 +83,7 @@ def test_proxy_settings_retry_a_dying_instance() -> None:
         "proxy_set_header X-Forwarded-Proto $scheme;",
         "proxy_set_header X-Request-Id $request_id;",
         "proxy_connect_timeout 2s;",
-        "proxy_next_upstream error timeout http_502 http_503;",
+        "proxy_next_upstream error timeout http_502 http_503 http_504;",
         "proxy_next_upstream_tries 3;",
         "proxy_next_upstream_timeout",
     ):
@@ -121,14 +121,14 @@ def test_ipv6_listen_address_is_bracketed() -> None:
 
 def test_serving_route_has_an_upstream_with_every_instance() -> None:
     conf = render(route("a1", "shop", ("shop.example.test", "www.shop.example.test"), (9001, 9002)))
-    upstream = conf[conf.index("upstream berth_app_a1 {") :]
+    upstream = conf[conf.index("upstream a1_berth_app {") :]
     upstream = upstream[: upstream.index("}")]
     assert "server 127.0.0.1:9001 max_fails=1 fail_timeout=2s;" in upstream
     assert "server 127.0.0.1:9002 max_fails=1 fail_timeout=2s;" in upstream
     assert "keepalive 16;" in upstream
     block = server_block(conf, "shop.example.test")
     assert "server_name shop.example.test www.shop.example.test;" in block
-    assert "proxy_pass http://berth_app_a1;" in block
+    assert "proxy_pass http://a1_berth_app;" in block
 
 
 def test_duplicate_instances_are_listed_once() -> None:
@@ -141,7 +141,7 @@ def test_no_instances_route_answers_503_with_a_clear_page() -> None:
     block = server_block(conf, "shop.example.test")
     assert re.search(r'return 503 "[^"]*shop has no healthy instances', block)
     assert "proxy_pass" not in block
-    assert "upstream berth_app_a1" not in conf
+    assert "upstream a1_berth_app" not in conf
 
 
 def test_suspended_route_answers_503_even_with_instances() -> None:
@@ -154,7 +154,7 @@ def test_suspended_route_answers_503_even_with_instances() -> None:
 
 def test_serving_route_without_instances_says_so_instead_of_breaking_nginx() -> None:
     conf = render(route(ports=(), state="serving"))
-    assert "upstream berth_app_a1" not in conf
+    assert "upstream a1_berth_app" not in conf
     assert "shop has no healthy instances" in conf
 
 
@@ -247,6 +247,18 @@ def test_a_duplicate_app_id_is_rejected() -> None:
 )
 def test_invalid_upstreams_are_rejected(upstream: Upstream) -> None:
     bad = Route("a1", "shop", "t1", ("shop.example.test",), (upstream,), "serving")
+    with pytest.raises(ValueError):
+        render(bad)
+
+
+def test_a_route_equal_to_a_rendered_one_is_validated_again() -> None:
+    # Validated routes are cached by value, and port True equals port 1 (and hashes alike).
+    good = Route("a1", "shop", "t1", ("shop.example.test",), (Upstream("127.0.0.1", 1),), "serving")
+    assert "server 127.0.0.1:1 " in render(good)
+    bad = Route(
+        "a1", "shop", "t1", ("shop.example.test",), (Upstream("127.0.0.1", True),), "serving"
+    )
+    assert bad == good
     with pytest.raises(ValueError):
         render(bad)
 

@@ -151,7 +151,9 @@ class NginxManager:
                     return True
                 if time.monotonic() >= deadline:
                     return False
-                time.sleep(0.05)
+                # Each probe is one loopback request: polling often costs nothing and makes
+                # the reload's end visible within 10 ms.
+                time.sleep(0.01)
 
     # -- internals -------------------------------------------------------------------------
 
