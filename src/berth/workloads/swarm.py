@@ -1,0 +1,299 @@
+"""The swarm backend: one Swarm service per process group; Swarm places, restarts and heals.
+
+Berth writes services and reads tasks back. A service carries its group's key in
+``berth.group`` and the hash of its spec in ``berth.spec``: ``apply`` creates the services that
+are missing, scales those whose replicas changed (a changed spec is a new revision, so a new
+group and a new service; a drifted one is updated in place), and removes this installation's
+services no group wants. It writes nothing when nothing changed.
+
+Placement is Swarm's: a task reserves its memory, spreads over ``node.labels.zone``, and obeys
+the group's constraints (``zone==b`` is ``node.labels.zone==b``). There is no
+``node.role==worker`` constraint: on one machine (``berth cluster init`` with no workers yet) the
+manager itself must run the tasks; with workers, the managers are drained and get none.
+
+Every node's dockerd must run with ``--no-new-privileges`` and the node without swap: the
+service API of Engine 20.10 can set neither (see berth.swarm.specs).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from berth.errors import BerthError, RuntimeFailure
+from berth.runtime.protocol import LABEL_INSTALLATION, LABEL_MANAGED, owner_labels
+from berth.swarm.api import SwarmAPI
+from berth.swarm.specs import (
+    LABEL_SPEC,
+    network_labels,
+    replicas_of,
+    service_spec,
+)
+from berth.swarm.tasks import NodeView, TaskMemory, instances_of_service
+from berth.workloads.protocol import (
+    LABEL_GROUP,
+    NodeSummary,
+    ProcessGroup,
+    WorkloadInstance,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SwarmWorkloads:
+    """Process groups of one installation as services of the swarm behind ``api``.
+
+    ``removed_report_seconds``: how long an instance of a removed service keeps being reported
+    as ``removed`` (0: exactly once, to the next caller of ``instances()``).
+    """
+
+    api: SwarmAPI
+    installation: str
+    clock: Callable[[], float] = time.time
+    removed_report_seconds: float = 0.0
+    kind: str = field(default="swarm", init=False)
+
+    def __post_init__(self) -> None:
+        if not self.installation:
+            raise ValueError("installation id must not be empty")
+        self._lock = threading.Lock()
+        self._memory = TaskMemory()
+        self._last: dict[str, WorkloadInstance] = {}  # task id -> as last reported
+        self._removed_at: dict[str, float] = {}  # group key -> when apply removed its service
+        self._removed: dict[str, tuple[WorkloadInstance, float]] = {}  # reported until
+        self._refused: dict[str, str] = {}  # group key -> why its service could not be written
+        self._groups: dict[str, ProcessGroup] = {}
+
+    # -- the seam -----------------------------------------------------------------------------
+
+    def apply(self, groups: Sequence[ProcessGroup]) -> None:
+        with self._lock:
+            wanted = {group.key: group for group in groups}
+            self._groups = dict(wanted)
+            services = self._services()
+            by_group = {s["Spec"]["Labels"].get(LABEL_GROUP, ""): s for s in services}
+            refused: dict[str, str] = {}
+            self._ensure_networks(list(wanted.values()), refused)
+            for key, group in wanted.items():
+                if key in refused:
+                    continue
+                try:
+                    spec = service_spec(group, self.installation)
+                    self._converge(spec, by_group.get(key))
+                except BerthError as failure:
+                    if _unavailable(failure):
+                        raise
+                    refused[key] = failure.message
+                    log.warning("swarm: group %s not applied: %s", key, failure.message)
+            for key, service in by_group.items():
+                if key not in wanted:
+                    self.api.remove_service(service["ID"])
+                    self._removed_at[key] = self.clock()
+            self._refused = refused
+            self._remove_unused_networks(wanted.values())
+
+    def instances(self) -> list[WorkloadInstance]:
+        with self._lock:
+            now = self.clock()
+            services = self._services()
+            nodes = self._node_views()
+            tasks_by_service: dict[str, list[Any]] = {s["ID"]: [] for s in services}
+            for task in self.api.tasks(labels=owner_labels(self.installation)):
+                bucket = tasks_by_service.get(task.get("ServiceID", ""))
+                if bucket is not None:
+                    bucket.append(task)
+            out: list[WorkloadInstance] = []
+            for service in services:
+                out.extend(
+                    instances_of_service(
+                        service, tasks_by_service[service["ID"]], nodes, self._memory, now
+                    )
+                )
+            seen = {i.id for i in out}
+            self._memory.forget(seen)
+            out.extend(self._refused_instances(services))
+            out.extend(self._newly_removed(seen, now))
+            self._last = {i.id: i for i in out if i.state != "removed" and i.id in seen}
+            return out
+
+    def nodes(self) -> list[NodeSummary]:
+        out = []
+        for node in self.api.nodes():
+            spec = node.get("Spec") or {}
+            description = node.get("Description") or {}
+            resources = description.get("Resources") or {}
+            status = node.get("Status") or {}
+            out.append(
+                NodeSummary(
+                    id=str(node["ID"]),
+                    name=str(description.get("Hostname") or node["ID"]),
+                    address=str(status.get("Addr") or ""),
+                    role=str(spec.get("Role") or "worker"),
+                    availability=str(spec.get("Availability") or "active"),
+                    state=str(status.get("State") or "unknown"),
+                    labels=dict(spec.get("Labels") or {}),
+                    memory_bytes=int(resources.get("MemoryBytes") or 0),
+                    nano_cpus=int(resources.get("NanoCPUs") or 0),
+                )
+            )
+        return out
+
+    def logs(self, instance_id: str, tail: int = 100) -> str:
+        self._check_owned(instance_id)
+        return self.api.task_logs(instance_id, tail)
+
+    def follow_logs(
+        self, instance_id: str, tail: int = 100, stop: threading.Event | None = None
+    ) -> Generator[str, None, None]:
+        self._check_owned(instance_id)
+        return _generator(self.api.follow_task_logs(instance_id, tail, stop))
+
+    def close(self) -> None:
+        close = getattr(self.api, "close", None)
+        if close is not None:
+            close()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _services(self) -> list[dict[str, Any]]:
+        return [
+            s
+            for s in self.api.services(labels=owner_labels(self.installation))
+            if (s.get("Spec") or {}).get("Labels", {}).get(LABEL_INSTALLATION) == self.installation
+        ]
+
+    def _converge(self, spec: dict[str, Any], service: dict[str, Any] | None) -> None:
+        if service is None:
+            self.api.create_service(spec)
+            return
+        current = service["Spec"]
+        same_spec = (current.get("Labels") or {}).get(LABEL_SPEC) == spec["Labels"][LABEL_SPEC]
+        if same_spec and replicas_of(current) == replicas_of(spec):
+            return
+        if same_spec:
+            # Only the count changed: keep the stored spec (networks by id, defaults filled in)
+            # so Swarm sees no change to the task template and replaces no task.
+            update = dict(current, Mode={"Replicated": {"Replicas": replicas_of(spec)}})
+        else:
+            update = spec  # drifted (edited by hand): back to what the group says
+        self.api.update_service(service["ID"], int(service["Version"]["Index"]), update)
+
+    def _ensure_networks(self, groups: Sequence[ProcessGroup], refused: dict[str, str]) -> None:
+        ids: dict[str, str] = {}
+        for group in groups:
+            if group.network in ids:
+                continue
+            try:
+                ids[group.network] = self.api.ensure_overlay(
+                    group.network, network_labels(self.installation, group.tenant_id)
+                )
+            except RuntimeFailure as failure:
+                if _unavailable(failure):
+                    raise
+                for other in groups:
+                    if other.network == group.network:
+                        refused[other.key] = failure.message
+
+    def _remove_unused_networks(self, groups: Iterable[ProcessGroup]) -> None:
+        used = {group.network for group in groups}
+        for network in self.api.networks(labels=owner_labels(self.installation)):
+            labels = network.get("Labels") or {}
+            if labels.get(LABEL_MANAGED) != "true" or network.get("Name") in used:
+                continue
+            try:
+                self.api.remove_network(str(network["Id"]))
+            except RuntimeFailure as failure:
+                if _unavailable(failure):
+                    raise
+                # Still in use by a service being removed: the next apply removes it.
+                log.info("swarm: network %s not removed yet: %s", network.get("Name"), failure)
+
+    def _node_views(self) -> dict[str, NodeView]:
+        views = {}
+        for node in self.api.nodes():
+            status = node.get("Status") or {}
+            views[str(node["ID"])] = NodeView(
+                name=str((node.get("Description") or {}).get("Hostname") or node["ID"]),
+                address=str(status.get("Addr") or ""),
+                state=str(status.get("State") or "unknown"),
+            )
+        return views
+
+    def _refused_instances(self, services: Sequence[Mapping[str, Any]]) -> list[WorkloadInstance]:
+        """A group whose service could not be written: its replicas, pending, with why."""
+        present = {s["Spec"]["Labels"].get(LABEL_GROUP) for s in services}
+        out = []
+        for key, why in self._refused.items():
+            group = self._groups.get(key)
+            if group is None or key in present:
+                continue
+            for index in range(group.replicas):
+                out.append(
+                    WorkloadInstance(
+                        id=f"refused:{key}:{index + 1}",
+                        group=key,
+                        tenant_id=group.tenant_id,
+                        app_id=group.app_id,
+                        revision=group.revision,
+                        state="pending",
+                        process=group.process,
+                        health_path=group.health_path,
+                        reason=why,
+                        memory_mb=group.memory_mb,
+                        cpus_milli=group.cpus_milli,
+                        slot=f"{key}.{index + 1}",
+                    )
+                )
+        return out
+
+    def _newly_removed(self, seen: set[str], now: float) -> list[WorkloadInstance]:
+        """Tasks that are gone since the last call, reported as removed with their end."""
+        for task_id, last in self._last.items():
+            if task_id in seen or task_id in self._removed:
+                continue
+            if last.id.startswith("refused:"):
+                continue
+            finished = last.finished_at
+            if finished is None and last.started_at is not None:
+                # It ran until its service was removed (or until we last saw it running).
+                finished = self._removed_at.get(last.group, now)
+            gone = replace(last, state="removed", finished_at=finished, port=None, address=None)
+            self._removed[task_id] = (gone, now + self.removed_report_seconds)
+        out = []
+        for task_id, (gone, until) in list(self._removed.items()):
+            out.append(gone)
+            if now >= until:
+                del self._removed[task_id]
+        live_groups = {i.group for i in self._last.values()} | set(self._groups)
+        for key in [k for k in self._removed_at if k not in live_groups]:
+            del self._removed_at[key]
+        return out
+
+    def _check_owned(self, task_id: str) -> None:
+        if not any(t.get("ID") == task_id for t in self._owned_tasks(task_id)):
+            raise RuntimeFailure(
+                f"task {task_id} is not an instance of this Berth installation; "
+                "refusing to read its logs"
+            )
+
+    def _owned_tasks(self, task_id: str) -> list[dict[str, Any]]:
+        labels = {**owner_labels(self.installation)}
+        return [t for t in self.api.tasks(labels=labels) if t.get("ID") == task_id]
+
+
+def _unavailable(failure: BaseException) -> bool:
+    return getattr(failure, "status", 0) == 503
+
+
+def _generator(lines: Iterator[str]) -> Generator[str, None, None]:
+    try:
+        yield from lines
+    finally:
+        close = getattr(lines, "close", None)
+        if close is not None:
+            close()
