@@ -59,9 +59,12 @@ class Settings(BaseSettings):
 
     # -- the platform registry (berth.registry): where builds go for the nodes to pull ------
     # Loopback on one machine: no tenant container can reach it (see berth.registry). On a
-    # swarm, an address the nodes reach and the tenants' networks do not (the egress filter).
+    # swarm, an address the nodes reach (with --insecure-registry ADDR on each node's engine);
+    # there it takes Berth's credentials, and the egress filter should block it for tenants.
     registry_listen: str = "127.0.0.1:5000"
     registry_binary: str = "/usr/bin/docker-registry"
+    # htpasswd credentials Berth generates: "auto" turns them on unless it listens on loopback.
+    registry_auth: Literal["auto", "on", "off"] = "auto"
 
     # -- request edges (berth.api) ----------------------------------------------------------
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)

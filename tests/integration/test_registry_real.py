@@ -74,9 +74,13 @@ class Registries:
     servers: list[RegistryServer] = field(default_factory=list)
     built: list[str] = field(default_factory=list)
 
-    def new(self, port: int | None = None) -> RegistryServer:
+    def new(self, port: int | None = None, auth: str = "auto") -> RegistryServer:
         home = self.root / secrets.token_hex(4)
-        settings = Settings(home=home, registry_listen=f"127.0.0.1:{port or free_port()}")
+        settings = Settings(
+            home=home,
+            registry_listen=f"127.0.0.1:{port or free_port()}",
+            registry_auth=auth,  # type: ignore[arg-type]
+        )
         server = RegistryServer(settings)
         self.servers.append(server)
         return server
@@ -206,6 +210,35 @@ def test_a_push_to_a_registry_that_is_down_is_a_clear_runtime_failure(
     image_id = client.api.inspect_image(BUSYBOX)["Id"]
     with pytest.raises(RuntimeFailure, match=r"refused|connect"):
         push_image(client, server.address, image_id, repository_for("0a", "web"))
+
+
+def test_with_auth_only_berths_account_reads_or_writes(client: Any, registries: Registries) -> None:
+    """What a registry listening beyond loopback (a swarm) runs with: htpasswd."""
+    server = registries.new(auth="on")
+    server.ensure_running()
+    credentials = server.credentials
+    assert credentials is not None
+    assert (server.dir / "credentials").stat().st_mode & 0o077 == 0
+    repo = repository_for(secrets.token_hex(8), "web")
+    image_id = registries.build(BUSYBOX, {"s.txt": b"secret\n"}, {})
+
+    with pytest.raises(RuntimeFailure, match=r"no basic auth credentials|unauthorized"):
+        push_image(client, server.address, image_id, repo)
+    pushed = push_image(client, server.address, image_id, repo, auth_config=server.auth_config)
+
+    with httpx.Client(timeout=5, trust_env=False) as anonymous:
+        for path in ("/v2/", "/v2/_catalog", f"/v2/{repo}/manifests/{pushed.digest}"):
+            assert anonymous.get(f"{server.url}{path}").status_code == 401, path
+        wrong = anonymous.get(f"{server.url}/v2/", auth=(credentials.username, "guess"))
+        assert wrong.status_code == 401
+    # GC and supervision use the account: a collection with everything kept changes nothing.
+    report = collect_registry(server, [pushed.reference], grace_seconds=0)
+    assert [m.digest for m in report.kept] == [pushed.digest] and report.deleted == ()
+    for name in client.api.inspect_image(image_id)["RepoTags"]:
+        client.api.remove_image(name)
+    repository, _, digest = pushed.reference.partition("@")
+    client.api.pull(repository, tag=digest, auth_config=server.auth_config)
+    assert client.api.inspect_image(pushed.reference)["Id"] == image_id
 
 
 # -- garbage collection ----------------------------------------------------------------------

@@ -7,8 +7,9 @@ every address; Berth never uses it. Ours:
 - delete enabled, so unkept manifests can be deleted over the API and their blobs collected;
 - no blob descriptor cache: after a garbage collection an in-memory cache would still say a
   deleted layer exists, and a later push would skip uploading it (distribution#2270);
-- no authentication: it listens only where Berth and the nodes' engines reach it (loopback on
-  one machine), never where a tenant's container can (see berth.registry);
+- on loopback, no authentication: no container can reach it there (see berth.registry);
+  anywhere else, htpasswd with one account whose password Berth generates, so that a
+  tenant's container that could reach the address still cannot read or write an image;
 - the storage health check on, so a registry whose disk fails answers 503 and is restarted;
 - ``read_only`` for garbage collection: pulls keep working, pushes and deletes are refused.
 
@@ -53,6 +54,7 @@ class RegistryConfig:
     listen: Listen
     http_secret: str  # signs upload state; fixed so restarts keep uploads in flight valid
     read_only: bool = False
+    htpasswd: Path | None = None  # None: no authentication
 
 
 def parse_listen(text: str) -> Listen:
@@ -105,6 +107,16 @@ def render_config(cfg: RegistryConfig) -> str:
         f"  secret: {q(cfg.http_secret)}",
         "  headers:",
         f"    X-Content-Type-Options: [{q('nosniff')}]",
+        *(
+            [
+                "auth:",
+                "  htpasswd:",
+                f"    realm: {q('berth-registry')}",
+                f"    path: {q(str(cfg.htpasswd))}",
+            ]
+            if cfg.htpasswd is not None
+            else []
+        ),
         "health:",
         "  storagedriver:",
         "    enabled: true",

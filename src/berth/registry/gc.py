@@ -112,9 +112,11 @@ def plan_registry_gc(
 class RegistryApi:
     """The few calls of the registry's v2 HTTP API that GC needs."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, auth: tuple[str, str] | None = None, timeout: float = 10.0
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(timeout=timeout, trust_env=False)
+        self._client = httpx.Client(timeout=timeout, trust_env=False, auth=auth)
 
     def close(self) -> None:
         self._client.close()
@@ -267,7 +269,10 @@ def collect_registry(
     """Delete every manifest no release keeps, then collect their blobs. Compute ``keep``
     right before calling: a release written after it could pin a manifest this deletes."""
     server.ensure_running()
-    api = RegistryApi(server.url)
+    credentials = server.credentials
+    api = RegistryApi(
+        server.url, (credentials.username, credentials.password) if credentials else None
+    )
     try:
         held = observe_registry(api, server.storage_dir)
         plan = plan_registry_gc(

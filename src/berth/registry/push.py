@@ -71,9 +71,16 @@ def pinned_reference(address: str, repository: str, digest: str) -> str:
     return f"{address}/{repository}@{digest}"
 
 
-def push(client: Any, address: str, image_id: str, repository: str) -> str:
-    """Tag ``image_id`` into ``address/repository`` and push it; the pinned reference."""
-    return push_image(client, address, image_id, repository).reference
+def push(
+    client: Any,
+    address: str,
+    image_id: str,
+    repository: str,
+    auth_config: Mapping[str, str] | None = None,
+) -> str:
+    """Tag ``image_id`` into ``address/repository`` and push it; the pinned reference.
+    ``auth_config`` is RegistryServer.auth_config (None when it has no authentication)."""
+    return push_image(client, address, image_id, repository, auth_config=auth_config).reference
 
 
 def push_image(
@@ -82,6 +89,7 @@ def push_image(
     image_id: str,
     repository: str,
     read_only_wait: float = DEFAULT_READ_ONLY_WAIT,
+    auth_config: Mapping[str, str] | None = None,
 ) -> PushedImage:
     """``client`` is a docker-py DockerClient. Raises InvalidInput on a bad id or repository,
     RuntimeFailure when the engine or the registry refuses, EngineUnavailable when the engine
@@ -97,7 +105,13 @@ def push_image(
         try:
             with _engine_errors(f"push {image_id[:19]} to {target}"):
                 client.api.tag(image_id, target, tag=tag)
-                stream = client.api.push(target, tag=tag, stream=True, decode=True)
+                stream = client.api.push(
+                    target,
+                    tag=tag,
+                    stream=True,
+                    decode=True,
+                    auth_config=dict(auth_config) if auth_config else None,
+                )
                 outcome = read_push_stream(stream)
             break
         except RegistryReadOnly:

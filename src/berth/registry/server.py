@@ -18,8 +18,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import bcrypt
 import httpx
 
 from berth.errors import BerthError
@@ -41,6 +43,23 @@ class RegistryError(BerthError):
     code = "registry_unavailable"
 
 
+USERNAME = "berth"
+# The registry checks the bcrypt hash on every request; the password is 32 random bytes, so a
+# low cost loses nothing against guessing and keeps pushes (hundreds of requests) fast.
+_BCRYPT_COST = 5
+
+
+@dataclass(frozen=True)
+class RegistryCredentials:
+    username: str
+    password: str = field(repr=False)
+
+    @property
+    def auth_config(self) -> dict[str, str]:
+        """docker-py's ``auth_config`` (push, pull, and Swarm's service create/update)."""
+        return {"username": self.username, "password": self.password}
+
+
 class RegistryServer:
     """Write the config, start, adopt, restart and stop the platform registry."""
 
@@ -52,6 +71,17 @@ class RegistryServer:
         self.config_path = self.dir / "config.yml"
         self.pid_path = self.dir / "registry.pid"
         self.log_path = self.dir / "registry.log"
+        self.htpasswd_path = self.dir / "htpasswd"
+        self.credentials_path = self.dir / "credentials"
+        self.auth = settings.registry_auth == "on" or (
+            settings.registry_auth == "auto" and not self.listen.is_loopback
+        )
+        if not self.auth and not self.listen.is_loopback:
+            log.warning(
+                "the platform registry listens on %s without authentication: make sure no "
+                "tenant container can reach it (BERTH_EGRESS_BLOCKED_RANGES)",
+                self.listen.address,
+            )
         self.start_count = 0
         self._child: subprocess.Popen[bytes] | None = None
         self._read_only = False
@@ -66,6 +96,27 @@ class RegistryServer:
     @property
     def url(self) -> str:
         return f"http://{self.address}"
+
+    @property
+    def credentials(self) -> RegistryCredentials | None:
+        """Berth's account on its registry (created on first use), None without auth."""
+        if not self.auth:
+            return None
+        try:
+            username, _, password = self.credentials_path.read_text().strip().partition(":")
+        except FileNotFoundError:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            username, password = USERNAME, secrets.token_hex(32)
+            _write_private(self.credentials_path, f"{username}:{password}\n")
+        if not self.htpasswd_path.exists() or not self._htpasswd_matches(username, password):
+            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(_BCRYPT_COST)).decode()
+            _write_private(self.htpasswd_path, f"{username}:{hashed}\n")
+        return RegistryCredentials(username, password)
+
+    @property
+    def auth_config(self) -> dict[str, str] | None:
+        credentials = self.credentials
+        return credentials.auth_config if credentials else None
 
     # -- process control -------------------------------------------------------------------
 
@@ -149,8 +200,20 @@ class RegistryServer:
             listen=self.listen,
             http_secret=secret_path.read_text().strip(),
             read_only=self._read_only,
+            htpasswd=self.htpasswd_path if self.auth else None,
         )
         return render_config(cfg)
+
+    def _htpasswd_matches(self, username: str, password: str) -> bool:
+        try:
+            line = self.htpasswd_path.read_text().strip()
+        except OSError:
+            return False
+        name, _, hashed = line.partition(":")
+        try:
+            return name == username and bcrypt.checkpw(password.encode(), hashed.encode())
+        except ValueError:
+            return False
 
     def _live_config_is_current(self) -> bool:
         try:
@@ -160,6 +223,7 @@ class RegistryServer:
 
     def _write_config(self) -> None:
         self.storage_dir.mkdir(parents=True, exist_ok=True)
+        _ = self.credentials  # the htpasswd file exists before the registry reads it
         _write_private(self.config_path, self._config_text())
 
     def _start(self) -> int:
@@ -216,8 +280,10 @@ class RegistryServer:
         return len(argv) >= 3 and argv[1] == b"serve" and argv[2] == str(self.config_path).encode()
 
     def _answers(self) -> bool:
+        credentials = self.credentials
+        auth = (credentials.username, credentials.password) if credentials else None
         try:
-            with httpx.Client(timeout=1.0, trust_env=False) as client:
+            with httpx.Client(timeout=1.0, trust_env=False, auth=auth) as client:
                 return client.get(f"{self.url}/v2/").status_code == 200
         except httpx.HTTPError:
             return False

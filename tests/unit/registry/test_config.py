@@ -80,6 +80,13 @@ def test_config_has_storage_delete_listen_and_health() -> None:
     assert "cache" not in storage  # type: ignore[operator]
 
 
+def test_htpasswd_auth_when_asked() -> None:
+    cfg = _config(htpasswd=Path("/var/lib/berth/registry/htpasswd"))
+    assert cfg["auth"] == {
+        "htpasswd": {"realm": "berth-registry", "path": "/var/lib/berth/registry/htpasswd"}
+    }
+
+
 def test_read_only_mode() -> None:
     storage = _config(read_only=True)["storage"]
     assert storage["maintenance"]["readonly"] == {"enabled": True}  # type: ignore[index]
