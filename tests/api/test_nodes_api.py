@@ -6,11 +6,17 @@ Operators only; on the local backend the one node is this machine and changes ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 
 import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner, Result
 
 from berth.api.routes_nodes import engine_api
+from berth.cli import cluster_cmd, nodes_cmd
+from berth.cli import main as cli_main
+from berth.cli.client import ApiClient, CliConfig, CliError
 from berth.cluster.init import current_backend
 from berth.cluster.nodes import ManagerClient
 from berth.store.tables import Meta
@@ -218,3 +224,80 @@ def test_cluster_init_refuses_a_worker_and_bad_addresses(local: Env) -> None:
     with local.db() as session:
         assert current_backend(session) == "local"
     assert local.platform.swarm_manager is None
+
+
+# -- the CLI over the same app ------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(local: Env, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """Run `berth ...` with its API client talking to the in-process app as the operator."""
+
+    def api_client() -> ApiClient:
+        api = ApiClient(CliConfig(api_url="http://testserver", token=local.admin))
+        api.http = TestClient(
+            local.app,
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {local.admin}"},
+            raise_server_exceptions=False,
+        )
+        return api
+
+    monkeypatch.setattr(nodes_cmd, "client", api_client)
+    monkeypatch.setattr(cluster_cmd, "client", api_client)
+    runner = CliRunner()
+
+    def run(*args: str) -> Result:
+        # A wide terminal, so that the tables' cells are not wrapped.
+        return runner.invoke(cli_main.app, list(args), env={"COLUMNS": "250"})
+
+    return run
+
+
+def test_cli_on_the_local_backend(cli: Callable[..., Result]) -> None:
+    listed = cli("nodes", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.output)
+    assert (row["role"], row["address"]) == ("local", "127.0.0.1")
+    table = cli("nodes", "list")
+    assert "local" in table.output and "127.0.0.1" in table.output
+    refused = cli("nodes", "cordon", row["name"])
+    assert refused.exit_code != 0 and isinstance(refused.exception, CliError)
+    assert "berth cluster init" in refused.exception.message
+
+
+def test_cli_nodes_on_the_swarm(cli: Callable[..., Result], fake: FakeSwarm) -> None:
+    table = cli("nodes", "list")
+    assert table.exit_code == 0, table.output
+    for word in ("fake-m1", "w1", "w3", "manager", "down", "256M"):
+        assert word in table.output
+    info = cli("nodes", "info", "w1")
+    assert info.exit_code == 0 and "shop" in info.output
+    labelled = cli("nodes", "label", "w2", "rack=r1", "--remove", "zone", "--json")
+    assert json.loads(labelled.output)["labels"] == {"rack": "r1"}
+    bad = cli("nodes", "label", "w2", "node.role=x")
+    assert isinstance(bad.exception, CliError) and bad.exception.status == 422
+    assert isinstance(cli("nodes", "label", "w2").exception, CliError)
+    assert "Cordoned" in cli("nodes", "cordon", "w2").output
+    assert "already pause" in cli("nodes", "cordon", "w2").output
+    assert "Uncordoned" in cli("nodes", "uncordon", "w2").output
+    kept = cli("nodes", "remove", "w2")
+    assert isinstance(kept.exception, CliError) and kept.exception.status == 409
+    assert "removed w3" in cli("nodes", "remove", "w3").output
+    joined = cli("nodes", "join-command")
+    assert joined.output == (
+        f"docker swarm join --token {fake.tokens['Worker']} {fake.address}:2377\n"
+    )
+    as_manager = json.loads(cli("nodes", "join-command", "--manager", "--json").output)
+    assert as_manager["token"] == fake.tokens["Manager"]
+
+
+def test_cli_cluster_init_twice(cli: Callable[..., Result], local: Env) -> None:
+    engine = FakeSwarm(address="10.0.0.11")
+    local.app.dependency_overrides[engine_api] = lambda: engine
+    first = cli("cluster", "init", "--advertise-addr", "10.0.0.11")
+    assert first.exit_code == 0, first.output
+    assert "Swarm created" in first.output and "berth nodes join-command" in first.output
+    again = cli("cluster", "init")
+    assert "nothing changed" in again.output and len(engine.init_calls) == 1
+    assert "backend: swarm" in cli("cluster", "status").output
