@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     registry_binary: str = "/usr/bin/docker-registry"
     # htpasswd credentials Berth generates: "auto" turns them on unless it listens on loopback.
     registry_auth: Literal["auto", "on", "off"] = "auto"
+    # TLS (PEM paths), so that engines need no --insecure-registry and the credentials never
+    # cross the network in clear: each engine trusts /etc/docker/certs.d/ADDR/ca.crt.
+    registry_tls_cert: str = ""
+    registry_tls_key: str = ""
+    registry_tls_ca: str = ""  # what Berth verifies it with; empty: the certificate itself
 
     # -- request edges (berth.api) ----------------------------------------------------------
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)

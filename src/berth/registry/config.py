@@ -11,7 +11,9 @@ every address; Berth never uses it. Ours:
   anywhere else, htpasswd with one account whose password Berth generates, so that a
   tenant's container that could reach the address still cannot read or write an image;
 - the storage health check on, so a registry whose disk fails answers 503 and is restarted;
-- ``read_only`` for garbage collection: pulls keep working, pushes and deletes are refused.
+- ``read_only`` for garbage collection: pulls keep working, pushes and deletes are refused;
+- TLS when given a certificate, so engines need no ``--insecure-registry`` and the credentials
+  never cross the network in clear.
 
 Every value is written as a JSON string, a valid YAML double-quoted scalar, so no path or
 address can inject YAML.
@@ -49,12 +51,34 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    certificate: Path
+    key: Path
+    ca: Path  # what clients verify the certificate with
+
+
+def parse_tls(certificate: str, key: str, ca: str = "") -> TlsFiles | None:
+    """BERTH_REGISTRY_TLS_CERT/_KEY/_CA: none of them (plain HTTP), or a certificate and its key
+    (absolute paths; the CA defaults to the certificate itself, for a self-signed one)."""
+    given = {"BERTH_REGISTRY_TLS_CERT": certificate, "BERTH_REGISTRY_TLS_KEY": key}
+    if not any(given.values()):
+        if ca:
+            raise InvalidInput("BERTH_REGISTRY_TLS_CA needs BERTH_REGISTRY_TLS_CERT and _KEY")
+        return None
+    for name, value in {**given, "BERTH_REGISTRY_TLS_CA": ca or certificate}.items():
+        if not value or not Path(value).is_absolute() or "\n" in value:
+            raise InvalidInput(f"{name} must be an absolute path (both CERT and KEY, or neither)")
+    return TlsFiles(Path(certificate), Path(key), Path(ca or certificate))
+
+
+@dataclass(frozen=True)
 class RegistryConfig:
     storage_dir: Path
     listen: Listen
     http_secret: str  # signs upload state; fixed so restarts keep uploads in flight valid
     read_only: bool = False
     htpasswd: Path | None = None  # None: no authentication
+    tls: TlsFiles | None = None  # None: plain HTTP
 
 
 def parse_listen(text: str) -> Listen:
@@ -107,16 +131,21 @@ def render_config(cfg: RegistryConfig) -> str:
         f"  secret: {q(cfg.http_secret)}",
         "  headers:",
         f"    X-Content-Type-Options: [{q('nosniff')}]",
-        *(
-            [
-                "auth:",
-                "  htpasswd:",
-                f"    realm: {q('berth-registry')}",
-                f"    path: {q(str(cfg.htpasswd))}",
-            ]
-            if cfg.htpasswd is not None
-            else []
-        ),
+    ]
+    if cfg.tls is not None:
+        lines += [
+            "  tls:",
+            f"    certificate: {q(str(cfg.tls.certificate))}",
+            f"    key: {q(str(cfg.tls.key))}",
+        ]
+    if cfg.htpasswd is not None:
+        lines += [
+            "auth:",
+            "  htpasswd:",
+            f"    realm: {q('berth-registry')}",
+            f"    path: {q(str(cfg.htpasswd))}",
+        ]
+    lines += [
         "health:",
         "  storagedriver:",
         "    enabled: true",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import ssl
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -113,10 +114,14 @@ class RegistryApi:
     """The few calls of the registry's v2 HTTP API that GC needs."""
 
     def __init__(
-        self, base_url: str, auth: tuple[str, str] | None = None, timeout: float = 10.0
+        self,
+        base_url: str,
+        auth: tuple[str, str] | None = None,
+        verify: ssl.SSLContext | bool = True,
+        timeout: float = 10.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(timeout=timeout, trust_env=False, auth=auth)
+        self._client = httpx.Client(timeout=timeout, trust_env=False, auth=auth, verify=verify)
 
     def close(self) -> None:
         self._client.close()
@@ -271,7 +276,9 @@ def collect_registry(
     server.ensure_running()
     credentials = server.credentials
     api = RegistryApi(
-        server.url, (credentials.username, credentials.password) if credentials else None
+        server.url,
+        (credentials.username, credentials.password) if credentials else None,
+        verify=server.verify,
     )
     try:
         held = observe_registry(api, server.storage_dir)

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -25,7 +26,7 @@ import bcrypt
 import httpx
 
 from berth.errors import BerthError
-from berth.registry.config import Listen, RegistryConfig, parse_listen, render_config
+from berth.registry.config import Listen, RegistryConfig, parse_listen, parse_tls, render_config
 from berth.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class RegistryServer:
     def __init__(self, settings: Settings) -> None:
         self.binary = settings.registry_binary
         self.listen: Listen = parse_listen(settings.registry_listen)
+        self.tls = parse_tls(
+            settings.registry_tls_cert, settings.registry_tls_key, settings.registry_tls_ca
+        )
         self.dir = Path(settings.registry_dir).resolve()
         self.storage_dir = self.dir / "storage"
         self.config_path = self.dir / "config.yml"
@@ -76,6 +80,12 @@ class RegistryServer:
         self.auth = settings.registry_auth == "on" or (
             settings.registry_auth == "auto" and not self.listen.is_loopback
         )
+        if self.auth and not self.tls and not self.listen.is_loopback:
+            log.warning(
+                "the platform registry on %s takes credentials over plain HTTP: give it a "
+                "certificate (BERTH_REGISTRY_TLS_CERT/_KEY) on a network others share",
+                self.listen.address,
+            )
         if not self.auth and not self.listen.is_loopback:
             log.warning(
                 "the platform registry listens on %s without authentication: make sure no "
@@ -95,7 +105,12 @@ class RegistryServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}"
+        return f"{'https' if self.tls else 'http'}://{self.address}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's ``verify`` for this registry: its CA under TLS."""
+        return ssl.create_default_context(cafile=str(self.tls.ca)) if self.tls else True
 
     @property
     def credentials(self) -> RegistryCredentials | None:
@@ -201,6 +216,7 @@ class RegistryServer:
             http_secret=secret_path.read_text().strip(),
             read_only=self._read_only,
             htpasswd=self.htpasswd_path if self.auth else None,
+            tls=self.tls,
         )
         return render_config(cfg)
 
@@ -283,7 +299,9 @@ class RegistryServer:
         credentials = self.credentials
         auth = (credentials.username, credentials.password) if credentials else None
         try:
-            with httpx.Client(timeout=1.0, trust_env=False, auth=auth) as client:
+            with httpx.Client(
+                timeout=1.0, trust_env=False, auth=auth, verify=self.verify
+            ) as client:
                 return client.get(f"{self.url}/v2/").status_code == 200
         except httpx.HTTPError:
             return False

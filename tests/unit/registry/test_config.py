@@ -8,7 +8,14 @@ import pytest
 import yaml
 
 from berth.errors import InvalidInput
-from berth.registry.config import Listen, RegistryConfig, parse_listen, render_config
+from berth.registry.config import (
+    Listen,
+    RegistryConfig,
+    TlsFiles,
+    parse_listen,
+    parse_tls,
+    render_config,
+)
 
 
 @pytest.mark.parametrize(
@@ -102,3 +109,27 @@ def test_a_hostile_path_stays_one_string() -> None:
 def test_render_is_deterministic() -> None:
     cfg = RegistryConfig(Path("/r"), Listen("127.0.0.1", 5000), "k")
     assert render_config(cfg) == render_config(cfg)
+
+
+def test_tls_files() -> None:
+    assert parse_tls("", "") is None
+    tls = parse_tls("/etc/berth/reg.crt", "/etc/berth/reg.key")
+    assert tls == TlsFiles(
+        Path("/etc/berth/reg.crt"), Path("/etc/berth/reg.key"), Path("/etc/berth/reg.crt")
+    )
+    assert parse_tls("/c", "/k", "/ca").ca == Path("/ca")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "ca"),
+    [("/c", "", ""), ("", "/k", ""), ("", "", "/ca"), ("c.pem", "/k", ""), ("/c", "/k", "ca")],
+)
+def test_bad_tls_settings_are_refused(cert: str, key: str, ca: str) -> None:
+    with pytest.raises(InvalidInput, match="BERTH_REGISTRY_TLS"):
+        parse_tls(cert, key, ca)
+
+
+def test_tls_is_rendered_under_http() -> None:
+    tls = TlsFiles(Path("/c.pem"), Path("/k.pem"), Path("/c.pem"))
+    http = _config(tls=tls)["http"]
+    assert http["tls"] == {"certificate": "/c.pem", "key": "/k.pem"}  # type: ignore[index]
