@@ -179,6 +179,63 @@ def test_a_dead_node_is_removed(swarm: Cluster, manager: ManagerClient) -> None:
         print(f"a killed node was Down after {down_after:.1f}s, then removed")
 
 
+def demote_own_managers(swarm: Cluster, shorts: tuple[str, ...]) -> None:
+    """Cleanup: a manager of this test that is still one is demoted while the swarm has its
+    quorum, so that removing it cannot leave the shared swarm with unreachable Raft members."""
+    api = manager_api(swarm)
+    try:
+        names = {swarm.run_id + "-" + s for s in shorts}
+        for node in api.nodes(filters={"role": "manager"}):
+            if node["Description"]["Hostname"] in names:
+                api.update_node(
+                    node["ID"], node["Version"]["Index"], dict(node["Spec"], Role="worker")
+                )
+                wait_until(
+                    lambda n=node: not api.inspect_node(n["ID"]).get("ManagerStatus"),
+                    30,
+                    "the demoted manager leaves Raft",
+                )
+    finally:
+        api.close()
+
+
+def join_as_manager(swarm: Cluster, short: str, manager: ManagerClient) -> None:
+    """Joined with the manager token but not through swarm.join: the harness's own managers
+    stay m1 alone (its helpers pick a manager from that list)."""
+    cmd = manager.join_command(manager=True)
+    node = swarm.add_node(short)
+    node.client().swarm.join(
+        remote_addrs=[cmd.address],
+        join_token=cmd.token,
+        listen_addr=f"{node.address}:2377",
+        advertise_addr=node.address,
+    )
+    swarm.wait_states({short: "ready"})
+
+
+def test_a_dead_manager_is_demoted_then_removed(swarm: Cluster, manager: ManagerClient) -> None:
+    shorts = ("x1", "x2")
+    try:
+        with own_nodes(swarm, *shorts):
+            for short in shorts:  # one at a time: each join changes the Raft membership
+                join_as_manager(swarm, short, manager)
+            assert len([r for r in manager.list() if r.role == "manager"]) == 3
+            swarm.kill_node("x2")
+            swarm.wait_states({"x2": "down"})
+            done = manager.remove(hostname(swarm, "x2"))
+            assert (done.was_down, done.demoted) == (True, True)
+            # The live one: refused while it takes work, removed with --force (demoted first).
+            with pytest.raises(Conflict):
+                manager.remove(hostname(swarm, "x1"))
+            forced = manager.remove(hostname(swarm, "x1"), force=True)
+            assert (forced.was_down, forced.demoted, forced.forced) == (False, True, True)
+            rows = manager.list()
+            assert [r.name for r in rows if r.role == "manager"] == [hostname(swarm, "m1")]
+            assert len(rows) == 4
+    finally:
+        demote_own_managers(swarm, shorts)
+
+
 def test_the_join_command_joins_a_fresh_node(swarm: Cluster, manager: ManagerClient) -> None:
     cmd = manager.join_command()
     words = shlex.split(cmd.command)
