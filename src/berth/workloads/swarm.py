@@ -90,10 +90,12 @@ class SwarmWorkloads:
                         raise
                     refused[key] = failure.message
                     log.warning("swarm: group %s not applied: %s", key, failure.message)
-            for key, service in by_group.items():
-                if key not in wanted:
-                    self.api.remove_service(service["ID"])
-                    self._removed_at[key] = self.clock()
+            doomed = [s for key, s in by_group.items() if key not in wanted]
+            if doomed:
+                self._remember_before_removal(doomed)
+            for service in doomed:
+                self.api.remove_service(service["ID"])
+                self._removed_at[service["Spec"]["Labels"].get(LABEL_GROUP, "")] = self.clock()
             self._refused = refused
             self._remove_unused_networks(wanted.values())
 
@@ -223,6 +225,15 @@ class SwarmWorkloads:
                 state=str(status.get("State") or "unknown"),
             )
         return views
+
+    def _remember_before_removal(self, services: Sequence[dict[str, Any]]) -> None:
+        """Instances of services about to be removed, so that each is reported ``removed``
+        once with its end, even if no caller listed them since this server started."""
+        nodes = self._node_views()
+        for service in services:
+            tasks = self.api.tasks(service_id=str(service["ID"]))
+            for instance in instances_of_service(service, tasks, nodes, self._memory, self.clock()):
+                self._last.setdefault(instance.id, instance)
 
     def _refused_instances(self, services: Sequence[Mapping[str, Any]]) -> list[WorkloadInstance]:
         """A group whose service could not be written: its replicas, pending, with why."""
