@@ -9,6 +9,7 @@ removed afterwards; no engine's daemon config changes. Traffic goes only to the 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import secrets
 import shutil
@@ -83,6 +84,7 @@ def node_registry(swarm: Cluster, tmp_path: Path) -> Iterator[NodeRegistry]:
         )
     )
     registry = NodeRegistry(server, host, [])
+    certs_d_existed = CERTS_D.exists()
     try:
         trust.mkdir(parents=True, exist_ok=False)
         shutil.copy(cert, trust / "ca.crt")
@@ -109,6 +111,9 @@ def node_registry(swarm: Cluster, tmp_path: Path) -> Iterator[NodeRegistry]:
                 pass
         server.stop()
         shutil.rmtree(trust, ignore_errors=True)
+        if not certs_d_existed:
+            with contextlib.suppress(OSError):
+                CERTS_D.rmdir()  # only if empty: another test's trust stays
         host.close()
 
 
