@@ -93,6 +93,7 @@ class RegistryServer:
                 self.listen.address,
             )
         self.start_count = 0
+        self._credentials: RegistryCredentials | None = None
         self._child: subprocess.Popen[bytes] | None = None
         self._read_only = False
         # Serialises start/stop/mode changes between the supervisor and direct callers.
@@ -117,16 +118,21 @@ class RegistryServer:
         """Berth's account on its registry (created on first use), None without auth."""
         if not self.auth:
             return None
+        if self._credentials is not None:
+            return self._credentials
         try:
             username, _, password = self.credentials_path.read_text().strip().partition(":")
         except FileNotFoundError:
+            username = password = ""
+        if not username or not password:  # none yet, or a truncated file: a new account
             self.dir.mkdir(parents=True, exist_ok=True)
             username, password = USERNAME, secrets.token_hex(32)
             _write_private(self.credentials_path, f"{username}:{password}\n")
-        if not self.htpasswd_path.exists() or not self._htpasswd_matches(username, password):
+        if not self._htpasswd_matches(username, password):
             hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(_BCRYPT_COST)).decode()
             _write_private(self.htpasswd_path, f"{username}:{hashed}\n")
-        return RegistryCredentials(username, password)
+        self._credentials = RegistryCredentials(username, password)
+        return self._credentials
 
     @property
     def auth_config(self) -> dict[str, str] | None:
