@@ -281,6 +281,22 @@ TABLE: dict[tuple[str, str], Route] = {
     ("GET", "/admin/webhooks"): Route("operator", (operator(lambda r: Req("/admin/webhooks")),)),
     ("POST", "/admin/domains/{hostname}/approve"): Route("operator", (operator(
         lambda r: Req(f"/admin/domains/{r.domain}/approve")),)),
+    ("GET", "/admin/cluster"): Route("operator", (operator(lambda r: Req("/admin/cluster")),)),
+    ("POST", "/admin/cluster/init"): Route("operator", (operator(
+        lambda r: Req("/admin/cluster/init", json={})),)),
+    ("GET", "/admin/cluster/join-command"): Route("operator", (operator(
+        lambda r: Req("/admin/cluster/join-command")),)),
+    ("GET", "/admin/nodes"): Route("operator", (operator(lambda r: Req("/admin/nodes")),)),
+    ("GET", "/admin/nodes/{node}"): Route("operator", (operator(
+        lambda r: Req("/admin/nodes/local")),)),
+    ("POST", "/admin/nodes/{node}/labels"): Route("operator", (operator(
+        lambda r: Req("/admin/nodes/local/labels", json={"set": {"zone": "a"}})),)),
+    ("POST", "/admin/nodes/{node}/cordon"): Route("operator", (operator(
+        lambda r: Req("/admin/nodes/local/cordon")),)),
+    ("POST", "/admin/nodes/{node}/uncordon"): Route("operator", (operator(
+        lambda r: Req("/admin/nodes/local/uncordon")),)),
+    ("DELETE", "/admin/nodes/{node}"): Route("operator", (operator(
+        lambda r: Req("/admin/nodes/local", params={"force": "true"})),)),
     ("GET", "/audit"): Route("read", (
         own(lambda r: Req("/audit")),
         own(lambda r: Req("/audit", params={"all": "true"}), 403, "operator_only"),)),

@@ -159,9 +159,11 @@ def engine_api(platform: PlatformDep) -> Iterator[EngineApi]:
     # refused for its body never touches the engine).
     client: docker.APIClient = engine_call(
         "connecting to the engine",
-        lambda: docker.APIClient(base_url=url, version=ENGINE_API_VERSION)
-        if url
-        else docker.from_env(version=ENGINE_API_VERSION).api,
+        lambda: (
+            docker.APIClient(base_url=url, version=ENGINE_API_VERSION)
+            if url
+            else docker.from_env(version=ENGINE_API_VERSION).api
+        ),
     )
     try:
         yield client

@@ -31,6 +31,12 @@ def _cpus(nano: int) -> str:
     return f"{nano / 1e9:g}"
 
 
+def _reserved(row: dict[str, Any]) -> str:
+    if not row["reserved_memory_bytes"] and not row["reserved_nano_cpus"]:
+        return "-"
+    return f"{_size(row['reserved_memory_bytes'])} / {_cpus(row['reserved_nano_cpus'])} CPUs"
+
+
 def _seen(row: dict[str, Any]) -> str:
     if row["state"] == "ready":
         return "now"
@@ -81,7 +87,7 @@ def nodes_list(as_json: JsonOpt = False) -> None:
                     _labels(r),
                     _size(r["memory_bytes"]),
                     _cpus(r["nano_cpus"]),
-                    f"{_size(r['reserved_memory_bytes'])} / {_cpus(r['reserved_nano_cpus'])}",
+                    _reserved(r),
                     r["instances"],
                     _seen(r),
                 )

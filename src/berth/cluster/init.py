@@ -128,9 +128,7 @@ def refusal(info: dict[str, Any]) -> str:
     return ""
 
 
-def init_swarm(
-    api: EngineApi, settings: Settings, advertise_addr: str | None = None
-) -> InitResult:
+def init_swarm(api: EngineApi, settings: Settings, advertise_addr: str | None = None) -> InitResult:
     """Found a swarm on the engine, or find it already a manager (nothing changed).
 
     Does not record the backend: the caller does, in the store, once this returned."""
