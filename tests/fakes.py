@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from berth.controllers.reconciler import Reconciler, instance_seed
 from berth.proxy.model import ProxyConfig, Route
 from berth.runtime.fake import FakeRuntime
+from berth.settings import Settings
+from berth.workloads.local import LocalWorkloads
 
 
 @dataclass
@@ -41,6 +49,7 @@ class FakeHealth:
 
     runtime: FakeRuntime
     failing: set[str] = field(default_factory=set)
+    first_round: threading.Event = field(default_factory=threading.Event)
 
     def is_healthy(self, container_id: str) -> bool:
         info = self.runtime.inspect(container_id)
@@ -48,3 +57,23 @@ class FakeHealth:
 
     def state_of(self, container_id: str) -> None:
         return None
+
+
+def local_reconciler(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    runtime: FakeRuntime,
+    nginx: FakeNginx,
+    health: FakeHealth,
+    clock: Callable[[], float] = time.time,
+) -> Reconciler:
+    """The real reconciler over the local backend on a fake engine, wired like a server."""
+    workloads = LocalWorkloads(
+        runtime,
+        clock=clock,
+        healthy=health.is_healthy,
+        seed=instance_seed(sessions),
+    )
+    reconciler = Reconciler(settings, sessions, workloads, nginx, health, clock=clock)  # type: ignore[arg-type]
+    workloads.on_change = reconciler.trigger
+    return reconciler

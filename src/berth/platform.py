@@ -7,20 +7,24 @@ build it with a fake runtime and without loops.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from berth.agent.health import HealthMonitor
+from berth.agent.health import HealthMonitor, WorkloadTargets, instance_target
 from berth.builds.image_policy import ImageStore
 from berth.builds.protocol import ImageBuilder
 from berth.builds.queue import BuildQueue
+from berth.cluster.init import current_backend
 from berth.cluster.nodes import ManagerClient
 from berth.controllers.billing import BillingController
 from berth.controllers.engine_events import ControllerWaker, EngineEvents
 from berth.controllers.reconciler import Reconciler, instance_seed
+from berth.controllers.swarm_watch import SwarmWatch
 from berth.netpolicy.controller import EgressController
 from berth.netpolicy.setup import build_egress_controller
 from berth.proxy.nginx import NginxManager
@@ -31,7 +35,8 @@ from berth.services.webhooks import WebhookSender
 from berth.settings import Settings
 from berth.store.db import make_engine, make_sessionmaker, migrate
 from berth.workloads.local import LocalWorkloads
-from berth.workloads.protocol import Workloads
+from berth.workloads.moving import MovingWorkloads
+from berth.workloads.protocol import BackendKind, WorkloadInstance, Workloads
 
 log = logging.getLogger(__name__)
 BUILD_API_TIMEOUT = 600  # seconds, for the build and image client (not the runtime's)
@@ -55,9 +60,14 @@ class Platform:
     webhooks: WebhookSender | None = None
     netpolicy: EgressController | None = None  # egress filter; None when settings turn it off
     events: EngineEvents | None = None  # the engine's events: wake the loops at once
+    swarm_watch: SwarmWatch | None = None  # Swarm's task changes: wake the reconciler
     swarm_manager: ManagerClient | None = None  # the Swarm's nodes (None: one machine)
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
+
+    def __post_init__(self) -> None:
+        if self.workloads is None and self.runtime is not None:
+            self.workloads = LocalWorkloads(self.runtime)  # logs, without the loops (tests)
 
     @property
     def admin_token_file(self) -> Path:
@@ -88,6 +98,8 @@ class Platform:
             self.billing.start()
         if self.webhooks is not None:
             self.webhooks.start()
+        if self.swarm_watch is not None:
+            self.swarm_watch.start()
         self.started = True
 
     def stop_loops(self) -> None:
@@ -103,6 +115,8 @@ class Platform:
             self.netpolicy.stop()
         if self.events is not None:
             self.events.stop()
+        if self.swarm_watch is not None:
+            self.swarm_watch.stop()
         self.started = False
 
 
@@ -161,25 +175,91 @@ def build_platform(settings: Settings) -> Platform:
     platform.events = EngineEvents(events_client, inst)
     if settings.egress_filter:
         platform.netpolicy = build_egress_controller(settings, sessions, inst, platform.events)
-    health = HealthMonitor(runtime, settings.health_interval_seconds)
-    workloads = LocalWorkloads(
+    local = LocalWorkloads(
         runtime,
         host_memory_reserve_mb=settings.host_memory_reserve_mb,
-        healthy=health.is_healthy,
-        on_started=health.probe_soon,  # checked at once, not at the next round
         seed=instance_seed(sessions),
     )
+    holder: dict[str, Reconciler] = {}  # the reconciler, for the callbacks made before it
+    workloads = MovingWorkloads(
+        local,
+        make_swarm=lambda: _start_swarm_backend(platform, holder["reconciler"]),
+        backend=_recorded_backend(settings, sessions),
+        routed=lambda: set(holder["reconciler"].routed),
+    )
+    health = HealthMonitor(WorkloadTargets(workloads), settings.health_interval_seconds)
+    local.healthy = health.is_healthy
+    local.on_started = health.probe_soon  # checked at once, not at the next round
     reconciler = Reconciler(settings, sessions, workloads, nginx, health)
-    workloads.on_change = reconciler.trigger
+    holder["reconciler"] = reconciler
+    # A Swarm task Berth did not start itself is checked as soon as it is seen running.
+    reconciler.on_running = lambda inst: _probe_instance(health, inst)
+    local.on_change = reconciler.trigger
     platform.events.subscribe(ControllerWaker(reconciler.trigger, health.probe_soon, health.forget))
     if platform.netpolicy is not None:
-        workloads.network_ready = platform.netpolicy.ensure_filtered
+        local.network_ready = platform.netpolicy.ensure_filtered
         builder.network_ready = platform.netpolicy.ensure_filtered  # build networks too
     health.on_change = reconciler.trigger
     platform.health, platform.reconciler = health, reconciler
     platform.workloads = workloads
+    if workloads.backend() == "swarm":
+        platform.swarm_manager = _manager_client(settings, inst)
     platform.billing = BillingController(
         settings, sessions, on_suspension_change=reconciler.trigger
     )
     platform.webhooks = WebhookSender(settings, sessions)
     return platform
+
+
+def _recorded_backend(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> Callable[[], BackendKind]:
+    """The backend the store records (``berth cluster init`` writes it), read at most once a
+    second: every pass asks."""
+    last: list[tuple[float, BackendKind]] = []
+
+    def read() -> BackendKind:
+        if settings.backend == "swarm":
+            return "swarm"
+        now = time.monotonic()
+        if last and now - last[0][0] < 1.0:
+            return last[0][1]
+        with sessions() as session:
+            kind = current_backend(session)
+        last[:] = [(now, kind)]
+        return kind
+
+    return read
+
+
+def _manager_client(settings: Settings, installation: str) -> ManagerClient:
+    import docker
+
+    api = (
+        docker.APIClient(base_url=settings.docker_url, version="auto")
+        if settings.docker_url
+        else docker.from_env(version="auto").api
+    )
+    return ManagerClient(api, installation)
+
+
+def _start_swarm_backend(platform: Platform, reconciler: Reconciler) -> Workloads:
+    """The Swarm backend over the manager Berth talks to, and the watch that wakes the
+    reconciler on every task change (Swarm has no task events on 20.10)."""
+    from berth.swarm.api import DockerSwarmAPI
+    from berth.workloads.swarm import SwarmWorkloads
+
+    api = DockerSwarmAPI(platform.settings.docker_url)
+    backend = SwarmWorkloads(api, platform.installation)
+    if platform.swarm_manager is None:
+        platform.swarm_manager = _manager_client(platform.settings, platform.installation)
+    platform.swarm_watch = SwarmWatch(api, platform.installation, reconciler.trigger)
+    if platform.started:
+        platform.swarm_watch.start()
+    return backend
+
+
+def _probe_instance(health: HealthMonitor, inst: WorkloadInstance) -> None:
+    target = instance_target(inst)
+    if target is not None:
+        health.probe_soon(target)

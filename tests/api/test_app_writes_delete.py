@@ -8,7 +8,6 @@ fake runtime, with a fake nginx and health checker (the end-to-end test has the 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from berth.controllers.reconciler import Reconciler
 from tests.api.conftest import Account, Env, assert_error
-from tests.fakes import FakeHealth, FakeNginx
+from tests.fakes import FakeHealth, FakeNginx, local_reconciler
 
 pytestmark = pytest.mark.store
 
@@ -30,19 +29,14 @@ class Loop:
         for _ in range(passes):
             self.reconciler.run_once()
             # Let the background removals finish before the next pass, as time would.
-            self.reconciler._removals.shutdown(wait=True)
-            self.reconciler._removals = ThreadPoolExecutor(max_workers=2)
+            self.reconciler.workloads.wait_for_removals()  # type: ignore[attr-defined]
 
 
 @pytest.fixture
 def loop(env: Env) -> Iterator[Loop]:
     nginx = FakeNginx()
-    reconciler = Reconciler(
-        env.settings,
-        env.platform.sessions,
-        env.runtime,
-        nginx,  # type: ignore[arg-type]
-        FakeHealth(env.runtime),  # type: ignore[arg-type]
+    reconciler = local_reconciler(
+        env.settings, env.platform.sessions, env.runtime, nginx, FakeHealth(env.runtime)
     )
     try:
         yield Loop(reconciler, nginx)

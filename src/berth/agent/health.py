@@ -1,9 +1,12 @@
-"""Health checks of running instances, from the node they run on.
+"""Health checks of running instances, from where the ingress runs, at the address and port
+the backend reports (``HealthTargets``: this engine's containers, or any backend's instances).
 
 An instance is healthy after one passing check and unhealthy after ``FAILURES_TO_UNHEALTHY``
-failing checks in a row. The check is an HTTP GET of the app's health path (any 2xx/3xx passes),
-or a TCP connect when the app has no health path. Results live in memory: after a restart the
-first round runs before anything is routed (see ``first_round``).
+failing checks in a row, or at once when its connection is refused (nothing listens: a lost
+node's or a dead process's port). The check is an HTTP GET of the app's health path (any
+2xx/3xx passes), or a TCP connect when the app has no health path. Results live in memory and
+in the instance rows the reconciler writes: after a restart the first round runs before
+anything is routed (see ``first_round``).
 
 A new instance is not left for the next round: ``probe_soon`` (called when the reconciler starts
 one, or the engine says one started) checks it at once and then every ``FAST_PROBE_STEP_SECONDS``
@@ -21,14 +24,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import httpx
 
 from berth.periodic import PeriodicLoop
 from berth.runtime.protocol import LABEL_PORT, ContainerInfo, Runtime
+from berth.workloads.protocol import WorkloadInstance, Workloads
 
 LABEL_HEALTH_PATH = "berth.health-path"
 FAILURES_TO_UNHEALTHY = 2
+REFUSED = "connection refused"
 CHECK_TIMEOUT_SECONDS = 2.0
 FAST_PROBE_STEP_SECONDS = 0.05
 FAST_PROBE_WINDOW_SECONDS = 10.0
@@ -102,9 +108,64 @@ class FastProbes:
         return container_id in self._pending
 
 
+class HealthTargets(Protocol):
+    """What to check: every running instance, and one instance looked up by its id."""
+
+    def all(self) -> list[CheckTarget]: ...
+
+    def lookup(self, instance_id: str) -> tuple[CheckTarget | None, bool]:
+        """The instance's target (None: gone, stopped, or nothing to check) and whether it is
+        still booting (then it is looked up again)."""
+        ...
+
+
+@dataclass
+class RuntimeTargets:
+    """The containers of one engine (the local backend)."""
+
+    runtime: Runtime
+
+    def all(self) -> list[CheckTarget]:
+        return [t for t in (_target(c) for c in self.runtime.list()) if t is not None]
+
+    def lookup(self, instance_id: str) -> tuple[CheckTarget | None, bool]:
+        info = self.runtime.inspect(instance_id)
+        if info is None:
+            return None, False
+        return _target(info), info.state in ("created", "restarting")
+
+
+@dataclass
+class WorkloadTargets:
+    """The instances a workload backend reports, wherever they run (their address and port)."""
+
+    workloads: Workloads
+
+    def all(self) -> list[CheckTarget]:
+        return [t for t in (instance_target(i) for i in self.workloads.instances()) if t]
+
+    def lookup(self, instance_id: str) -> tuple[CheckTarget | None, bool]:
+        for inst in self.workloads.instances():
+            if inst.id == instance_id:
+                return instance_target(inst), inst.state == "starting"
+        return None, False
+
+
+def instance_target(inst: WorkloadInstance) -> CheckTarget | None:
+    """How to check one instance: HTTP at its address when it has a health path, else a TCP
+    connect to where the app itself listens."""
+    if inst.state != "running" or inst.address is None or inst.port is None:
+        return None
+    if inst.health_path:
+        return CheckTarget(inst.id, inst.port, inst.health_path, inst.started_at, inst.address)
+    host = inst.probe_address or inst.address
+    port = inst.probe_port or inst.port
+    return CheckTarget(inst.id, port, None, inst.started_at, host)
+
+
 @dataclass
 class HealthMonitor:
-    runtime: Runtime
+    runtime: Runtime | HealthTargets
     interval: float = 1.0
     on_change: Callable[[], None] = lambda: None
     host: str = "127.0.0.1"
@@ -114,6 +175,10 @@ class HealthMonitor:
     clock: Callable[[], float] = time.monotonic  # the fast-probe schedule's clock
 
     def __post_init__(self) -> None:
+        source: Any = self.runtime
+        self.targets: HealthTargets = (
+            source if callable(getattr(source, "lookup", None)) else RuntimeTargets(source)
+        )
         self._lock = threading.Lock()
         self._loop = PeriodicLoop("berth-health", self._round, self.interval)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="berth-health")
@@ -145,11 +210,15 @@ class HealthMonitor:
 
     # -- new instances ------------------------------------------------------------------------
 
-    def probe_soon(self, container: ContainerInfo | str) -> None:
+    def probe_soon(self, container: ContainerInfo | CheckTarget | str) -> None:
         """Check a container that has just started at once and then quickly until it passes.
         Given only an id (an engine event), its port is looked up in the probing thread."""
-        cid = container if isinstance(container, str) else container.id
-        target = None if isinstance(container, str) else _target(container)
+        if isinstance(container, CheckTarget):
+            cid, target = container.container_id, container
+        elif isinstance(container, str):
+            cid, target = container, None
+        else:
+            cid, target = container.id, _target(container)
         with self._lock:
             if target is not None:
                 self._fast_targets[cid] = target
@@ -196,11 +265,9 @@ class HealthMonitor:
         targets: dict[str, CheckTarget] = {}
         for cid, target in known.items():
             if target is None:
-                info = self.runtime.inspect(cid)
-                target = _target(info) if info is not None else None
                 # Gone, stopped, or running with nothing to check (no published port): leave
                 # it to the regular rounds. Only one not running yet is looked up again.
-                booting = info is not None and info.state in ("created", "restarting")
+                target, booting = self.targets.lookup(cid)
                 if target is None and not booting:
                     with self._lock:
                         self._fast.discard(cid)
@@ -240,7 +307,7 @@ class HealthMonitor:
 
     def check_round(self) -> bool:
         """Check every running managed container once; returns whether any health changed."""
-        targets = [t for t in (_target(c) for c in self.runtime.list()) if t is not None]
+        targets = self.targets.all()
         results = list(self._pool.map(self._probe, targets))
         changed = False
         with self._lock:
@@ -265,16 +332,19 @@ class HealthMonitor:
         else:
             state.failures += 1
             state.last_error = error
-            if state.failures >= FAILURES_TO_UNHEALTHY or not before:
+            if state.failures >= FAILURES_TO_UNHEALTHY or not before or _refused(error):
                 state.healthy = False
         return before != state.healthy
 
     def _probe(self, target: CheckTarget) -> tuple[bool, str]:
         if target.path is None:
             return _tcp_check(target.host or self.host, target.port)
-        url = f"http://{self.host}:{target.port}{target.path}"
+        url = f"http://{target.host or self.host}:{target.port}{target.path}"
         try:
             resp = self._client.get(url)
+        except httpx.ConnectError as exc:
+            refused = isinstance(exc.__cause__, ConnectionRefusedError) or "refused" in str(exc)
+            return False, f"GET {target.path}: {REFUSED if refused else type(exc).__name__}"
         except httpx.HTTPError as exc:
             return False, f"GET {target.path}: {type(exc).__name__}"
         if 200 <= resp.status_code < 400:
@@ -298,9 +368,17 @@ def _target(container: ContainerInfo) -> CheckTarget | None:
     return CheckTarget(container.id, container.host_port, path, container.started_at)
 
 
+def _refused(error: str) -> bool:
+    """Nothing listens there (its node or process is gone): no second check is needed to stop
+    routing to it, unlike a timeout or an error answer, which may pass."""
+    return error.endswith(REFUSED)
+
+
 def _tcp_check(host: str, port: int) -> tuple[bool, str]:
     try:
         with socket.create_connection((host, port), timeout=CHECK_TIMEOUT_SECONDS):
             return True, ""
+    except ConnectionRefusedError:
+        return False, f"TCP connect: {REFUSED}"
     except OSError as exc:
         return False, f"TCP connect: {exc.strerror or exc}"

@@ -99,8 +99,8 @@ def list_releases(name: str, session: SessionDep, who: CurrentPrincipal) -> list
 def deploy_image(
     name: str, body: DeployImage, session: SessionDep, platform: PlatformDep, who: Writer
 ) -> DeployResult:
-    runtime = platform.runtime
-    if runtime is None:
+    runtime, backend = platform.runtime, platform.workloads
+    if runtime is None or backend is None:
         raise EngineError("no container engine is configured")
     # The build policy: base images, the tenant's own builds, the configured registry. Another
     # tenant's image answers exactly like a missing one.
@@ -193,8 +193,8 @@ def logs(
     follow: bool = False,
 ) -> StreamingResponse:
     app = svc.get_app(session, who.tenant_id, name)
-    runtime = platform.runtime
-    if runtime is None:
+    runtime, backend = platform.runtime, platform.workloads
+    if runtime is None or backend is None:
         raise EngineError("no container engine is configured")
     containers = [
         (i.id[:8], i.container_id) for i in svc.list_instances(session, app) if i.container_id
@@ -206,7 +206,7 @@ def logs(
         lines = []
         for short, cid in containers:
             try:
-                text = runtime.logs(cid, tail=tail)
+                text = backend.logs(cid, tail=tail)
             except EngineUnavailable:
                 raise
             except RuntimeFailure as exc:  # the container went away meanwhile
@@ -220,7 +220,7 @@ def logs(
         for short, cid in containers:
             # Opened here, not in the streaming body: an engine that is down is a 503.
             try:
-                streams.append((short, runtime.follow_logs(cid, tail=tail, stop=stop)))
+                streams.append((short, backend.follow_logs(cid, tail=tail, stop=stop)))
             except EngineUnavailable:
                 raise
             except RuntimeFailure as exc:

@@ -7,35 +7,40 @@ billing. One row per (container, start); a restart opens a new row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from berth.runtime.protocol import LABEL_APP, LABEL_TENANT, ContainerInfo
 from berth.store.tables import RunIntervalRow, new_id
+from berth.workloads.protocol import WorkloadInstance
 
-LABEL_MEMORY_MB = "berth.memory-mb"
-LABEL_CPUS_MILLI = "berth.cpus-milli"
+# A stopping instance may still run: it is billed until its backend says when it stopped.
+BILLED_STATES = frozenset({"running", "stopping"})
 
 
-def record_intervals(session: Session, containers: list[ContainerInfo], now: float) -> None:
+def record_intervals(session: Session, instances: Sequence[WorkloadInstance], now: float) -> None:
+    """Open, keep or close one row per (instance, start) from what the backend reports: the
+    backend's own start and stop times, whichever node ran the instance."""
     open_rows = {
         (r.container_id, r.started_at): r
         for r in session.scalars(select(RunIntervalRow).where(RunIntervalRow.stopped_at.is_(None)))
     }
     seen: set[tuple[str, float]] = set()
-    for c in containers:
-        if c.started_at is None or LABEL_MEMORY_MB not in c.labels:
+    for inst in instances:
+        if inst.started_at is None or inst.memory_mb <= 0:
             continue
-        key = (c.id, c.started_at)
+        key = (inst.id, inst.started_at)
         seen.add(key)
         row = open_rows.get(key)
-        running = c.state in ("running", "paused")
+        running = inst.state in BILLED_STATES
         if row is None:
-            if not running and c.finished_at is None:
+            if not running and inst.finished_at is None:
                 continue
             exists = session.scalar(
                 select(RunIntervalRow.id).where(
-                    RunIntervalRow.container_id == c.id, RunIntervalRow.started_at == c.started_at
+                    RunIntervalRow.container_id == inst.id,
+                    RunIntervalRow.started_at == inst.started_at,
                 )
             )
             if exists is not None:
@@ -43,19 +48,19 @@ def record_intervals(session: Session, containers: list[ContainerInfo], now: flo
             session.add(
                 RunIntervalRow(
                     id=new_id(),
-                    container_id=c.id,
-                    tenant_id=c.labels.get(LABEL_TENANT, ""),
-                    app_id=c.labels.get(LABEL_APP, ""),
-                    memory_mb=int(c.labels[LABEL_MEMORY_MB]),
-                    cpus_milli=int(c.labels.get(LABEL_CPUS_MILLI, "1000")),
-                    started_at=c.started_at,
-                    stopped_at=None if running else (c.finished_at or now),
+                    container_id=inst.id,
+                    tenant_id=inst.tenant_id,
+                    app_id=inst.app_id,
+                    memory_mb=inst.memory_mb,
+                    cpus_milli=inst.cpus_milli or 1000,
+                    started_at=inst.started_at,
+                    stopped_at=None if running else (inst.finished_at or now),
                 )
             )
         elif not running:
-            row.stopped_at = max(row.started_at, c.finished_at or now)
+            row.stopped_at = max(row.started_at, inst.finished_at or now)
     for key, row in open_rows.items():
-        if key not in seen:  # restarted (new start time) or removed
+        if key not in seen:  # restarted (new start time) or gone without a stop time
             row.stopped_at = max(row.started_at, now)
     session.flush()
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ALIVE_STATES = frozenset({"running", "restarting", "paused"})
+# "starting": a backend's word for an instance on its way up (created, pulling, assigned).
+ALIVE_STATES = frozenset({"running", "restarting", "paused", "starting"})
 DEAD_STATES = frozenset({"exited", "dead", "created"})  # created: never started
 
 

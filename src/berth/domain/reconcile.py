@@ -19,13 +19,17 @@ from dataclasses import dataclass, field
 
 from berth.controllers.backoff import exponential_delay  # pure: the one retry policy
 from berth.domain.model import DesiredApp, ObservedInstance
+from berth.domain.rollout import (
+    CRASH_LOOP_RESTARTS as CRASH_LOOP_RESTARTS,
+)
+from berth.domain.rollout import FinishDeployment as FinishDeployment
+from berth.domain.rollout import GroupTarget, RolloutPlan, plan_rollout
 
 # Like Docker's restart policy, a first crash is restarted almost at once (Docker waits 100 ms);
 # a second crash in a row is a likely loop: from there the wait doubles from 1 s, as before.
 FIRST_RESTART_SECONDS = 0.1
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
-CRASH_LOOP_RESTARTS = 3
 # A crash after running this long is treated as a fresh failure, not part of a loop.
 RESTART_RESET_AFTER_SECONDS = 60.0
 
@@ -46,14 +50,6 @@ class RestartInstance:
 class RemoveInstance:
     app_id: str
     container_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class FinishDeployment:
-    app_id: str
-    deployment_id: str
-    succeeded: bool
     reason: str
 
 
@@ -97,18 +93,37 @@ def next_restart_count(previous: int, ran_seconds: float | None) -> int:
 def plan_reconcile(
     desired: Iterable[DesiredApp], observed: Iterable[ObservedInstance], now: float
 ) -> Plan:
-    by_app: dict[str, list[ObservedInstance]] = defaultdict(list)
+    """The whole local plan: the rollout (which groups, berth.domain.rollout) and then the
+    containers that make those groups exist on this machine."""
+    observed = list(observed)
+    rollout = plan_rollout(desired, observed, now)
+    containers = plan_containers(rollout.groups, observed, now, rollout)
+    return Plan(rollout.finished + containers.actions, containers.waiting)
+
+
+def plan_containers(
+    groups: Iterable[GroupTarget],
+    observed: Iterable[ObservedInstance],
+    now: float,
+    rollout: RolloutPlan | None = None,
+) -> Plan:
+    """Containers for process groups on one engine: start the missing, restart the crashed
+    (with backoff), remove extras and every container of a revision no group wants."""
+    by_group: dict[tuple[str, str], list[ObservedInstance]] = defaultdict(list)
     for inst in observed:
-        by_app[inst.app_id].append(inst)
+        by_group[(inst.app_id, inst.revision)].append(inst)
+    wanted = {(g.app_id, g.revision): g for g in groups}
     actions: list[Action] = []
     waiting: list[Waiting] = []
-    wanted = {app.app_id: app for app in desired}
-    for app_id in sorted(by_app.keys() - wanted.keys()):
-        actions += _remove_all(by_app[app_id], "app deleted")
-    for app_id in sorted(wanted):
-        app_actions, app_waiting = _plan_app(wanted[app_id], by_app.get(app_id, []), now)
-        actions += app_actions
-        waiting += app_waiting
+    for key in sorted(by_group.keys() - wanted.keys()):
+        app_id, revision = key
+        reason = (rollout.retire_reason(app_id, revision) if rollout else None) or "old revision"
+        actions += _remove_all(by_group[key], reason)
+    for key in sorted(wanted):
+        group = wanted[key]
+        a, w = _maintain(group.app_id, by_group.get(key, []), group.revision, group.replicas, now)
+        actions += a
+        waiting += w
     return Plan(tuple(actions), tuple(waiting))
 
 
@@ -117,63 +132,6 @@ def _remove_all(instances: Iterable[ObservedInstance], reason: str) -> list[Acti
         RemoveInstance(i.app_id, i.container_id, reason)
         for i in sorted(instances, key=lambda i: i.container_id)
     ]
-
-
-def _plan_app(
-    app: DesiredApp, instances: Sequence[ObservedInstance], now: float
-) -> tuple[list[Action], list[Waiting]]:
-    if app.target is None:
-        return _remove_all(instances, "no release to run"), []
-    target_key = app.target.key
-    serving_key = app.serving.key if app.serving is not None else None
-    keep = {target_key} | ({serving_key} if app.rolling_out and serving_key else set())
-    actions: list[Action] = _remove_all(
-        [i for i in instances if i.revision not in keep], "old revision"
-    )
-    waiting: list[Waiting] = []
-    target = [i for i in instances if i.revision == target_key]
-    if not app.rolling_out:
-        a, w = _maintain(app.app_id, target, target_key, app.scale, now)
-        return actions + a, waiting + w
-
-    old = [i for i in instances if i.revision == serving_key and serving_key != target_key]
-    failure = _rollout_failure(app, target, now)
-    if failure is not None:
-        assert app.deployment_id is not None
-        actions.append(FinishDeployment(app.app_id, app.deployment_id, False, failure))
-        actions += _remove_all(target, "deployment failed")
-        # The serving revision stays at scale; with none serving, nothing starts.
-        a, w = _maintain(app.app_id, old, serving_key, app.scale, now)
-        return actions + a, waiting + w
-
-    ready = [i for i in target if i.ready]
-    if len(ready) >= app.scale:
-        assert app.deployment_id is not None
-        actions.append(
-            FinishDeployment(app.app_id, app.deployment_id, True, f"{app.scale} instances healthy")
-        )
-        actions += _remove_all(old, "replaced by new revision")
-        a, w = _maintain(app.app_id, target, target_key, app.scale, now)
-        return actions + a, waiting + w
-
-    a, w = _maintain(app.app_id, target, target_key, app.scale, now)
-    actions += a
-    waiting += w
-    a, w = _maintain(app.app_id, old, None, app.scale, now)
-    return actions + a, waiting + w
-
-
-def _rollout_failure(app: DesiredApp, target: Sequence[ObservedInstance], now: float) -> str | None:
-    for inst in sorted(target, key=lambda i: i.container_id):
-        if not inst.alive and inst.restarts >= CRASH_LOOP_RESTARTS:
-            return (
-                f"instance crashed {inst.restarts + 1} times in a row "
-                f"(last exit code {inst.exit_code})"
-            )
-    if app.deadline is not None and now >= app.deadline:
-        healthy = sum(1 for i in target if i.state == "running" and i.healthy)
-        return f"health check: {healthy} of {app.scale} instances healthy before the deadline"
-    return None
 
 
 def _maintain(

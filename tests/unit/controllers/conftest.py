@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from berth.services.bootstrap import ensure_admin
 from berth.settings import Settings
 from berth.store.db import make_engine, make_sessionmaker, migrate
 from berth.store.tables import Deployment
-from tests.fakes import FakeHealth, FakeNginx
+from tests.fakes import FakeHealth, FakeNginx, local_reconciler
 
 
 class Clock:
@@ -48,8 +47,7 @@ class World:
         for _ in range(passes):
             self.reconciler.run_once()
             # Let background removals finish before the next pass, as time would.
-            self.reconciler._removals.shutdown(wait=True)
-            self.reconciler._removals = ThreadPoolExecutor(max_workers=2)
+            self.reconciler.workloads.wait_for_removals()  # type: ignore[attr-defined]
             self.clock.now += step
 
     def running(self, app: str) -> list[str]:
@@ -70,7 +68,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     runtime.add_image("broken:latest")
     nginx = FakeNginx()
     health = FakeHealth(runtime)
-    reconciler = Reconciler(settings, sessions, runtime, nginx, health, clock=clock)  # type: ignore[arg-type]
+    reconciler = local_reconciler(settings, sessions, runtime, nginx, health, clock=clock)
     yield World(settings, clock, runtime, nginx, health, reconciler, tenant.id)
     reconciler.stop()
     engine.dispose()

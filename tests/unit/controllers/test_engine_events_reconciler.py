@@ -7,6 +7,7 @@ from __future__ import annotations
 from berth.domain.reconcile import FIRST_RESTART_SECONDS, RestartInstance
 from berth.runtime.protocol import ContainerInfo
 from berth.services import apps as svc
+from berth.workloads.local import LocalWorkloads
 from tests.harness import wait_until
 from tests.unit.controllers.conftest import World, deploy, status
 
@@ -14,7 +15,8 @@ from tests.unit.controllers.conftest import World, deploy, status
 def _watch(world: World) -> tuple[list[ContainerInfo], list[int]]:
     started: list[ContainerInfo] = []
     wakes: list[int] = []
-    world.reconciler.on_started = started.append
+    backend = world.reconciler.workloads
+    backend.on_started = started.append  # type: ignore[attr-defined]
     world.reconciler._loop.wake = lambda: wakes.append(1)  # type: ignore[method-assign]
     return started, wakes
 
@@ -50,13 +52,15 @@ def test_a_crashed_instance_is_restarted_when_due_not_at_the_next_interval(world
 
     world.runtime.crash(cid, 1)
     crashed_at = world.clock.now
-    plan = world.reconciler.run_once()  # the die event's pass: too early to restart
-    assert not any(isinstance(a, RestartInstance) for a in plan.actions)
-    assert world.reconciler._timer_due == crashed_at + FIRST_RESTART_SECONDS
+    backend: LocalWorkloads = world.reconciler.workloads  # type: ignore[assignment]
+    world.reconciler.run_once()  # the die event's pass: too early to restart
+    assert not any(isinstance(a, RestartInstance) for a in backend.last_plan.actions)
+    assert backend._timer_due == crashed_at + FIRST_RESTART_SECONDS
     wait_until(lambda: wakes, 10, "the timer wakes the loop when the restart is due")
 
     world.clock.now += FIRST_RESTART_SECONDS
-    plan = world.reconciler.run_once()
+    world.reconciler.run_once()
+    plan = backend.last_plan
     assert RestartInstance(plan.actions[0].app_id, cid) in plan.actions
     assert [i.id for i in started] == [cid]  # the restarted instance is probed at once too
     assert world.running("web") == [cid]

@@ -11,7 +11,9 @@ from tests.unit.controllers.conftest import world as world  # the same fixture, 
 
 def test_network_is_filtered_before_the_first_container_runs(world: World) -> None:
     seen: list[tuple[str, int]] = []
-    world.reconciler.network_ready = lambda name: seen.append((name, len(world.runtime.list())))
+    world.reconciler.workloads.network_ready = lambda name: seen.append(
+        (name, len(world.runtime.list()))
+    )
     with world.session() as s:
         svc.create_app(s, world.settings, world.tenant_id, svc.AppSpec("web"))
     deploy(world, "web")
@@ -24,7 +26,7 @@ def test_an_unfilterable_network_runs_nothing(world: World) -> None:
     def refuse(name: str) -> None:
         raise NetPolicyError(f"network {name!r} cannot be egress-filtered; refusing to run on it")
 
-    world.reconciler.network_ready = refuse
+    world.reconciler.workloads.network_ready = refuse
     with world.session() as s:
         svc.create_app(s, world.settings, world.tenant_id, svc.AppSpec("web"))
     deploy(world, "web")

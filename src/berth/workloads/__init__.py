@@ -1,0 +1,1 @@
+"""Where apps run: the workload seam (protocol) and its backends (local, swarm)."""
