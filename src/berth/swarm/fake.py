@@ -17,7 +17,9 @@ It implements SwarmAPI and passes the same contract suite as a real manager
   ``shutdown``. Draining shuts a node's tasks down and reschedules them.
 
 Tasks start at once (``running``), so tests never wait on it. Reads are fast at 1,000 nodes and
-30,000 tasks (listing every task is a shallow copy of each): it is the scale simulation's Swarm.
+30,000 tasks (a listing is a shallow copy of each object: the fake replaces an object's nested
+dicts, it never changes them, so what a caller holds stays as it was): it is the scale
+simulation's Swarm.
 ``writes`` counts the calls that change something, for idempotency tests.
 """
 
@@ -154,7 +156,7 @@ class FakeSwarmAPI:
 
     def nodes(self) -> list[Obj]:
         with self._lock:
-            return [_copy(n) for n in self._nodes.values()]
+            return [dict(n) for n in self._nodes.values()]
 
     def update_node(self, node_id: str, version: int, spec: Mapping[str, Any]) -> None:
         with self._lock:
@@ -180,7 +182,7 @@ class FakeSwarmAPI:
     def services(self, labels: Mapping[str, str] | None = None) -> list[Obj]:
         with self._lock:
             return [
-                _copy(s) for s in self._services.values() if _has(s["Spec"].get("Labels"), labels)
+                dict(s) for s in self._services.values() if _has(s["Spec"].get("Labels"), labels)
             ]
 
     def create_service(self, spec: Mapping[str, Any]) -> str:
@@ -470,6 +472,7 @@ class FakeSwarmAPI:
         if keep_status:  # the node is gone: it never reports the task's end
             task["DesiredState"] = "shutdown"
             task["UpdatedAt"] = self._stamp()
+            task["Version"] = {"Index": next(self._version)}
             self._release(task)
         else:
             self._end(task, "shutdown", "shutdown", exit_code=0, desired="shutdown")

@@ -10,6 +10,7 @@ moves on when the task ends).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,16 +60,25 @@ class TaskMemory:
 
     ports: dict[str, int] = field(default_factory=dict)
     started: dict[str, float] = field(default_factory=dict)
+    # A task's view as of its Version.Index and its node's state: Swarm bumps the version on
+    # every change of the task, so an unchanged one is not read again (30,000 tasks a pass).
+    views: dict[str, tuple[tuple[Any, ...], _View]] = field(default_factory=dict)
 
     def forget(self, live_ids: Iterable[str]) -> None:
         keep = set(live_ids)
-        for memo in (self.ports, self.started):
+        for memo in (self.ports, self.started, self.views):
             for task_id in [t for t in memo if t not in keep]:
                 del memo[task_id]
 
 
 def parse_time(text: str | None) -> float | None:
     """Docker's RFC 3339 time (nanoseconds) as unix seconds; its zero time is None."""
+    return _parse_time(text) if text else None
+
+
+# A task's times do not change once written, and every pass reads them all again.
+@functools.lru_cache(maxsize=1 << 18)
+def _parse_time(text: str) -> float | None:
     if not text or text.startswith("0001-01-01"):
         return None
     match = _RFC3339.match(text)
@@ -114,11 +124,24 @@ def instances_of_service(
         slots.setdefault(slot, []).append(task)
     out: list[WorkloadInstance] = []
     for slot, history in slots.items():
-        history.sort(key=lambda t: (parse_time(t.get("CreatedAt")) or 0.0, str(t.get("ID", ""))))
+        if len(history) > 1:
+            history.sort(key=lambda t: (parse_time(t.get("CreatedAt")) or 0.0, str(t.get("ID"))))
         newest_alive: str | None = None
         views = []
         for task in history:
-            view = _task_view(task, nodes, memory, target)
+            node = nodes.get(str(task.get("NodeID") or ""))
+            key = (
+                (task.get("Version") or {}).get("Index"),
+                task.get("DesiredState"),
+                node,
+                target,
+            )
+            cached = memory.views.get(str(task["ID"]))
+            if cached is not None and cached[0] == key and key[0] is not None:
+                view = cached[1]
+            else:
+                view = _task_view(task, nodes, memory, target)
+                memory.views[view.task_id] = (key, view)
             views.append(view)
             if view.state in ("pending", "starting", "running"):
                 newest_alive = view.task_id  # sorted oldest first: the last one wins
