@@ -13,13 +13,15 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from berth.errors import RuntimeFailure
+from berth.errors import EngineUnavailable, RuntimeFailure
 from berth.swarm.api import DockerSwarmAPI, SwarmAPI
 from berth.swarm.fake import FakeSwarmAPI
+from tests.cluster.nodes import Cluster
 from tests.cluster.services import HTTPD, IMAGE
 from tests.harness import wait_until
 
@@ -269,3 +271,18 @@ def test_overlay_networks_are_ensured_labelled_and_removed(backend: Backend) -> 
     _remove_network_when_free(backend.api, network_id)
     assert backend.api.networks(labels=labels) == []
     backend.api.remove_network(network_id)  # missing: not an error
+
+
+def test_no_engine_and_an_engine_that_is_no_manager_are_clear_503s(
+    swarm: Cluster, tmp_path: Path
+) -> None:
+    with pytest.raises(EngineUnavailable, match="cannot be reached"):
+        DockerSwarmAPI(f"unix://{tmp_path}/missing.sock").services()
+    # A worker's engine answers, but only managers know the swarm's state.
+    worker = DockerSwarmAPI(swarm.node("w1").base_url)
+    try:
+        with pytest.raises(EngineUnavailable, match="not a swarm manager") as raised:
+            worker.services()
+        assert raised.value.status == 503
+    finally:
+        worker.close()

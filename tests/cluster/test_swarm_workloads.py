@@ -7,6 +7,7 @@ created; the ``swarm`` fixture removes leftover services and the tests remove th
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter
@@ -30,7 +31,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.docker]
 # The root filesystem is read-only: the page lives on the /tmp tmpfs. tini (init) forwards
 # TERM to sh, which exits at once.
 HTTPD = (
-    "mkdir -p /tmp/www && hostname > /tmp/www/index.html && trap 'exit 0' TERM; "
+    "echo serving on 8080; mkdir -p /tmp/www && hostname > /tmp/www/index.html && "
+    "trap 'exit 0' TERM; "
     "httpd -f -p 8080 -h /tmp/www & wait"
 )
 
@@ -125,8 +127,16 @@ def test_six_replicas_spread_answer_and_run_hardened(
         assert instance.started_at is not None and instance.started_at <= time.time()
         assert instance.slot.startswith("hello-web-v1-g1-")
 
-    # The task's container, inspected on its own node's engine.
+    # Logs are read through the manager from the task's node.
     instance = instances[0]
+    wait_until(lambda: "serving on 8080" in workloads.logs(instance.id), 20, "the task logged")
+    stop = threading.Event()
+    lines = workloads.follow_logs(instance.id, tail=5, stop=stop)
+    assert next(lines) == "serving on 8080"
+    stop.set()
+    lines.close()
+
+    # The task's container, inspected on its own node's engine.
     label = f"com.docker.swarm.task.id={instance.id}"
     engine = swarm.client(_short_of(swarm, instance.node))
     (container,) = engine.containers.list(filters={"label": label})

@@ -36,6 +36,7 @@ from berth.swarm.specs import (
 from berth.swarm.tasks import NodeView, TaskMemory, instances_of_service
 from berth.workloads.protocol import (
     LABEL_GROUP,
+    BackendKind,
     NodeSummary,
     ProcessGroup,
     WorkloadInstance,
@@ -56,7 +57,7 @@ class SwarmWorkloads:
     installation: str
     clock: Callable[[], float] = time.time
     removed_report_seconds: float = 0.0
-    kind: str = field(default="swarm", init=False)
+    kind: BackendKind = field(default="swarm", init=False)
 
     def __post_init__(self) -> None:
         if not self.installation:
@@ -68,6 +69,7 @@ class SwarmWorkloads:
         self._removed: dict[str, tuple[WorkloadInstance, float]] = {}  # reported until
         self._refused: dict[str, str] = {}  # group key -> why its service could not be written
         self._groups: dict[str, ProcessGroup] = {}
+        self._names: dict[str, str] = {}  # service id -> name, for tasks that outlive it
 
     # -- the seam -----------------------------------------------------------------------------
 
@@ -105,10 +107,18 @@ class SwarmWorkloads:
             services = self._services()
             nodes = self._node_views()
             tasks_by_service: dict[str, list[Any]] = {s["ID"]: [] for s in services}
+            orphans: dict[str, list[Any]] = {}
             for task in self.api.tasks(labels=owner_labels(self.installation)):
-                bucket = tasks_by_service.get(task.get("ServiceID", ""))
-                if bucket is not None:
-                    bucket.append(task)
+                service_id = str(task.get("ServiceID", ""))
+                bucket = tasks_by_service.get(service_id)
+                if bucket is None:
+                    # Its service is removed and the task not gone yet (still stopping, or just
+                    # stopped): its container's labels say what it was.
+                    if _container_labels(task).get(LABEL_INSTALLATION) != self.installation:
+                        continue
+                    bucket = orphans.setdefault(service_id, [])
+                bucket.append(task)
+            names = {s["ID"]: s["Spec"].get("Name", s["ID"]) for s in services}
             out: list[WorkloadInstance] = []
             for service in services:
                 out.extend(
@@ -116,6 +126,15 @@ class SwarmWorkloads:
                         service, tasks_by_service[service["ID"]], nodes, self._memory, now
                     )
                 )
+            for service_id, tasks in orphans.items():
+                name = self._names.get(service_id, service_id)
+                names[service_id] = name
+                gone = {
+                    "ID": service_id,
+                    "Spec": {"Name": name, "Labels": _container_labels(tasks[0])},
+                }
+                out.extend(instances_of_service(gone, tasks, nodes, self._memory, now))
+            self._names = names
             seen = {i.id for i in out}
             self._memory.forget(seen)
             out.extend(self._refused_instances(services))
@@ -295,6 +314,10 @@ class SwarmWorkloads:
     def _owned_tasks(self, task_id: str) -> list[dict[str, Any]]:
         labels = {**owner_labels(self.installation)}
         return [t for t in self.api.tasks(labels=labels) if t.get("ID") == task_id]
+
+
+def _container_labels(task: Mapping[str, Any]) -> dict[str, str]:
+    return dict(((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {})
 
 
 def _unavailable(failure: BaseException) -> bool:
