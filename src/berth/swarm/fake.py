@@ -50,8 +50,12 @@ def _new_id() -> str:
 
 
 class FakeSwarmAPI:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, linger: bool = False) -> None:
+        """``linger``: as a real manager, a removed service's tasks stay listed (desired
+        ``remove``) while they stop; ``finish_removals()`` stops them, a second call drops them.
+        Otherwise they go with the service."""
         self.clock = clock
+        self.linger = linger
         self.writes = 0
         self._lock = threading.RLock()
         self._version = itertools.count(10)
@@ -65,6 +69,8 @@ class FakeSwarmAPI:
         self._networks: dict[str, Obj] = {}
         self._logs: dict[str, str] = {}
         self._pending: dict[str, None] = {}
+        self._lingering: dict[str, None] = {}  # tasks of removed services, still listed
+        self._gone_labels: dict[str, dict[str, str]] = {}  # removed service id -> its labels
 
     # -- what a test does to the swarm (not part of SwarmAPI) --------------------------------
 
@@ -238,12 +244,32 @@ class FakeSwarmAPI:
                 return
             self.writes += 1
             for task_id in self._by_service.pop(service_id):
-                task = self._tasks.pop(task_id)
+                task = self._tasks[task_id]
                 self._release(task)
                 self._pending.pop(task_id, None)
-                self._logs.pop(task_id, None)
+                if self.linger:
+                    task["DesiredState"] = "remove"
+                    task["Version"] = {"Index": next(self._version)}
+                    self._lingering[task_id] = None
+                else:
+                    del self._tasks[task_id]
+                    self._logs.pop(task_id, None)
+            if self.linger:
+                self._gone_labels[service_id] = dict(self._services[service_id]["Spec"]["Labels"])
             del self._services[service_id]
             self._schedule_pending()
+
+    def finish_removals(self) -> None:
+        """Lingering tasks that still run stop now; those already stopped are dropped."""
+        with self._lock:
+            for task_id in list(self._lingering):
+                task = self._tasks[task_id]
+                if task["Status"]["State"] in ("running", "new", "pending"):
+                    self._end(task, "shutdown", "shutdown", exit_code=0, desired="remove")
+                else:
+                    del self._tasks[task_id]
+                    del self._lingering[task_id]
+                    self._logs.pop(task_id, None)
 
     def tasks(
         self, service_id: str | None = None, labels: Mapping[str, str] | None = None
@@ -256,11 +282,7 @@ class FakeSwarmAPI:
             else:
                 found = iter(self._tasks.values())
             if labels:
-                found = (
-                    t
-                    for t in found
-                    if _has(self._services[t["ServiceID"]]["Spec"]["Labels"], labels)
-                )
+                found = (t for t in found if _has(self._labels_of_service(t["ServiceID"]), labels))
             # Shallow copies: the fake replaces a task's nested dicts, never changes them.
             return [dict(t) for t in found]
 
@@ -303,6 +325,12 @@ class FakeSwarmAPI:
                     raise RuntimeFailure(
                         f"swarm: cannot remove network {network_id}: network {network_id} is in "
                         f"use by service {service['ID']}"
+                    )
+            for task_id in self._lingering:
+                attached = self._tasks[task_id]["Spec"].get("Networks") or []
+                if network_id in {n.get("Target") for n in attached}:
+                    raise RuntimeFailure(
+                        f"swarm: cannot remove network {network_id}: it is in use by task {task_id}"
                     )
             self.writes += 1
             del self._networks[network_id]
@@ -539,6 +567,13 @@ class FakeSwarmAPI:
             if _CONSTRAINT.match(constraint) is None:
                 raise RuntimeFailure(f"swarm: invalid constraint {constraint!r}")
         return out
+
+    def _labels_of_service(self, service_id: str) -> dict[str, str]:
+        service = self._services.get(service_id)
+        if service is not None:
+            labels: dict[str, str] = service["Spec"].get("Labels") or {}
+            return labels
+        return self._gone_labels.get(service_id, {})
 
     def _check_version(self, obj: Obj, version: int, what: str) -> None:
         if int(version) != obj["Version"]["Index"]:

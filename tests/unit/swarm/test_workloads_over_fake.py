@@ -213,3 +213,27 @@ def test_a_foreign_network_of_the_same_name_refuses_only_its_groups(
     (refused,) = [i for i in backend.instances() if i.group == mine.key]
     assert refused.state == "pending" and "not this installation's overlay" in refused.reason
     assert len(alive(backend)) == 6
+
+
+def test_tasks_that_outlive_their_service_stop_then_are_removed_once() -> None:
+    fake = FakeSwarmAPI(linger=True)
+    fake.add_node("w1")
+    clock = Clock()
+    backend = SwarmWorkloads(fake, "inst1", clock=clock)
+    group = replace(GROUP, replicas=2)
+    backend.apply([group])
+    ids = {i.id for i in alive(backend, group)}
+    backend.apply([])
+    assert fake.services() == []
+    assert {(i.id, i.state) for i in backend.instances()} == {(i, "stopping") for i in ids}
+    assert fake.networks() != []  # still in use by the stopping tasks
+    fake.finish_removals()
+    stopped = backend.instances()
+    assert {i.state for i in stopped} == {"exited"} and all(i.finished_at for i in stopped)
+    fake.finish_removals()
+    removed = backend.instances()
+    assert {i.id for i in removed} == ids and {i.state for i in removed} == {"removed"}
+    assert [i.finished_at for i in removed] == [i.finished_at for i in stopped]
+    assert backend.instances() == []
+    backend.apply([])
+    assert fake.networks() == []
