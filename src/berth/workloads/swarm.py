@@ -96,7 +96,13 @@ class SwarmWorkloads:
             if doomed:
                 self._remember_before_removal(doomed)
             for service in doomed:
-                self.api.remove_service(service["ID"])
+                try:
+                    self.api.remove_service(service["ID"])
+                except BerthError as failure:
+                    if _unavailable(failure):
+                        raise
+                    log.warning("swarm: service %s not removed yet: %s", service["ID"], failure)
+                    continue
                 self._removed_at[service["Spec"]["Labels"].get(LABEL_GROUP, "")] = self.clock()
             self._refused = refused
             self._remove_unused_networks(wanted.values())
@@ -305,6 +311,9 @@ class SwarmWorkloads:
         return out
 
     def _check_owned(self, task_id: str) -> None:
+        with self._lock:
+            if task_id in self._last:
+                return
         if not any(t.get("ID") == task_id for t in self._owned_tasks(task_id)):
             raise RuntimeFailure(
                 f"task {task_id} is not an instance of this Berth installation; "
