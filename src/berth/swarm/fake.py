@@ -270,6 +270,9 @@ class FakeSwarmAPI:
                     del self._tasks[task_id]
                     del self._lingering[task_id]
                     self._logs.pop(task_id, None)
+            still = {self._tasks[t]["ServiceID"] for t in self._lingering}
+            for service_id in [s for s in self._gone_labels if s not in still]:
+                del self._gone_labels[service_id]
 
     def tasks(
         self, service_id: str | None = None, labels: Mapping[str, str] | None = None
@@ -282,7 +285,12 @@ class FakeSwarmAPI:
             else:
                 found = iter(self._tasks.values())
             if labels:
-                found = (t for t in found if _has(self._labels_of_service(t["ServiceID"]), labels))
+                matching = {
+                    service_id
+                    for service_id in (*self._services, *self._gone_labels)
+                    if _has(self._labels_of_service(service_id), labels)
+                }
+                found = (t for t in found if t["ServiceID"] in matching)
             # Shallow copies: the fake replaces a task's nested dicts, never changes them.
             return [dict(t) for t in found]
 

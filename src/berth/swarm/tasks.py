@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from berth.swarm.specs import LABEL_HEALTH_PATH, LABEL_PORT
+from berth.swarm.specs import LABEL_SPEC as LABEL_SPEC_HASH
 from berth.workloads.protocol import (
     LABEL_APP,
     LABEL_CPUS_MILLI,
@@ -63,10 +64,11 @@ class TaskMemory:
     # A task's view as of its Version.Index and its node's state: Swarm bumps the version on
     # every change of the task, so an unchanged one is not read again (30,000 tasks a pass).
     views: dict[str, tuple[tuple[Any, ...], _View]] = field(default_factory=dict)
+    instances: dict[str, tuple[tuple[Any, ...], WorkloadInstance]] = field(default_factory=dict)
 
     def forget(self, live_ids: Iterable[str]) -> None:
         keep = set(live_ids)
-        for memo in (self.ports, self.started, self.views):
+        for memo in (self.ports, self.started, self.views, self.instances):
             for task_id in [t for t in memo if t not in keep]:
                 del memo[task_id]
 
@@ -155,30 +157,38 @@ def instances_of_service(
                 )
             if view.task_id == newest_alive and restarts >= CRASH_LOOP_AFTER:
                 reason = crash_loop_reason(restarts, last_exit)
-            out.append(
-                WorkloadInstance(
-                    id=view.task_id,
-                    group=labels.get(LABEL_GROUP, ""),
-                    tenant_id=labels.get(LABEL_TENANT, ""),
-                    app_id=labels.get(LABEL_APP, ""),
-                    revision=labels.get(LABEL_REVISION, ""),
-                    state=state,
-                    node=view.node_name,
-                    process=labels.get(LABEL_PROCESS, "web"),
-                    address=view.address if view.port is not None else None,
-                    port=view.port,
-                    health_path=labels.get(LABEL_HEALTH_PATH) or None,
-                    started_at=view.started_at,
-                    finished_at=view.finished_at,
-                    exit_code=view.exit_code,
-                    restarts=restarts if view.task_id == newest_alive else 0,
-                    reason=reason,
-                    memory_mb=_int(labels.get(LABEL_MEMORY_MB)),
-                    cpus_milli=_int(labels.get(LABEL_CPUS_MILLI)),
-                    seq=int((parse_time(view.created_at) or 0.0) * 1000),
-                    slot=f"{name}.{slot}",
-                )
+            task_restarts = restarts if view.task_id == newest_alive else 0
+            # The same facts give the same (immutable) instance: reuse it, most tasks do not
+            # change between two passes.
+            facts = (view, state, reason, task_restarts, name, labels.get(LABEL_SPEC_HASH))
+            made = memory.instances.get(view.task_id)
+            if made is not None and made[0] == facts:
+                out.append(made[1])
+                continue
+            instance = WorkloadInstance(
+                id=view.task_id,
+                group=labels.get(LABEL_GROUP, ""),
+                tenant_id=labels.get(LABEL_TENANT, ""),
+                app_id=labels.get(LABEL_APP, ""),
+                revision=labels.get(LABEL_REVISION, ""),
+                state=state,
+                node=view.node_name,
+                process=labels.get(LABEL_PROCESS, "web"),
+                address=view.address if view.port is not None else None,
+                port=view.port,
+                health_path=labels.get(LABEL_HEALTH_PATH) or None,
+                started_at=view.started_at,
+                finished_at=view.finished_at,
+                exit_code=view.exit_code,
+                restarts=task_restarts,
+                reason=reason,
+                memory_mb=_int(labels.get(LABEL_MEMORY_MB)),
+                cpus_milli=_int(labels.get(LABEL_CPUS_MILLI)),
+                seq=int((parse_time(view.created_at) or 0.0) * 1000),
+                slot=f"{name}.{slot}",
             )
+            memory.instances[view.task_id] = (facts, instance)
+            out.append(instance)
     return out
 
 

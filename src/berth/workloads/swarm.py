@@ -70,6 +70,7 @@ class SwarmWorkloads:
         self._refused: dict[str, str] = {}  # group key -> why its service could not be written
         self._groups: dict[str, ProcessGroup] = {}
         self._names: dict[str, str] = {}  # service id -> name, for tasks that outlive it
+        self._specs: dict[str, tuple[ProcessGroup, dict[str, Any]]] = {}
 
     # -- the seam -----------------------------------------------------------------------------
 
@@ -77,6 +78,8 @@ class SwarmWorkloads:
         with self._lock:
             wanted = {group.key: group for group in groups}
             self._groups = dict(wanted)
+            for key in [k for k in self._specs if k not in wanted]:
+                del self._specs[key]
             services = self._services()
             by_group = {s["Spec"]["Labels"].get(LABEL_GROUP, ""): s for s in services}
             refused: dict[str, str] = {}
@@ -85,7 +88,7 @@ class SwarmWorkloads:
                 if key in refused:
                     continue
                 try:
-                    spec = service_spec(group, self.installation)
+                    spec = self._spec_of(group)
                     self._converge(spec, by_group.get(key))
                 except BerthError as failure:
                     if _unavailable(failure):
@@ -193,6 +196,15 @@ class SwarmWorkloads:
             for s in self.api.services(labels=owner_labels(self.installation))
             if (s.get("Spec") or {}).get("Labels", {}).get(LABEL_INSTALLATION) == self.installation
         ]
+
+    def _spec_of(self, group: ProcessGroup) -> dict[str, Any]:
+        """The group's service spec, built once per group (a pass holds thousands of them)."""
+        cached = self._specs.get(group.key)
+        if cached is not None and cached[0] == group:
+            return cached[1]
+        spec = service_spec(group, self.installation)
+        self._specs[group.key] = (group, spec)
+        return spec
 
     def _converge(self, spec: dict[str, Any], service: dict[str, Any] | None) -> None:
         if service is None:
