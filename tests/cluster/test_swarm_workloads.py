@@ -266,3 +266,24 @@ def test_a_killed_worker_loses_its_instances_and_they_run_elsewhere(
         assert old.state == "exited" and old.reason == f"node {victim} is down"
         assert old.finished_at is not None
     assert Counter(i.node for i in after) == {swarm.node("w2").name: 3, swarm.node("w3").name: 3}
+
+
+def test_a_crash_looping_group_says_so_with_its_exit_code(
+    swarm: Cluster, workloads: SwarmWorkloads
+) -> None:
+    group = _group(workloads, 1, command=("sh", "-c", "echo crashing; exit 3"))
+    workloads.apply([group])
+
+    def looping() -> WorkloadInstance | None:
+        mine = [i for i in workloads.instances() if i.group == group.key]
+        current = [i for i in mine if i.alive or i.state == "pending"]
+        if len(current) == 1 and current[0].reason.startswith("crash loop"):
+            return current[0]
+        return None
+
+    current = wait_until(looping, 60, "the group reports a crash loop")
+    assert current.restarts >= 3
+    assert current.reason.endswith("(last exit code 3)")
+    exited = [i for i in workloads.instances() if i.group == group.key and i.state == "exited"]
+    assert len(exited) >= 3 and {i.exit_code for i in exited} == {3}
+    assert all(i.finished_at is not None for i in exited)
