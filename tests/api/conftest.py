@@ -29,8 +29,10 @@ from sqlalchemy.orm import Session
 
 from berth.api.app import create_app
 from berth.api.routes_apps import txt_resolver
+from berth.api.routes_nodes import engine_api
 from berth.billing.ledger import tenant_account
 from berth.builds.protocol import BuildEvent, BuildRequest
+from berth.errors import EngineUnavailable
 from berth.platform import Platform, open_store
 from berth.runtime.fake import FakeRuntime
 from berth.services import accounts
@@ -72,6 +74,15 @@ class FakeBuilder:
         yield BuildEvent("log", f"Step 1/1 : COPY . / ({len(files)} files)")
         image_id = self.runtime.add_image(tag)
         yield BuildEvent("done", "", image_id)
+
+
+class NoEngine:
+    """The engine `cluster init` would make a Swarm manager: none in the API tests (the
+    default is the host's engine, which must never join a swarm). A test that means to init
+    overrides engine_api with a fake Swarm of its own."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise EngineUnavailable("no container engine in the API tests")
 
 
 class NoDns:
@@ -157,6 +168,8 @@ class Env:
             # No API test may send a DNS query (fuzzed domain verifications included): TXT
             # lookups find nothing unless a test injects its own resolver.
             self._app.dependency_overrides[txt_resolver] = NoDns
+            # Nor any Swarm call to the host's engine (cluster init).
+            self._app.dependency_overrides[engine_api] = NoEngine
         return self._app
 
     def client(self, ip: str = "testclient") -> TestClient:

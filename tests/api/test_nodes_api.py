@@ -38,9 +38,10 @@ MUTATIONS = (
 def local(env: Env) -> Iterator[Env]:
     """The local backend: no manager wired, nothing recorded."""
     assert env.platform.swarm_manager is None
+    no_engine = env.app.dependency_overrides[engine_api]  # conftest's: never the host's engine
     yield env
     env.platform.swarm_manager = None
-    env.app.dependency_overrides.pop(engine_api, None)
+    env.app.dependency_overrides[engine_api] = no_engine
     with env.db() as session:
         row = session.get(Meta, "backend")
         if row is not None:
@@ -210,6 +211,14 @@ def test_cluster_init_then_again_then_nodes_work(local: Env) -> None:
     assert len(engine.init_calls) == 1
     assert [r["role"] for r in local.ok("GET", "/admin/nodes", local.admin)] == ["manager"]
     assert local.ok("GET", "/admin/cluster", local.admin)["backend"] == "swarm"
+
+
+def test_cluster_init_needs_a_body_and_touches_no_engine_without_one(local: Env) -> None:
+    engine = FakeSwarm()
+    local.app.dependency_overrides[engine_api] = lambda: engine
+    for extra in ({}, {"params": {"advertise_addr": "10.0.0.5"}}, {"json": None}, {"json": []}):
+        assert_error(local.call("POST", "/admin/cluster/init", local.admin, **extra), 422)
+    assert engine.init_calls == [] and engine.state == "inactive"
 
 
 def test_cluster_init_refuses_a_worker_and_bad_addresses(local: Env) -> None:

@@ -18,6 +18,7 @@ import docker
 import docker.types
 import pytest
 
+from berth.api.routes_nodes import engine_api
 from berth.cluster.init import current_backend, init_swarm
 from berth.cluster.nodes import ManagerClient
 from berth.errors import Conflict
@@ -267,6 +268,11 @@ def test_cluster_init_on_a_fresh_engine_through_the_api_is_safe_twice(
         env = sqlite_env(tmp_path / "home", docker_url=first.base_url)
         try:
             init_twice_then_join(env, first.address, second)
+            host = docker.from_env(version="1.41")
+            try:
+                assert host.info()["Swarm"]["LocalNodeState"] == "inactive"  # never the host's
+            finally:
+                host.close()
         finally:
             if env.platform.swarm_manager is not None:
                 env.platform.swarm_manager.api.close()  # type: ignore[attr-defined]
@@ -283,7 +289,11 @@ def sqlite_env(home: Path, docker_url: str) -> Env:
     admin = (settings.home / "admin-token").read_text().strip()
     runtime = FakeRuntime(installation)  # only the local node's memory is read from it
     platform = Platform(settings, engine, sessions, installation, runtime=runtime)
-    return Env(settings, platform, engine, runtime, FakeBuilder(runtime), admin)
+    env = Env(settings, platform, engine, runtime, FakeBuilder(runtime), admin)
+    # The API tests' app refuses every engine call of cluster init; this one means the
+    # namespaced engine of docker_url (never the host's).
+    del env.app.dependency_overrides[engine_api]
+    return env
 
 
 def init_twice_then_join(env: Env, address: str, second: Any) -> None:

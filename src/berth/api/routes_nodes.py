@@ -194,11 +194,11 @@ def cluster_init_route(
     platform: PlatformDep,
     session: SessionDep,
     api: EngineApiDep,
-    body: ClusterInit | None = None,
+    body: ClusterInit,  # required: `{}` at least, so that no stray call founds a swarm
 ) -> InitPublic:
     """Make the engine a Swarm manager (nothing changes when it already is one) and move the
     installation to the swarm backend: the reconciler moves the apps over, start-first."""
-    result = cluster_init.init_swarm(api, platform.settings, body.advertise_addr if body else None)
+    result = cluster_init.init_swarm(api, platform.settings, body.advertise_addr)
     moved = cluster_init.record_backend(session, "swarm")
     if platform.swarm_manager is None:
         platform.swarm_manager = ManagerClient(api, platform.installation)
