@@ -20,7 +20,7 @@ import pytest
 
 from berth.api.routes_nodes import engine_api
 from berth.cluster.init import current_backend, init_swarm
-from berth.cluster.nodes import ManagerClient
+from berth.cluster.nodes import ManagerClient, connect_manager
 from berth.errors import Conflict
 from berth.platform import Platform, open_store
 from berth.runtime.fake import FakeRuntime
@@ -121,6 +121,17 @@ def test_list_shows_every_node_with_role_state_capacity_and_berths_instances(
     )
     assert [t.app for t in manager.info(where.name).berth_tasks] == ["listed"]
     assert sum(r.instances for r in rows.values()) == 1
+
+
+def test_connect_manager_finds_a_manager_and_nothing_else(swarm: Cluster) -> None:
+    found = connect_manager(swarm.node(swarm.manager).base_url, INSTALLATION)
+    assert found is not None
+    try:
+        assert found.self_id() == swarm.swarm_node(swarm.manager).id
+    finally:
+        found.api.close()  # type: ignore[attr-defined]
+    assert connect_manager(swarm.node("w1").base_url, INSTALLATION) is None  # a worker
+    assert connect_manager("unix:///nonexistent/docker.sock", INSTALLATION) is None
 
 
 def test_labels_add_and_remove(swarm: Cluster, manager: ManagerClient) -> None:

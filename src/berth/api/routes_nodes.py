@@ -21,7 +21,7 @@ from berth.api.deps import Operator, PlatformDep, SessionDep
 from berth.api.schemas import Strict
 from berth.cluster import init as cluster_init
 from berth.cluster.init import EngineApi
-from berth.cluster.nodes import ManagerClient, engine_call
+from berth.cluster.nodes import ENGINE_API_VERSION, ManagerClient, engine_call
 from berth.cluster.views import NodeRow, local_row
 from berth.errors import Conflict, NotFound
 from berth.platform import Platform
@@ -33,7 +33,6 @@ SINGLE_MACHINE = "this installation runs on one machine: run `berth cluster init
 NodeRef = Annotated[
     str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ]
-ENGINE_API_VERSION = "1.41"  # Docker 20.10's; later engines still speak it
 LABEL_KEY_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 
 

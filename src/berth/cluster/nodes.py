@@ -255,6 +255,33 @@ class ManagerClient:
         )
 
 
+ENGINE_API_VERSION = "1.41"  # Docker 20.10's; later engines still speak it
+
+
+def connect_manager(docker_url: str, installation: str) -> ManagerClient | None:
+    """The manager client of the engine at ``docker_url`` ("" for the environment's), or None
+    when that engine is no Swarm manager (the local backend) or cannot be reached now."""
+    import docker
+
+    try:
+        api = (
+            docker.APIClient(base_url=docker_url, version=ENGINE_API_VERSION)
+            if docker_url
+            else docker.from_env(version=ENGINE_API_VERSION).api
+        )
+    except docker.errors.DockerException:
+        return None
+    try:
+        swarm = api.info().get("Swarm") or {}
+    except (docker.errors.DockerException, requests.exceptions.ConnectionError):
+        api.close()
+        return None
+    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+        api.close()
+        return None
+    return ManagerClient(api, installation)
+
+
 def manager_address(swarm_info: Mapping[str, Any]) -> str:
     """host:port where new nodes reach this manager (its own entry among RemoteManagers)."""
     me = swarm_info.get("NodeID")
@@ -290,14 +317,3 @@ def removal_refusal(row: NodeRow, is_self: bool, force: bool) -> str:
             "is done, or remove it with --force"
         )
     return ""
-
-
-__all__ = [
-    "JoinCommand",
-    "ManagerClient",
-    "Removal",
-    "SwarmApi",
-    "engine_call",
-    "manager_address",
-    "removal_refusal",
-]
