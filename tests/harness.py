@@ -248,6 +248,8 @@ class BerthServer:
         self.token: str | None = None
         self._api: httpx.Client | None = None
         self._cleaned = False
+        # How many instances of an app the backend runs (here: containers on this engine).
+        self.count_instances: Callable[[str], int] = lambda app: len(self.containers(app))
         _live_servers.append(self)
 
     # -- process ------------------------------------------------------------------------
@@ -473,8 +475,9 @@ class BerthServer:
         def converged() -> list[dict[str, Any]] | None:
             rows = self.ps(name)
             healthy = [r for r in rows if r["state"] == "running" and r["healthy"]]
-            in_docker = self.containers(name, all=True)  # every state: no leftovers either
-            if len(rows) == scale and len(healthy) == scale and len(in_docker) == scale:
+            # Every state: no leftovers either (on Swarm: the tasks that run, wherever).
+            in_docker = self.count_instances(name)
+            if len(rows) == scale and len(healthy) == scale and in_docker == scale:
                 return rows
             return None
 

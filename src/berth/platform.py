@@ -23,7 +23,7 @@ from berth.cluster.init import current_backend
 from berth.cluster.nodes import ManagerClient
 from berth.controllers.billing import BillingController
 from berth.controllers.engine_events import ControllerWaker, EngineEvents
-from berth.controllers.reconciler import Reconciler, instance_seed
+from berth.controllers.reconciler import Reconciler, healthy_rows, instance_seed
 from berth.controllers.swarm_watch import SwarmWatch
 from berth.netpolicy.controller import EgressController
 from berth.netpolicy.setup import build_egress_controller
@@ -91,6 +91,7 @@ class Platform:
         if self.events is not None:
             self.events.start()  # subscribers were wired in build_platform
         if self.health is not None:
+            self.health.seed(healthy_rows(self.sessions))  # readiness survives a restart
             self.health.start()
         if self.reconciler is not None:
             self.reconciler.start()
@@ -98,9 +99,9 @@ class Platform:
             self.billing.start()
         if self.webhooks is not None:
             self.webhooks.start()
+        self.started = True
         if self.swarm_watch is not None:
             self.swarm_watch.start()
-        self.started = True
 
     def stop_loops(self) -> None:
         """Stop Berth's own threads. Containers and nginx keep serving (the data plane)."""
@@ -250,7 +251,8 @@ def _start_swarm_backend(platform: Platform, reconciler: Reconciler) -> Workload
     from berth.workloads.swarm import SwarmWorkloads
 
     api = DockerSwarmAPI(platform.settings.docker_url)
-    backend = SwarmWorkloads(api, platform.installation)
+    # Removed tasks are reported for a minute: every reader (billing among them) sees them.
+    backend = SwarmWorkloads(api, platform.installation, removed_report_seconds=60.0)
     if platform.swarm_manager is None:
         platform.swarm_manager = _manager_client(platform.settings, platform.installation)
     platform.swarm_watch = SwarmWatch(api, platform.installation, reconciler.trigger)

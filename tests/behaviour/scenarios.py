@@ -93,9 +93,10 @@ def _replaced(s: BerthServer, app: str, victim: dict[str, Any]) -> bool:
     """The victim restarted in place (local) or a new instance took its place (Swarm)."""
     rows = s.ps(app)
     same = [r for r in rows if r["container_id"] == victim["container_id"]]
-    if same:
-        return same[0]["restarts"] >= 1 and same[0]["state"] == "running"
-    return len([r for r in rows if r["state"] == "running"]) >= 2
+    running = [r for r in rows if r["state"] == "running"]
+    if same and same[0]["state"] == "running":
+        return bool(same[0]["restarts"] >= 1)
+    return len(running) >= 2 and victim["container_id"] not in {r["container_id"] for r in running}
 
 
 def server_sigkill_and_restart(target: Target) -> None:

@@ -208,6 +208,16 @@ class HealthMonitor:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
+    def seed(self, healthy: dict[str, float | None]) -> None:
+        """What the store last recorded as healthy (instance id -> its start time): routing
+        keeps those until a check of this process says otherwise, so a restarted server (or a
+        new leader) does not unroute what serves while its first round runs."""
+        with self._lock:
+            for cid, started_at in healthy.items():
+                self.states.setdefault(
+                    cid, HealthState(healthy=True, last_checked=time.time(), started_at=started_at)
+                )
+
     # -- new instances ------------------------------------------------------------------------
 
     def probe_soon(self, container: ContainerInfo | CheckTarget | str) -> None:

@@ -69,6 +69,9 @@ class Reconciler:
     clock: Callable[[], float] = time.time
     # A new instance seen running (one Berth did not start itself: a Swarm task): check it now.
     on_running: Callable[[WorkloadInstance], object] = lambda inst: None
+    # Called in each transaction before it commits: raises when this server no longer holds
+    # the controllers' lease (a stale leader's writes are refused; berth.controllers.lease).
+    fence: Callable[[Session], None] = lambda session: None
     routed: set[str] = field(default_factory=set)
     passes: int = 0
 
@@ -124,6 +127,7 @@ class Reconciler:
                 rollout = plan_rollout([a.desired for a in apps], observed, self.clock())
                 # act: the store first (what is decided is recorded before anything can fail)
                 self._finish_deployments(session, rollout.finished)
+                self.fence(session)
                 session.commit()
                 if rollout.finished:
                     apps = load_apps(session)  # finished deployments changed serving/target
@@ -144,6 +148,7 @@ class Reconciler:
                 if self.routed - routed_before:
                     self.trigger()  # newly routed: finish the rollout now, not next interval
                 self._purge_deleted_apps(session, after)
+                self.fence(session)
                 session.commit()
             self.passes += 1
             return rollout
@@ -183,8 +188,9 @@ class Reconciler:
                     session.delete(r)
                 else:
                     pending_rows[r.app_id] = r
+        superseded = _superseded(instances)
         for inst in instances:
-            if inst.state == "removed":
+            if inst.state == "removed" or inst.id in superseded:
                 continue
             if inst.state == "pending":
                 self._record_pending(session, pending_rows, inst)
@@ -244,6 +250,7 @@ class Reconciler:
         row.state = inst.state
         row.node = inst.node
         row.host_port = inst.port
+        row.address = inst.address
         row.started_at = inst.started_at
         row.restarts = inst.restarts
         health = self.health.state_of(inst.id)
@@ -311,7 +318,8 @@ class Reconciler:
                     revision=target.revision,
                     release_id=release.id,
                     release_version=release.version,
-                    image=release.image_id,
+                    # Pinned by digest in the platform registry when every node must pull it.
+                    image=release.pinned_image or release.image_id,
                     replicas=target.replicas,
                     memory_mb=release.memory_mb,
                     cpus_milli=release.cpus_milli,
@@ -322,6 +330,7 @@ class Reconciler:
                     env=release_env(release),
                     command=release_command(release.command_json),
                     health_path=release.health_path or None,
+                    constraints=app.constraints,
                 )
             )
         return groups
@@ -400,6 +409,31 @@ class Reconciler:
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
+
+
+def _superseded(instances: list[WorkloadInstance]) -> set[str]:
+    """Exited instances whose slot has a newer instance (a backend's history of replaced tasks:
+    billed, not shown). The newer one carries the count of exits in a row."""
+    newest: dict[str, int] = {}
+    for inst in instances:
+        if inst.slot and inst.state != "removed":
+            newest[inst.slot] = max(newest.get(inst.slot, inst.seq), inst.seq)
+    return {
+        i.id
+        for i in instances
+        if i.state == "exited" and i.slot and newest.get(i.slot, i.seq) > i.seq
+    }
+
+
+def healthy_rows(sessions: sessionmaker[Session]) -> dict[str, float | None]:
+    """The instances the store last recorded as running and healthy: their start times."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Instance.container_id, Instance.started_at).where(
+                Instance.healthy.is_(True), Instance.container_id.is_not(None)
+            )
+        )
+        return {cid: started for cid, started in rows if cid}
 
 
 def instance_seed(sessions: sessionmaker[Session]) -> Callable[[], dict[str, tuple[int, int]]]:

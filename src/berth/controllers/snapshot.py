@@ -23,6 +23,7 @@ class AppView:
     domains: tuple[str, ...]
     releases: dict[str, Release] = field(default_factory=dict)
     suspended: bool = False
+    constraints: tuple[str, ...] = ()  # placement rules over node labels, e.g. ("zone==b",)
 
 
 def load_apps(session: Session) -> list[AppView]:
@@ -79,6 +80,7 @@ def load_apps(session: Session) -> list[AppView]:
                 tuple(domains.get(app.id, [])),
                 mine,
                 suspended=app.tenant_id in suspended,
+                constraints=tuple(json.loads(app.constraints_json or "[]")),
             )
         )
     return views

@@ -53,9 +53,13 @@ class SwarmWatch:
         self.api, self.installation, self.wake = api, installation, wake
         self._digest = ""
         self._loop = PeriodicLoop("berth-swarm-watch", self._poll, interval)
+        self._started = False
 
     def start(self) -> None:
-        self._loop.start()
+        """Idempotent: the platform and the backend's first use may both ask."""
+        if not self._started:
+            self._started = True
+            self._loop.start()
 
     def stop(self) -> None:
         self._loop.stop(timeout=5)

@@ -135,7 +135,9 @@ def _plan_app(
 def rollout_failure(app: DesiredApp, target: Sequence[ObservedInstance], now: float) -> str | None:
     """Why the rollout to ``app.target`` has failed, or None while it may still succeed."""
     for inst in sorted(target, key=lambda i: i.container_id):
-        if not inst.alive and inst.restarts >= CRASH_LOOP_RESTARTS:
+        # Not running after that many exits in a row: exited (restarted in place later), or a
+        # backend's replacement still starting (Swarm's next task in the slot).
+        if inst.state != "running" and inst.restarts >= CRASH_LOOP_RESTARTS:
             return (
                 f"instance crashed {inst.restarts + 1} times in a row "
                 f"(last exit code {inst.exit_code})"

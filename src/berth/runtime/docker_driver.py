@@ -130,7 +130,10 @@ class DockerRuntime:
 
     def list_networks(self) -> list[str]:
         with _engine_errors("list networks"):
-            networks = self._api().networks(filters={"label": _owner_filters(self.installation)})
+            networks = self._api().networks(
+                filters={"label": _owner_filters(self.installation), "driver": "bridge"}
+            )
+        # Bridges of this engine only: a Swarm's overlays of the same installation are not ours.
         return sorted(n["Name"] for n in networks if is_owned(n.get("Labels"), self.installation))
 
     # -- containers ---------------------------------------------------------------------------

@@ -272,6 +272,8 @@ class App(Base):
     deployment_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # Set by a delete: the controllers remove the instances, then the row goes.
     deleting_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Placement rules over node labels, a JSON list like ["zone==b"] (berth.domain.placement).
+    constraints_json: Mapped[str] = mapped_column(Text, default="[]")
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
 
@@ -294,6 +296,9 @@ class Release(Base):
     port: Mapped[int] = mapped_column(Integer)
     health_path: Mapped[str | None] = mapped_column(String(255), nullable=True)
     description: Mapped[str] = mapped_column(String(255), default="")
+    # The image in the platform registry, pinned by digest ("ADDR/t-x/app@sha256:..."): what
+    # every node pulls. None on one machine, where the engine has the image itself.
+    pinned_image: Mapped[str | None] = mapped_column(String(512), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
@@ -328,6 +333,8 @@ class Instance(Base):
     state: Mapped[str] = mapped_column(String(32), default="pending")
     healthy: Mapped[bool] = mapped_column(default=False)
     host_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Where the ingress reaches it (with host_port): every Berth server routes from these rows.
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -352,3 +359,28 @@ class Domain(Base):
     verified_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     verified_by: Mapped[str] = mapped_column(String(16), default="")
     created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Lease(Base):
+    """Who runs the controllers: one holder at a time, until ``expires_at``. ``token`` grows
+    with every new holder (a fencing token): a write made under an older token is refused."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128), default="")
+    token: Mapped[int] = mapped_column(BigInteger, default=0)
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0)
+    renewed_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class NodeDrain(Base):
+    """A drain the operator asked for: the node's instances move away start-first."""
+
+    __tablename__ = "node_drains"
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_name: Mapped[str] = mapped_column(String(255), default="")
+    status: Mapped[str] = mapped_column(String(32), default="draining")  # drained|timed_out
+    message: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[float] = mapped_column(Float, default=now)
+    deadline: Mapped[float] = mapped_column(Float, default=0.0)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)

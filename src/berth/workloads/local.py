@@ -252,7 +252,10 @@ class LocalWorkloads:
         state: InstanceState = "stopping" if stopping else _STATES.get(c.state, "exited")
         return WorkloadInstance(
             id=c.id,
-            group=labels.get(LABEL_GROUP, ""),
+            # Containers started before groups had a label: the same key from their labels.
+            group=labels.get(LABEL_GROUP)
+            or f"{labels.get(LABEL_APP, '')}/{labels.get(LABEL_PROCESS, 'web')}/"
+            f"{labels.get(LABEL_REVISION, '')}",
             tenant_id=labels.get(LABEL_TENANT, ""),
             app_id=labels.get(LABEL_APP, ""),
             revision=labels.get(LABEL_REVISION, ""),

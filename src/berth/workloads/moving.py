@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from berth.workloads.protocol import (
     BackendKind,
@@ -64,13 +64,25 @@ class MovingWorkloads:
             self.local.apply(groups)
             return
         swarm.apply(groups)
+        local = [i for i in self.local.instances() if i.state not in ("pending", "removed")]
+        if not local:
+            return  # moved (or never here): nothing runs on this machine any more
         routed = self.routed()
         on_swarm: dict[str, int] = {}
         for inst in swarm.instances():
             if inst.state == "running" and inst.id in routed:
                 on_swarm[inst.group] = on_swarm.get(inst.group, 0) + 1
-        # A group stays on this machine, at its replicas, until the Swarm serves all of them.
-        still_local = [g for g in groups if on_swarm.get(g.key, 0) < g.replicas]
+        here: dict[str, int] = {}
+        for inst in local:
+            if inst.alive:
+                here[inst.group] = here.get(inst.group, 0) + 1
+        # A group keeps what it runs on this machine (nothing new starts here) until the Swarm
+        # serves all its replicas; then its containers go, routed away first.
+        still_local = [
+            replace(g, replicas=min(g.replicas, here[g.key]))
+            for g in groups
+            if g.key in here and on_swarm.get(g.key, 0) < g.replicas
+        ]
         self.local.apply(still_local)
 
     def instances(self) -> list[WorkloadInstance]:

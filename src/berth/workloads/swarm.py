@@ -75,6 +75,9 @@ class SwarmWorkloads:
     # -- the seam -----------------------------------------------------------------------------
 
     def apply(self, groups: Sequence[ProcessGroup]) -> None:
+        # Overlays are named apart from this engine's bridges: on a one-machine swarm (right
+        # after `berth cluster init`) the tenant's bridge still exists while its apps move.
+        groups = [replace(g, network=overlay_name(g.network)) for g in groups]
         with self._lock:
             wanted = {group.key: group for group in groups}
             self._groups = dict(wanted)
@@ -339,6 +342,13 @@ class SwarmWorkloads:
 
 def _container_labels(task: Mapping[str, Any]) -> dict[str, str]:
     return dict(((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {})
+
+
+def overlay_name(network: str) -> str:
+    """The overlay for a tenant network: ``berth-t-<tenant>`` becomes ``berth-o-<tenant>``."""
+    return (
+        "berth-o-" + network.removeprefix("berth-t-") if network.startswith("berth-t-") else network
+    )
 
 
 def _unavailable(failure: BaseException) -> bool:

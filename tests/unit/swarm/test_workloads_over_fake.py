@@ -207,7 +207,7 @@ def test_an_unreachable_swarm_raises_engine_unavailable(fake: FakeSwarmAPI) -> N
 def test_a_foreign_network_of_the_same_name_refuses_only_its_groups(
     fake: FakeSwarmAPI, backend: SwarmWorkloads
 ) -> None:
-    fake.ensure_overlay("berth-t-t2", {"someone": "else"})
+    fake.ensure_overlay("berth-o-t2", {"someone": "else"})  # the overlay of berth-t-t2
     mine = replace(GROUP, app_id="a2", tenant_id="t2", network="berth-t-t2", replicas=1)
     backend.apply([GROUP, mine])
     (refused,) = [i for i in backend.instances() if i.group == mine.key]
