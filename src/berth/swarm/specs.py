@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from berth.domain.placement import swarm_constraints
 from berth.errors import InvalidInput
 from berth.runtime.protocol import KEPT_CAPABILITIES, WRITABLE_PATHS, owner_labels
 from berth.workloads.protocol import (
@@ -45,9 +46,6 @@ STOP_GRACE_NS = 10 * 1_000_000_000
 RESTART_DELAY_NS = 1_000_000_000
 
 _NAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
-_CONSTRAINT = re.compile(
-    r"^(?P<key>[A-Za-z0-9][A-Za-z0-9_.-]{0,62})(?P<op>==|!=)(?P<value>[A-Za-z0-9_.-]{1,63})$"
-)
 
 
 def service_name(group: ProcessGroup, installation: str) -> str:
@@ -65,18 +63,9 @@ def service_name(group: ProcessGroup, installation: str) -> str:
 
 
 def placement_constraints(constraints: tuple[str, ...]) -> list[str]:
-    """``zone==b`` / ``zone!=a`` as Swarm constraints on node labels; anything else refused."""
-    out = []
-    for text in constraints:
-        match = _CONSTRAINT.match(text.strip())
-        if match is None:
-            raise InvalidInput(
-                f"constraint {text[:80]!r} must be LABEL==VALUE or LABEL!=VALUE "
-                "(letters, digits, '.', '_', '-')",
-                code="invalid_constraint",
-            )
-        out.append(f"node.labels.{match['key']}{match['op']}{match['value']}")
-    return out
+    """``zone==b`` / ``zone!=a`` as Swarm constraints on node labels; anything else refused
+    (the grammar is berth.domain.placement's, shared with the API and the local backend)."""
+    return swarm_constraints(constraints)
 
 
 def service_labels(group: ProcessGroup, installation: str) -> dict[str, str]:
