@@ -6,8 +6,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from berth.cluster.labels import apply_change
+from berth.errors import BerthError
 
 
 class Settings(BaseSettings):
@@ -70,6 +73,10 @@ class Settings(BaseSettings):
     registry_tls_cert: str = ""
     registry_tls_key: str = ""
     registry_tls_ca: str = ""  # what Berth verifies it with; empty: the certificate itself
+    # Image GC (the leader, swarm backend): registry manifests and this engine's images that no
+    # release keeps go; anything pushed or built within the grace stays (not released yet).
+    registry_gc_interval_seconds: float = Field(default=3600.0, gt=0)
+    registry_gc_grace_seconds: float = Field(default=3600.0, ge=0)
 
     # -- request edges (berth.api) ----------------------------------------------------------
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -131,6 +138,17 @@ class Settings(BaseSettings):
     swarm_default_addr_pool: str = "10.240.0.0/16"  # overlays' subnets, a /24 each
     # 2 s marks a dead node Down in ~5 s; 1 s is unsafe (a new Raft leader marks live nodes Down)
     swarm_dispatcher_heartbeat_seconds: float = Field(default=2.0, ge=2.0)
+    # This machine's labels on the local backend (JSON, like {"zone": "a"}): an app's placement
+    # constraints must hold on them, else its instances wait as pending (as on Swarm).
+    node_labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("node_labels")
+    @classmethod
+    def _check_node_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        try:
+            return apply_change({}, labels, []) if labels else {}
+        except BerthError as bad:
+            raise ValueError(bad.message) from None
 
     @property
     def resolved_database_url(self) -> str:

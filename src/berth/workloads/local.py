@@ -24,6 +24,7 @@ from berth.agent.health import LABEL_HEALTH_PATH
 from berth.controllers.backoff import Backoff
 from berth.domain.admission import MB, NodeMemory, admit
 from berth.domain.model import ObservedInstance
+from berth.domain.placement import unsatisfied_reason
 from berth.domain.reconcile import (
     Plan,
     RemoveInstance,
@@ -103,6 +104,8 @@ class LocalWorkloads:
     before_stop: Callable[[set[str]], None] = lambda ids: None  # routing: unroute these first
     # What an earlier server remembered: container id -> (restarts in a row, creation order).
     seed: Callable[[], Mapping[str, tuple[int, int]]] = dict
+    # This node's labels (the node_labels setting): a group's constraints must hold on them.
+    node_labels: Mapping[str, str] = field(default_factory=dict)
     kind: BackendKind = field(default="local", init=False)
 
     def __post_init__(self) -> None:
@@ -180,6 +183,7 @@ class LocalWorkloads:
                 role="local",
                 availability="active",
                 state="ready" if self.runtime.ping() else "down",
+                labels=dict(self.node_labels),
                 memory_bytes=total * MB,
             )
         ]
@@ -341,7 +345,11 @@ class LocalWorkloads:
                 key = f"group:{group.key}"
                 if not self._backoff.ready(key, now):
                     continue
-                refusal = self._admit(committed_mb, group.memory_mb)
+                # Never started here rather than started in breach: the instance waits as
+                # pending, in Swarm's words, as it would on a swarm of this one node.
+                refusal = unsatisfied_reason(group.constraints, [self.node_labels])
+                if refusal is None:
+                    refusal = self._admit(committed_mb, group.memory_mb)
                 if refusal is not None:
                     self._refused[group.key] = refusal
                     continue
