@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol, cast, runtime_checkable
 
 import docker
+import docker.auth
 import docker.errors
 import requests
 
@@ -103,11 +104,20 @@ class DockerSwarmAPI:
 
     Specs are posted as raw JSON: docker-py's typed helpers predate fields Berth needs
     (``Resources.Limits.Pids``, ``CapabilityAdd``/``CapabilityDrop`` of API 1.41).
+    ``registry_auth(image)`` gives the credentials a service's image needs (Berth's platform
+    registry: berth.registry.wiring), sent as ``X-Registry-Auth`` on create and update so
+    that Swarm hands them to the nodes that pull; None sends none.
     """
 
-    def __init__(self, base_url: str = "", timeout: int = 30) -> None:
+    def __init__(
+        self,
+        base_url: str = "",
+        timeout: int = 30,
+        registry_auth: Callable[[str], Mapping[str, str] | None] | None = None,
+    ) -> None:
         self._base_url = base_url
         self._timeout = timeout
+        self._registry_auth = registry_auth
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -141,7 +151,9 @@ class DockerSwarmAPI:
         name = spec.get("Name", "")
         with _swarm_errors(f"create service {name}"):
             api = self._api()
-            response = api._post_json(api._url("/services/create"), data=dict(spec))
+            response = api._post_json(
+                api._url("/services/create"), data=dict(spec), headers=self._auth_headers(spec)
+            )
             return str(api._result(response, True)["ID"])
 
     def update_service(self, service_id: str, version: int, spec: Mapping[str, Any]) -> None:
@@ -151,7 +163,7 @@ class DockerSwarmAPI:
                 api._url("/services/{0}/update", service_id),
                 params={"version": int(version)},
                 data=json.dumps(dict(spec)),
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", **self._auth_headers(spec)},
             )
             api._raise_for_status(response)
 
@@ -234,6 +246,17 @@ class DockerSwarmAPI:
         return _lines(chunks, task_id)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _auth_headers(self, spec: Mapping[str, Any]) -> dict[str, str]:
+        if self._registry_auth is None:
+            return {}
+        image = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", "")
+        auth = self._registry_auth(str(image)) if image else None
+        return (
+            {"X-Registry-Auth": docker.auth.encode_header(dict(auth)).decode("ascii")}
+            if auth
+            else {}
+        )
 
     def _api(self) -> Any:
         with self._lock:
