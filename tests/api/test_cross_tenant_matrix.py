@@ -211,6 +211,9 @@ TABLE: dict[tuple[str, str], Route] = {
         foreign(lambda r: Req(f"/apps/{r.app}"), "app_not_found"),)),
     ("DELETE", "/apps/{name}"): Route("write", (
         foreign(lambda r: Req(f"/apps/{r.app}"), "app_not_found"),)),
+    ("PATCH", "/apps/{name}"): Route("write", (foreign(
+        lambda r: Req(f"/apps/{r.app}", json={"constraints": ["zone==nowhere"]}),
+        "app_not_found"),)),
     ("GET", "/apps/{name}/releases"): Route("read", (
         foreign(lambda r: Req(f"/apps/{r.app}/releases"), "app_not_found"),)),
     ("POST", "/apps/{name}/releases"): Route("write", (foreign(

@@ -17,6 +17,8 @@ from berth.api.deps import CurrentPrincipal, PlatformDep, SessionDep, SettingsDe
 from berth.api.schemas import (
     AppCreate,
     AppPublic,
+    AppUpdate,
+    AppUpdated,
     ConfigChange,
     ConfigPublic,
     DeployImage,
@@ -62,6 +64,24 @@ def get_app(
     name: str, session: SessionDep, settings: SettingsDep, who: CurrentPrincipal
 ) -> AppPublic:
     return views.app_public(session, settings, svc.get_app(session, who.tenant_id, name))
+
+
+@router.patch("/{name}")
+def update_app(
+    name: str, body: AppUpdate, session: SessionDep, platform: PlatformDep, who: Writer
+) -> AppUpdated:
+    """Change an app's settings: today its placement constraints. A change of constraints is
+    a new revision rolled out start-first (``deployment``); the same ones again change nothing."""
+    app, dep = svc.get_app(session, who.tenant_id, name), None
+    if body.constraints is not None:
+        app, dep = svc.set_constraints(
+            session, platform.settings, who.tenant_id, name, body.constraints
+        )
+        platform.trigger()
+    return AppUpdated(
+        app=views.app_public(session, platform.settings, app),
+        deployment=views.deployment_public(session, dep),
+    )
 
 
 @router.delete(

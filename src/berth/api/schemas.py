@@ -53,6 +53,39 @@ class AppCreate(Strict):
     )
 
 
+CONSTRAINT_PATTERN = (
+    r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?(==|!=)[A-Za-z0-9]([A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?$"
+)
+
+
+class AppUpdate(Strict):
+    constraints: list[str] | None = Field(
+        default=None,
+        description=(
+            "placement constraints over node labels, like zone==b or disk!=hdd; [] removes "
+            "them all, null (or absent) keeps them. A change is a new revision rolled out "
+            "start-first. Keys follow the rules of node labels (zone values are lowercase)."
+        ),
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "type": "array",
+                    "maxItems": 10,
+                    "items": {"type": "string", "maxLength": 128, "pattern": CONSTRAINT_PATTERN},
+                },
+                {"type": "null"},
+            ]
+        },
+    )
+
+
+class AppUpdated(BaseModel):
+    app: AppPublic
+    deployment: DeploymentPublic | None = Field(
+        description="the rollout the change started; null when nothing runs yet or no change"
+    )
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="stable, for programs: like not_found or too_large")
     message: str = Field(description="for people: what was wrong and what to do")
@@ -100,6 +133,9 @@ class AppPublic(BaseModel):
     created_at: float
     state: Literal["active", "deleting"] = Field(
         "active", description="deleting: its instances are stopping, then the app is gone"
+    )
+    constraints: list[str] = Field(
+        default_factory=list, description="placement constraints over node labels"
     )
 
 
@@ -236,6 +272,11 @@ class StatusPublic(BaseModel):
     nginx_pid: int | None = Field(default=None, description="operators only")
     installation: str | None = Field(default=None, description="operators only")
     reconciler: str | None = Field(default=None, description="operators only")
+    role: str | None = Field(
+        default=None, description="operators only: leader (runs the controllers) or follower"
+    )
+    lease_holder: str | None = Field(default=None, description="operators only")
+    lease_token: int | None = Field(default=None, description="operators only")
 
 
 AppPublic.model_rebuild()

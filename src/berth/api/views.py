@@ -93,6 +93,7 @@ def app_public(session: Session, settings: Settings, app: App) -> AppPublic:
         ),
         created_at=app.created_at,
         state="deleting" if app.deleting_at is not None else "active",
+        constraints=svc.app_constraints(app),
     )
 
 

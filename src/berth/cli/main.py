@@ -117,12 +117,60 @@ def apps_info(name: str, as_json: JsonOpt = False) -> None:
             ("instances", f"{a['instances']['healthy']} healthy / {a['scale']} desired"),
             ("resources", f"{a['memory_mb']}M, {a['cpus']} cpus, port {a['port']}"),
             ("health check", a["health_path"] or "TCP connect"),
+            ("constraints", ", ".join(a.get("constraints") or []) or "none"),
             ("urls", "\n".join(a["urls"])),
             ("last deployment", f"{dep.get('status', '-')} {dep.get('message', '')}"),
         ]
         table(None, ["", ""], rows)
 
     emit(data, as_json, human)
+
+
+@apps_app.command("update")
+def apps_update(
+    name: str,
+    constraint: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--constraint",
+            help="Run only on nodes whose labels match, like zone==b or disk!=hdd "
+            "(repeat for several; they replace the app's constraints).",
+        ),
+    ] = None,
+    no_constraints: Annotated[
+        bool, typer.Option("--no-constraints", help="Remove every placement constraint.")
+    ] = False,
+    wait: Annotated[bool, typer.Option(help="Wait until the rollout finishes.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change an app's placement constraints: a new revision rolled out start-first."""
+    if constraint and no_constraints:
+        raise CliError("give either --constraint (one or more) or --no-constraints, not both")
+    if not constraint and not no_constraints:
+        raise CliError("nothing to update: give --constraint LABEL==VALUE or --no-constraints")
+    api = client()
+    result = api.patch(f"/apps/{name}", json={"constraints": list(constraint or [])})
+    dep = result["deployment"]
+    if dep is not None and wait:
+        dep = result["deployment"] = _wait_for_deployment(api, name, dep["id"], quiet=as_json)
+        result["app"] = api.get(f"/apps/{name}")
+
+    def human(r: dict[str, Any]) -> None:
+        shown = ", ".join(r["app"]["constraints"]) or "none"
+        console.print(f"Constraints of [bold]{escape(name)}[/]: {escape(shown)}")
+        if dep is None:
+            console.print("Nothing to roll out (unchanged, or no release yet)")
+        elif dep["status"] == "succeeded":
+            console.print(f"[green]Rolled out[/] v{dep['release_version']} under them")
+        elif dep["status"] == "in_progress":
+            console.print(
+                f"Rolling out v{dep['release_version']} (deployment {dep['id']}); "
+                f"see `berth ps {escape(name)}`"
+            )
+
+    emit(result, as_json, human)
+    if dep is not None and dep["status"] in ("failed", "superseded"):
+        raise CliError(f"the rollout under the new constraints {dep['status']}: {dep['message']}")
 
 
 @apps_app.command("delete")
@@ -372,6 +420,15 @@ def ps(name: str, as_json: JsonOpt = False) -> None:
                 for r in rows
             ],
         )
+        for r in rows:
+            if r["state"] == "pending" and r["reason"]:
+                # In full on a line of its own: the table wraps long reasons.
+                console.print(
+                    f"{r['id'][:8]} is pending: {r['reason']}",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
         for r in rows:
             if r["last_log"]:
                 console.print(f"[bold]last log lines of {r['id'][:8]}:[/]")

@@ -62,7 +62,7 @@ def parse_constraint(text: str) -> Constraint:
         raise InvalidInput(
             f"constraint {shown}... is longer than {MAX_LENGTH} characters", code=CODE
         )
-    match = _SHAPE.fullmatch(text.strip())
+    match = _SHAPE.fullmatch(text.strip(" "))  # spaces around it only: no newlines, no tabs
     if match is None:
         raise InvalidInput(
             f"constraint {shown} must be LABEL==VALUE or LABEL!=VALUE, like zone==b", code=CODE

@@ -16,6 +16,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from berth.billing.plans import QuotaDelta
+from berth.domain import placement
 from berth.domain.names import check_not_reserved, validate_app_name
 from berth.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from berth.services import validation as v
@@ -345,6 +346,36 @@ def restart_app(session: Session, settings: Settings, tenant_id: str, name: str)
     deployment = _start_rollout(session, settings, app, release, app.generation, "restart")
     session.commit()
     return deployment
+
+
+def app_constraints(app: App) -> list[str]:
+    return list(json.loads(app.constraints_json or "[]"))
+
+
+def set_constraints(
+    session: Session, settings: Settings, tenant_id: str, name: str, constraints: list[str]
+) -> tuple[App, Deployment | None]:
+    """Replace the app's placement constraints (``[]``: none).
+
+    A change moves every instance, so it is a new revision rolled out start-first, exactly
+    like ``restart`` (the next generation, a deployment): new instances are placed under the
+    new constraints and healthy before the old ones stop. Swarm is never asked to move tasks
+    in place (it would stop them first). The same constraints again change nothing."""
+    wanted = placement.normalized(constraints)
+    app = lock_app(session, tenant_id, name)
+    if wanted == app_constraints(app):
+        session.rollback()  # nothing to change
+        return app, None
+    app.constraints_json = json.dumps(wanted)
+    release = current_release(session, app)
+    if release is None:
+        session.commit()  # the first deploy places its instances under them
+        return app, None
+    ensure_not_suspended(session, tenant_id)
+    app.generation += 1
+    deployment = _start_rollout(session, settings, app, release, app.generation, "constraints")
+    session.commit()
+    return app, deployment
 
 
 def get_deployment(session: Session, tenant_id: str, name: str, deployment_id: str) -> Deployment:

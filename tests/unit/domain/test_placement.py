@@ -48,6 +48,8 @@ def test_good_constraints_parse(text: str, expected: Constraint) -> None:
         "zone==$(id)",
         "zone==`id`",
         "zone==b\nx==y",
+        "zone==b\n",
+        "\tzone==b",
         "zone==B",  # zones are lowercase (berth.cluster.labels): it could never hold
         "zone==a_b",
         "ingress==yes",
