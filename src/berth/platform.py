@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,11 +24,14 @@ from berth.cluster.init import current_backend
 from berth.cluster.nodes import ManagerClient
 from berth.controllers.billing import BillingController
 from berth.controllers.engine_events import ControllerWaker, EngineEvents
+from berth.controllers.ingress_sync import IngressSync
+from berth.controllers.lease import LeaderLease, Leadership, server_identity
 from berth.controllers.reconciler import Reconciler, healthy_rows, instance_seed
 from berth.controllers.swarm_watch import SwarmWatch
 from berth.netpolicy.controller import EgressController
 from berth.netpolicy.setup import build_egress_controller
 from berth.proxy.nginx import NginxManager
+from berth.registry.wiring import PlatformRegistry, platform_registry
 from berth.runtime.protocol import Runtime
 from berth.services.accounts import LoginLimiter
 from berth.services.bootstrap import ensure_admin, installation_id
@@ -37,6 +41,12 @@ from berth.store.db import make_engine, make_sessionmaker, migrate
 from berth.workloads.local import LocalWorkloads
 from berth.workloads.moving import MovingWorkloads
 from berth.workloads.protocol import BackendKind, WorkloadInstance, Workloads
+
+if TYPE_CHECKING:
+    import docker
+
+    from berth.builds.engine_builder import EngineBuilder
+    from berth.runtime.docker_driver import DockerRuntime
 
 log = logging.getLogger(__name__)
 BUILD_API_TIMEOUT = 600  # seconds, for the build and image client (not the runtime's)
@@ -62,8 +72,17 @@ class Platform:
     events: EngineEvents | None = None  # the engine's events: wake the loops at once
     swarm_watch: SwarmWatch | None = None  # Swarm's task changes: wake the reconciler
     swarm_manager: ManagerClient | None = None  # the Swarm's nodes (None: one machine)
+    registry: PlatformRegistry | None = None  # builds pushed for every node (swarm only)
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
+    # Several servers on one store: the lease's holder runs the controllers, the others keep
+    # their nginx routing like it (berth.controllers.lease). None: this server always leads.
+    lease: LeaderLease | None = None
+    leadership: Leadership | None = None
+    ingress_sync: IngressSync | None = None
+    # A new set of controllers (a stopped loop does not start again), for each later term.
+    build_controllers: Callable[[], object] | None = None
+    _controllers_fresh: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
         if self.workloads is None and self.runtime is not None:
@@ -84,6 +103,55 @@ class Platform:
             self.billing.kick()
 
     def start_loops(self) -> None:
+        """Every server serves the API and the ingress; the leader also runs the controllers."""
+        if self.leadership is None:
+            self.start_controllers()
+            return
+        if self.nginx is not None:
+            self.nginx.ensure_running()
+        if self.ingress_sync is not None:
+            self.ingress_sync.start()  # a follower until the lease says otherwise
+        self.leadership.start()
+
+    def stop_loops(self) -> None:
+        """Stop Berth's own threads. Containers and nginx keep serving (the data plane)."""
+        if self.leadership is None:
+            self.stop_controllers()
+            return
+        self.leadership.stop()  # a leader stops its controllers, then releases the lease
+        if self.ingress_sync is not None:
+            self.ingress_sync.stop()
+
+    def elected(self) -> None:
+        """This server holds the lease: its reconciler routes from now on (one writer of its
+        nginx), with every controller's commits fenced by the lease."""
+        if self.ingress_sync is not None:
+            self.ingress_sync.stop()
+        if not self._controllers_fresh and self.build_controllers is not None:
+            self.build_controllers()
+        self._controllers_fresh = False
+        if self.lease is not None:
+            for controller in (self.reconciler, self.billing):
+                if controller is not None:
+                    controller.fence = self.lease.fence
+        self.start_controllers()
+
+    def deposed(self) -> None:
+        """The lease is lost (or given up): the controllers stop now (a pass in flight is
+        fenced), and the ingress follows the store again."""
+        self.stop_controllers()
+        if self.leadership is not None and self.leadership.stopping:
+            return
+        if self.build_controllers is not None:
+            try:  # the API keeps live objects (logs, nodes) and the next term is ready
+                self.build_controllers()
+                self._controllers_fresh = True
+            except Exception:
+                log.exception("building the next term's controllers failed (retried if elected)")
+        if self.ingress_sync is not None:
+            self.ingress_sync.start()
+
+    def start_controllers(self) -> None:
         if self.netpolicy is not None:
             self.netpolicy.start()  # before the reconciler runs anything on a tenant network
         if self.nginx is not None:
@@ -99,15 +167,18 @@ class Platform:
             self.billing.start()
         if self.webhooks is not None:
             self.webhooks.start()
+        if self.registry is not None:
+            self.registry.start_gc(self.sessions)  # collects on a swarm only
         self.started = True
         if self.swarm_watch is not None:
             self.swarm_watch.start()
 
-    def stop_loops(self) -> None:
-        """Stop Berth's own threads. Containers and nginx keep serving (the data plane)."""
+    def stop_controllers(self) -> None:
         for loop in (self.webhooks, self.billing):
             if loop is not None:
                 loop.stop()
+        if self.registry is not None:
+            self.registry.stop_gc()
         if self.reconciler is not None:
             self.reconciler.stop()
         if self.health is not None:
@@ -167,6 +238,33 @@ def build_platform(settings: Settings) -> Platform:
         images=DockerImageStore(client.api),
         nginx=nginx,
     )
+    platform.lease = LeaderLease(
+        sessions, server_identity(settings.server_id), ttl=settings.lease_ttl_seconds
+    )
+    platform.leadership = Leadership(
+        platform.lease,
+        platform.elected,
+        platform.deposed,
+        renew_seconds=settings.lease_renew_seconds,
+    )
+    platform.ingress_sync = IngressSync(settings, sessions, nginx)
+    platform.build_controllers = lambda: _build_controllers(
+        platform, runtime, builder, nginx, client
+    )
+    return _build_controllers(platform, runtime, builder, nginx, client)
+
+
+def _build_controllers(
+    platform: Platform,
+    runtime: DockerRuntime,
+    builder: EngineBuilder,
+    nginx: NginxManager,
+    client: docker.DockerClient,
+) -> Platform:
+    """The leader's controllers and the backend they drive, not started yet."""
+    import docker
+
+    settings, sessions, inst = platform.settings, platform.sessions, platform.installation
     # One stream of engine events for every loop, on a connection of its own.
     events_client = (
         docker.APIClient(base_url=settings.docker_url, version="auto")
@@ -195,6 +293,11 @@ def build_platform(settings: Settings) -> Platform:
     holder["reconciler"] = reconciler
     # A Swarm task Berth did not start itself is checked as soon as it is seen running.
     reconciler.on_running = lambda inst: _probe_instance(health, inst)
+    reconciler.set_node_availability = lambda node, availability: (
+        platform.swarm_manager.set_availability(node, availability)
+        if platform.swarm_manager is not None
+        else None
+    )
     local.on_change = reconciler.trigger
     platform.events.subscribe(ControllerWaker(reconciler.trigger, health.probe_soon, health.forget))
     if platform.netpolicy is not None:
@@ -203,6 +306,7 @@ def build_platform(settings: Settings) -> Platform:
     health.on_change = reconciler.trigger
     platform.health, platform.reconciler = health, reconciler
     platform.workloads = workloads
+    platform.registry = platform_registry(settings, client, inst, workloads.backend)
     if workloads.backend() == "swarm":
         platform.swarm_manager = _manager_client(settings, inst)
     platform.billing = BillingController(
@@ -250,7 +354,13 @@ def _start_swarm_backend(platform: Platform, reconciler: Reconciler) -> Workload
     from berth.swarm.api import DockerSwarmAPI
     from berth.workloads.swarm import SwarmWorkloads
 
-    api = DockerSwarmAPI(platform.settings.docker_url)
+    registry = platform.registry
+    if registry is not None:
+        registry.start_quietly()  # before any service names an image in it
+    api = DockerSwarmAPI(
+        platform.settings.docker_url,
+        registry_auth=registry.auth_for if registry is not None else None,
+    )
     # Removed tasks are reported for a minute: every reader (billing among them) sees them.
     backend = SwarmWorkloads(api, platform.installation, removed_report_seconds=60.0)
     if platform.swarm_manager is None:

@@ -298,6 +298,10 @@ TABLE: dict[tuple[str, str], Route] = {
         lambda r: Req("/admin/nodes/local/cordon")),)),
     ("POST", "/admin/nodes/{node}/uncordon"): Route("operator", (operator(
         lambda r: Req("/admin/nodes/local/uncordon")),)),
+    ("POST", "/admin/nodes/{node}/drain"): Route("operator", (operator(
+        lambda r: Req("/admin/nodes/local/drain", json={"timeout_seconds": 5})),)),
+    ("GET", "/admin/nodes/{node}/drain"): Route("operator", (operator(
+        lambda r: Req("/admin/nodes/local/drain")),)),
     ("DELETE", "/admin/nodes/{node}"): Route("operator", (operator(
         lambda r: Req("/admin/nodes/local", params={"force": "true"})),)),
     ("GET", "/audit"): Route("read", (

@@ -25,7 +25,7 @@ from berth.cluster.nodes import ENGINE_API_VERSION, ManagerClient, engine_call
 from berth.cluster.views import NodeRow, local_row
 from berth.errors import Conflict, NotFound
 from berth.platform import Platform
-from berth.store.tables import Instance
+from berth.store.tables import Instance, NodeDrain
 
 router = APIRouter(tags=["nodes"])
 
@@ -271,8 +271,90 @@ def cordon(node: NodeRef, platform: PlatformDep, who: Operator) -> AvailabilityP
 
 
 @router.post("/admin/nodes/{node}/uncordon")
-def uncordon(node: NodeRef, platform: PlatformDep, who: Operator) -> AvailabilityPublic:
-    return _availability(platform, node, "active")
+def uncordon(
+    node: NodeRef, platform: PlatformDep, session: SessionDep, who: Operator
+) -> AvailabilityPublic:
+    """New instances may land on the node again (this ends a drain of it, finished or not)."""
+    answer = _availability(platform, node, "active")
+    drain = session.get(NodeDrain, answer.node.id)
+    if drain is not None:
+        session.delete(drain)
+        session.commit()
+    return answer
+
+
+class DrainRequestBody(Strict):
+    timeout_seconds: float = Field(default=300.0, ge=1.0, le=86_400.0)
+
+
+class DrainPublic(BaseModel):
+    node_id: str
+    node: str
+    status: str  # draining | evicting | drained | timed_out
+    message: str
+    started_at: float
+    deadline: float
+    finished_at: float | None
+    instances_on_node: int
+
+
+def _drain_public(session: SessionDep, drain: NodeDrain) -> DrainPublic:
+    left = session.scalar(
+        select(func.count(Instance.id)).where(
+            Instance.node == drain.node_name, Instance.state.in_(("starting", "running"))
+        )
+    )
+    return DrainPublic(
+        node_id=drain.node_id,
+        node=drain.node_name,
+        status=drain.status,
+        message=drain.message,
+        started_at=drain.started_at,
+        deadline=drain.deadline,
+        finished_at=drain.finished_at,
+        instances_on_node=int(left or 0),
+    )
+
+
+@router.post("/admin/nodes/{node}/drain", status_code=202)
+def drain_node(
+    node: NodeRef,
+    platform: PlatformDep,
+    session: SessionDep,
+    who: Operator,
+    body: DrainRequestBody | None = None,
+) -> DrainPublic:
+    """Move the node's instances away start-first: the node is cordoned, each app's
+    replacements start elsewhere and pass their checks, then the node's instances leave the
+    ingress and stop. Follow it with GET .../drain; it times out after ``timeout_seconds``."""
+    timeout = (body or DrainRequestBody()).timeout_seconds
+    manager = _manager(platform)
+    row, _, _ = manager.set_availability(node, "pause")
+    now = time.time()
+    drain = session.get(NodeDrain, row.id) or NodeDrain(node_id=row.id)
+    drain.node_name = row.name
+    drain.status = "draining"
+    drain.message = "cordoned; starting replacements elsewhere"
+    drain.started_at = now
+    drain.deadline = now + timeout
+    drain.finished_at = None
+    session.merge(drain)
+    session.commit()
+    platform.trigger()
+    merged = session.get(NodeDrain, row.id)
+    assert merged is not None
+    return _drain_public(session, merged)
+
+
+@router.get("/admin/nodes/{node}/drain")
+def drain_status(
+    node: NodeRef, platform: PlatformDep, session: SessionDep, who: Operator
+) -> DrainPublic:
+    row = _manager(platform).info(node)
+    drain = session.get(NodeDrain, row.id)
+    if drain is None:
+        raise NotFound(f"node {row.name} is not being drained", code="no_drain")
+    return _drain_public(session, drain)
 
 
 @router.delete("/admin/nodes/{node}")

@@ -1,11 +1,12 @@
 """``berth nodes ...``: the machines of the swarm (operators only).
 
-``drain`` lives with the reconciler's start-first drain, not here.
+``drain`` asks the reconciler for a start-first drain and follows its progress.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -200,6 +201,40 @@ def nodes_cordon(node: str, as_json: JsonOpt = False) -> None:
 def nodes_uncordon(node: str, as_json: JsonOpt = False) -> None:
     """Let NODE take new instances again."""
     _availability(node, "uncordon", as_json)
+
+
+@nodes_app.command("drain")
+def nodes_drain(
+    node: str,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for replacements before giving up.")
+    ] = 300.0,
+    wait: Annotated[bool, typer.Option(help="Follow the drain until it ends.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move NODE's instances away start-first: replacements start elsewhere and pass their
+    checks before the node's instances leave the ingress and stop. Exits non-zero on timeout."""
+    api = client()
+    data = api.post(_path(node) + "/drain", json={"timeout_seconds": timeout})
+    last = ""
+    while wait and data["status"] in ("draining", "evicting"):
+        if not as_json and data["message"] != last:
+            last = data["message"]
+            console.print(f"{data['node']}: {data['status']}: {last}", markup=False)
+        time.sleep(1.0)
+        data = api.get(_path(node) + "/drain")
+
+    def human(d: dict[str, Any]) -> None:
+        if d["status"] == "drained":
+            console.print(f"Drained {d['node']}: no instance runs there any more", markup=False)
+        elif d["status"] == "timed_out":
+            console.print(f"{d['node']}: {d['message']}", markup=False)
+        else:
+            console.print(f"{d['node']}: {d['status']}: {d['message']}", markup=False)
+
+    emit(data, as_json, human)
+    if data["status"] == "timed_out":
+        raise CliError(f"drain of {data['node']} timed out; the node stays cordoned")
 
 
 @nodes_app.command("remove")

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from sqlalchemy import select
@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from berth.controllers.metering import record_intervals
 from berth.controllers.snapshot import AppView, load_apps, release_env
+from berth.domain.drain import DrainRequest, plan_drains
 from berth.domain.model import ObservedInstance, Revision
 from berth.domain.rollout import FinishDeployment, RolloutPlan, plan_rollout
 from berth.domain.routing import RoutedApp, plan_routes
@@ -39,7 +40,16 @@ from berth.proxy.model import Route
 from berth.proxy.nginx import NginxManager
 from berth.services.apps import purge_app
 from berth.settings import Settings
-from berth.store.tables import App, Deployment, Instance, Meta, PlanRow, Tenant, new_id
+from berth.store.tables import (
+    App,
+    Deployment,
+    Instance,
+    Meta,
+    NodeDrain,
+    PlanRow,
+    Tenant,
+    new_id,
+)
 from berth.workloads.local import release_command, tenant_network
 from berth.workloads.protocol import ProcessGroup, WorkloadInstance, Workloads
 
@@ -72,6 +82,8 @@ class Reconciler:
     # Called in each transaction before it commits: raises when this server no longer holds
     # the controllers' lease (a stale leader's writes are refused; berth.controllers.lease).
     fence: Callable[[Session], None] = lambda session: None
+    # Swarm's availability of a node, by name (a drain hands the node to Swarm's drain last).
+    set_node_availability: Callable[[str, str], object] = lambda node, availability: None
     routed: set[str] = field(default_factory=set)
     passes: int = 0
 
@@ -134,11 +146,16 @@ class Reconciler:
                 groups = self._groups(session, apps, rollout)
                 wanted = {(g.app_id, g.revision) for g in groups}
                 leaving = frozenset(i.id for i in instances if (i.app_id, i.revision) not in wanted)
+                groups, drained_away, evict = self._drains(session, groups, instances, now)
+                leaving |= drained_away
                 self._pass_session, self._pass_apps = session, apps
                 self._pass_instances, self._leaving = instances, leaving
                 try:
                     routed_before = set(self.routed)
                     self._sync_routes(session, apps, instances, leaving)
+                    # Routed away (the reload is live): now Swarm may stop the node's tasks.
+                    for node in evict:
+                        self.set_node_availability(node, "drain")
                     self.workloads.apply(groups)
                     # What the apply started may already pass its check: route it now.
                     after = self.workloads.instances()
@@ -343,6 +360,40 @@ class Reconciler:
             .where(PlanRow.instance_disk_mb.is_not(None))
         )
         return {tenant_id: disk for tenant_id, disk in rows if disk is not None}
+
+    # -- drains -----------------------------------------------------------------------------
+
+    def _drains(
+        self,
+        session: Session,
+        groups: list[ProcessGroup],
+        instances: list[WorkloadInstance],
+        now: float,
+    ) -> tuple[list[ProcessGroup], frozenset[str], tuple[str, ...]]:
+        """Nodes being drained, start-first (berth.domain.drain): the groups with extra
+        replicas elsewhere, the node instances to route away now, the nodes to evict."""
+        active = NodeDrain.status.in_(("draining", "evicting"))
+        rows = list(session.scalars(select(NodeDrain).where(active)))
+        if not rows:
+            return groups, frozenset(), ()
+        requests = [DrainRequest(r.node_name, r.deadline) for r in rows]
+        plan = plan_drains(
+            requests, {g.key: g.replicas for g in groups}, instances, frozenset(self.routed), now
+        )
+        by_node = {p.node: p for p in plan.progress}
+        for row in rows:
+            progress = by_node.get(row.node_name)
+            if progress is None:
+                continue
+            row.message = progress.message
+            if progress.status != row.status:
+                log.info("drain of %s: %s (%s)", row.node_name, progress.status, progress.message)
+            row.status = progress.status
+            if progress.status in ("drained", "timed_out"):
+                row.finished_at = now
+        session.flush()
+        sized = [replace(g, replicas=plan.replicas.get(g.key, g.replicas)) for g in groups]
+        return sized, plan.leaving, plan.evict
 
     # -- routing ----------------------------------------------------------------------------
 

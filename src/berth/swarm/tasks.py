@@ -148,13 +148,21 @@ def instances_of_service(
             if view.state in ("pending", "starting", "running"):
                 newest_alive = view.task_id  # sorted oldest first: the last one wins
         restarts, last_exit = _failures_in_a_row(history, now, memory)
-        for view in views:
+        newest = views[-1].task_id if views else None
+        for task, view in zip(history, views, strict=True):
             state, reason = view.state, view.reason
             if view.task_id != newest_alive and state in ("pending", "starting", "running"):
                 # An older task Swarm still reports alive in a slot that has a newer one.
                 state, reason = (
                     ("stopping", "replaced") if state == "running" else ("exited", "replaced")
                 )
+            if state == "exited" and (
+                view.task_id != newest or task.get("DesiredState") in ("shutdown", "remove")
+            ):
+                # Swarm never starts an ended task again: replaced in its slot, or its slot
+                # scaled away or drained. Its run is over for good (billed to its end), and
+                # it is history, not an instance: the slot's live task carries the count.
+                state = "removed"
             if view.task_id == newest_alive and restarts >= CRASH_LOOP_AFTER:
                 reason = crash_loop_reason(restarts, last_exit)
             task_restarts = restarts if view.task_id == newest_alive else 0

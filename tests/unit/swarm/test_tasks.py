@@ -128,12 +128,13 @@ def test_a_task_shutting_down_while_running_is_stopping() -> None:
 
 
 @pytest.mark.parametrize("state", ["complete", "failed", "shutdown", "rejected", "orphaned"])
-def test_ended_tasks_are_exited_with_their_exit_code_and_end(state: str) -> None:
+def test_ended_tasks_are_over_for_good_with_their_exit_code_and_end(state: str) -> None:
     memory = TaskMemory()
     observe([task("t1", "running", at=5, port=30001)], memory)
     ended = task("t1", state, desired="shutdown", at=9, exit_code=3, err="task: non-zero exit (3)")
     (instance,) = observe([ended], memory).values()
-    assert instance.state == "exited" and instance.exit_code == 3
+    # Swarm never starts an ended task again: "removed" (history, billed to its end).
+    assert instance.state == "removed" and instance.exit_code == 3
     assert instance.started_at == parse_time(_stamp(5))  # remembered from when it ran
     assert instance.finished_at == parse_time(_stamp(9))
     assert instance.port is None
@@ -146,11 +147,11 @@ def test_the_port_is_remembered_when_portstatus_comes_back_empty() -> None:
     assert instance.port == 30007
 
 
-def test_a_task_on_a_down_node_that_swarm_replaced_is_exited() -> None:
+def test_a_task_on_a_down_node_that_swarm_replaced_is_over() -> None:
     stale = task("old", "running", node="n2", desired="shutdown", port=30001, at=1, updated=20)
     new = task("new", "running", node="n1", created=20, at=21, port=30002)
     found = observe([stale, new])
-    assert found["old"].state == "exited" and found["old"].reason == "node w2 is down"
+    assert found["old"].state == "removed" and found["old"].reason == "node w2 is down"
     assert found["old"].finished_at == parse_time(_stamp(20))
     assert found["new"].state == "running"
 
@@ -173,7 +174,7 @@ def test_failures_in_a_row_make_a_crash_loop() -> None:
     found = observe([*history, current])
     assert found["now"].restarts == 4
     assert found["now"].reason == "crash loop: exited 4 times in a row (last exit code 2)"
-    assert all(found[f"f{n}"].state == "exited" for n in range(1, 5))
+    assert all(found[f"f{n}"].state == "removed" for n in range(1, 5))
     # A clean stop breaks the run: only the failures after it count.
     clean = task("ok", "shutdown", desired="shutdown", created=2, at=2, exit_code=0)
     found = observe([history[0], clean, history[2], history[3], current])
@@ -191,9 +192,9 @@ def test_a_task_that_ran_long_enough_ends_the_crash_loop() -> None:
     assert observe([*history, running], memory, now=started + 60)["now"].restarts == 0
 
 
-def test_a_pending_task_cancelled_before_it_ran_is_exited_and_never_started() -> None:
+def test_a_pending_task_cancelled_before_it_ran_is_over_and_never_started() -> None:
     (instance,) = observe([task("t1", "pending", desired="shutdown", node="")]).values()
-    assert instance.state == "exited" and instance.started_at is None
+    assert instance.state == "removed" and instance.started_at is None
 
 
 def test_memory_forgets_tasks_that_are_gone() -> None:

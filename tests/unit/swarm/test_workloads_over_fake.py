@@ -147,7 +147,7 @@ def test_another_installation_is_left_alone(fake: FakeSwarmAPI, backend: SwarmWo
     assert backend.instances() and all(i.state == "removed" for i in backend.instances())
 
 
-def test_a_lost_node_is_replaced_and_its_instances_exited(
+def test_a_lost_node_is_replaced_and_its_instances_are_over(
     fake: FakeSwarmAPI, backend: SwarmWorkloads
 ) -> None:
     backend.apply([GROUP])
@@ -157,9 +157,9 @@ def test_a_lost_node_is_replaced_and_its_instances_exited(
     assert len([i for i in now if i.alive]) == 6
     assert {i.node for i in now if i.alive} == {"w2", "w3"}
     for instance in (i for i in now if i.id in lost):
-        assert instance.state == "exited" and instance.reason == "node w1 is down"
+        assert instance.state == "removed" and instance.reason == "node w1 is down"
     fake.set_node_state(fake.node_id("w1"), "ready")
-    assert all(i.state == "exited" for i in backend.instances() if i.id in lost)
+    assert all(i.state == "removed" for i in backend.instances() if i.id in lost)
 
 
 def test_a_crash_loop_says_so(fake: FakeSwarmAPI, backend: SwarmWorkloads) -> None:
@@ -170,8 +170,9 @@ def test_a_crash_loop_says_so(fake: FakeSwarmAPI, backend: SwarmWorkloads) -> No
     (current,) = alive(backend)
     assert current.restarts == 3
     assert current.reason == "crash loop: exited 3 times in a row (last exit code 7)"
-    exited = [i for i in backend.instances() if i.state == "exited"]
-    assert len(exited) == 3 and {i.exit_code for i in exited} == {7}
+    # The failed tasks are history (Swarm never restarts a task): over, with their exit codes.
+    ended = [i for i in backend.instances() if i.state == "removed"]
+    assert len(ended) == 3 and {i.exit_code for i in ended} == {7}
 
 
 def test_nodes_are_summarised(backend: SwarmWorkloads) -> None:
@@ -229,11 +230,9 @@ def test_tasks_that_outlive_their_service_stop_then_are_removed_once() -> None:
     assert fake.networks() != []  # still in use by the stopping tasks
     fake.finish_removals()
     stopped = backend.instances()
-    assert {i.state for i in stopped} == {"exited"} and all(i.finished_at for i in stopped)
+    assert {i.state for i in stopped} == {"removed"} and all(i.finished_at for i in stopped)
+    assert {i.id for i in stopped} == ids  # over, with their end: billing closes them
     fake.finish_removals()
-    removed = backend.instances()
-    assert {i.id for i in removed} == ids and {i.state for i in removed} == {"removed"}
-    assert [i.finished_at for i in removed] == [i.finished_at for i in stopped]
-    assert backend.instances() == []
+    assert backend.instances() == []  # and then gone
     backend.apply([])
     assert fake.networks() == []
