@@ -35,7 +35,13 @@ from berth.workloads.protocol import WorkloadInstance, Workloads
 LABEL_HEALTH_PATH = "berth.health-path"
 FAILURES_TO_UNHEALTHY = 2
 REFUSED = "connection refused"
+UNREACHABLE = "no answer to connect"
 CHECK_TIMEOUT_SECONDS = 2.0
+# A connect is answered by the kernel in well under a millisecond on a LAN, busy app or not; no
+# answer means the node is gone or cut off (a killed node's host-mode port is DNATed to a
+# container that no longer exists, so its SYNs go unanswered rather than refused). Unrouting it
+# must not wait for two full check timeouts, nor for Swarm to mark the node down (~5 s).
+CONNECT_TIMEOUT_SECONDS = 0.5
 FAST_PROBE_STEP_SECONDS = 0.05
 FAST_PROBE_WINDOW_SECONDS = 10.0
 
@@ -182,7 +188,10 @@ class HealthMonitor:
         self._lock = threading.Lock()
         self._loop = PeriodicLoop("berth-health", self._round, self.interval)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="berth-health")
-        self._client = httpx.Client(timeout=CHECK_TIMEOUT_SECONDS, follow_redirects=False)
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(CHECK_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
+            follow_redirects=False,
+        )
         # New instances: the schedule, what is known of each, and the thread that probes them.
         self._fast = FastProbes()
         self._fast_targets: dict[str, CheckTarget] = {}
@@ -352,6 +361,8 @@ class HealthMonitor:
         url = f"http://{target.host or self.host}:{target.port}{target.path}"
         try:
             resp = self._client.get(url)
+        except httpx.ConnectTimeout:
+            return False, f"GET {target.path}: {UNREACHABLE}"
         except httpx.ConnectError as exc:
             refused = isinstance(exc.__cause__, ConnectionRefusedError) or "refused" in str(exc)
             return False, f"GET {target.path}: {REFUSED if refused else type(exc).__name__}"
@@ -379,16 +390,19 @@ def _target(container: ContainerInfo) -> CheckTarget | None:
 
 
 def _refused(error: str) -> bool:
-    """Nothing listens there (its node or process is gone): no second check is needed to stop
-    routing to it, unlike a timeout or an error answer, which may pass."""
-    return error.endswith(REFUSED)
+    """Nothing listens there (its node or process is gone) or nothing answers a connect (its
+    node is gone or cut off): no second check is needed to stop routing to it, unlike a slow
+    answer or an error answer, which may pass."""
+    return error.endswith(REFUSED) or error.endswith(UNREACHABLE)
 
 
 def _tcp_check(host: str, port: int) -> tuple[bool, str]:
     try:
-        with socket.create_connection((host, port), timeout=CHECK_TIMEOUT_SECONDS):
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS):
             return True, ""
     except ConnectionRefusedError:
         return False, f"TCP connect: {REFUSED}"
+    except TimeoutError:
+        return False, f"TCP connect: {UNREACHABLE}"
     except OSError as exc:
         return False, f"TCP connect: {exc.strerror or exc}"
