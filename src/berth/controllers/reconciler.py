@@ -33,7 +33,7 @@ from berth.controllers.metering import record_intervals
 from berth.controllers.snapshot import AppView, load_apps, release_env
 from berth.domain.drain import DrainRequest, plan_drains
 from berth.domain.model import ObservedInstance, Revision
-from berth.domain.rollout import FinishDeployment, RolloutPlan, plan_rollout
+from berth.domain.rollout import FinishDeployment, RolloutPace, RolloutPlan, plan_rollout
 from berth.domain.routing import RoutedApp, plan_routes
 from berth.periodic import PeriodicLoop
 from berth.proxy.model import Route
@@ -136,7 +136,10 @@ class Reconciler:
                 record_intervals(session, instances, now)
                 observed = [self._observed(i) for i in instances if i.state in _PLANNED_STATES]
                 # plan
-                rollout = plan_rollout([a.desired for a in apps], observed, self.clock())
+                pace = RolloutPace(
+                    self.settings.rollout_parallelism, self.settings.rollout_delay_seconds
+                )
+                rollout = plan_rollout([a.desired for a in apps], observed, self.clock(), pace)
                 # act: the store first (what is decided is recorded before anything can fail)
                 self._finish_deployments(session, rollout.finished)
                 self.fence(session)
@@ -182,6 +185,7 @@ class Reconciler:
             exit_code=inst.exit_code,
             finished_at=inst.finished_at,
             created_seq=inst.seq,
+            started_at=inst.started_at,
         )
 
     def _unroute(self, instance_ids: set[str]) -> None:

@@ -63,6 +63,7 @@ class ObservedInstance:
     exit_code: int | None = None
     finished_at: float | None = None
     created_seq: int = 0  # creation order, used to pick which extra instance goes first
+    started_at: float | None = None  # when it last started (the pace between rollout batches)
 
     @property
     def alive(self) -> bool:

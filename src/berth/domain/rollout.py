@@ -58,8 +58,21 @@ class RolloutPlan:
         return None
 
 
+@dataclass(frozen=True)
+class RolloutPace:
+    """How fast a rollout starts the new revision: ``parallelism`` new instances at a time (0:
+    all at once), and ``delay`` seconds after a batch is ready before the next one starts. The
+    serving revision keeps its count until the new one is complete (start-first)."""
+
+    parallelism: int = 0
+    delay: float = 0.0
+
+
 def plan_rollout(
-    desired: Iterable[DesiredApp], observed: Iterable[ObservedInstance], now: float
+    desired: Iterable[DesiredApp],
+    observed: Iterable[ObservedInstance],
+    now: float,
+    pace: RolloutPace = RolloutPace(),
 ) -> RolloutPlan:
     by_app: dict[str, list[ObservedInstance]] = defaultdict(list)
     for inst in observed:
@@ -71,7 +84,7 @@ def plan_rollout(
     for app_id in sorted(by_app.keys() - wanted.keys()):
         retired += _retire(app_id, by_app[app_id], set(), "app deleted")
     for app_id in sorted(wanted):
-        g, f, r = _plan_app(wanted[app_id], by_app.get(app_id, []), now)
+        g, f, r = _plan_app(wanted[app_id], by_app.get(app_id, []), now, pace)
         groups += g
         finished += f
         retired += r
@@ -86,7 +99,7 @@ def _retire(
 
 
 def _plan_app(
-    app: DesiredApp, instances: Sequence[ObservedInstance], now: float
+    app: DesiredApp, instances: Sequence[ObservedInstance], now: float, pace: RolloutPace
 ) -> tuple[list[GroupTarget], list[FinishDeployment], list[Retired]]:
     if app.target is None:
         return [], [], _retire(app.app_id, instances, set(), "no release to run")
@@ -126,10 +139,27 @@ def _plan_app(
         )
         return [GroupTarget(app.app_id, target_key, app.scale)], [finish], retired
     keep = {target_key} | ({serving_key} if serving_key else set())
-    groups = [GroupTarget(app.app_id, target_key, app.scale)]
+    groups = [GroupTarget(app.app_id, target_key, batch_size(app.scale, target, now, pace))]
     if serving_key and serving_key != target_key:
         groups.append(GroupTarget(app.app_id, serving_key, app.scale))
     return groups, [], _retire(app.app_id, instances, keep, "old revision")
+
+
+def batch_size(
+    scale: int, target: Sequence[ObservedInstance], now: float, pace: RolloutPace
+) -> int:
+    """How many instances of the new revision to run now: those ready, plus the batch in
+    flight (``parallelism``), once the last ready one has been up ``delay`` seconds."""
+    if pace.parallelism <= 0 or pace.parallelism >= scale:
+        return scale
+    ready = [i for i in target if i.ready]
+    in_flight = [i for i in target if not i.ready]
+    if in_flight:
+        return min(scale, len(ready) + max(len(in_flight), pace.parallelism))
+    last_up = max((i.started_at or 0.0 for i in ready), default=0.0)
+    if ready and now < last_up + pace.delay:
+        return len(ready)  # the pause between batches
+    return min(scale, len(ready) + pace.parallelism)
 
 
 def rollout_failure(app: DesiredApp, target: Sequence[ObservedInstance], now: float) -> str | None:
