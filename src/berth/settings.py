@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     max_build_files: int = Field(default=20_000, ge=1)
     deploy_timeout_seconds: float = Field(default=120.0, gt=0)
     reconcile_interval_seconds: float = Field(default=2.0, gt=0)
+    # Rollouts start the new revision this many instances at a time (0: all at once), pausing
+    # this long after each batch is ready; the old revision keeps its count until the end.
+    rollout_parallelism: int = Field(default=0, ge=0, le=1000)
+    rollout_delay_seconds: float = Field(default=0.0, ge=0, le=3600)
     health_interval_seconds: float = Field(default=1.0, gt=0)
     proxy_coalesce_seconds: float = Field(default=0.2, ge=0)
     pids_limit: int = Field(default=256, ge=16)
@@ -138,6 +142,11 @@ class Settings(BaseSettings):
     swarm_default_addr_pool: str = "10.240.0.0/16"  # overlays' subnets, a /24 each
     # 2 s marks a dead node Down in ~5 s; 1 s is unsafe (a new Raft leader marks live nodes Down)
     swarm_dispatcher_heartbeat_seconds: float = Field(default=2.0, ge=2.0)
+
+    # -- several servers on one store (berth.controllers.lease): the lease's holder leads ---
+    server_id: str = ""  # this server in the lease row; empty: hostname:pid:random
+    lease_ttl_seconds: float = Field(default=10.0, gt=0, description="A leader's term")
+    lease_renew_seconds: float = Field(default=3.0, gt=0)
     # This machine's labels on the local backend (JSON, like {"zone": "a"}): an app's placement
     # constraints must hold on them, else its instances wait as pending (as on Swarm).
     node_labels: dict[str, str] = Field(default_factory=dict)
