@@ -116,7 +116,7 @@ def test_a_killed_worker_costs_no_request(whole: Berth) -> None:
             serving = time.monotonic() - killed
             rows = s.wait_converged(app, 2, timeout=30)
             load.wait_for(20)
-        result = tally(load.outcomes)
+        result = tally(load.outcomes, cuts=[killed])
         _figure(
             f"node {short} killed: its upstream gone from nginx in {unrouted:.2f}s, "
             f"2 healthy routed replicas again in {serving:.1f}s; {result.as_dict()}"
