@@ -128,8 +128,20 @@ def deploy_image(
     resolve = image_policy.deploy_resolver(
         store, who.tenant_id, platform.installation, platform.settings.registry
     )
+    pinned = None
+    registry = platform.registry
+    if registry is not None and registry.wanted():
+        # On a swarm: what every node runs (berth.registry.wiring.pin_action). Resolved and
+        # pushed before the app is locked: a push may take a while.
+        svc.get_app(session, who.tenant_id, name)
+        image_id = resolve(body.image)
+        assert image_id is not None  # the policy's resolver raises instead
+        pinned = registry.pin_for_deploy(
+            body.image, image_id, who.tenant_id, name, platform.settings.registry
+        )
+        resolve = lambda _ref: image_id  # noqa: E731 - the id resolved above, not again
     release, dep = svc.deploy_image(
-        session, platform.settings, who.tenant_id, name, body.image, resolve
+        session, platform.settings, who.tenant_id, name, body.image, resolve, pinned_image=pinned
     )
     platform.trigger()
     return _deploy_result(session, name, who.tenant_id, release, dep.id)

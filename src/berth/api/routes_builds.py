@@ -30,6 +30,7 @@ from berth.builds.queue import BuildQueue, Ticket
 from berth.errors import BerthError, EngineError, PayloadTooLarge
 from berth.fsutil import remove_tree
 from berth.platform import Platform
+from berth.registry.wiring import push_summary
 from berth.services import apps as svc
 from berth.services.auth import Principal
 from berth.services.billing import plan_row_of
@@ -231,6 +232,15 @@ def _build_events(
             free_slot()
             yield _error("build_failed", "the build ended without an image")
             return
+        pinned = None
+        registry = platform.registry
+        if registry is not None and registry.wanted():
+            # On a swarm every node pulls the build from the platform registry, by digest. A
+            # push that fails is the build's error: no release names an image nodes lack.
+            yield _line({"type": "status", "message": f"pushing to {registry.address}"})
+            pushed = registry.publish(who.tenant_id, name, image_id)
+            pinned = pushed.reference
+            yield _line({"type": "log", "line": push_summary(pushed)})
         with platform.sessions() as session:
             release, dep = svc.deploy_image(
                 session,
@@ -240,6 +250,7 @@ def _build_events(
                 request.tag,
                 lambda _ref: image_id,
                 description="build",
+                pinned_image=pinned,
             )
             line = _line(
                 {
@@ -247,6 +258,7 @@ def _build_events(
                     "version": release.version,
                     "image": request.tag,
                     "image_id": image_id,
+                    "pinned_image": pinned,
                     "deployment_id": dep.id,
                 }
             )

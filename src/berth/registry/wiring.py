@@ -201,6 +201,12 @@ class PlatformRegistry:
         except BerthError as exc:
             log.error("the platform registry is not running: %s", exc.message)
             return False
+        if self.server.listen.is_loopback:
+            log.warning(
+                "the platform registry listens on %s: only this machine can pull builds; set "
+                "BERTH_REGISTRY_LISTEN to an address the other nodes reach",
+                self.address,
+            )
         return True
 
     def auth_for(self, image: str) -> dict[str, str] | None:

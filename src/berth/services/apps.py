@@ -218,6 +218,7 @@ def deploy_image(
     image_ref: str,
     resolve: ImageResolver,
     description: str = "",
+    pinned_image: str | None = None,
 ) -> tuple[Release, Deployment]:
     if not image_ref or len(image_ref) > 255 or any(c.isspace() for c in image_ref):
         raise InvalidInput("image reference is empty or malformed", code="invalid_image")
@@ -242,6 +243,8 @@ def deploy_image(
             code="image_not_found",
         )
     release = _new_release(app, image_ref, image_id, app_config(app), description or "deploy")
+    # Where every node pulls it from on a swarm (berth.registry.wiring); None: the image id.
+    release.pinned_image = pinned_image
     session.add(release)
     deployment = _start_rollout(session, settings, app, release, app.generation, "deploy")
     prune_releases(session, settings, app)
@@ -282,6 +285,7 @@ def set_config(
         app, base.image_ref, base.image_id, config, f"config: {' '.join(changed)}"
     )
     release.command_json = base.command_json
+    release.pinned_image = base.pinned_image
     session.add(release)
     deployment = _start_rollout(session, settings, app, release, app.generation, "config")
     prune_releases(session, settings, app)
@@ -325,6 +329,7 @@ def rollback(
         f"rollback to v{older.version}",
     )
     release.command_json = older.command_json
+    release.pinned_image = older.pinned_image  # the earlier digest, not a rebuild
     release.memory_mb, release.cpus_milli = older.memory_mb, older.cpus_milli
     release.port, release.health_path = older.port, older.health_path
     session.add(release)
