@@ -168,7 +168,8 @@ class Platform:
         if self.webhooks is not None:
             self.webhooks.start()
         if self.registry is not None:
-            self.registry.start_gc(self.sessions)  # collects on a swarm only
+            # Collects on a swarm only, and only while this server's term lasts.
+            self.registry.start_gc(self.sessions, lambda: self.lease is None or self.lease.holds())
         self.started = True
         if self.swarm_watch is not None:
             self.swarm_watch.start()
