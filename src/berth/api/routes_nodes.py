@@ -25,6 +25,7 @@ from berth.cluster.nodes import ENGINE_API_VERSION, ManagerClient, engine_call
 from berth.cluster.views import NodeRow, local_row
 from berth.errors import Conflict, NotFound
 from berth.platform import Platform
+from berth.registry.wiring import pin_releases
 from berth.store.tables import Instance, NodeDrain
 
 router = APIRouter(tags=["nodes"])
@@ -198,6 +199,10 @@ def cluster_init_route(
     """Make the engine a Swarm manager (nothing changes when it already is one) and move the
     installation to the swarm backend: the reconciler moves the apps over, start-first."""
     result = cluster_init.init_swarm(api, platform.settings, body.advertise_addr)
+    if platform.registry is not None and cluster_init.current_backend(session) != "swarm":
+        # What was built here goes to the platform registry first, pinned in the transaction
+        # that records the move: no service of the Swarm names an image only this machine has.
+        pin_releases(session, platform.registry, platform.settings.registry)
     moved = cluster_init.record_backend(session, "swarm")
     if platform.swarm_manager is None:
         platform.swarm_manager = ManagerClient(api, platform.installation)

@@ -59,7 +59,7 @@ from berth.registry.gc import (
 from berth.registry.push import PushedImage, push_image, repository_for
 from berth.registry.server import RegistryServer
 from berth.settings import Settings
-from berth.store.tables import Release
+from berth.store.tables import App, Release
 from berth.workloads.protocol import BackendKind
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,45 @@ def auth_header_config(
     return {**auth_config, "serveraddress": address}
 
 
+@dataclass(frozen=True)
+class Unpinned:
+    """A release made before the installation moved to a swarm (no pinned image yet)."""
+
+    release_id: str
+    tenant_id: str
+    app_name: str
+    image_ref: str
+    image_id: str
+
+
+@dataclass(frozen=True)
+class PinWork:
+    release_id: str
+    action: PinAction
+    reference: str = ""  # "reference": what to record
+    push: tuple[str, str, str] = ("", "", "")  # "push": (tenant id, app name, image id)
+
+
+def plan_pins(unpinned: Iterable[Unpinned], provider_registry: str) -> list[PinWork]:
+    """What each release made on one machine pins when the installation moves to a swarm, as an
+    image deploy would (:func:`pin_action`). A reference the policy no longer allows keeps its
+    image id: it runs where that image is, as before."""
+    work = []
+    for row in unpinned:
+        try:
+            ref = classify(row.image_ref, provider_registry)
+        except BerthError:
+            continue
+        action = pin_action("swarm", ref.kind)
+        if action == "reference":
+            work.append(PinWork(row.release_id, action, reference=ref.name))
+        elif action == "push":
+            work.append(
+                PinWork(row.release_id, action, push=(row.tenant_id, row.app_name, row.image_id))
+            )
+    return work
+
+
 # -- the store -------------------------------------------------------------------------------
 
 
@@ -135,6 +174,35 @@ def kept_by_store(session: Session) -> tuple[frozenset[str], frozenset[str]]:
     """What every release of this installation keeps (the kept release history of each app)."""
     rows = session.execute(select(Release.pinned_image, Release.image_id))
     return kept_images((pinned, image_id) for pinned, image_id in rows)
+
+
+def pin_releases(session: Session, registry: PlatformRegistry, provider_registry: str) -> int:
+    """Pin every release made on one machine (``berth cluster init`` calls this before it
+    records the swarm backend, in the same transaction): builds are pushed, each image once.
+    Flushed, not committed. Raises PushFailed: the move must not start with images the other
+    nodes could not pull. Returns how many releases were pinned."""
+    stmt = (
+        select(Release.id, Release.tenant_id, App.name, Release.image_ref, Release.image_id)
+        .join(App, App.id == Release.app_id)
+        .where(Release.pinned_image.is_(None))
+    )
+    unpinned = [Unpinned(*row) for row in session.execute(stmt)]
+    session.rollback()  # no transaction stays open while images are pushed
+    pushed: dict[tuple[str, str, str], str] = {}
+    pins: dict[str, str] = {}
+    for work in plan_pins(unpinned, provider_registry):
+        if work.action == "push":
+            if work.push not in pushed:
+                pushed[work.push] = registry.publish(*work.push).reference
+            pins[work.release_id] = pushed[work.push]
+        else:
+            pins[work.release_id] = work.reference
+    for release_id, reference in pins.items():
+        release = session.get(Release, release_id)
+        if release is not None and release.pinned_image is None:
+            release.pinned_image = reference
+    session.flush()
+    return len(pins)
 
 
 # -- the actuator ----------------------------------------------------------------------------

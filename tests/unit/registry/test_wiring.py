@@ -1,6 +1,7 @@
 """The platform's use of its registry: the pure decisions, the keep set read from a real store,
 releases that carry their pinned digest through config changes and rollbacks, a push that
-fails the build (no release), the GC loop's guards, and the credentials header of services."""
+fails the build (no release), the GC loop's guards, the credentials header of services, the
+pins of image deploys and of the releases an installation had before it moved to a swarm."""
 
 from __future__ import annotations
 
@@ -21,12 +22,16 @@ from berth.platform import Platform, open_store
 from berth.registry.push import PushedImage
 from berth.registry.server import RegistryServer
 from berth.registry.wiring import (
+    PinWork,
     PlatformRegistry,
     PushFailed,
+    Unpinned,
     auth_header_config,
     kept_by_store,
     kept_images,
     pin_action,
+    pin_releases,
+    plan_pins,
     push_summary,
     uses_registry,
 )
@@ -294,3 +299,79 @@ def test_the_registry_server_is_made_only_when_used(tmp_path: Path) -> None:
     assert made == []  # a local installation never parses the registry's settings
     assert registry.address == "127.0.0.1:1"
     assert made == [1]
+
+
+# -- image deploys and the move to a swarm ---------------------------------------------------
+
+
+class RecordingRegistry(PlatformRegistry):
+    """publish() records and answers a digest (the real push is tests/cluster's)."""
+
+    def __init__(self, settings: Settings, backend: BackendKind = "swarm") -> None:
+        super().__init__(RegistryServer(settings), None, "inst", lambda: backend)
+        self.published: list[tuple[str, str, str]] = []
+
+    def publish(self, tenant_id: str, app_name: str, image_id: str) -> PushedImage:
+        self.published.append((tenant_id, app_name, image_id))
+        digest = "sha256:" + image_id.removeprefix("sha256:")[::-1]
+        ref = f"{self.address}/t-{tenant_id}/{app_name}@{digest}"
+        return PushedImage(ref, f"t-{tenant_id}/{app_name}", digest, "id-x", 1, 0, 0.0)
+
+
+def test_pin_for_deploy_per_kind(store: tuple[Settings, Platform, str]) -> None:
+    settings, _, _ = store
+    registry = RecordingRegistry(settings)
+    tenant = "0a"
+    assert registry.pin_for_deploy("berth/python:3", ID_A, tenant, "web", "") is None
+    assert (
+        registry.pin_for_deploy(
+            "reg.example:5000/team/app", ID_A, tenant, "web", "reg.example:5000"
+        )
+        == "reg.example:5000/team/app:latest"
+    )
+    own = registry.pin_for_deploy("berth-app/web:1", ID_A, tenant, "web", "")
+    assert own is not None and own.startswith("127.0.0.1:1/t-0a/web@sha256:")
+    assert registry.published == [(tenant, "web", ID_A)]
+    local = RecordingRegistry(settings, backend="local")
+    assert local.pin_for_deploy("berth-app/web:1", ID_A, tenant, "web", "") is None
+    assert local.published == []
+
+
+def test_plan_pins_of_releases_made_on_one_machine() -> None:
+    rows = [
+        Unpinned("r1", "0a", "web", "berth-app/web:1", ID_A),
+        Unpinned("r2", "0a", "web", "berth/python:3", ID_B),
+        Unpinned("r3", "0a", "api", "reg.example:5000/x/y:2", ID_B),
+        Unpinned("r4", "0a", "api", "docker.io/evil/image:1", ID_B),  # no longer allowed
+    ]
+    work = plan_pins(rows, "reg.example:5000")
+    assert work == [
+        PinWork("r1", "push", push=("0a", "web", ID_A)),
+        PinWork("r3", "reference", reference="reg.example:5000/x/y:2"),
+    ]
+
+
+def test_pin_releases_pushes_each_build_once_and_leaves_base_images(
+    store: tuple[Settings, Platform, str],
+) -> None:
+    settings, platform, tenant_id = store
+    built = _deploy(platform, tenant_id, ID_A, None)
+    again = _deploy(platform, tenant_id, ID_A, None)  # the same build deployed twice
+    with platform.sessions() as session:
+        base, _ = svc.deploy_image(
+            session, settings, tenant_id, "web", "berth/python:3", lambda _ref: ID_B
+        )
+        base_id = base.id
+    registry = RecordingRegistry(settings)
+    with platform.sessions() as session:
+        assert pin_releases(session, registry, "") == 2
+        session.commit()
+    assert registry.published == [(tenant_id, "web", ID_A)]
+    with platform.sessions() as session:
+        pins = {r.id: r.pinned_image for r in session.scalars(select(Release))}
+    assert pins[built.id] == pins[again.id] is not None
+    assert pins[built.id].startswith(f"127.0.0.1:1/t-{tenant_id}/web@sha256:")
+    assert pins[base_id] is None
+    with platform.sessions() as session:
+        assert pin_releases(session, registry, "") == 0  # twice: nothing more
+    assert len(registry.published) == 1
