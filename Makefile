@@ -53,6 +53,7 @@ bench: system venv images
 	$(PY) bench/builds.py
 	$(PY) bench/context_validation.py
 	$(PY) bench/ingress_scale.py
+	$(PY) bench/swarm_failures.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 # A rollout that does not become healthy fails after this (the broken release's test waits for
 # it); long enough for the five server restarts of the kill -9 test to stay within it.
-DEPLOY_TIMEOUT = 20.0
+DEPLOY_TIMEOUT = 15.0
 
 
 class Berth:
