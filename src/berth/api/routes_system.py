@@ -44,8 +44,24 @@ def status(platform: PlatformDep, who: CurrentPrincipal) -> StatusPublic:
             "nginx_pid": nginx_pid,
             "installation": platform.installation,
             "reconciler": _reconciler(platform),
+            **_lease(platform),
         }
     )
+
+
+def _lease(platform: Platform) -> dict[str, object]:
+    """Which server leads: this one or another (holder and fencing token from the store)."""
+    if platform.lease is None or platform.leadership is None:
+        return {"role": "leader"}  # one server without a lease runs its controllers itself
+    with platform.sessions() as session:
+        view = platform.lease.current(session)
+    if view is None:
+        return {"role": platform.leadership.role}
+    return {
+        "role": platform.leadership.role,
+        "lease_holder": view.holder if not view.expired else None,
+        "lease_token": view.token,
+    }
 
 
 def _nginx(platform: Platform) -> tuple[str, int | None]:

@@ -50,6 +50,9 @@ class BillingController:
     sessions: sessionmaker[Session]
     clock: Callable[[], float] = time.time
     on_suspension_change: Callable[[], None] = lambda: None
+    # Called before the pass commits: raises when this server no longer leads (a stale
+    # leader's charges are refused; berth.controllers.lease).
+    fence: Callable[[Session], None] = lambda session: None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()  # one pass at a time (the loop, or a direct call)
@@ -81,6 +84,7 @@ class BillingController:
             self.invoice_closed_months(session, hours, stats, since)
             self.arrears(session, now, stats)
             prune_audit_events(session, self.settings.audit_retention_days, now)
+            self.fence(session)
             session.commit()
             if stats.suspended or stats.resumed:
                 self.on_suspension_change()

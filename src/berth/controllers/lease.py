@@ -205,6 +205,7 @@ class LeaderLease:
         if token is None:
             return
         with self.sessions() as session:
+            self._short_waits(session)
             now = db_now(session)
             session.execute(
                 update(Lease)
@@ -236,7 +237,7 @@ class LeaderLease:
         token = self.token
         if token is None:
             raise StaleLeader(f"fenced: {self.holder} does not hold the {self.name} lease any more")
-        self._short_waits(session, idle=True)
+        self._short_waits(session)
         now = db_now(session)
         row = session.execute(
             select(Lease.holder, Lease.token, Lease.expires_at > now)
@@ -251,16 +252,16 @@ class LeaderLease:
                 "this transaction is rolled back"
             )
 
-    def _short_waits(self, session: Session, idle: bool = False) -> None:
+    def _short_waits(self, session: Session) -> None:
         """PostgreSQL: this transaction waits for the lease row's lock at most half a ttl (a
-        lease step never hangs past a term), and, with ``idle``, is ended by the server when
-        its client goes quiet that long (a paused holder frees the row for the next one)."""
+        lease step never hangs past a term), and is ended by the server when its client goes
+        quiet that long: a holder paused while it has the row locked (renewing, or between
+        its fence and its commit) frees it for the next one."""
         if session.get_bind().dialect.name != "postgresql":
             return
         ms = max(1, int(self.ttl * 500))  # an int we computed: nothing untrusted in the SQL
         session.execute(text(f"SET LOCAL lock_timeout = {ms}"))
-        if idle:
-            session.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {ms}"))
+        session.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {ms}"))
 
     def _ensure_row(self, session: Session) -> None:
         values = {
@@ -313,6 +314,11 @@ class Leadership:
     @property
     def role(self) -> str:
         return "leader" if self.leading else "follower"
+
+    @property
+    def stopping(self) -> bool:
+        """The server is shutting down (a deposition then needs nothing built or started)."""
+        return self._stop.is_set()
 
     def start(self) -> None:
         self._stop.clear()
