@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,7 @@ class ClientLoop:
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
-        url = f"http://127.0.0.1:{self.server.ingress_port}{self.path}"
+        url = f"http://{self.server.host}:{self.server.ingress_port}{self.path}"
         limits = httpx.Limits(max_keepalive_connections=0)
         with httpx.Client(timeout=10.0, trust_env=False, limits=limits) as client:
             while (
@@ -211,7 +211,12 @@ class BerthServer:
         max_scale: int | None = None,
         extra_env: Mapping[str, str] | None = None,
         default_intervals: bool = False,
+        host: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
     ) -> None:
+        # ``host``/``command_prefix``: a server inside a network namespace of a test cluster's
+        # node (``nsenter --net=...``), reached at that node's address.
+        self.host, self.command_prefix = host, tuple(command_prefix)
         tag = uuid.uuid4().hex[:10]
         self.root = Path(tempfile.mkdtemp(prefix=f"berth-e2e-{tag}-"))
         # nginx workers run as nobody when the server runs as root; they must reach tmp/.
@@ -222,12 +227,13 @@ class BerthServer:
         self.api_port = free_port()
         self.ingress_port = free_port()
         self.base_domain = f"e{tag}.berth.test"
-        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.api_url = f"http://{host}:{self.api_port}"
         settings = {
             "BERTH_HOME": str(self.home),
             "BERTH_API_PORT": str(self.api_port),
             "BERTH_INGRESS_PORT": str(self.ingress_port),
-            "BERTH_INGRESS_LISTEN": "127.0.0.1",
+            "BERTH_INGRESS_LISTEN": host,
+            "BERTH_API_HOST": host,
             "BERTH_BASE_DOMAIN": self.base_domain,
             "BERTH_DEPLOY_TIMEOUT_SECONDS": str(deploy_timeout),
             "BERTH_RECONCILE_INTERVAL_SECONDS": "0.5",
@@ -267,7 +273,7 @@ class BerthServer:
         with self.log_path.open("ab") as log:
             log.write(f"\n===== start at {time.ctime()} =====\n".encode())
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "berth.cli.main", "server"],
+                [*self.command_prefix, sys.executable, "-m", "berth.cli.main", "server"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -391,7 +397,7 @@ class BerthServer:
     def ingress_get(self, host: str, path: str = "/", timeout: float = 10.0) -> httpx.Response:
         """GET through Berth's nginx with the given Host header."""
         return httpx.get(
-            f"http://127.0.0.1:{self.ingress_port}{path}",
+            f"http://{self.host}:{self.ingress_port}{path}",
             headers={"Host": host},
             timeout=timeout,
             trust_env=False,

@@ -45,6 +45,7 @@ from berth.runtime.subnets import (
 )
 
 LOOPBACK = "127.0.0.1"
+SWARM_TASK_LABEL = "com.docker.swarm.task.id"
 LOG_OPTIONS = {"max-size": "10m", "max-file": "3"}
 NETWORK_OPTIONS = {"com.docker.network.bridge.enable_icc": "true"}
 _STOPPED_STATES = frozenset({"exited", "dead"})
@@ -182,12 +183,16 @@ class DockerRuntime:
             summaries = self._api().containers(
                 all=True, filters={"label": [*filters, *_owner_filters(self.installation)]}
             )
-        infos = (self.inspect(summary["Id"]) for summary in summaries)
+        # A Swarm task's container carries Berth's labels too (its service set them): it is the
+        # swarm backend's, never this engine's to restart or remove.
+        mine = (s for s in summaries if SWARM_TASK_LABEL not in (s.get("Labels") or {}))
+        infos = (self.inspect(summary["Id"]) for summary in mine)
         return [info for info in infos if info is not None]
 
     def inspect(self, container_id: str) -> ContainerInfo | None:
         attrs = self._inspect_raw(container_id)
-        if attrs is None or not is_owned(_labels_of(attrs), self.installation):
+        labels = _labels_of(attrs) if attrs is not None else {}
+        if attrs is None or not is_owned(labels, self.installation) or SWARM_TASK_LABEL in labels:
             return None
         return _container_info(attrs)
 
