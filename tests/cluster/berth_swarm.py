@@ -14,7 +14,7 @@ import docker.errors
 
 from tests.behaviour.scenarios import SERVER_ENV
 from tests.cluster.nodes import Cluster
-from tests.harness import BerthServer
+from tests.harness import BerthServer, free_port
 
 
 def kill_task(cluster: Cluster) -> Callable[[dict[str, Any]], None]:
@@ -75,6 +75,8 @@ def berth_on_swarm(
             # Tenant networks are overlays on the nodes: this machine's iptables filter guards
             # local bridges only (cross-node isolation: see the README).
             "BERTH_EGRESS_FILTER": "false",
+            # A registry of its own: servers of other modules may run at the same time.
+            "BERTH_REGISTRY_LISTEN": f"127.0.0.1:{free_port()}",
             **(extra_env or {}),
         },
         **kwargs,

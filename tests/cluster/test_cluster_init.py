@@ -16,7 +16,7 @@ import pytest
 from tests.behaviour.images import behaviour_image
 from tests.behaviour.scenarios import SERVER_ENV
 from tests.cluster.nodes import NETNS_DIR, Cluster, Node
-from tests.harness import BerthServer, wait_until
+from tests.harness import BerthServer, free_port, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -64,6 +64,7 @@ def test_cluster_init_moves_running_apps_without_failed_requests(
             "BERTH_DOCKER_URL": node.base_url,
             # The node namespace's firewall is not this test's subject (tests/e2e covers it).
             "BERTH_EGRESS_FILTER": "false",
+            "BERTH_REGISTRY_LISTEN": f"{node.address}:{free_port()}",
         },
     )
     try:

@@ -249,6 +249,13 @@ class RegistryServer:
         _write_private(self.config_path, self._config_text())
 
     def _start(self) -> int:
+        if self._answers():
+            # Not ours (ours would have been adopted): another installation's registry. Pushing
+            # there, or collecting its garbage, would mix two installations' images.
+            raise RegistryError(
+                f"{self.url} already answers and is not this installation's registry: "
+                "set BERTH_REGISTRY_LISTEN to an address of its own"
+            )
         self.dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         with open(self.log_path, "ab") as out:
@@ -276,6 +283,8 @@ class RegistryServer:
                 self._stop_pid(child.pid)
                 raise RegistryError(f"registry did not answer on {self.url}: {self._log_tail()}")
             time.sleep(0.02)
+        if child.poll() is not None:  # it answered, yet ours is gone: someone else answered
+            raise RegistryError(f"registry exited with {child.returncode}: {self._log_tail()}")
         log.info("started registry %d on %s (%s)", child.pid, self.url, self.dir)
         return child.pid
 
