@@ -17,52 +17,78 @@ from berth.workloads.protocol import WorkloadInstance
 
 # A stopping instance may still run: it is billed until its backend says when it stopped.
 BILLED_STATES = frozenset({"running", "stopping"})
+_IN_CHUNK = 500  # ids per IN (...): well under SQLite's limit on bound parameters
 
 
 def record_intervals(session: Session, instances: Sequence[WorkloadInstance], now: float) -> None:
     """Open, keep or close one row per (instance, start) from what the backend reports: the
-    backend's own start and stop times, whichever node ran the instance."""
+    backend's own start and stop times, whichever node ran the instance.
+
+    Open rows are read as plain columns; only the rows that close are loaded (a pass over
+    30,000 instances that keep running touches none)."""
     open_rows = {
-        (r.container_id, r.started_at): r
-        for r in session.scalars(select(RunIntervalRow).where(RunIntervalRow.stopped_at.is_(None)))
+        (container_id, started_at): row_id
+        for row_id, container_id, started_at in session.execute(
+            select(RunIntervalRow.id, RunIntervalRow.container_id, RunIntervalRow.started_at).where(
+                RunIntervalRow.stopped_at.is_(None)
+            )
+        )
     }
     seen: set[tuple[str, float]] = set()
+    closing: dict[str, float] = {}  # row id -> when it stopped
+    new: dict[tuple[str, float], WorkloadInstance] = {}
     for inst in instances:
         if inst.started_at is None or inst.memory_mb <= 0:
             continue
         key = (inst.id, inst.started_at)
         seen.add(key)
-        row = open_rows.get(key)
+        row_id = open_rows.get(key)
         running = inst.state in BILLED_STATES
-        if row is None:
-            if not running and inst.finished_at is None:
-                continue
-            exists = session.scalar(
-                select(RunIntervalRow.id).where(
-                    RunIntervalRow.container_id == inst.id,
-                    RunIntervalRow.started_at == inst.started_at,
-                )
-            )
-            if exists is not None:
-                continue  # already closed
-            session.add(
-                RunIntervalRow(
-                    id=new_id(),
-                    container_id=inst.id,
-                    tenant_id=inst.tenant_id,
-                    app_id=inst.app_id,
-                    memory_mb=inst.memory_mb,
-                    cpus_milli=inst.cpus_milli or 1000,
-                    started_at=inst.started_at,
-                    stopped_at=None if running else (inst.finished_at or now),
-                )
-            )
+        if row_id is None:
+            if running or inst.finished_at is not None:
+                new.setdefault(key, inst)
         elif not running:
-            row.stopped_at = max(row.started_at, inst.finished_at or now)
-    for key, row in open_rows.items():
+            closing[row_id] = max(inst.started_at, inst.finished_at or now)
+    for key, row_id in open_rows.items():
         if key not in seen:  # restarted (new start time) or gone without a stop time
-            row.stopped_at = max(row.started_at, now)
+            closing.setdefault(row_id, max(key[1], now))
+    recorded = _recorded_keys(session, [key[0] for key in new])
+    for key, inst in new.items():
+        if key in recorded:
+            continue  # already closed
+        running = inst.state in BILLED_STATES
+        session.add(
+            RunIntervalRow(
+                id=new_id(),
+                container_id=inst.id,
+                tenant_id=inst.tenant_id,
+                app_id=inst.app_id,
+                memory_mb=inst.memory_mb,
+                cpus_milli=inst.cpus_milli or 1000,
+                started_at=inst.started_at,
+                stopped_at=None if running else (inst.finished_at or now),
+            )
+        )
+    ids = list(closing)
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        for row in session.scalars(select(RunIntervalRow).where(RunIntervalRow.id.in_(chunk))):
+            row.stopped_at = closing[row.id]
     session.flush()
+
+
+def _recorded_keys(session: Session, container_ids: list[str]) -> set[tuple[str, float]]:
+    """(container, start) of every interval, open or closed, of these containers."""
+    found: set[tuple[str, float]] = set()
+    for start in range(0, len(container_ids), _IN_CHUNK):
+        chunk = container_ids[start : start + _IN_CHUNK]
+        rows = session.execute(
+            select(RunIntervalRow.container_id, RunIntervalRow.started_at).where(
+                RunIntervalRow.container_id.in_(chunk)
+            )
+        )
+        found.update((container_id, started_at) for container_id, started_at in rows)
+    return found
 
 
 def close_interval(session: Session, container_id: str, now: float) -> None:

@@ -199,28 +199,43 @@ class Reconciler:
     # -- observing --------------------------------------------------------------------------
 
     def _record_observed(self, session: Session, instances: list[WorkloadInstance]) -> None:
-        """Mirror what the backend reports into instance rows (the status ``ps`` shows)."""
-        rows = list(session.scalars(select(Instance)))
-        by_backend_id = {r.container_id: r for r in rows if r.container_id}
+        """Mirror what the backend reports into instance rows (the status ``ps`` shows).
+
+        Rows are read as plain columns and compared first: only those whose status changed are
+        loaded and written (a pass over 30,000 unchanged instances writes nothing)."""
         pending_rows: dict[str, Instance] = {}
-        for r in rows:
-            if not r.container_id:
-                if r.app_id in pending_rows:
-                    session.delete(r)
-                else:
-                    pending_rows[r.app_id] = r
+        for r in session.scalars(select(Instance).where(Instance.container_id.is_(None))):
+            if r.app_id in pending_rows:
+                session.delete(r)
+            else:
+                pending_rows[r.app_id] = r
+        columns = [getattr(Instance, name) for name in _MIRRORED]
+        shown = {
+            cid: (row_id, finished_at, tuple(values))
+            for row_id, cid, finished_at, *values in session.execute(
+                select(Instance.id, Instance.container_id, Instance.finished_at, *columns).where(
+                    Instance.container_id.is_not(None)
+                )
+            )
+        }
         superseded = _superseded(instances)
+        stale: dict[str, WorkloadInstance] = {}  # row id -> what it must show now
         for inst in instances:
             if inst.state == "removed" or inst.id in superseded:
                 continue
             if inst.state == "pending":
                 self._record_pending(session, pending_rows, inst)
                 continue
-            row = by_backend_id.pop(inst.id, None)
-            if row is None:
-                row = self._adopt(session, inst)
-            self._update_row(row, inst)
-        for gone in [*by_backend_id.values(), *pending_rows.values()]:
+            known = shown.pop(inst.id, None)
+            if known is None:
+                self._update_row(self._adopt(session, inst), inst)
+            elif known[2] != self._shown(inst) or _new_exit(inst, known[1]):
+                stale[known[0]] = inst
+        for row in _rows_by_id(session, list(stale)):
+            self._update_row(row, stale[row.id])
+        for gone in _rows_by_id(session, [row_id for row_id, _, _ in shown.values()]):
+            session.delete(gone)
+        for gone in pending_rows.values():
             session.delete(gone)
         session.flush()
 
@@ -261,31 +276,39 @@ class Reconciler:
         return row
 
     def _update_row(self, row: Instance, inst: WorkloadInstance) -> None:
-        if inst.state == "exited" and inst.finished_at and inst.finished_at != row.finished_at:
+        if _new_exit(inst, row.finished_at):
             # A new exit: keep its last words.
             row.exit_code = inst.exit_code
             row.finished_at = inst.finished_at
             row.last_log = self._tail_logs(inst.id)
         if inst.state == "running" and row.state != "running":
             self.on_running(inst)
-        row.state = inst.state
-        row.node = inst.node
-        row.host_port = inst.port
-        row.address = inst.address
-        row.started_at = inst.started_at
-        row.restarts = inst.restarts
+        for name, value in zip(_MIRRORED, self._shown(inst), strict=True):
+            setattr(row, name, value)
+
+    def _shown(self, inst: WorkloadInstance) -> tuple[object, ...]:
+        """What an instance's row shows, in the order of _MIRRORED."""
         health = self.health.state_of(inst.id)
         healthy = bool(getattr(health, "healthy", False))
-        row.healthy = healthy and inst.state == "running"
         if inst.state == "running":
             if health is None or not getattr(health, "last_checked", 0):
-                row.reason = "waiting for the first health check"
+                reason = "waiting for the first health check"
             elif not healthy:
-                row.reason = f"failing health check: {getattr(health, 'last_error', '')}"
+                reason = f"failing health check: {getattr(health, 'last_error', '')}"
             else:
-                row.reason = ""
+                reason = ""
         else:
-            row.reason = inst.reason
+            reason = inst.reason
+        return (
+            inst.state,
+            inst.node,
+            inst.port,
+            inst.address,
+            inst.started_at,
+            inst.restarts,
+            healthy and inst.state == "running",
+            reason,
+        )
 
     def _tail_logs(self, instance_id: str) -> str:
         try:
@@ -464,6 +487,23 @@ class Reconciler:
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
+
+
+# The columns of an instance row that mirror the backend's report (see Reconciler._shown).
+_MIRRORED = ("state", "node", "host_port", "address", "started_at", "restarts", "healthy", "reason")
+_IN_CHUNK = 500  # ids per IN (...): well under SQLite's limit on bound parameters
+
+
+def _new_exit(inst: WorkloadInstance, recorded_finish: float | None) -> bool:
+    return bool(inst.state == "exited" and inst.finished_at and inst.finished_at != recorded_finish)
+
+
+def _rows_by_id(session: Session, ids: list[str]) -> list[Instance]:
+    rows: list[Instance] = []
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        rows.extend(session.scalars(select(Instance).where(Instance.id.in_(chunk))))
+    return rows
 
 
 def _superseded(instances: list[WorkloadInstance]) -> set[str]:

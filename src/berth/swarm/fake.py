@@ -61,6 +61,7 @@ class FakeSwarmAPI:
         self._version = itertools.count(10)
         self._nodes: dict[str, Obj] = {}
         self._services: dict[str, Obj] = {}
+        self._service_names: dict[str, str] = {}  # name -> id (names are unique)
         self._tasks: dict[str, Obj] = {}
         self._by_service: dict[str, dict[str, None]] = {}  # service id -> its task ids, in order
         self._on_node: dict[str, dict[str, None]] = {}  # node id -> live task ids on it
@@ -194,7 +195,7 @@ class FakeSwarmAPI:
     def create_service(self, spec: Mapping[str, Any]) -> str:
         with self._lock:
             name = str(spec.get("Name") or "")
-            if not name or any(s["Spec"]["Name"] == name for s in self._services.values()):
+            if not name or name in self._service_names:
                 raise RuntimeFailure(
                     f"swarm: cannot create service {name}: "
                     + (
@@ -215,6 +216,7 @@ class FakeSwarmAPI:
                 "Spec": spec,
             }
             self._services[service_id] = service
+            self._service_names[name] = service_id
             self._by_service[service_id] = {}
             self._scale(service)
             return service_id
@@ -228,6 +230,8 @@ class FakeSwarmAPI:
             spec = self._resolved(spec)
             self.writes += 1
             changed = _without_mode(spec) != _without_mode(service["Spec"])
+            self._service_names.pop(service["Spec"].get("Name", ""), None)
+            self._service_names[str(spec.get("Name") or "")] = service_id
             service["Spec"] = spec
             service["Version"] = {"Index": next(self._version)}
             service["UpdatedAt"] = self._stamp()
@@ -256,6 +260,7 @@ class FakeSwarmAPI:
                     self._logs.pop(task_id, None)
             if self.linger:
                 self._gone_labels[service_id] = dict(self._services[service_id]["Spec"]["Labels"])
+            self._service_names.pop(self._services[service_id]["Spec"].get("Name", ""), None)
             del self._services[service_id]
             self._schedule_pending()
 
