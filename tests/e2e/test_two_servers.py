@@ -151,6 +151,22 @@ def _kill_instance(container_id: str) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _kill_and_wait_healed(
+    leader: BerthServer, app: str, victim: dict[str, Any], scale: int
+) -> None:
+    """SIGKILL an instance's process: the leader restarts it in place."""
+    _kill_instance(victim["container_id"])
+
+    def healed() -> bool:
+        now = leader.ps(app)
+        same = [r for r in now if r["container_id"] == victim["container_id"]]
+        running = [r for r in now if r["state"] == "running" and r["healthy"]]
+        restarted = bool(same and same[0]["state"] == "running" and same[0]["restarts"] >= 1)
+        return restarted and len(running) == scale
+
+    wait_until(healed, 60, "the leader restarts the killed instance")
+
+
 def test_the_follower_serves_and_takes_over_from_a_stopped_leader(pair: Pair) -> None:
     a, b = pair.a, pair.b
     app = "twin"
@@ -176,18 +192,7 @@ def test_the_follower_serves_and_takes_over_from_a_stopped_leader(pair: Pair) ->
     # The new leader adopted what runs (nothing replaced) and keeps healing it.
     adopted = b.wait_converged(app, 2)
     assert {r["container_id"] for r in adopted} == {r["container_id"] for r in rows}
-    victim = adopted[0]
-    _kill_instance(victim["container_id"])
-
-    def healed() -> bool:
-        now = b.ps(app)
-        same = [r for r in now if r["container_id"] == victim["container_id"]]
-        running = [r for r in now if r["state"] == "running" and r["healthy"]]
-        return bool(same and same[0]["state"] == "running" and same[0]["restarts"] >= 1) and (
-            len(running) == 2
-        )
-
-    wait_until(healed, 60, "the new leader restarts the killed instance")
+    _kill_and_wait_healed(b, app, adopted[0], 2)
     wait_until(lambda: _serves(b, app), 20, "the app answers through the new leader's nginx")
 
 
@@ -279,3 +284,13 @@ def test_a_leader_paused_past_its_lease_is_fenced_and_follows(pair: Pair) -> Non
     assert pair.lease() == (holder_b, token_b)
     wait_until(lambda: _serves(a, app), 20, "the old leader's nginx, now a follower's, serves")
     assert _serves(b, app)
+
+    # The old leader can lead again: a new term runs new controllers (a stopped loop does not
+    # start again), which adopt what runs and heal it.
+    b.stop(signal.SIGTERM)
+    wait_until(lambda: pair.status(a)["role"] == "leader", TAKEOVER_SECONDS, "a leads again")
+    assert pair.lease() == (a.settings["BERTH_SERVER_ID"], token_b + 1)
+    rows = a.wait_converged(app, 3)
+    assert {r["container_id"] for r in rows} == kept
+    _kill_and_wait_healed(a, app, rows[0], 3)
+    assert _serves(a, app)
