@@ -131,6 +131,13 @@ def test_an_app_constrained_to_zone_b_runs_on_zone_b_nodes_only(
     info = server.cli_json("apps", "info", name)
     assert info["constraints"] == ["zone==b"]
     assert "zone==b" in server.cli_ok("apps", "info", name).stdout
+    # A bad constraint: a clear error, no traceback, nothing changed (no new revision).
+    refused = server.cli("apps", "update", name, "--constraint", "zone=b;reboot")
+    assert refused.returncode == 1, refused
+    assert "LABEL==VALUE" in refused.stderr and "Traceback" not in refused.stderr
+    again = server.cli_json("apps", "info", name)
+    assert again["constraints"] == ["zone==b"]
+    assert again["deployment"]["id"] == info["deployment"]["id"]
 
 
 def test_an_unsatisfiable_app_is_pending_with_swarms_reason_until_its_constraint_goes(
