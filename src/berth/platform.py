@@ -131,9 +131,10 @@ class Platform:
             self.build_controllers()
         self._controllers_fresh = False
         if self.lease is not None:
+            fence = self.lease.term_fence()  # this term's: an older pass never passes it
             for controller in (self.reconciler, self.billing):
                 if controller is not None:
-                    controller.fence = self.lease.fence
+                    controller.fence = fence
         self.start_controllers()
 
     def deposed(self) -> None:

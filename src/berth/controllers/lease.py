@@ -227,8 +227,18 @@ class LeaderLease:
             return None
         return LeaseView(row[0], int(row[1]), float(row[2]))
 
-    def fence(self, session: Session) -> None:
-        """Raise StaleLeader unless we still hold the lease; call it just before commit.
+    def term_fence(self) -> Callable[[Session], None]:
+        """The fence of the current term only: the controllers started for this term get it,
+        so a pass of an earlier term still running (a stop that timed out) is refused even
+        after this server took the lease again."""
+        term = self.token
+        if term is None:
+            raise StaleLeader(f"fenced: {self.holder} does not hold the {self.name} lease")
+        return lambda session: self.fence(session, term)
+
+    def fence(self, session: Session, term: int | None = None) -> None:
+        """Raise StaleLeader unless we still hold the lease (in term ``term`` when given);
+        call it just before commit.
 
         On PostgreSQL the row stays locked until the caller's transaction ends, so no takeover
         can slip between this check and the commit; the transaction is also given short lock
@@ -237,6 +247,10 @@ class LeaderLease:
         token = self.token
         if token is None:
             raise StaleLeader(f"fenced: {self.holder} does not hold the {self.name} lease any more")
+        if term is not None and token != term:
+            raise StaleLeader(
+                f"fenced: a pass of {self.holder}'s term {term} ran into its term {token}"
+            )
         self._short_waits(session)
         now = db_now(session)
         row = session.execute(

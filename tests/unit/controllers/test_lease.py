@@ -256,3 +256,26 @@ def test_server_identity() -> None:
     assert server_identity("berth-1") == "berth-1"
     one, two = server_identity(), server_identity()
     assert one != two and one.count(":") == 2 and str(os.getpid()) in one
+
+
+def test_a_pass_of_an_earlier_term_is_fenced_in_a_later_term(
+    sessions: sessionmaker[Session], name: str
+) -> None:
+    """A pass that outlived its term (its stop timed out) while the server took the lease
+    again must not commit under the new token."""
+    a, a_clock = _lease(sessions, name, "a")
+    assert a.try_acquire()
+    first = a.term_fence()
+    a_clock.now += 60  # the first term ran out locally
+    assert a.try_acquire()
+    second = a.term_fence()
+    with sessions() as session:
+        session.add(Meta(key=f"{name}-old-pass", value="from term 1"))
+        session.flush()
+        with pytest.raises(StaleLeader, match="term 1 ran into its term 2"):
+            first(session)
+        session.rollback()
+    with sessions() as session:
+        assert session.get(Meta, f"{name}-old-pass") is None
+        second(session)  # the current term's passes commit
+        session.commit()
