@@ -66,8 +66,9 @@ class Berth:
         return self.cluster.node(short).address
 
     def delete(self, app: str) -> None:
+        """Answered at once; the instances go meanwhile (the next test does not wait)."""
         with contextlib.suppress(Exception):
-            self.server.cli("apps", "delete", app, "--yes", "--wait", timeout=90)
+            self.server.cli("apps", "delete", app, "--yes", "--no-wait", timeout=90)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,24 @@ def berth(cluster: Cluster) -> Iterator[Berth]:
 def whole(berth: Berth, swarm: Cluster) -> Berth:
     """The module's server over a cluster made whole before and after the test."""
     return berth
+
+
+@pytest.fixture(scope="module")
+def steady_app(berth: Berth) -> Iterator[str]:
+    """One app of 2 replicas for the tests that do not break nodes (releases, server kills):
+    deploying an app per test would cost the tier's time. Each test starts from it converged."""
+    app = berth.app("steady")
+    yield app
+    berth.delete(app)
+
+
+@pytest.fixture
+def steady(berth: Berth, steady_app: str) -> Iterator[tuple[Berth, str]]:
+    # Not the ``swarm`` fixture: it would remove the services of the app's new revisions.
+    berth.cluster.make_whole()
+    berth.server.wait_converged(steady_app, 2, timeout=60)
+    yield berth, steady_app
+    berth.cluster.make_whole()
 
 
 def _figure(line: str) -> None:
@@ -186,79 +205,75 @@ def b_clients(load: Traffic) -> int:
     return load.clients
 
 
-def test_a_rolling_release_costs_no_request(whole: Berth) -> None:
-    b, s = whole, whole.server
-    app = b.app("roll", scale=3)
-    try:
-        greeting = f"hola-{uuid.uuid4().hex[:6]}"
-        with b.traffic(app) as load:
-            load.wait_for(20)
-            started = time.monotonic()
-            out = s.cli_json("config", "set", app, f"GREETING={greeting}", timeout=120)
-            took = time.monotonic() - started
-            assert out["deployment"]["status"] == "succeeded", out
-            rows = s.wait_converged(app, 3, timeout=60)
-            wait_until(
-                lambda: all(o.body.startswith(greeting) for o in load.since(time.monotonic() - 1)),
-                30,
-                "only the new release answers",
-            )
-            load.wait_for(20)
-        result = tally(load.outcomes)
-        _figure(f"rolling release of 3 replicas: {took:.1f}s; {result.as_dict()}")
-        assert result.failed == [], result.as_dict()
-        assert {r["release_version"] for r in rows} == {out["release"]}
-        assert len(containers_running(b.cluster, s, app)) == 3
-    finally:
-        b.delete(app)
-
-
-def test_a_release_failing_its_check_is_rolled_back(whole: Berth) -> None:
-    b, s = whole, whole.server
-    app = b.app("broken")
-    try:
-        before = s.cli_json("apps", "info", app)
-        old = {r["container_id"] for r in s.ps(app)}
-        with b.traffic(app) as load:
-            load.wait_for(20)
-            started = time.monotonic()
-            change = s.api_json("PATCH", f"/apps/{app}/config", json={"set": {"MODE": "broken"}})
-            dep_id = change["deployment"]["id"]
-            dep = wait_until(
-                lambda: (
-                    (d := s.api_json("GET", f"/apps/{app}/deployments/{dep_id}"))["status"]
-                    != "in_progress"
-                    and d
-                ),
-                DEPLOY_TIMEOUT + 40,
-                "the broken deployment ends",
-            )
-            took = time.monotonic() - started
-            wait_until(
-                lambda: len(containers_running(b.cluster, s, app)) == 2,
-                60,
-                "the broken instances are gone",
-            )
-            rows = s.wait_converged(app, 2, timeout=30)
-            load.wait_for(20)
-        result = tally(load.outcomes)
-        _figure(
-            f"broken release rolled back after {took:.1f}s ({dep['message']}); {result.as_dict()}"
+def test_a_rolling_release_costs_no_request(steady: tuple[Berth, str]) -> None:
+    b, app = steady
+    s = b.server
+    greeting = f"hola-{uuid.uuid4().hex[:6]}"
+    with b.traffic(app) as load:
+        load.wait_for(20)
+        started = time.monotonic()
+        out = s.cli_json("config", "set", app, f"GREETING={greeting}", timeout=120)
+        took = time.monotonic() - started
+        assert out["deployment"]["status"] == "succeeded", out
+        rows = s.wait_converged(app, 2, timeout=60)
+        wait_until(
+            lambda: all(o.body.startswith(greeting) for o in load.since(time.monotonic() - 1)),
+            30,
+            "only the new release answers",
         )
-        assert dep["status"] == "failed", dep
-        assert "health" in dep["message"], dep
-        after = s.cli_json("apps", "info", app)
-        assert after["serving_release"] == before["serving_release"]
-        assert {r["container_id"] for r in rows} == old  # the old ones served throughout
-        assert result.failed == [], result.as_dict()
-        assert all(o.body.startswith("hello ") for o in load.outcomes if o.ok)
-    finally:
-        b.delete(app)
+        load.wait_for(20)
+    result = tally(load.outcomes)
+    _figure(f"rolling release of 2 replicas: {took:.1f}s; {result.as_dict()}")
+    assert result.failed == [], result.as_dict()
+    assert {r["release_version"] for r in rows} == {out["release"]}
+    assert len({r["node"] for r in rows}) == 2
+    assert len(containers_running(b.cluster, s, app)) == 2
 
 
-def test_server_killed_mid_rollout_five_times_converges(whole: Berth) -> None:
-    b, s = whole, whole.server
-    app = b.app("sigkill")
+def test_a_release_failing_its_check_is_rolled_back(steady: tuple[Berth, str]) -> None:
+    b, app = steady
+    s = b.server
+    before = s.cli_json("apps", "info", app)
+    old = {r["container_id"] for r in s.ps(app)}
+    greeting = (s.app_body(app) or "").split()[0]
+    with b.traffic(app) as load:
+        load.wait_for(20)
+        started = time.monotonic()
+        change = s.api_json("PATCH", f"/apps/{app}/config", json={"set": {"MODE": "broken"}})
+        dep_id = change["deployment"]["id"]
+        dep = wait_until(
+            lambda: (
+                (d := s.api_json("GET", f"/apps/{app}/deployments/{dep_id}"))["status"]
+                != "in_progress"
+                and d
+            ),
+            DEPLOY_TIMEOUT + 40,
+            "the broken deployment ends",
+        )
+        took = time.monotonic() - started
+        wait_until(
+            lambda: len(containers_running(b.cluster, s, app)) == 2,
+            60,
+            "the broken instances are gone",
+        )
+        rows = s.wait_converged(app, 2, timeout=30)
+        load.wait_for(20)
+    result = tally(load.outcomes)
+    _figure(f"broken release rolled back after {took:.1f}s ({dep['message']}); {result.as_dict()}")
+    assert dep["status"] == "failed", dep
+    assert "health" in dep["message"], dep
+    after = s.cli_json("apps", "info", app)
+    assert after["serving_release"] == before["serving_release"]
+    assert {r["container_id"] for r in rows} == old  # the old ones served throughout
+    assert result.failed == [], result.as_dict()
+    assert greeting and all(o.body.startswith(greeting + " ") for o in load.outcomes if o.ok)
+    # The app's config is the broken one now: the next release must not carry it.
+    s.api_json("PATCH", f"/apps/{app}/config", json={"unset": ["MODE"]})
+
+
+def test_server_killed_mid_rollout_five_times_converges(steady: tuple[Berth, str]) -> None:
+    b, app = steady
+    s = b.server
     try:
         ids: list[str] = []
         mid_rollout = 0
@@ -317,7 +332,6 @@ def test_server_killed_mid_rollout_five_times_converges(whole: Berth) -> None:
     finally:
         if not s.running:
             s.start()
-        b.delete(app)
 
 
 def _services_of(b: Berth, app: str) -> list[Any]:

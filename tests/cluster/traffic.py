@@ -4,7 +4,8 @@
 was in flight on a link when it was cut (lost with the link, whatever the ingress does) from
 one sent after the cut (the ingress's fault), so each outcome keeps its times. Each request opens
 a new connection to the ingress, as ClientLoop does, so an nginx reload never costs a request
-that HTTP would let a client retry. Traffic goes only to the given loopback address.
+that HTTP would let a client retry. Traffic goes only to the given address (loopback, or a node
+of the test's own cluster).
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ def tally(outcomes: Iterable[Outcome], cuts: Iterable[float] = ()) -> Tally:
 
 
 class Traffic:
-    """``clients`` threads GETting ``http://127.0.0.1:PORT/`` with a Host header, each one
-    request at a time, until stopped or past ``max_seconds`` (a test never spins forever)."""
+    """``clients`` threads GETting ``http://ADDRESS:PORT/`` with a Host header, each one
+    request at a time, until stopped or past ``max_seconds`` (a test never spins forever).
+    ``address``: loopback, or the address of a node of the test's own cluster."""
 
     def __init__(
         self,
@@ -84,8 +86,9 @@ class Traffic:
         pause: float = 0.01,
         timeout: float = 10.0,
         max_seconds: float = 300.0,
+        address: str = "127.0.0.1",
     ) -> None:
-        self.url = f"http://127.0.0.1:{port}/"
+        self.url = f"http://{address}:{port}/"
         self.host, self.clients, self.pause = host, clients, pause
         self.timeout, self.max_seconds = timeout, max_seconds
         self._outcomes: list[Outcome] = []
