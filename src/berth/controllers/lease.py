@@ -318,6 +318,16 @@ class Leadership:
     ) -> None:
         self.lease = lease
         self.on_elected, self.on_deposed = on_elected, on_deposed
+        # At least two renewals per term: one lost (a slow store) must not end it.
+        limit = lease.ttl * (1 - LOCAL_MARGIN_FRACTION) / 2
+        if renew_seconds > limit:
+            log.warning(
+                "lease: renewing every %.1fs with a %.1fs term would lose it; every %.1fs instead",
+                renew_seconds,
+                lease.ttl,
+                limit,
+            )
+            renew_seconds = limit
         self.renew_seconds = renew_seconds
         self.follower_poll_seconds = follower_poll_seconds
         self.leading = False

@@ -279,3 +279,11 @@ def test_a_pass_of_an_earlier_term_is_fenced_in_a_later_term(
         assert session.get(Meta, f"{name}-old-pass") is None
         second(session)  # the current term's passes commit
         session.commit()
+
+
+def test_a_renewal_period_too_long_for_the_term_is_shortened(
+    sessions: sessionmaker[Session], name: str
+) -> None:
+    a, _ = _lease(sessions, name, "a", ttl=10.0)
+    assert Leadership(a, lambda: None, lambda: None, renew_seconds=3.0).renew_seconds == 3.0
+    assert Leadership(a, lambda: None, lambda: None, renew_seconds=20.0).renew_seconds == 4.5
