@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import uuid
@@ -54,7 +55,14 @@ END $$ LANGUAGE plpgsql;
 
 @pytest.fixture
 def database() -> Iterator[str]:
-    """A database and role of their own, from the scripts of the PostgreSQL tier."""
+    """A database and role of their own, from the scripts of the PostgreSQL tier (which
+    starts the distro's cluster when it is installed but down, as ensure-system.sh does)."""
+    if shutil.which("pg_lsclusters") and shutil.which("pg_ctlcluster"):
+        clusters = subprocess.run(
+            ["pg_lsclusters", "-h"], capture_output=True, text=True, check=False, timeout=30
+        )
+        if clusters.returncode == 0 and "online" not in clusters.stdout:
+            subprocess.run(["pg_ctlcluster", "15", "main", "start"], check=False, timeout=120)
     made = subprocess.run(
         ["bash", str(REPO_ROOT / "scripts" / "postgres-test-db.sh")],
         capture_output=True,
