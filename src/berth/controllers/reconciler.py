@@ -159,10 +159,19 @@ class Reconciler:
                     # Routed away (the reload is live): now Swarm may stop the node's tasks.
                     for node in evict:
                         self.set_node_availability(node, "drain")
+                    written = getattr(self.workloads, "writes", None)
                     self.workloads.apply(groups)
-                    # What the apply started may already pass its check: route it now.
-                    after = self.workloads.instances()
-                    self._sync_routes(session, apps, after, self._leaving)
+                    # What the apply started may already pass its check: route it now. A backend
+                    # that counts its writes and wrote nothing started nothing: what was just
+                    # observed still holds (30,000 instances are not listed twice a pass).
+                    unchanged = written is not None and written == getattr(
+                        self.workloads, "writes", 0
+                    )
+                    if evict or not unchanged:
+                        after = self.workloads.instances()
+                        self._sync_routes(session, apps, after, self._leaving)
+                    else:
+                        after = instances
                 finally:
                     self._pass_session = None
                 if self.routed - routed_before:

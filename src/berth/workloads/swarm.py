@@ -71,6 +71,9 @@ class SwarmWorkloads:
         self._groups: dict[str, ProcessGroup] = {}
         self._names: dict[str, str] = {}  # service id -> name, for tasks that outlive it
         self._specs: dict[str, tuple[ProcessGroup, dict[str, Any]]] = {}
+        # Services created, updated or removed so far: a caller that sees it unchanged after
+        # ``apply`` knows that nothing was started or stopped.
+        self.writes = 0
 
     # -- the seam -----------------------------------------------------------------------------
 
@@ -109,6 +112,7 @@ class SwarmWorkloads:
                         raise
                     log.warning("swarm: service %s not removed yet: %s", service["ID"], failure)
                     continue
+                self.writes += 1
                 self._removed_at[service["Spec"]["Labels"].get(LABEL_GROUP, "")] = self.clock()
             self._refused = refused
             self._remove_unused_networks(wanted.values())
@@ -211,6 +215,7 @@ class SwarmWorkloads:
 
     def _converge(self, spec: dict[str, Any], service: dict[str, Any] | None) -> None:
         if service is None:
+            self.writes += 1
             self.api.create_service(spec)
             return
         current = service["Spec"]
@@ -223,6 +228,7 @@ class SwarmWorkloads:
             update = dict(current, Mode={"Replicated": {"Replicas": replicas_of(spec)}})
         else:
             update = spec  # drifted (edited by hand): back to what the group says
+        self.writes += 1
         self.api.update_service(service["ID"], int(service["Version"]["Index"]), update)
 
     def _ensure_networks(self, groups: Sequence[ProcessGroup], refused: dict[str, str]) -> None:
