@@ -36,6 +36,7 @@ from berth.swarm.specs import (
 from berth.swarm.tasks import NodeView, TaskMemory, instances_of_service
 from berth.workloads.protocol import (
     LABEL_GROUP,
+    LABEL_TENANT,
     BackendKind,
     NodeSummary,
     ProcessGroup,
@@ -232,9 +233,19 @@ class SwarmWorkloads:
         self.api.update_service(service["ID"], int(service["Version"]["Index"]), update)
 
     def _ensure_networks(self, groups: Sequence[ProcessGroup], refused: dict[str, str]) -> None:
+        # One listing, not one look-up per tenant (a pass holds a thousand tenants' overlays):
+        # only a network not listed as this installation's, for this tenant, is ensured.
+        ours = {
+            str(n.get("Name")): n for n in self.api.networks(labels=owner_labels(self.installation))
+        }
         ids: dict[str, str] = {}
         for group in groups:
             if group.network in ids:
+                continue
+            listed = ours.get(group.network)
+            labels = (listed or {}).get("Labels") or {}
+            if listed is not None and labels.get(LABEL_TENANT) == group.tenant_id:
+                ids[group.network] = str(listed["Id"])
                 continue
             try:
                 ids[group.network] = self.api.ensure_overlay(
