@@ -188,8 +188,11 @@ class HealthMonitor:
         self._lock = threading.Lock()
         self._loop = PeriodicLoop("berth-health", self._round, self.interval)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="berth-health")
+        # A new connection per check: a check on a kept-alive connection to a node that was
+        # cut off waits out the whole check timeout instead of failing at the connect one.
         self._client = httpx.Client(
             timeout=httpx.Timeout(CHECK_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
+            limits=httpx.Limits(max_keepalive_connections=0),
             follow_redirects=False,
         )
         # New instances: the schedule, what is known of each, and the thread that probes them.
