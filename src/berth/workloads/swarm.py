@@ -79,9 +79,6 @@ class SwarmWorkloads:
     # -- the seam -----------------------------------------------------------------------------
 
     def apply(self, groups: Sequence[ProcessGroup]) -> None:
-        # Overlays are named apart from this engine's bridges: on a one-machine swarm (right
-        # after `berth cluster init`) the tenant's bridge still exists while its apps move.
-        groups = [replace(g, network=overlay_name(g.network)) for g in groups]
         with self._lock:
             wanted = {group.key: group for group in groups}
             self._groups = dict(wanted)
@@ -153,7 +150,7 @@ class SwarmWorkloads:
                 out.extend(instances_of_service(gone, tasks, nodes, self._memory, now))
             self._names = names
             seen = {i.id for i in out}
-            self._memory.forget(seen)
+            self._memory.forget(seen, [s["ID"] for s in services])
             out.extend(self._refused_instances(services))
             out.extend(self._newly_removed(seen, now))
             self._last = {i.id: i for i in out if i.state != "removed" and i.id in seen}
@@ -210,7 +207,10 @@ class SwarmWorkloads:
         cached = self._specs.get(group.key)
         if cached is not None and cached[0] == group:
             return cached[1]
-        spec = service_spec(group, self.installation)
+        # Overlays are named apart from this engine's bridges: on a one-machine swarm (right
+        # after `berth cluster init`) the tenant's bridge still exists while its apps move.
+        overlaid = replace(group, network=overlay_name(group.network))
+        spec = service_spec(overlaid, self.installation)
         self._specs[group.key] = (group, spec)
         return spec
 
@@ -240,16 +240,17 @@ class SwarmWorkloads:
         }
         ids: dict[str, str] = {}
         for group in groups:
-            if group.network in ids:
+            network = overlay_name(group.network)
+            if network in ids:
                 continue
-            listed = ours.get(group.network)
+            listed = ours.get(network)
             labels = (listed or {}).get("Labels") or {}
             if listed is not None and labels.get(LABEL_TENANT) == group.tenant_id:
-                ids[group.network] = str(listed["Id"])
+                ids[network] = str(listed["Id"])
                 continue
             try:
-                ids[group.network] = self.api.ensure_overlay(
-                    group.network, network_labels(self.installation, group.tenant_id)
+                ids[network] = self.api.ensure_overlay(
+                    network, network_labels(self.installation, group.tenant_id)
                 )
             except RuntimeFailure as failure:
                 if _unavailable(failure):
@@ -259,7 +260,7 @@ class SwarmWorkloads:
                         refused[other.key] = failure.message
 
     def _remove_unused_networks(self, groups: Iterable[ProcessGroup]) -> None:
-        used = {group.network for group in groups}
+        used = {overlay_name(group.network) for group in groups}
         for network in self.api.networks(labels=owner_labels(self.installation)):
             labels = network.get("Labels") or {}
             if labels.get(LABEL_MANAGED) != "true" or network.get("Name") in used:
