@@ -53,6 +53,8 @@ bench: system venv images
 	$(PY) bench/builds.py
 	$(PY) bench/context_validation.py
 	$(PY) bench/ingress_scale.py
+	$(PY) bench/control_plane_scale.py
+	$(PY) bench/swarm_deploy.py
 	$(PY) bench/swarm_failures.py
 
 clean:
