@@ -280,6 +280,7 @@ def _build_controllers(
         runtime,
         host_memory_reserve_mb=settings.host_memory_reserve_mb,
         seed=instance_seed(sessions),
+        node_labels=settings.node_labels,
     )
     holder: dict[str, Reconciler] = {}  # the reconciler, for the callbacks made before it
     workloads = MovingWorkloads(

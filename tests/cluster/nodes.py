@@ -665,7 +665,9 @@ class Cluster:
                 try:
                     path = self.run_dir / f"image-{len(self._image_tars)}.tar"
                     with path.open("wb") as out:
-                        for chunk in host.images.get(ref).save(named=True):
+                        # Named by the reference asked for: with named=True the tarball takes
+                        # the image's first tag, another run's name for the same image id.
+                        for chunk in host.images.get(ref).save(named=ref):
                             out.write(chunk)
                 finally:
                     host.close()

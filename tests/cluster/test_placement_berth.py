@@ -179,3 +179,47 @@ def test_an_unsatisfiable_app_is_pending_with_swarms_reason_until_its_constraint
     assert all(r["state"] == "running" and r["reason"] == "" for r in rows)
     first = server.api_json("GET", f"/apps/{name}/deployments/{dep_id}")
     assert first["status"] == "superseded"
+
+
+def _services(cluster: Cluster, server: BerthServer, app: str) -> dict[str, dict[str, Any]]:
+    client = cluster.manager_client()
+    labels = [f"berth.installation={server.installation}", f"berth.app-name={app}"]
+    return {s.id: s.attrs for s in client.services.list(filters={"label": labels})}
+
+
+def test_a_change_of_constraints_moves_a_running_app_start_first(
+    cluster: Cluster, placed: Placed
+) -> None:
+    server = placed.server
+    name = _app(server, "moving", "zone==b")
+    server.cli_ok("scale", name, "2")
+    server.cli_ok("deploy", name, "--image", placed.image, timeout=120)
+    server.wait_converged(name, 2)
+    old = _services(cluster, server, name)
+    assert len(old) == 1
+    (old_id,) = old
+    old_tasks = {t["ID"] for t in _running_tasks(cluster, server, name)}
+
+    with server.client_loop(name, max_seconds=60) as load:
+        load.wait_for_requests(20)
+        moved = server.cli_json("apps", "update", name, "--constraint", "zone==a", "--no-wait")
+        assert moved["deployment"]["kind"] == "constraints"
+        # Until the new revision serves, the old service is left exactly as it was: Swarm
+        # never moves its tasks itself (its update would stop them first).
+        dep_path = f"/apps/{name}/deployments/{moved['deployment']['id']}"
+        while old_id in (now := _services(cluster, server, name)):
+            spec = now[old_id]["Spec"]["TaskTemplate"]["Placement"]["Constraints"]
+            assert spec == ["node.labels.zone==b"], now[old_id]["Spec"]
+            assert "PreviousSpec" not in now[old_id], "the old service was updated in place"
+            # Scaled down once the new instances serve, never replaced by tasks of its own.
+            still = _running_tasks(cluster, server, name)
+            assert {t["ID"] for t in still if t["ServiceID"] == old_id} <= old_tasks
+            if server.api_json("GET", dep_path)["status"] != "in_progress":
+                break
+        rows = server.wait_converged(name, 2)
+        load.wait_for_requests(load.result.total + 20)
+    result = load.stop()
+    assert {r["node"] for r in rows} == {cluster.node("w1").name}
+    assert old_id not in _services(cluster, server, name)
+    assert result.failures == [], result.failures[:5]
+    assert result.ok >= 40

@@ -97,6 +97,7 @@ class Reconciler:
         )
         self._lock = threading.Lock()  # one pass at a time
         self._routes_hash: str | None = None
+        self._routes: tuple[Route, ...] | None = None  # as last applied
         self._generation = 0
         self._seq = int(self.clock() * 1000)
         # The pass in progress: what the backend's before_stop hook routes from.
@@ -383,7 +384,7 @@ class Reconciler:
                     env=release_env(release),
                     command=release_command(release.command_json),
                     health_path=release.health_path or None,
-                    constraints=app.constraints,
+                    constraints=app.constraints_of(target.revision),
                 )
             )
         return groups
@@ -457,9 +458,13 @@ class Reconciler:
         self.routed = set(routed)
 
     def _apply_routes(self, session: Session, routes: tuple[Route, ...]) -> None:
+        # Unchanged routes still need a live nginx: apply() restarts one that died. Comparing
+        # with the last routes first spares the digest (the repr of 10,000 routes) each pass.
+        if routes == self._routes and self.nginx.is_running():
+            return
         digest = hashlib.sha256(repr(routes).encode()).hexdigest()
-        # Unchanged routes still need a live nginx: apply() restarts one that died.
         if digest == self._routes_hash and self.nginx.is_running():
+            self._routes = routes
             return
         stored = session.get(Meta, "proxy_generation")
         generation, stored_digest = (0, "")
@@ -474,6 +479,7 @@ class Reconciler:
             self.nginx.wait_for_generation(generation, timeout=10)
         session.merge(Meta(key="proxy_generation", value=f"{generation}:{digest}"))
         self._routes_hash = digest
+        self._routes = routes
         self._generation = generation
 
     # -- app deletion -----------------------------------------------------------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -44,6 +46,13 @@ class AppView:
     releases: dict[str, ReleaseView] = field(default_factory=dict)
     suspended: bool = False
     constraints: tuple[str, ...] = ()  # placement rules over node labels, e.g. ("zone==b",)
+    # Revision key -> the constraints its deployment fixed; a revision without one runs under
+    # ``constraints``. A change of constraints is a new revision: the old keeps its own, so
+    # Swarm never moves the serving revision's tasks in place (stop-first).
+    revision_constraints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def constraints_of(self, revision: str) -> tuple[str, ...]:
+        return self.revision_constraints.get(revision, self.constraints)
 
 
 def load_apps(session: Session) -> list[AppView]:
@@ -82,6 +91,7 @@ def load_apps(session: Session) -> list[AppView]:
     release_ids.discard(None)
     releases = _releases(session, [r for r in release_ids if r])
     suspended = set(session.scalars(select(Tenant.id).where(Tenant.suspended_at.is_not(None))))
+    placed = _revision_constraints(session, [r for r in release_ids if r])
     views = []
     for app in apps:
         deadline = deployments.get(app.deployment_id or "")
@@ -120,6 +130,7 @@ def load_apps(session: Session) -> list[AppView]:
                 mine,
                 suspended=app.tenant_id in suspended,
                 constraints=_constraints(app.constraints_json),
+                revision_constraints=placed.get(app.id, {}),
             )
         )
     return views
@@ -134,6 +145,30 @@ def _releases(session: Session, ids: list[str]) -> dict[str, ReleaseView]:
         chunk = ids[start : start + _IN_CHUNK]
         for row in session.execute(select(*_RELEASE_COLUMNS).where(Release.id.in_(chunk))):
             out[row[0]] = ReleaseView(*row)
+    return out
+
+
+def _revision_constraints(
+    session: Session, release_ids: list[str]
+) -> dict[str, dict[str, tuple[str, ...]]]:
+    """App id -> revision key -> the constraints of that revision's newest deployment, for the
+    releases that run (targets and serving ones)."""
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
+    rows: list[Any] = []
+    for start in range(0, len(release_ids), _IN_CHUNK):
+        chunk = release_ids[start : start + _IN_CHUNK]
+        rows += session.execute(
+            select(
+                Deployment.app_id,
+                Deployment.release_id,
+                Deployment.generation,
+                Deployment.constraints_json,
+                Deployment.started_at,
+            ).where(Deployment.release_id.in_(chunk), Deployment.constraints_json.is_not(None))
+        ).all()
+    for app_id, release_id, generation, text, _ in sorted(rows, key=lambda r: r[4]):
+        key = Revision(release_id, generation).key  # oldest first: the newest wins
+        out.setdefault(app_id, {})[key] = _constraints(text)
     return out
 
 

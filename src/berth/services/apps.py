@@ -481,6 +481,7 @@ def _start_rollout(
         message=f"rolling out v{release.version}",
         started_at=now,
         deadline=now + settings.deploy_timeout_seconds,
+        constraints_json=app.constraints_json,
     )
     session.add(deployment)
     app.target_release_id = release.id

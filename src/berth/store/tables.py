@@ -317,6 +317,9 @@ class Deployment(Base):
     started_at: Mapped[float] = mapped_column(Float, default=now)
     deadline: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The placement constraints its revision runs under (a JSON list), fixed when it starts:
+    # the revision it replaces keeps its own, so Swarm never moves those tasks in place.
+    constraints_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Instance(Base):

@@ -26,6 +26,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("pinned_image", sa.String(length=512), nullable=True))
     with op.batch_alter_table("instances", schema=None) as batch_op:
         batch_op.add_column(sa.Column("address", sa.String(length=64), nullable=True))
+    with op.batch_alter_table("deployments", schema=None) as batch_op:
+        # The constraints a deployment's revision places under (NULL: the app's, from before).
+        batch_op.add_column(sa.Column("constraints_json", sa.Text(), nullable=True))
     op.create_table(
         "leases",
         sa.Column("name", sa.String(length=64), primary_key=True),
@@ -49,6 +52,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("node_drains")
     op.drop_table("leases")
+    with op.batch_alter_table("deployments", schema=None) as batch_op:
+        batch_op.drop_column("constraints_json")
     with op.batch_alter_table("instances", schema=None) as batch_op:
         batch_op.drop_column("address")
     with op.batch_alter_table("releases", schema=None) as batch_op:
