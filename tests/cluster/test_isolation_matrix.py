@@ -1,0 +1,344 @@
+"""Tenant isolation across nodes, the whole matrix, on the shared cluster with a real Berth
+server on Swarm (its API, ingress and platform registry on the host's address on the switch).
+
+Two tenants: A with an app of 3 replicas (one container on each worker, a row each), B with an
+app of 2. From A's container on each worker (python in the task's own container, exec'd through
+its node's engine), probes in parallel with a 2 s timeout to: B's containers on B's overlay,
+every B task's published port at every node's address (Swarm binds it on all of them,
+moby/moby#32299), the host's Berth API, ingress and registry, and each node's 2377 and 7946;
+and A's other containers on A's overlay (the control: the probes can see reachability).
+
+First without the node guard: the holes are there (published ports of B at every node, the
+host's ports, the Swarm ports answer A's container). Then with the guard applied in every
+node's namespace: every one of them is closed, while A's containers still reach each other on
+A's overlay, A's app answers through the ingress (the host reaches published ports), a node
+that is not an ingress cannot reach a published port, the host (not a node) cannot reach the
+managers' port, and every node stays Ready. The guard is removed afterwards, even on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from berth.netpolicy.node_guard import NodeGuard, build_guard
+from berth.netpolicy.node_guard_apply import NodeGuardFirewall
+from tests.behaviour.images import behaviour_image
+from tests.cluster.berth_swarm import berth_on_swarm
+from tests.cluster.conftest import TIMINGS
+from tests.cluster.nodes import SWARM_ADDRESS_POOL, Cluster
+from tests.harness import BerthServer, free_port, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+APP_PORT = 8080
+PROBE_TIMEOUT = 2.0
+OPEN, REFUSED = "OPEN", "refused"  # refused: a packet reached a host (nothing listened)
+# Runs in a tenant's container (python image) or in a node's namespace: connects to every
+# (host, port) at once, prints one outcome each.
+PROBE = r"""
+import errno, json, socket, sys
+from concurrent.futures import ThreadPoolExecutor
+KINDS = {errno.EHOSTUNREACH: "no-route", errno.ENETUNREACH: "net-unreach"}
+def probe(target):
+    try:
+        socket.create_connection(tuple(target), timeout=float(sys.argv[2])).close()
+        return "OPEN"
+    except TimeoutError:
+        return "timeout"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError as exc:
+        return KINDS.get(exc.errno, "errno-%s" % exc.errno)
+targets = json.loads(sys.argv[1])
+with ThreadPoolExecutor(max(len(targets), 1)) as pool:
+    print(json.dumps(list(pool.map(probe, targets))))
+"""
+
+
+@dataclass(frozen=True)
+class Task:
+    tenant: str  # "A" or "B"
+    short: str  # the worker it runs on
+    container: Any  # docker-py Container on that worker's engine
+    overlay_address: str
+    published_port: int
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str
+    host: str
+    port: int
+    kind: str  # "control": must answer; "hole": must not, once guarded
+
+
+@dataclass
+class Tenants:
+    server: BerthServer
+    a_app: str
+    b_app: str
+    registry_port: int
+
+
+def workers(cluster: Cluster) -> list[str]:
+    return [s for s in cluster.nodes if s not in cluster.managers]
+
+
+def _signup(server: BerthServer) -> str:
+    resp = httpx.post(
+        f"{server.api_url}/api/v1/auth/signup",
+        json={"email": f"{uuid.uuid4().hex[:10]}@example.com", "password": "a long password!"},
+        trust_env=False,
+        timeout=30,
+    )
+    assert resp.status_code == 201, resp.text
+    token: str = resp.json()["token"]
+    return token
+
+
+def _tenant_cli(server: BerthServer, token: str, *args: str) -> Any:
+    result = subprocess.run(
+        [sys.executable, "-m", "berth.cli.main", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env={**server.cli_env(), "BERTH_TOKEN": token},
+        cwd=server.root,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, f"berth {' '.join(args)}: {result.stdout}{result.stderr}"
+    return json.loads(result.stdout)
+
+
+def _deploy(server: BerthServer, token: str, image: str, app: str, replicas: int) -> None:
+    _tenant_cli(server, token, "apps", "create", app, "--memory", "64M", "--cpus", "0.2",
+                "--port", str(APP_PORT), "--health-path", "/healthz")  # fmt: skip
+    _tenant_cli(server, token, "scale", app, str(replicas))
+    out = _tenant_cli(server, token, "deploy", app, "--image", image)
+    assert out["deployment"]["status"] == "succeeded", out
+
+
+@pytest.fixture(scope="module")
+def tenants(cluster: Cluster) -> Iterator[Tenants]:
+    cluster.make_whole()
+    registry_port = free_port()
+    with behaviour_image() as image:
+        cluster.load_images([image])
+        with berth_on_swarm(
+            cluster,
+            host=cluster.host_address,
+            extra_env={
+                # The platform's ports where the nodes (and so, unguarded, tenants) reach them.
+                "BERTH_REGISTRY_LISTEN": f"{cluster.host_address}:{registry_port}",
+                "BERTH_SIGNUP_LIMIT_PER_ADDRESS": "100",
+            },
+        ) as server:
+            run = uuid.uuid4().hex[:6]
+            a_app, b_app = f"iso-a-{run}", f"iso-b-{run}"
+            _deploy(server, _signup(server), image, a_app, 3)
+            _deploy(server, _signup(server), image, b_app, 2)
+            yield Tenants(server, a_app, b_app, registry_port)
+
+
+def _tasks(cluster: Cluster, server: BerthServer, app: str, tenant: str) -> list[Task]:
+    """The app's running task containers, read from each worker's own engine."""
+    found = []
+    for short in workers(cluster):
+        labels = [f"berth.installation={server.installation}", f"berth.app-name={app}"]
+        for container in cluster.client(short).containers.list(filters={"label": labels}):
+            settings = container.attrs["NetworkSettings"]
+            overlays = [
+                net["IPAddress"]
+                for name, net in settings["Networks"].items()
+                if name.startswith("berth-o-") and net.get("IPAddress")
+            ]
+            bindings = (settings.get("Ports") or {}).get(f"{APP_PORT}/tcp") or []
+            if overlays and bindings:
+                found.append(
+                    Task(tenant, short, container, overlays[0], int(bindings[0]["HostPort"]))
+                )
+    return found
+
+
+def _wait_tasks(cluster: Cluster, server: BerthServer, app: str, tenant: str, n: int) -> list[Task]:
+    tasks: list[Task] = wait_until(
+        lambda: (found := _tasks(cluster, server, app, tenant)) and len(found) == n and found,
+        90,
+        f"{n} running containers of {app} on the workers",
+    )
+    return tasks
+
+
+def _targets(cluster: Cluster, tenants: Tenants, a: list[Task], b: list[Task]) -> list[Target]:
+    """Every column of the matrix (the control columns are filled in per row)."""
+    host = cluster.host_address
+    server = tenants.server
+    out = [Target(f"B{i}-ovl", t.overlay_address, APP_PORT, "hole") for i, t in enumerate(b, 1)]
+    for i, task in enumerate(b, 1):
+        for short in workers(cluster):
+            out.append(
+                Target(f"B{i}@{short}", cluster.node(short).address, task.published_port, "hole")
+            )
+    out += [
+        Target("api", host, server.api_port, "hole"),
+        Target("ingress", host, server.ingress_port, "hole"),
+        Target("registry", host, tenants.registry_port, "hole"),
+    ]
+    for short in cluster.nodes:
+        for port in (2377, 7946):
+            out.append(Target(f"{short}:{port}", cluster.node(short).address, port, "hole"))
+    return out
+
+
+def _probe_from(task: Task, targets: Sequence[Target]) -> list[str]:
+    pairs = [[t.host, t.port] for t in targets]
+    result = task.container.exec_run(
+        ["python3", "-c", PROBE, json.dumps(pairs), str(PROBE_TIMEOUT)]
+    )
+    assert result.exit_code == 0, result.output.decode(errors="replace")
+    outcomes: list[str] = json.loads(result.output.decode().strip().splitlines()[-1])
+    return outcomes
+
+
+def _matrix(a: list[Task], columns: list[Target]) -> dict[str, dict[str, str]]:
+    """Row per A container (its worker): column label -> outcome. Rows probe in parallel."""
+
+    def row(task: Task) -> tuple[str, dict[str, str]]:
+        controls = [
+            Target(f"A-ovl@{o.short}", o.overlay_address, APP_PORT, "control")
+            for o in a
+            if o is not task
+        ]
+        targets = [*controls, *columns]
+        return f"A@{task.short}", dict(
+            zip([t.label for t in targets], _probe_from(task, targets), strict=True)
+        )
+
+    with ThreadPoolExecutor(len(a)) as pool:
+        return dict(pool.map(row, a))
+
+
+def _render(title: str, matrix: dict[str, dict[str, str]]) -> list[str]:
+    labels = list(dict.fromkeys(label for row in matrix.values() for label in row))
+    labels.sort(key=lambda label: not label.startswith("A-ovl"))  # the controls first
+    width = max(len(label) for label in labels)
+    lines = [title, " " * (width + 2) + "  ".join(f"{r:>10}" for r in matrix)]
+    for label in labels:
+        cells = [matrix[r].get(label, "-") for r in matrix]
+        lines.append(f"{label:>{width}}  " + "  ".join(f"{c:>10}" for c in cells))
+    return lines
+
+
+def _guard(cluster: Cluster) -> NodeGuard:
+    host = cluster.host_address
+    return build_guard(
+        ingress=[host],  # Berth's nginx runs on the host
+        nodes=[node.address for node in cluster.nodes.values()],
+        # The host carries the API, the ingress and the registry; the overlays' pool is no
+        # place for a container's packets through its node either.
+        protected=[host, SWARM_ADDRESS_POOL],
+    )
+
+
+@contextlib.contextmanager
+def _guarded(cluster: Cluster) -> Iterator[None]:
+    firewalls = [NodeGuardFirewall(node.name) for node in cluster.nodes.values()]
+    guard = _guard(cluster)
+    try:
+        for firewall in firewalls:
+            # Docker's dynamic range is the node's own ip_local_port_range.
+            firewall.apply(dataclasses.replace(guard, published_ports=firewall.port_range()))
+        yield
+    finally:
+        for firewall in firewalls:
+            firewall.remove()
+        assert not any(f.installed() for f in firewalls)
+
+
+def _from_namespace(netns: str, targets: Sequence[tuple[str, int]]) -> list[str]:
+    """The probe run by this machine's python inside a node's namespace (a node's own
+    process: a machine of the cluster that is not an ingress)."""
+    result = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-c", PROBE,
+         json.dumps([list(t) for t in targets]), str(PROBE_TIMEOUT)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    outcomes: list[str] = json.loads(result.stdout.strip().splitlines()[-1])
+    return outcomes
+
+
+def _reachable_from_host(address: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((address, port), PROBE_TIMEOUT):
+        return True
+    return False
+
+
+def test_no_tenant_reaches_another_tenant_or_the_platform_from_any_node(
+    swarm: Cluster, tenants: Tenants
+) -> None:
+    server = tenants.server
+    a = _wait_tasks(swarm, server, tenants.a_app, "A", 3)
+    b = _wait_tasks(swarm, server, tenants.b_app, "B", 2)
+    assert len({t.short for t in a}) >= 2, [t.short for t in a]  # rows on several workers
+    wait_until(lambda: server.app_body(tenants.a_app) is not None, 30, "A answers")
+    assert _reachable_from_host(swarm.host_address, tenants.registry_port), "no registry"
+    columns = _targets(swarm, tenants, a, b)
+
+    # Unguarded: the holes this guard exists for are real (and the probes can see them).
+    before = _matrix(a, columns)
+    TIMINGS.extend(_render("isolation matrix WITHOUT the node guard (from A's containers):",
+                           before))  # fmt: skip
+    # Where something listens: B's tasks at their own node's address, the host's ports, the
+    # managers' API and every node's gossip. Elsewhere (B's port at a node where no B task
+    # runs, a worker's 2377) nothing listens, but the packets got there: refused.
+    listening = ["api", "ingress", "registry"]
+    listening += [f"B{i}@{t.short}" for i, t in enumerate(b, 1)]
+    listening += [f"{s}:2377" for s in swarm.managers] + [f"{s}:7946" for s in swarm.nodes]
+    for row, outcomes in before.items():
+        for column, outcome in outcomes.items():
+            if column.startswith("A-ovl") or column in listening:
+                assert outcome == OPEN, f"unguarded {row} -> {column}: {outcome}"
+            elif column.endswith("-ovl"):  # separate overlays were isolated already
+                assert outcome not in (OPEN, REFUSED), f"{row} -> {column}: {outcome}"
+            else:
+                assert outcome in (OPEN, REFUSED), f"unguarded {row} -> {column}: {outcome}"
+
+    with _guarded(swarm):
+        after = _matrix(a, columns)
+        TIMINGS.extend(_render("isolation matrix WITH the node guard on every node:", after))
+        for row, outcomes in after.items():
+            for column, outcome in outcomes.items():
+                if column.startswith("A-ovl"):
+                    assert outcome == OPEN, f"control {row} -> {column}: {outcome}"
+                else:
+                    assert outcome not in (OPEN, REFUSED), f"guarded {row} -> {column}: {outcome}"
+        # The ingress still reaches every published port: A answers through nginx, and each
+        # of A's tasks answers the host directly.
+        assert server.app_body(tenants.a_app) is not None
+        for task in a:
+            assert _reachable_from_host(swarm.node(task.short).address, task.published_port)
+        # A machine of the cluster that is not an ingress (the manager) reaches no published
+        # port; the host, not a node, reaches no Swarm port.
+        manager = swarm.node(swarm.managers[0])
+        published = [(swarm.node(t.short).address, t.published_port) for t in [*a, *b]]
+        stranger = _from_namespace(manager.name, published)
+        TIMINGS.append(f"published ports from the manager's namespace (not ingress): {stranger}")
+        assert all(o not in (OPEN, REFUSED) for o in stranger), stranger
+        assert not _reachable_from_host(manager.address, 2377)
+        # Swarm itself is unharmed: gossip and VXLAN between nodes pass.
+        assert set(swarm.node_states().values()) == {"ready"}
+    assert _reachable_from_host(manager.address, 2377)  # removed: as before
