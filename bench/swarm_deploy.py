@@ -14,7 +14,10 @@ loaded into every node, and a real Berth server on the swarm backend at its DEFA
   dnsrr, a host-mode port without a published port, the limits Berth gave its own service:
   memory limit and reservation, CPUs, pids, init, read-only root with the same tmpfs, dropped
   capabilities) until the first 200 straight at the task's node address and port, found by
-  polling the manager for the task's published port (as a user of plain Swarm would).
+  polling the manager for the task's published port (as a user of plain Swarm would). Beside
+  it the same with a fresh overlay network created first and attached (Berth's first deploy
+  of a tenant makes its overlay, and its last app's removal removes it): what of Berth's time
+  is the overlay's.
 
 Runs alternate (Berth, then plain Swarm), ``--repeat`` each; prints median, min and max, and
 writes bench/results/swarm_deploy.json. Everything (apps, services, the cluster, the image,
@@ -171,7 +174,12 @@ def berth_run(server: BerthServer, image: str, name: str, replicas: int) -> tupl
 
 
 def service_create_args(
-    image: str, name: str, label: str, limits: dict[str, Any], replicas: int
+    image: str,
+    name: str,
+    label: str,
+    limits: dict[str, Any],
+    replicas: int,
+    network: str | None = None,
 ) -> list[str]:
     """``docker service create`` with the limits Berth gave its own service."""
     resources = limits["resources"]
@@ -191,6 +199,8 @@ def service_create_args(
         "--limit-pids", str(resources["Limits"]["Pids"]),
         "--placement-pref", "spread=node.labels.zone",
     ]  # fmt: skip
+    if network is not None:
+        args += ["--network", network]
     if container.get("Init"):
         args.append("--init")
     if container.get("ReadOnly"):
@@ -237,11 +247,44 @@ def remove_bench_services(cluster: Cluster, label: str) -> None:
             service.remove()
 
 
+def remove_bench_networks(cluster: Cluster, label: str) -> None:
+    """The baseline's overlays, once no task uses them (a removed service's tasks stop in a
+    few seconds)."""
+
+    def removed() -> bool:
+        client = cluster.manager_client()
+        try:
+            left = client.networks.list(filters={"label": f"{BENCH_LABEL}={label}"})
+            for network in left:
+                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                    network.remove()
+            return not client.networks.list(filters={"label": f"{BENCH_LABEL}={label}"})
+        finally:
+            client.close()
+
+    wait_until(removed, 60, "the baseline's overlays are removed")
+
+
 def swarm_run(
-    cluster: Cluster, image: str, name: str, label: str, limits: dict[str, Any], replicas: int
+    cluster: Cluster,
+    image: str,
+    name: str,
+    label: str,
+    limits: dict[str, Any],
+    replicas: int,
+    overlay: bool = False,
 ) -> float:
+    """``overlay``: first a fresh overlay network for the service, as Berth's first deploy of
+    a tenant makes one (and removes it with the tenant's last app)."""
     started = time.perf_counter()
-    docker_cli(cluster, *service_create_args(image, name, label, limits, replicas))
+    network = None
+    if overlay:
+        network = f"{name}-net"
+        docker_cli(
+            cluster, "network", "create", "--driver", "overlay", "--label",
+            f"{BENCH_LABEL}={label}", network,
+        )  # fmt: skip
+    docker_cli(cluster, *service_create_args(image, name, label, limits, replicas, network))
     url = wait_until(lambda: task_url(cluster, name), 120, f"{name} has a running task")
     return first_ok(url) - started
 
@@ -268,7 +311,7 @@ def wait_gone(cluster: Cluster, label: str) -> None:
 def bench(cluster: Cluster, image: str, repeat: int, replicas: int) -> dict[str, Any]:
     server = berth_server(cluster)
     label = f"swarm-deploy-{uuid.uuid4().hex[:8]}"
-    first_200, succeeded, plain = [], [], []
+    first_200, succeeded, plain, plain_overlay = [], [], [], []
     limits: dict[str, Any] = {}
     try:
         server.start()
@@ -285,7 +328,17 @@ def bench(cluster: Cluster, image: str, repeat: int, replicas: int) -> dict[str,
             plain.append(swarm_run(cluster, image, f"{label}-{i}", label, limits, replicas))
             remove_bench_services(cluster, label)
             wait_gone(cluster, label)
-            print(f"; docker service create first 200 {plain[-1]:.3f} s", flush=True)
+            plain_overlay.append(
+                swarm_run(cluster, image, f"{label}-o{i}", label, limits, replicas, overlay=True)
+            )
+            remove_bench_services(cluster, label)
+            wait_gone(cluster, label)
+            remove_bench_networks(cluster, label)
+            print(
+                f"; docker service create first 200 {plain[-1]:.3f} s"
+                f" (with a new overlay {plain_overlay[-1]:.3f} s)",
+                flush=True,
+            )
         settings = {
             name: server.settings.get(f"BERTH_{name.upper()}", Settings.model_fields[name].default)
             for name in ("reconcile_interval_seconds", "health_interval_seconds")
@@ -294,6 +347,8 @@ def bench(cluster: Cluster, image: str, repeat: int, replicas: int) -> dict[str,
         installation = server.installation
         server.cleanup()
         remove_bench_services(cluster, label)
+        with contextlib.suppress(Exception):
+            remove_bench_networks(cluster, label)
         if installation:
             for service in services_of(cluster, [f"berth.installation={installation}"]):
                 with contextlib.suppress(docker.errors.NotFound):
@@ -302,6 +357,7 @@ def bench(cluster: Cluster, image: str, repeat: int, replicas: int) -> dict[str,
         "berth_first_200_through_ingress": summary(first_200),
         "berth_deployment_succeeded": summary(succeeded),
         "docker_service_create_first_200": summary(plain),
+        "docker_network_and_service_create_first_200": summary(plain_overlay),
         "ratio_of_medians": round(statistics.median(first_200) / statistics.median(plain), 2),
         "intervals": settings,
         "limits": limits,
@@ -313,6 +369,7 @@ def print_table(results: dict[str, Any], replicas: int) -> None:
         ("Berth: API call -> first 200 via ingress", "berth_first_200_through_ingress"),
         ("Berth: API call -> deployment succeeded", "berth_deployment_succeeded"),
         ("docker service create -> first 200", "docker_service_create_first_200"),
+        ("  with a new overlay network first", "docker_network_and_service_create_first_200"),
     ]
     print(
         f"Deploy latency on Swarm (3 workers), examples/python-app, {replicas} replica(s), "
