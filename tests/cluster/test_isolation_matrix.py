@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import pytest
 
-from berth.netpolicy.node_guard import NodeGuard, build_guard
+from berth.netpolicy.node_guard import CHAINS, NodeGuard, build_guard
 from berth.netpolicy.node_guard_apply import NodeGuardFirewall
 from tests.behaviour.images import behaviour_image
 from tests.cluster.berth_swarm import berth_on_swarm
@@ -70,7 +70,6 @@ with ThreadPoolExecutor(max(len(targets), 1)) as pool:
 
 @dataclass(frozen=True)
 class Task:
-    tenant: str  # "A" or "B"
     short: str  # the worker it runs on
     container: Any  # docker-py Container on that worker's engine
     overlay_address: str
@@ -82,7 +81,6 @@ class Target:
     label: str
     host: str
     port: int
-    kind: str  # "control": must answer; "hole": must not, once guarded
 
 
 @dataclass
@@ -153,7 +151,7 @@ def tenants(cluster: Cluster) -> Iterator[Tenants]:
             yield Tenants(server, a_app, b_app, registry_port)
 
 
-def _tasks(cluster: Cluster, server: BerthServer, app: str, tenant: str) -> list[Task]:
+def _tasks(cluster: Cluster, server: BerthServer, app: str) -> list[Task]:
     """The app's running task containers, read from each worker's own engine."""
     found = []
     for short in workers(cluster):
@@ -167,15 +165,13 @@ def _tasks(cluster: Cluster, server: BerthServer, app: str, tenant: str) -> list
             ]
             bindings = (settings.get("Ports") or {}).get(f"{APP_PORT}/tcp") or []
             if overlays and bindings:
-                found.append(
-                    Task(tenant, short, container, overlays[0], int(bindings[0]["HostPort"]))
-                )
+                found.append(Task(short, container, overlays[0], int(bindings[0]["HostPort"])))
     return found
 
 
-def _wait_tasks(cluster: Cluster, server: BerthServer, app: str, tenant: str, n: int) -> list[Task]:
+def _wait_tasks(cluster: Cluster, server: BerthServer, app: str, n: int) -> list[Task]:
     tasks: list[Task] = wait_until(
-        lambda: (found := _tasks(cluster, server, app, tenant)) and len(found) == n and found,
+        lambda: (found := _tasks(cluster, server, app)) and len(found) == n and found,
         90,
         f"{n} running containers of {app} on the workers",
     )
@@ -186,20 +182,18 @@ def _targets(cluster: Cluster, tenants: Tenants, a: list[Task], b: list[Task]) -
     """Every column of the matrix (the control columns are filled in per row)."""
     host = cluster.host_address
     server = tenants.server
-    out = [Target(f"B{i}-ovl", t.overlay_address, APP_PORT, "hole") for i, t in enumerate(b, 1)]
+    out = [Target(f"B{i}-ovl", t.overlay_address, APP_PORT) for i, t in enumerate(b, 1)]
     for i, task in enumerate(b, 1):
         for short in workers(cluster):
-            out.append(
-                Target(f"B{i}@{short}", cluster.node(short).address, task.published_port, "hole")
-            )
+            out.append(Target(f"B{i}@{short}", cluster.node(short).address, task.published_port))
     out += [
-        Target("api", host, server.api_port, "hole"),
-        Target("ingress", host, server.ingress_port, "hole"),
-        Target("registry", host, tenants.registry_port, "hole"),
+        Target("api", host, server.api_port),
+        Target("ingress", host, server.ingress_port),
+        Target("registry", host, tenants.registry_port),
     ]
     for short in cluster.nodes:
         for port in (2377, 7946):
-            out.append(Target(f"{short}:{port}", cluster.node(short).address, port, "hole"))
+            out.append(Target(f"{short}:{port}", cluster.node(short).address, port))
     return out
 
 
@@ -218,9 +212,7 @@ def _matrix(a: list[Task], columns: list[Target]) -> dict[str, dict[str, str]]:
 
     def row(task: Task) -> tuple[str, dict[str, str]]:
         controls = [
-            Target(f"A-ovl@{o.short}", o.overlay_address, APP_PORT, "control")
-            for o in a
-            if o is not task
+            Target(f"A-ovl@{o.short}", o.overlay_address, APP_PORT) for o in a if o is not task
         ]
         targets = [*controls, *columns]
         return f"A@{task.short}", dict(
@@ -265,7 +257,7 @@ def _guarded(cluster: Cluster) -> Iterator[None]:
     finally:
         for firewall in firewalls:
             firewall.remove()
-        assert not any(f.installed() for f in firewalls)
+        assert all(f.rules(chain) is None for f in firewalls for chain in CHAINS)
 
 
 def _from_namespace(netns: str, targets: Sequence[tuple[str, int]]) -> list[str]:
@@ -291,8 +283,8 @@ def test_no_tenant_reaches_another_tenant_or_the_platform_from_any_node(
     swarm: Cluster, tenants: Tenants
 ) -> None:
     server = tenants.server
-    a = _wait_tasks(swarm, server, tenants.a_app, "A", 3)
-    b = _wait_tasks(swarm, server, tenants.b_app, "B", 2)
+    a = _wait_tasks(swarm, server, tenants.a_app, 3)
+    b = _wait_tasks(swarm, server, tenants.b_app, 2)
     assert len({t.short for t in a}) >= 2, [t.short for t in a]  # rows on several workers
     wait_until(lambda: server.app_body(tenants.a_app) is not None, 30, "A answers")
     assert _reachable_from_host(swarm.host_address, tenants.registry_port), "no registry"
@@ -342,3 +334,40 @@ def test_no_tenant_reaches_another_tenant_or_the_platform_from_any_node(
         # Swarm itself is unharmed: gossip and VXLAN between nodes pass.
         assert set(swarm.node_states().values()) == {"ready"}
     assert _reachable_from_host(manager.address, 2377)  # removed: as before
+
+
+def _filter_rules(netns: str) -> list[str]:
+    """The node's whole filter table as `iptables -S` lines (no counters)."""
+    out = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{netns}", "iptables", "-w", "10", "-S"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    return out.splitlines()
+
+
+def test_the_guard_applies_twice_as_once_survives_an_engine_restart_and_leaves_no_trace(
+    swarm: Cluster,
+) -> None:
+    short = workers(swarm)[0]
+    node = swarm.node(short)
+    firewall = NodeGuardFirewall(node.name)
+    untouched = _filter_rules(node.name)
+    guard = dataclasses.replace(_guard(swarm), published_ports=firewall.port_range())
+    try:
+        firewall.apply(guard)
+        once = _filter_rules(node.name)
+        assert [line for line in once if "BERTH-NG" not in line] == untouched  # only ours added
+        firewall.apply(guard)
+        assert _filter_rules(node.name) == once
+        assert firewall.installed()
+        # Docker keeps DOCKER-USER's contents and the jump to it across its own restart.
+        swarm.restart_node(short)
+        swarm.wait_states(dict.fromkeys(swarm.nodes, "ready"), timeout=60)
+        assert firewall.installed()
+        ours = [line for line in once if "BERTH-NG" in line]
+        assert [line for line in _filter_rules(node.name) if "BERTH-NG" in line] == ours
+    finally:
+        before_removal = _filter_rules(node.name)
+        firewall.remove()
+    # Only ours went (Docker's own rules are as its restart left them).
+    assert _filter_rules(node.name) == [x for x in before_removal if "BERTH-NG" not in x]
