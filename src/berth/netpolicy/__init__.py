@@ -2,4 +2,7 @@
 
 ``plan`` renders the rules from a snapshot (pure), ``iptables`` applies them, ``observe`` reads
 the engine's networks and the tenants' plans, ``controller`` ties them together.
+
+On a Swarm, ``node_guard`` (pure) and ``node_guard_apply`` are each node's own firewall that
+keeps tenants apart across nodes (``python -m berth.netpolicy.node_guard``, run on every node).
 """

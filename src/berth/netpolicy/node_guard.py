@@ -21,7 +21,8 @@ registry). The guard, in the node's filter table:
 Both layers are needed: an ingress may run on a node, and a container on that node leaves it
 masqueraded to the node's (ingress) address, so the target node alone cannot tell them apart;
 the origin node's container rule stops it. Containers are *refused* (icmp admin-prohibited, an
-answer at once, as berth.netpolicy.plan does); strangers are dropped.
+answer at once, as berth.netpolicy.plan does; the kernel rate-limits that ICMP per destination
+(net.ipv4.icmp_ratelimit), so a burst mostly times out instead); strangers are dropped.
 
 Only validated networks, ports and interface names reach the rules.
 """
