@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from berth.runtime.docker_driver import DockerRuntime
 
 log = logging.getLogger(__name__)
+INGRESS_SYNC_SECONDS = 1.0  # how often a follower's ingress reads the routes from the store
 BUILD_API_TIMEOUT = 600  # seconds, for the build and image client (not the runtime's)
 
 
@@ -135,6 +136,12 @@ class Platform:
             for controller in (self.reconciler, self.billing):
                 if controller is not None:
                     controller.fence = fence
+            lease, term = self.lease, self.lease.token
+            for actor in (self.reconciler, self.webhooks):
+                if actor is not None:
+                    actor.may_act = lambda: lease.holds() and lease.token == term
+            if self.webhooks is not None:
+                self.webhooks.fence = fence
         self.start_controllers()
 
     def deposed(self) -> None:
@@ -249,7 +256,7 @@ def build_platform(settings: Settings) -> Platform:
         platform.deposed,
         renew_seconds=settings.lease_renew_seconds,
     )
-    platform.ingress_sync = IngressSync(settings, sessions, nginx)
+    platform.ingress_sync = IngressSync(settings, sessions, nginx, interval=INGRESS_SYNC_SECONDS)
     platform.build_controllers = lambda: _build_controllers(
         platform, runtime, builder, nginx, client
     )
@@ -293,6 +300,10 @@ def _build_controllers(
     local.healthy = health.is_healthy
     local.on_started = health.probe_soon  # checked at once, not at the next round
     reconciler = Reconciler(settings, sessions, workloads, nginx, health)
+    if not settings.resolved_database_url.startswith("sqlite"):
+        # A shared store may have other servers whose ingress polls it every second: an old
+        # revision is retired only once theirs route the new one too.
+        reconciler.ingress_settle_seconds = 2.0 * INGRESS_SYNC_SECONDS
     holder["reconciler"] = reconciler
     # A Swarm task Berth did not start itself is checked as soon as it is seen running.
     reconciler.on_running = lambda inst: _probe_instance(health, inst)

@@ -29,6 +29,7 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from berth.controllers.lease import StaleLeader
 from berth.controllers.metering import record_intervals
 from berth.controllers.snapshot import AppView, load_apps, release_env
 from berth.domain.drain import DrainRequest, plan_drains
@@ -82,6 +83,12 @@ class Reconciler:
     # Called in each transaction before it commits: raises when this server no longer holds
     # the controllers' lease (a stale leader's writes are refused; berth.controllers.lease).
     fence: Callable[[Session], None] = lambda session: None
+    # Checked (locally, cheaply) right before the pass acts on the engine or nginx: a leader
+    # whose term ran out while it was paused does not act on what it read before.
+    may_act: Callable[[], bool] = lambda: True
+    # Other servers' ingresses route from the store, polling (berth.controllers.ingress_sync):
+    # an instance counts as routed for a rollout only once they have had time to see it.
+    ingress_settle_seconds: float = 0.0
     # Swarm's availability of a node, by name (a drain hands the node to Swarm's drain last).
     set_node_availability: Callable[[str, str], object] = lambda node, availability: None
     routed: set[str] = field(default_factory=set)
@@ -97,6 +104,7 @@ class Reconciler:
         )
         self._lock = threading.Lock()  # one pass at a time
         self._routes_hash: str | None = None
+        self._routed_at: dict[str, float] = {}  # instance id -> when this server first routed it
         self._routes: tuple[Route, ...] | None = None  # as last applied
         self._generation = 0
         self._seq = int(self.clock() * 1000)
@@ -154,6 +162,8 @@ class Reconciler:
                 leaving |= drained_away
                 self._pass_session, self._pass_apps = session, apps
                 self._pass_instances, self._leaving = instances, leaving
+                if not self.may_act():
+                    raise StaleLeader("fenced: this server's term ended; it does not act")
                 try:
                     routed_before = set(self.routed)
                     self._sync_routes(session, apps, instances, leaving)
@@ -190,7 +200,9 @@ class Reconciler:
             revision=inst.revision,
             state="running" if inst.state == "running" else inst.state,
             healthy=self.health.is_healthy(inst.id),
-            routed=inst.id in self.routed,
+            # Routed here, and long enough for every other server's ingress to have it too.
+            routed=inst.id in self.routed
+            and self.clock() - self._routed_at.get(inst.id, 0.0) >= self.ingress_settle_seconds,
             restarts=inst.restarts,
             exit_code=inst.exit_code,
             finished_at=inst.finished_at,
@@ -455,6 +467,8 @@ class Reconciler:
         ]
         routes, routed = plan_routes(routed_apps, instances, self.health.is_healthy, leaving)
         self._apply_routes(session, routes)
+        now = self.clock()
+        self._routed_at = {i: self._routed_at.get(i, now) for i in routed}
         self.routed = set(routed)
 
     def _apply_routes(self, session: Session, routes: tuple[Route, ...]) -> None:

@@ -55,6 +55,10 @@ class WebhookSender:
     settings: Settings
     sessions: sessionmaker[Session]
     clock: Callable[[], float] = time.time
+    # Several servers: only the lease holder sends (checked before each delivery), and its
+    # record of a delivery commits only while it still holds the lease (fenced).
+    may_act: Callable[[], bool] = lambda: True
+    fence: Callable[[Session], None] = lambda session: None
 
     def __post_init__(self) -> None:
         self._client = httpx.Client(timeout=10.0, follow_redirects=False)
@@ -81,7 +85,10 @@ class WebhookSender:
                 .limit(100)
             ).all()
             for row in due:
+                if not self.may_act():
+                    break
                 delivered += self._attempt(row, now)
+                self.fence(session)
                 session.commit()
         return delivered
 

@@ -337,6 +337,7 @@ class LocalWorkloads:
             _int(c.labels.get(LABEL_MEMORY_MB)) for c in containers if c.state in _HOLDING_MEMORY
         )
         by_container = {c.id: c for c in containers}
+        starts: list[ProcessGroup] = []  # admitted: started together after this loop
         for action in actions:
             if isinstance(action, StartInstance):
                 group = self._groups.get((action.app_id, action.revision))
@@ -353,13 +354,8 @@ class LocalWorkloads:
                 if refusal is not None:
                     self._refused[group.key] = refusal
                     continue
-                try:
-                    self._start(group)
-                    self._backoff.forget(key)
-                    committed_mb += group.memory_mb
-                except Exception as exc:
-                    self._backoff.failed(key, now, f"could not start: {exc}")
-                    log.warning("start of %s failed: %s", group.app_name, exc)
+                starts.append(group)
+                committed_mb += group.memory_mb
             elif isinstance(action, RestartInstance):
                 cid = action.container_id
                 key = f"restart:{cid}"
@@ -385,6 +381,41 @@ class LocalWorkloads:
                 self._restarts[cid] = self._restarts.get(cid, 0) + 1
                 committed_mb += need_mb
                 self.on_started(info)
+        if starts:
+            self._start_all(starts, now)
+
+    def _start_all(self, groups: Sequence[ProcessGroup], now: float) -> None:
+        """Start the admitted instances side by side: a deploy of N replicas takes about as
+        long as one. Each network is made (and filtered) once, before anything runs on it."""
+        ready: list[ProcessGroup] = []
+        for network in dict.fromkeys(g.network for g in groups):
+            mine = [g for g in groups if g.network == network]
+            try:
+                self._prepare_network(mine[0])
+                ready += mine
+            except Exception as exc:
+                for group in mine:
+                    self._backoff.failed(f"group:{group.key}", now, f"could not start: {exc}")
+                log.warning("network %s is not ready: %s", network, exc)
+        if len(ready) <= 1:
+            errors: list[Exception | None] = [self._try_run(g) for g in ready]
+        else:
+            with ThreadPoolExecutor(max_workers=min(4, len(ready))) as pool:
+                errors = list(pool.map(self._try_run, ready))
+        for group, error in zip(ready, errors, strict=True):
+            key = f"group:{group.key}"
+            if error is None:
+                self._backoff.forget(key)
+            else:
+                self._backoff.failed(key, now, f"could not start: {error}")
+                log.warning("start of %s failed: %s", group.app_name, error)
+
+    def _try_run(self, group: ProcessGroup) -> Exception | None:
+        try:
+            self._run(group)
+        except Exception as exc:
+            return exc
+        return None
 
     def _admit(self, committed_mb: int, need_mb: int) -> str | None:
         total_mb = self._node_memory()
@@ -403,10 +434,13 @@ class LocalWorkloads:
                 log.warning("cannot read the node's memory: %s", exc)
         return self._node_memory_mb
 
-    def _start(self, group: ProcessGroup) -> None:
+    def _prepare_network(self, group: ProcessGroup) -> None:
         labels = owner_labels(self.installation)
         self.runtime.ensure_network(group.network, {**labels, LABEL_TENANT: group.tenant_id})
         self.network_ready(group.network)  # egress rules in place before anything runs on it
+
+    def _run(self, group: ProcessGroup) -> None:
+        labels = owner_labels(self.installation)
         instance_id = _new_instance_id()
         spec = ContainerSpec(
             name=f"berth-{group.app_name}-v{group.release_version}-{instance_id[:8]}",
