@@ -5,14 +5,17 @@ Two tenants: A with an app of 3 replicas (one container on each worker, a row ea
 app of 2. From A's container on each worker (python in the task's own container, exec'd through
 its node's engine), probes in parallel with a 2 s timeout to: B's containers on B's overlay,
 every B task's published port at every node's address (Swarm binds it on all of them,
-moby/moby#32299), the host's Berth API, ingress and registry, and each node's 2377 and 7946;
-and A's other containers on A's overlay (the control: the probes can see reachability).
+moby/moby#32299), B's containers on the same node at their docker_gwbridge address, the host's
+Berth API, ingress and registry, and each node's 2377 and 7946; and, as controls (the probes
+can see reachability, the guard is not a wall), A's other containers on A's overlay and a
+listener on the switch at an address that is nobody's (the rest of the world).
 
 First without the node guard: the holes are there (published ports of B at every node, the
 host's ports, the Swarm ports answer A's container). Then with the guard applied in every
 node's namespace: every one of them is closed, while A's containers still reach each other on
-A's overlay, A's app answers through the ingress (the host reaches published ports), a node
-that is not an ingress cannot reach a published port, the host (not a node) cannot reach the
+A's overlay and the outside, A's app answers through the ingress (the host reaches published
+ports), an ingress node reaches the other nodes' published ports while its own containers do
+not, a node that is not an ingress reaches none, the host (not a node) cannot reach the
 managers' port, and every node stays Ready. The guard is removed afterwards, even on failure.
 """
 
@@ -46,6 +49,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 APP_PORT = 8080
 PROBE_TIMEOUT = 2.0
 OPEN, REFUSED = "OPEN", "refused"  # refused: a packet reached a host (nothing listened)
+CONTROLS = ("A-ovl", "outside")  # must answer, guarded or not
+ISOLATED_ALREADY = ("-ovl", "-gw")  # B's overlay, B's gwbridge address: never reached
+OUTSIDE_HOST = 250  # an address on the switch that is nobody's: "the internet"
 # Runs in a tenant's container (python image) or in a node's namespace: connects to every
 # (host, port) at once, prints one outcome each.
 PROBE = r"""
@@ -66,6 +72,13 @@ targets = json.loads(sys.argv[1])
 with ThreadPoolExecutor(max(len(targets), 1)) as pool:
     print(json.dumps(list(pool.map(probe, targets))))
 """
+LISTEN = r"""
+import socket, sys
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    server.accept()[0].close()
+"""
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,7 @@ class Task:
     short: str  # the worker it runs on
     container: Any  # docker-py Container on that worker's engine
     overlay_address: str
+    gwbridge_address: str  # its way out of the node, on docker_gwbridge
     published_port: int
 
 
@@ -156,7 +170,9 @@ def _tasks(cluster: Cluster, server: BerthServer, app: str) -> list[Task]:
     found = []
     for short in workers(cluster):
         labels = [f"berth.installation={server.installation}", f"berth.app-name={app}"]
-        for container in cluster.client(short).containers.list(filters={"label": labels}):
+        client = cluster.client(short)
+        gateways = client.networks.get("docker_gwbridge").attrs.get("Containers") or {}
+        for container in client.containers.list(filters={"label": labels}):
             settings = container.attrs["NetworkSettings"]
             overlays = [
                 net["IPAddress"]
@@ -164,8 +180,11 @@ def _tasks(cluster: Cluster, server: BerthServer, app: str) -> list[Task]:
                 if name.startswith("berth-o-") and net.get("IPAddress")
             ]
             bindings = (settings.get("Ports") or {}).get(f"{APP_PORT}/tcp") or []
-            if overlays and bindings:
-                found.append(Task(short, container, overlays[0], int(bindings[0]["HostPort"])))
+            gateway = (gateways.get(container.id) or {}).get("IPv4Address", "").split("/")[0]
+            if overlays and bindings and gateway:
+                found.append(
+                    Task(short, container, overlays[0], gateway, int(bindings[0]["HostPort"]))
+                )
     return found
 
 
@@ -207,14 +226,22 @@ def _probe_from(task: Task, targets: Sequence[Target]) -> list[str]:
     return outcomes
 
 
-def _matrix(a: list[Task], columns: list[Target]) -> dict[str, dict[str, str]]:
-    """Row per A container (its worker): column label -> outcome. Rows probe in parallel."""
+def _matrix(a: list[Task], b: list[Task], columns: list[Target]) -> dict[str, dict[str, str]]:
+    """Row per A container (its worker): column label -> outcome. Rows probe in parallel.
+
+    Per row: A's other containers on A's overlay (controls), and B's containers on the same
+    node at their docker_gwbridge address (the one network all tasks of a node share)."""
 
     def row(task: Task) -> tuple[str, dict[str, str]]:
         controls = [
             Target(f"A-ovl@{o.short}", o.overlay_address, APP_PORT) for o in a if o is not task
         ]
-        targets = [*controls, *columns]
+        neighbours = [
+            Target(f"B{i}-gw", t.gwbridge_address, APP_PORT)
+            for i, t in enumerate(b, 1)
+            if t.short == task.short
+        ]
+        targets = [*controls, *neighbours, *columns]
         return f"A@{task.short}", dict(
             zip([t.label for t in targets], _probe_from(task, targets), strict=True)
         )
@@ -225,7 +252,7 @@ def _matrix(a: list[Task], columns: list[Target]) -> dict[str, dict[str, str]]:
 
 def _render(title: str, matrix: dict[str, dict[str, str]]) -> list[str]:
     labels = list(dict.fromkeys(label for row in matrix.values() for label in row))
-    labels.sort(key=lambda label: not label.startswith("A-ovl"))  # the controls first
+    labels.sort(key=lambda label: (not label.startswith("A-ovl"), label != "outside"))
     width = max(len(label) for label in labels)
     lines = [title, " " * (width + 2) + "  ".join(f"{r:>10}" for r in matrix)]
     for label in labels:
@@ -237,7 +264,10 @@ def _render(title: str, matrix: dict[str, dict[str, str]]) -> list[str]:
 def _guard(cluster: Cluster) -> NodeGuard:
     host = cluster.host_address
     return build_guard(
-        ingress=[host],  # Berth's nginx runs on the host
+        # Berth's nginx runs on the host; the first worker is named an ingress node too, so
+        # that its row shows a container on an ingress node does not pass for the ingress
+        # (it leaves the node masqueraded to the node's address).
+        ingress=[host, cluster.node(workers(cluster)[0]).address],
         nodes=[node.address for node in cluster.nodes.values()],
         # The host carries the API, the ingress and the registry; the overlays' pool is no
         # place for a container's packets through its node either.
@@ -273,6 +303,29 @@ def _from_namespace(netns: str, targets: Sequence[tuple[str, int]]) -> list[str]
     return outcomes
 
 
+@contextlib.contextmanager
+def _outside(cluster: Cluster) -> Iterator[Target]:
+    """A listener at an address of the switch that is no node's, ingress's or protected (the
+    rest of the world for a tenant): the guard must not cut a container's way out."""
+    assert cluster.subnet is not None
+    address, port = str(cluster.subnet[OUTSIDE_HOST]), free_port()
+    in_switch = ["nsenter", f"--net=/run/netns/{cluster.switch}"]
+    subprocess.run(["ip", "-n", cluster.switch, "addr", "add", f"{address}/24", "dev", "br0"],
+                   check=True, capture_output=True)  # fmt: skip
+    listener = subprocess.Popen(
+        [*in_switch, sys.executable, "-c", LISTEN, address, str(port)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
+        yield Target("outside", address, port)
+    finally:
+        listener.kill()
+        listener.wait(10)
+        subprocess.run(["ip", "-n", cluster.switch, "addr", "del", f"{address}/24", "dev", "br0"],
+                       check=False, capture_output=True)  # fmt: skip
+
+
 def _reachable_from_host(address: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((address, port), PROBE_TIMEOUT):
         return True
@@ -288,12 +341,21 @@ def test_no_tenant_reaches_another_tenant_or_the_platform_from_any_node(
     assert len({t.short for t in a}) >= 2, [t.short for t in a]  # rows on several workers
     wait_until(lambda: server.app_body(tenants.a_app) is not None, 30, "A answers")
     assert _reachable_from_host(swarm.host_address, tenants.registry_port), "no registry"
-    columns = _targets(swarm, tenants, a, b)
+    with _outside(swarm) as outside:
+        columns = [outside, *_targets(swarm, tenants, a, b)]
+        # Unguarded: the holes the guard exists for are real (and the probes can see them).
+        before = _matrix(a, b, columns)
+        TIMINGS.extend(_render("isolation matrix WITHOUT the node guard (from A's containers):",
+                               before))  # fmt: skip
+        _check_unguarded(swarm, b, before)
+        with _guarded(swarm):
+            after = _matrix(a, b, columns)
+            TIMINGS.extend(_render("isolation matrix WITH the node guard on every node:", after))
+            _check_guarded(swarm, tenants, a, b, after)
+    assert _reachable_from_host(swarm.node(swarm.managers[0]).address, 2377)  # guard removed
 
-    # Unguarded: the holes this guard exists for are real (and the probes can see them).
-    before = _matrix(a, columns)
-    TIMINGS.extend(_render("isolation matrix WITHOUT the node guard (from A's containers):",
-                           before))  # fmt: skip
+
+def _check_unguarded(swarm: Cluster, b: list[Task], before: dict[str, dict[str, str]]) -> None:
     # Where something listens: B's tasks at their own node's address, the host's ports, the
     # managers' API and every node's gossip. Elsewhere (B's port at a node where no B task
     # runs, a worker's 2377) nothing listens, but the packets got there: refused.
@@ -302,38 +364,47 @@ def test_no_tenant_reaches_another_tenant_or_the_platform_from_any_node(
     listening += [f"{s}:2377" for s in swarm.managers] + [f"{s}:7946" for s in swarm.nodes]
     for row, outcomes in before.items():
         for column, outcome in outcomes.items():
-            if column.startswith("A-ovl") or column in listening:
+            if column.startswith(CONTROLS) or column in listening:
                 assert outcome == OPEN, f"unguarded {row} -> {column}: {outcome}"
-            elif column.endswith("-ovl"):  # separate overlays were isolated already
+            elif column.endswith(ISOLATED_ALREADY):  # Docker's own isolation
                 assert outcome not in (OPEN, REFUSED), f"{row} -> {column}: {outcome}"
             else:
                 assert outcome in (OPEN, REFUSED), f"unguarded {row} -> {column}: {outcome}"
 
-    with _guarded(swarm):
-        after = _matrix(a, columns)
-        TIMINGS.extend(_render("isolation matrix WITH the node guard on every node:", after))
-        for row, outcomes in after.items():
-            for column, outcome in outcomes.items():
-                if column.startswith("A-ovl"):
-                    assert outcome == OPEN, f"control {row} -> {column}: {outcome}"
-                else:
-                    assert outcome not in (OPEN, REFUSED), f"guarded {row} -> {column}: {outcome}"
-        # The ingress still reaches every published port: A answers through nginx, and each
-        # of A's tasks answers the host directly.
-        assert server.app_body(tenants.a_app) is not None
-        for task in a:
-            assert _reachable_from_host(swarm.node(task.short).address, task.published_port)
-        # A machine of the cluster that is not an ingress (the manager) reaches no published
-        # port; the host, not a node, reaches no Swarm port.
-        manager = swarm.node(swarm.managers[0])
-        published = [(swarm.node(t.short).address, t.published_port) for t in [*a, *b]]
-        stranger = _from_namespace(manager.name, published)
-        TIMINGS.append(f"published ports from the manager's namespace (not ingress): {stranger}")
-        assert all(o not in (OPEN, REFUSED) for o in stranger), stranger
-        assert not _reachable_from_host(manager.address, 2377)
-        # Swarm itself is unharmed: gossip and VXLAN between nodes pass.
-        assert set(swarm.node_states().values()) == {"ready"}
-    assert _reachable_from_host(manager.address, 2377)  # removed: as before
+
+def _check_guarded(
+    swarm: Cluster, tenants: Tenants, a: list[Task], b: list[Task], after: dict[str, dict[str, str]]
+) -> None:
+    server = tenants.server
+    for row, outcomes in after.items():
+        for column, outcome in outcomes.items():
+            if column.startswith(CONTROLS):
+                assert outcome == OPEN, f"control {row} -> {column}: {outcome}"
+            else:
+                assert outcome not in (OPEN, REFUSED), f"guarded {row} -> {column}: {outcome}"
+    # The ingress still reaches every published port: A answers through nginx, and each
+    # of A's tasks answers the host directly.
+    assert server.app_body(tenants.a_app) is not None
+    for task in a:
+        assert _reachable_from_host(swarm.node(task.short).address, task.published_port)
+    # A machine of the cluster that is not an ingress (the manager) reaches no published
+    # port; the host, not a node, reaches no Swarm port.
+    manager = swarm.node(swarm.managers[0])
+    published = [(swarm.node(t.short).address, t.published_port) for t in [*a, *b]]
+    stranger = _from_namespace(manager.name, published)
+    TIMINGS.append(f"published ports from the manager's namespace (not ingress): {stranger}")
+    assert all(o not in (OPEN, REFUSED) for o in stranger), stranger
+    assert not _reachable_from_host(manager.address, 2377)
+    # An ingress node (its own process, as nginx on it would be) reaches the other nodes'
+    # published ports.
+    ingress_node = swarm.node(workers(swarm)[0])
+    elsewhere = [(swarm.node(t.short).address, t.published_port) for t in a + b]
+    elsewhere = [(address, port) for address, port in elsewhere if address != ingress_node.address]
+    from_ingress = _from_namespace(ingress_node.name, elsewhere)
+    TIMINGS.append(f"published ports from the ingress node {ingress_node.short}: {from_ingress}")
+    assert from_ingress and set(from_ingress) == {OPEN}, from_ingress
+    # Swarm itself is unharmed: gossip and VXLAN between nodes pass.
+    assert set(swarm.node_states().values()) == {"ready"}
 
 
 def _filter_rules(netns: str) -> list[str]:
