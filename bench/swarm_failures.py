@@ -130,6 +130,37 @@ class BerthSide:
         self.delete(app)
         return {"replicas": replicas, "rolled_s": round(took, 2), **tally(load.outcomes).as_dict()}
 
+    def drain(self, replicas: int = 6) -> Result:
+        """A node holding all 6 instances of an app (the others cordoned while it deploys),
+        drained under load with `berth nodes drain` (start-first)."""
+        s = self.server
+        workers = [n for n in self.cluster.nodes if n not in self.cluster.managers]
+        target, others = workers[0], workers[1:]
+        names = [self.cluster.node(n).name for n in others]
+        for name in names:
+            s.cli_ok("nodes", "cordon", name)
+        try:
+            app = self.app("drain", replicas)
+        finally:
+            for name in names:
+                s.cli_ok("nodes", "uncordon", name)
+        node = self.cluster.node(target).name
+        on_node = sum(1 for r in s.ps(app) if r["node"] == node)
+        with self.traffic(app) as load:
+            load.wait_for(40)
+            started = time.monotonic()
+            out = s.cli_json("nodes", "drain", node, "--timeout", "300", timeout=360)
+            took = time.monotonic() - started
+            load.wait_for(40)
+        s.cli_ok("nodes", "uncordon", node)
+        self.delete(app)
+        return {
+            "instances_on_node": on_node,
+            "status": out.get("status"),
+            "drained_s": round(took, 2),
+            **tally(load.outcomes).as_dict(),
+        }
+
     def broken_release(self) -> Result:
         s, app = self.server, self.app("broken", 2)
         with self.traffic(app) as load:
@@ -319,6 +350,30 @@ class PlainSide:
             load.wait_for(40)
         return {"replicas": replicas, "rolled_s": round(took, 2), **tally(load.outcomes).as_dict()}
 
+    def drain(self, replicas: int = 6) -> Result:
+        """Swarm's own drain (stop first) of a node running one of the service's tasks (a
+        fixed host port allows one per node: the 7th worker is free for it)."""
+        with self.deployed(replicas) as (service, load, _):
+            victim = self.running(service)[0]["short"]
+            started = time.monotonic()
+            self.cluster.set_availability(victim, "drain")
+            wait_until(
+                lambda: (
+                    len(tasks := self.running(service)) == replicas
+                    and victim not in {t["short"] for t in tasks}
+                ),
+                120,
+                "the task runs on another node",
+            )
+            took = time.monotonic() - started
+            load.wait_for(40)
+            self.cluster.set_availability(victim, "active")
+        return {
+            "instances_on_node": 1,
+            "drained_s": round(took, 2),
+            **tally(load.outcomes).as_dict(),
+        }
+
     def broken_release(self) -> Result:
         with self.deployed(2) as (service, load, _):
             started = time.monotonic()
@@ -382,7 +437,7 @@ def run() -> dict[str, Any]:
                 cluster, deploy_timeout=DEPLOY_TIMEOUT, default_intervals=True
             ) as server:
                 berth = BerthSide(cluster, server, image)
-                for op in ("node_loss", "rolling_deploy", "broken_release"):
+                for op in ("node_loss", "drain", "rolling_deploy", "broken_release"):
                     print(f"{op}:", flush=True)
                     results[op] = {
                         "berth": _measure("berth", getattr(berth, op)),
@@ -397,6 +452,7 @@ def table(results: dict[str, Any]) -> str:
     rows = [("operation", "side", "time (s)", "upstreams gone (s)", "failed", "in flight", "of")]
     for op, key in (
         ("node_loss", "serving_again_s"),
+        ("drain", "drained_s"),
         ("rolling_deploy", "rolled_s"),
         ("broken_release", "rolled_back_s"),
     ):
