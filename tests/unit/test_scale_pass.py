@@ -12,10 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, func, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import sessionmaker
-
 from bench.control_plane_scale import (
     INSTALLATION,
     Phases,
@@ -26,6 +22,10 @@ from bench.control_plane_scale import (
     new_server,
     seed_store,
 )
+from sqlalchemy import delete, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import sessionmaker
+
 from berth.runtime.protocol import owner_labels
 from berth.settings import Settings
 from berth.store.db import make_engine, migrate
@@ -140,7 +140,7 @@ def test_a_lost_node_leaves_the_ingress_and_the_store_in_one_pass(scale: Scale) 
     world = scale.world
     settle(world)
     before = running_tasks(world)
-    node_id, lost_count = lose_a_node(world)
+    _, lost_count = lose_a_node(world)
     assert lost_count > 0
     now = running_tasks(world)
     lost = set(before) - set(now)
