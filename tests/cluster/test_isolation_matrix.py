@@ -49,7 +49,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 APP_PORT = 8080
 PROBE_TIMEOUT = 2.0
 OPEN, REFUSED = "OPEN", "refused"  # refused: a packet reached a host (nothing listened)
-CONTROLS = ("A-ovl", "outside")  # must answer, guarded or not
+CONTROLS = ("A", "outside")  # A1@w2.., outside: must answer, guarded or not
 ISOLATED_ALREADY = ("-ovl", "-gw")  # B's overlay, B's gwbridge address: never reached
 OUTSIDE_HOST = 250  # an address on the switch that is nobody's: "the internet"
 # Runs in a tenant's container (python image) or in a node's namespace: connects to every
@@ -232,9 +232,12 @@ def _matrix(a: list[Task], b: list[Task], columns: list[Target]) -> dict[str, di
     Per row: A's other containers on A's overlay (controls), and B's containers on the same
     node at their docker_gwbridge address (the one network all tasks of a node share)."""
 
-    def row(task: Task) -> tuple[str, dict[str, str]]:
+    def row(numbered: tuple[int, Task]) -> tuple[str, dict[str, str]]:
+        i, task = numbered
         controls = [
-            Target(f"A-ovl@{o.short}", o.overlay_address, APP_PORT) for o in a if o is not task
+            Target(f"A{j}@{o.short}", o.overlay_address, APP_PORT)
+            for j, o in enumerate(a, 1)
+            if o is not task
         ]
         neighbours = [
             Target(f"B{i}-gw", t.gwbridge_address, APP_PORT)
@@ -242,17 +245,17 @@ def _matrix(a: list[Task], b: list[Task], columns: list[Target]) -> dict[str, di
             if t.short == task.short
         ]
         targets = [*controls, *neighbours, *columns]
-        return f"A@{task.short}", dict(
+        return f"A{i}@{task.short}", dict(
             zip([t.label for t in targets], _probe_from(task, targets), strict=True)
         )
 
     with ThreadPoolExecutor(len(a)) as pool:
-        return dict(pool.map(row, a))
+        return dict(pool.map(row, enumerate(a, 1)))
 
 
 def _render(title: str, matrix: dict[str, dict[str, str]]) -> list[str]:
     labels = list(dict.fromkeys(label for row in matrix.values() for label in row))
-    labels.sort(key=lambda label: (not label.startswith("A-ovl"), label != "outside"))
+    labels.sort(key=lambda label: (not label.startswith("A"), label != "outside"))
     width = max(len(label) for label in labels)
     lines = [title, " " * (width + 2) + "  ".join(f"{r:>10}" for r in matrix)]
     for label in labels:
