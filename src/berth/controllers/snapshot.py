@@ -6,7 +6,7 @@ import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -55,28 +55,34 @@ class AppView:
         return self.revision_constraints.get(revision, self.constraints)
 
 
+class _AppRow(NamedTuple):
+    id: str
+    tenant_id: str
+    name: str
+    scale: int
+    target_release_id: str | None
+    target_generation: int
+    serving_release_id: str | None
+    serving_generation: int
+    deployment_id: str | None
+    constraints_json: str | None
+
+
 def load_apps(session: Session) -> list[AppView]:
     """Every app that should exist. An app being deleted is not one: to the controllers it is
     gone (its instances are removed, its routes and domains dropped) until its rows go too.
 
     Read as plain columns, not ORM objects: a pass reads 10,000 apps, their releases and
     domains every time."""
-    apps = session.execute(
-        select(
-            App.id,
-            App.tenant_id,
-            App.name,
-            App.scale,
-            App.target_release_id,
-            App.target_generation,
-            App.serving_release_id,
-            App.serving_generation,
-            App.deployment_id,
-            App.constraints_json,
+    # Plain tuples: a Row's attribute access costs several times a NamedTuple's.
+    apps = [
+        _AppRow(*row)
+        for row in session.execute(
+            select(*(getattr(App, name) for name in _AppRow._fields))
+            .where(App.deleting_at.is_(None))
+            .order_by(App.name)
         )
-        .where(App.deleting_at.is_(None))
-        .order_by(App.name)
-    ).all()
+    ]
     deployments = {
         dep_id: deadline
         for dep_id, deadline in session.execute(
