@@ -9,8 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import docker
 import pytest
 
+from berth.cluster.nodes import ManagerClient
+from berth.errors import Conflict
 from tests.cluster.conftest import TIMINGS
 from tests.cluster.nodes import Cluster
 from tests.cluster.services import (
@@ -70,3 +73,29 @@ def test_killing_the_leader_elects_another_and_the_service_recovers(
     ha.restart_node(old)
     ha.wait_states(dict.fromkeys(ha.nodes, "ready"), timeout=60)
     assert len(running_tasks(ha, service)) == 2
+
+
+def test_a_dead_manager_is_demoted_then_removed_and_a_live_one_only_with_force(
+    three_managers: Cluster,
+) -> None:
+    """On this module's own swarm (Raft membership changes never touch the shared one)."""
+    ha = three_managers
+    ha.wait_states(dict.fromkeys(ha.nodes, "ready"), timeout=60)
+    leader = ha.leader()
+    victim, live = [m for m in ha.managers if m != leader][:2]
+    api = docker.APIClient(base_url=ha.node(leader).base_url, version="1.41", timeout=60)
+    manager = ManagerClient(api, "test-managers")
+    try:
+        ha.kill_node(victim)
+        ha.wait_states({victim: "down"}, timeout=60)
+        done = manager.remove(ha.node(victim).name)
+        assert (done.was_down, done.demoted) == (True, True)
+        ha.set_availability(live, "active")  # a live node that takes work
+        with pytest.raises(Conflict):
+            manager.remove(ha.node(live).name)  # live and not drained: refused
+        forced = manager.remove(ha.node(live).name, force=True)
+        assert (forced.was_down, forced.demoted, forced.forced) == (False, True, True)
+        names = [r.name for r in manager.list() if r.role == "manager"]
+        assert names == [ha.node(leader).name]
+    finally:
+        api.close()

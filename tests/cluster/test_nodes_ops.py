@@ -225,29 +225,6 @@ def join_as_manager(swarm: Cluster, short: str, manager: ManagerClient) -> None:
     swarm.wait_states({short: "ready"})
 
 
-def test_a_dead_manager_is_demoted_then_removed(swarm: Cluster, manager: ManagerClient) -> None:
-    shorts = ("x1", "x2")
-    try:
-        with own_nodes(swarm, *shorts):
-            for short in shorts:  # one at a time: each join changes the Raft membership
-                join_as_manager(swarm, short, manager)
-            assert len([r for r in manager.list() if r.role == "manager"]) == 3
-            swarm.kill_node("x2")
-            swarm.wait_states({"x2": "down"})
-            done = manager.remove(hostname(swarm, "x2"))
-            assert (done.was_down, done.demoted) == (True, True)
-            # The live one: refused while it takes work, removed with --force (demoted first).
-            with pytest.raises(Conflict):
-                manager.remove(hostname(swarm, "x1"))
-            forced = manager.remove(hostname(swarm, "x1"), force=True)
-            assert (forced.was_down, forced.demoted, forced.forced) == (False, True, True)
-            rows = manager.list()
-            assert [r.name for r in rows if r.role == "manager"] == [hostname(swarm, "m1")]
-            assert len(rows) == 4
-    finally:
-        demote_own_managers(swarm, shorts)
-
-
 def test_the_join_command_joins_a_fresh_node(swarm: Cluster, manager: ManagerClient) -> None:
     cmd = manager.join_command()
     words = shlex.split(cmd.command)
