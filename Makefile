@@ -37,8 +37,7 @@ lint: venv
 test: system venv images
 	@bash scripts/ensure-system.sh --with-postgres
 	$(MAKE) lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests
-	$(MAKE) test-postgres
+	@bash scripts/run-tests.sh
 
 # The store and API tests again, against a real PostgreSQL from the distro.
 test-postgres: venv
