@@ -416,7 +416,10 @@ def _measure(name: str, step: Callable[[], Result]) -> Result:
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
-def run() -> dict[str, Any]:
+OPERATIONS = ("node_loss", "drain", "rolling_deploy", "broken_release")
+
+
+def run(only: tuple[str, ...] = OPERATIONS) -> dict[str, Any]:
     problems = check_requirements()
     if problems:
         raise SystemExit("the benchmark needs:\n  " + "\n  ".join(problems))
@@ -437,7 +440,7 @@ def run() -> dict[str, Any]:
                 cluster, deploy_timeout=DEPLOY_TIMEOUT, default_intervals=True
             ) as server:
                 berth = BerthSide(cluster, server, image)
-                for op in ("node_loss", "drain", "rolling_deploy", "broken_release"):
+                for op in only:
                     print(f"{op}:", flush=True)
                     results[op] = {
                         "berth": _measure("berth", getattr(berth, op)),
@@ -482,8 +485,9 @@ def table(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", nargs="+", choices=OPERATIONS, default=list(OPERATIONS))
     args = parser.parse_args(argv)
-    results = run()
+    results = run(tuple(args.only))
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
