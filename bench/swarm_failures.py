@@ -459,6 +459,8 @@ def table(results: dict[str, Any]) -> str:
         ("rolling_deploy", "rolled_s"),
         ("broken_release", "rolled_back_s"),
     ):
+        if op not in results:
+            continue  # not asked for (--only)
         for side in ("berth", "plain_swarm"):
             r = results.get(op, {}).get(side, {})
             if "error" in r:
