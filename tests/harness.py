@@ -130,10 +130,22 @@ class LoadResult:
     failures: list[str] = field(default_factory=list)
     bodies: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    # When each failed request started and ended (time.monotonic()), in ``failures``' order.
+    failure_times: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return self.ok + len(self.failures)
+
+    def failures_apart_from(self, at: float, within: float = 2.0) -> list[str]:
+        """Failures other than requests already in flight at ``at`` (a process killed -9 or a
+        link cut then) that ended within ``within`` seconds of it: those no proxy can save
+        once the response has begun."""
+        return [
+            f
+            for f, (start, end) in zip(self.failures, self.failure_times, strict=True)
+            if not (start <= at <= end <= at + within)
+        ]
 
 
 class ClientLoop:
@@ -186,10 +198,12 @@ class ClientLoop:
                 and self.result.total < self.max_requests
             ):
                 started = time.perf_counter()
+                began = time.monotonic()
                 try:
                     resp = client.get(url, headers={"Host": self.host})
                 except httpx.HTTPError as exc:
                     self.result.failures.append(f"{type(exc).__name__}: {exc}")
+                    self.result.failure_times.append((began, time.monotonic()))
                 else:
                     if resp.status_code == 200:
                         self.result.ok += 1
@@ -197,6 +211,7 @@ class ClientLoop:
                         self.result.latencies.append(time.perf_counter() - started)
                     else:
                         self.result.failures.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                        self.result.failure_times.append((began, time.monotonic()))
                 time.sleep(self.pause)
 
 
