@@ -54,6 +54,9 @@ MANIFEST_TYPES = ", ".join(
 )
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _PAGE = 100
+# How long a refused connection is retried: the registry's restart into or out of read-only
+# mode (for a collection) takes well under a second here.
+RESTART_GRACE_SECONDS = 5.0
 
 
 # -- the registry: pure planning -------------------------------------------------------------
@@ -119,8 +122,10 @@ class RegistryApi:
         auth: tuple[str, str] | None = None,
         verify: ssl.SSLContext | bool = True,
         timeout: float = 10.0,
+        restart_grace: float = RESTART_GRACE_SECONDS,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.restart_grace = restart_grace
         self._client = httpx.Client(timeout=timeout, trust_env=False, auth=auth, verify=verify)
 
     def close(self) -> None:
@@ -177,10 +182,26 @@ class RegistryApi:
         return answer if isinstance(answer, dict) else {}
 
     def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self._client.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
-            raise RegistryError(f"the registry cannot be reached ({method} {url}): {exc}") from exc
+        # The registry restarts to go read-only for a collection (it reads its config only at
+        # start), so a refused connection may be that second: wait it out, briefly, before
+        # calling the registry unreachable. Only connecting is retried: a request the registry
+        # received is never sent twice.
+        deadline = time.monotonic() + self.restart_grace
+        pause = 0.05
+        while True:
+            try:
+                return self._client.request(method, url, **kwargs)
+            except httpx.ConnectError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise RegistryError(
+                        f"the registry cannot be reached ({method} {url}): {exc}"
+                    ) from exc
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+            except httpx.HTTPError as exc:
+                raise RegistryError(
+                    f"the registry cannot be reached ({method} {url}): {exc}"
+                ) from exc
 
     @staticmethod
     def _check(response: httpx.Response, url: str) -> None:
