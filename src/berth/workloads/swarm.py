@@ -24,6 +24,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from berth.controllers.backoff import Backoff
 from berth.errors import BerthError, RuntimeFailure
 from berth.runtime.protocol import LABEL_INSTALLATION, LABEL_MANAGED, owner_labels
 from berth.swarm.api import SwarmAPI
@@ -69,6 +70,10 @@ class SwarmWorkloads:
         self._removed_at: dict[str, float] = {}  # group key -> when apply removed its service
         self._removed: dict[str, tuple[WorkloadInstance, float]] = {}  # reported until
         self._refused: dict[str, str] = {}  # group key -> why its service could not be written
+        # A refused write is tried again with per-group exponential backoff (the controllers'
+        # one retry policy), unless the group changed since: a new release or scale goes at once.
+        self._backoff = Backoff()
+        self._refused_as: dict[str, ProcessGroup] = {}  # group key -> the group that was refused
         self._groups: dict[str, ProcessGroup] = {}
         self._names: dict[str, str] = {}  # service id -> name, for tasks that outlive it
         self._specs: dict[str, tuple[ProcessGroup, dict[str, Any]]] = {}
@@ -89,8 +94,13 @@ class SwarmWorkloads:
             by_group = {s["Spec"]["Labels"].get(LABEL_GROUP, ""): s for s in services}
             refused: dict[str, str] = {}
             self._ensure_networks(list(wanted.values()), refused)
+            now = self.clock()
             for key, group in wanted.items():
                 if key in refused:
+                    continue
+                if self._refused_as.get(key) == group and not self._backoff.ready(key, now):
+                    why = self._backoff.waiting(now).get(key, "")
+                    refused[key] = _with_retry(why, self._backoff.next_due(key), now)
                     continue
                 try:
                     spec = self._spec_of(group)
@@ -98,8 +108,16 @@ class SwarmWorkloads:
                 except BerthError as failure:
                     if _unavailable(failure):
                         raise
-                    refused[key] = failure.message
-                    log.warning("swarm: group %s not applied: %s", key, failure.message)
+                    due = self._backoff.failed(key, now, failure.message)
+                    refused[key] = _with_retry(failure.message, due, now)
+                    self._refused_as[key] = group
+                    log.warning("swarm: group %s not applied: %s", key, refused[key])
+                else:
+                    self._backoff.forget(key)
+                    self._refused_as.pop(key, None)
+            for key in [k for k in self._refused_as if k not in wanted]:
+                del self._refused_as[key]
+                self._backoff.forget(key)
             doomed = [s for key, s in by_group.items() if key not in wanted]
             if doomed:
                 self._remember_before_removal(doomed)
@@ -373,6 +391,12 @@ def overlay_name(network: str) -> str:
     return (
         "berth-o-" + network.removeprefix("berth-t-") if network.startswith("berth-t-") else network
     )
+
+
+def _with_retry(why: str, due: float | None, now: float) -> str:
+    if due is None:
+        return why
+    return f"{why} (next try in {max(1, round(due - now))} s)"
 
 
 def _unavailable(failure: BaseException) -> bool:

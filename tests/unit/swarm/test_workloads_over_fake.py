@@ -236,3 +236,51 @@ def test_tasks_that_outlive_their_service_stop_then_are_removed_once() -> None:
     assert backend.instances() == []  # and then gone
     backend.apply([])
     assert fake.networks() == []
+
+
+class RefusingSwarm(FakeSwarmAPI):
+    """A swarm that refuses to create services (a manager's validation error), counting tries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.creates = 0
+        self.refusing = True
+
+    def create_service(self, spec):  # type: ignore[no-untyped-def]
+        self.creates += 1
+        if self.refusing:
+            raise RuntimeFailure("rpc error: code = InvalidArgument desc = no, not today")
+        return super().create_service(spec)
+
+
+def test_a_refused_write_backs_off_exponentially_and_a_changed_group_goes_at_once() -> None:
+    swarm = RefusingSwarm()
+    swarm.add_node("w1", memory_bytes=2 * 1024**3)
+    clock = Clock()
+    backend = SwarmWorkloads(swarm, "inst1", clock=clock)
+    group = replace(GROUP, replicas=1)
+
+    backend.apply([group])
+    assert swarm.creates == 1
+    (pending,) = [i for i in backend.instances() if i.group == group.key]
+    assert pending.state == "pending" and "not today" in pending.reason
+    assert "next try in 1 s" in pending.reason
+
+    # Passes within the wait do not write again; each failure doubles the wait (1, 2, 4 s).
+    tries = []
+    for _ in range(16):
+        clock.now += 0.5
+        backend.apply([group])
+        tries.append(swarm.creates)
+    assert tries[-1] == 4, tries  # tried at +1 s, +3 s, +7 s: not 16 times
+    (pending,) = [i for i in backend.instances() if i.group == group.key]
+    assert "next try in" in pending.reason
+
+    # A new release (another group value) is tried at once, whatever the backoff says.
+    swarm.refusing = False
+    newer = replace(group, replicas=2)
+    backend.apply([newer])
+    assert swarm.creates == 5
+    assert not [i for i in backend.instances() if "not today" in (i.reason or "")]
+    (service,) = swarm.services()
+    assert service["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
