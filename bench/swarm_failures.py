@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import platform
@@ -59,6 +60,42 @@ RESULTS = Path(__file__).resolve().parent / "results" / "swarm_failures.json"
 WORKERS = 7  # a fixed host port and start-first need a free node: 6 replicas + 1
 DEPLOY_TIMEOUT = 30.0
 Result = dict[str, Any]
+
+
+# ---------------------------------------------------------------- where the time goes
+
+
+def _swarm_time(stamp: str) -> float:
+    """Swarm's RFC 3339 time (nanoseconds, Z) as a unix time."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    whole = datetime.datetime.fromisoformat(head).replace(tzinfo=datetime.UTC)
+    return whole.timestamp() + float(f"0.{frac or 0}")
+
+
+def swarm_timeline(cluster: Cluster, node_name: str, app: str, killed: float) -> Result:
+    """After a node loss, from Swarm's own records (the manager's clock is this machine's):
+    when the manager marked the node down, and when the first replacement task was created
+    and reached running. Read after the fact, so the measurement adds no load."""
+    manager = cluster.client(cluster.manager)
+    out: Result = {"swarm_marked_down_s": None, "replacement_created_s": None,
+                   "replacement_running_s": None}  # fmt: skip
+    for node in manager.api.nodes():
+        if node["Description"]["Hostname"] == node_name and node["Status"]["State"] == "down":
+            out["swarm_marked_down_s"] = round(_swarm_time(node["UpdatedAt"]) - killed, 2)
+    replacements = []
+    for service in manager.api.services(filters={"label": f"berth.app-name={app}"}):
+        for task in manager.api.tasks(filters={"service": service["ID"]}):
+            created = _swarm_time(task["CreatedAt"])
+            if created > killed:
+                replacements.append((created, task))
+    if replacements:
+        created, task = min(replacements, key=lambda pair: pair[0])
+        out["replacement_created_s"] = round(created - killed, 2)
+        if task["Status"]["State"] == "running":
+            out["replacement_running_s"] = round(
+                _swarm_time(task["Status"]["Timestamp"]) - killed, 2
+            )
+    return out
 
 
 # ---------------------------------------------------------------- Berth
@@ -95,6 +132,7 @@ class BerthSide:
         with self.traffic(app) as load:
             load.wait_for(40)
             killed = time.monotonic()
+            killed_wall = time.time()
             self.cluster.kill_node(short)
             wait_until(lambda: not (routed(s, app) & lost), 60, "the lost upstream is gone")
             unrouted = time.monotonic() - killed
@@ -109,11 +147,13 @@ class BerthSide:
             )
             serving = time.monotonic() - killed
             load.wait_for(40)
+        timeline = swarm_timeline(self.cluster, victim["node"], app, killed_wall)
         self.cluster.make_whole()
         self.delete(app)
         return {
             "serving_again_s": round(serving, 2),
             "lost_upstreams_gone_s": round(unrouted, 2),
+            **timeline,
             **tally(load.outcomes, cuts=[killed]).as_dict(),
         }
 
@@ -479,9 +519,19 @@ def table(results: dict[str, Any]) -> str:
                 )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
+    text = "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
     )
+    lost = results.get("node_loss", {}).get("berth", {})
+    if "swarm_marked_down_s" in lost:
+        text += (
+            "\nnode loss on Berth, seconds after the kill: Swarm marked the node down "
+            f"{lost['swarm_marked_down_s']}, "
+            f"created a replacement {lost['replacement_created_s']}, "
+            f"which ran at {lost['replacement_running_s']}; Berth served it (healthy, routed) "
+            f"at {lost['serving_again_s']}"
+        )
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
