@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from berth.cluster.labels import ZONE
+from berth.swarm.guard_service import LABEL_GUARD
 from berth.workloads.protocol import LABEL_APP_NAME, LABEL_INSTALLATION, LABEL_TENANT
 
 # Task states in which a task holds (or is about to hold) its reservation on its node.
@@ -58,6 +59,9 @@ class NodeRow:
     # changed (the Swarm keeps no other time), i.e. since when it is down.
     last_seen: float | None = None
     berth_tasks: Sequence[TaskRow] = field(default_factory=tuple)
+    # Berth's node guard there (berth.swarm.guard_service): its task's state ("running",
+    # "starting", "failed", ...); "" when none is meant to run there (no guard, or drained).
+    guard: str = ""
 
     def to_json(self, with_tasks: bool = False) -> dict[str, Any]:
         out = asdict(self)
@@ -98,6 +102,19 @@ def _labels_of_task(task: Mapping[str, Any]) -> Mapping[str, str]:
     return labels
 
 
+def is_guard(task: Mapping[str, Any]) -> bool:
+    return _labels_of_task(task).get(LABEL_GUARD) == "true"
+
+
+def guard_state(tasks: Iterable[Mapping[str, Any]]) -> str:
+    """The state of the newest guard task meant to run among ``tasks`` (one node's)."""
+    meant = [t for t in tasks if is_guard(t) and t.get("DesiredState") in ("running", "ready")]
+    if not meant:
+        return ""
+    newest = max(meant, key=lambda t: int((t.get("Version") or {}).get("Index") or 0))
+    return task_state(newest)
+
+
 def is_berths(task: Mapping[str, Any], installation: str) -> bool:
     return _labels_of_task(task).get(LABEL_INSTALLATION) == installation
 
@@ -135,9 +152,8 @@ def node_row(
     labels = {str(k): str(v) for k, v in (spec.get("Labels") or {}).items()}
     reserved_mem = reserved_cpu = instances = running = 0
     berth_tasks: list[TaskRow] = []
-    for task in tasks:
-        if task.get("NodeID") != node_id:
-            continue
+    here = [task for task in tasks if task.get("NodeID") == node_id]
+    for task in here:
         state = task_state(task)
         desired = str(task.get("DesiredState") or "")
         mem, cpu = _reservation(task)
@@ -188,6 +204,7 @@ def node_row(
         updated_at=updated,
         last_seen=now if state == "ready" else updated,
         berth_tasks=tuple(sorted(berth_tasks, key=lambda t: (t.app, t.id))),
+        guard=guard_state(here),
     )
 
 

@@ -16,7 +16,9 @@ registry). The guard, in the node's filter table:
   node's ``ip_local_port_range``) from a source that is not an ingress address is dropped.
 - ``BERTH-NG-INPUT`` (jumped to first from ``INPUT``): replies pass; nothing new from a
   container interface reaches the node itself (its docker-proxy ports, 2377, 7946, anything);
-  Swarm's ports answer the cluster's nodes only (``BERTH-NG-SWARM``).
+  Swarm's ports answer the cluster's nodes only (``BERTH-NG-SWARM``), and the managers' port
+  also the networks new nodes join from (``join_from``: a machine that is not a node yet must
+  reach 2377 to join; the join token and Swarm's mutual TLS guard it there).
 
 Both layers are needed: an ingress may run on a node, and a container on that node leaves it
 masqueraded to the node's (ingress) address, so the target node alone cannot tell them apart;
@@ -48,7 +50,8 @@ HOOKS = (("DOCKER-USER", FORWARD_CHAIN), ("INPUT", INPUT_CHAIN))
 
 GWBRIDGE = "docker_gwbridge"  # a Swarm task's way out of its node
 CONTAINER_INTERFACES = (GWBRIDGE, "docker0", "br-+")  # '+' is iptables' prefix wildcard
-SWARM_TCP_PORTS = (2377, 7946)  # managers' API (also workers' listen port), gossip
+MANAGER_PORT = 2377  # the managers' API, where a new node joins
+SWARM_TCP_PORTS = (MANAGER_PORT, 7946)  # managers' API (also workers' listen port), gossip
 SWARM_UDP_PORTS = (7946, 4789)  # gossip, VXLAN (a stranger must not inject into overlays)
 # Docker allocates dynamic host ports from the node's ip_local_port_range (this kernel's
 # default): Swarm's host-mode tasks without a published port got 32768, 32769, ... here.
@@ -71,6 +74,7 @@ class NodeGuard:
     container_interfaces: tuple[str, ...] = CONTAINER_INTERFACES
     swarm_tcp_ports: tuple[int, ...] = SWARM_TCP_PORTS
     swarm_udp_ports: tuple[int, ...] = SWARM_UDP_PORTS
+    join_from: tuple[ipaddress.IPv4Network, ...] = ()  # may reach MANAGER_PORT too
 
     @property
     def forbidden(self) -> tuple[ipaddress.IPv4Network, ...]:
@@ -109,6 +113,7 @@ def build_guard(
     protected: Sequence[str] = (),
     published_ports: str | None = None,
     container_interfaces: Sequence[str] = CONTAINER_INTERFACES,
+    join_from: Sequence[str] = (),
 ) -> NodeGuard:
     """A guard from what an operator types; NetPolicyError says what is wrong."""
     if not ingress:
@@ -127,6 +132,7 @@ def build_guard(
             parse_port_range(published_ports) if published_ports else DEFAULT_PUBLISHED_PORTS
         ),
         container_interfaces=interfaces,
+        join_from=parse_networks(join_from, "join from"),
     )
 
 
@@ -165,6 +171,11 @@ def rules(guard: NodeGuard) -> list[list[str]]:
                     *[",".join(str(p) for p in ports), "-j", SWARM_CHAIN],
                 ]
             )
+    for net in guard.join_from:
+        out.append(
+            ["-A", SWARM_CHAIN, "-p", "tcp", "--dport", str(MANAGER_PORT), "-s", str(net),
+             "-j", "RETURN"]
+        )  # fmt: skip
     for net in guard.nodes:
         out.append(["-A", SWARM_CHAIN, "-s", str(net), "-j", "RETURN"])
     out.append(["-A", SWARM_CHAIN, *_DROP])
@@ -188,6 +199,7 @@ def describe(guard: NodeGuard) -> str:
         [
             f"# published ports {low}-{high} answer only: {nets(map(str, guard.ingress))}",
             f"# Swarm ports answer only: {nets(map(str, guard.nodes))}",
+            f"# port {MANAGER_PORT} (joining) also: {nets(map(str, guard.join_from)) or '-'}",
             "# containers never reach: " + nets(map(str, guard.forbidden)) + ", nor this node",
         ]
     )

@@ -12,13 +12,22 @@ only, never a shell.
     python -m berth.netpolicy.node_guard apply  (the same options) [--netns NAME]
     python -m berth.netpolicy.node_guard status [--netns NAME]
     python -m berth.netpolicy.node_guard remove [--netns NAME]
+    python -m berth.netpolicy.node_guard run    (apply's options) [--interval 10]
+
+``run`` is what Berth's own guard service runs on every node (berth.swarm.guard_service): it
+applies the guard, then checks it every ``--interval`` seconds and applies it again if someone
+or something took it away. On SIGTERM (Swarm replacing it with a guard of newer facts) it
+exits and leaves the rules in place: the next guard replaces them in one transaction, so
+there is never a moment without them.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,17 +35,20 @@ from berth.netpolicy.iptables import Runner, run_command
 from berth.netpolicy.node_guard import (
     CHAINS,
     HOOKS,
+    MANAGER_PORT,
     NodeGuard,
     build_guard,
     describe,
     parse_port_range,
     restore_text,
+    rules,
 )
 from berth.netpolicy.plan import NetPolicyError
 
 NETNS_DIR = Path("/run/netns")
 PORT_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"  # per network namespace
 _LOCK_WAIT = ["-w", "10"]
+DEFAULT_CHECK_SECONDS = 10.0
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -76,6 +88,21 @@ class NodeGuardFirewall:
                 self._iptables_ok("-I", hook, "1", "-j", chain)
             for _ in range(count - 1):  # a race left a second one
                 self._iptables_ok("-D", hook, "-j", chain)
+
+    def matches(self, guard: NodeGuard) -> bool:
+        """Installed, and each chain holds as many rules as ``guard`` puts there (someone
+        flushing or editing a chain is seen; iptables rewrites a rule's text, so the count
+        is what is compared)."""
+        if not self.installed():
+            return False
+        wanted: dict[str, int] = dict.fromkeys(CHAINS, 0)
+        for rule in rules(guard):
+            wanted[rule[1]] += 1
+        for chain, count in wanted.items():
+            lines = self.rules(chain) or []
+            if sum(1 for line in lines if line.startswith("-A ")) != count:
+                return False
+        return True
 
     def installed(self) -> bool:
         """Every chain exists and each hook jumps to the guard exactly once."""
@@ -118,6 +145,34 @@ class NodeGuardFirewall:
             raise NetPolicyError(f"iptables {' '.join(args)} failed: {_why(result)}")
 
 
+def keep_applied(
+    firewall: NodeGuardFirewall, guard: NodeGuard, interval: float, stop: threading.Event
+) -> int:
+    """Check every ``interval`` seconds; apply again whatever went missing. Returns 0 once
+    ``stop`` is set, the rules left as they are. A failed check is reported and retried."""
+    interval = max(interval, 0.5)
+    while not stop.wait(interval):
+        try:
+            if not firewall.matches(guard):
+                firewall.apply(guard)
+                print("the guard was changed or removed: applied again", flush=True)
+        except NetPolicyError as exc:
+            print(f"error: {exc.message} (retrying in {interval:g}s)", file=sys.stderr, flush=True)
+    print("stopping; the rules stay until the next guard replaces them", flush=True)
+    return 0
+
+
+def _stop_on_sigterm() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
 def _why(result: object) -> str:
     stderr = str(getattr(result, "stderr", "") or "")
     stdout = str(getattr(result, "stdout", "") or "")
@@ -131,7 +186,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Tenant isolation on a Swarm node: print, apply, check or remove the guard.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("print", "print the rules"), ("apply", "install or refresh them")):
+    for name, text in (
+        ("print", "print the rules"),
+        ("apply", "install or refresh them"),
+        ("run", "apply, then keep them applied until SIGTERM (Berth's guard service)"),
+    ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument(
             "--ingress",
@@ -156,11 +215,25 @@ def _parser() -> argparse.ArgumentParser:
             "registry, the overlay pool, private ranges); repeatable",
         )
         sub.add_argument(
+            "--join-from",
+            action="append",
+            default=[],
+            metavar="ADDR|CIDR",
+            help=f"may reach the managers' port {MANAGER_PORT} (machines joining); repeatable",
+        )
+        sub.add_argument(
             "--published-ports",
             metavar="LOW-HIGH",
             help="Docker's dynamic port range (default: this node's ip_local_port_range)",
         )
         sub.add_argument("--netns", help="a network namespace (/run/netns/NAME)")  # fmt: skip
+        if name == "run":
+            sub.add_argument(
+                "--interval",
+                type=float,
+                default=DEFAULT_CHECK_SECONDS,
+                help="seconds between checks that the guard is still in place",
+            )
     for name, text in (("status", "say whether it is installed"), ("remove", "take it away")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--netns", help="a network namespace (/run/netns/NAME)")
@@ -171,12 +244,14 @@ def main(argv: Sequence[str], runner: Runner = run_command) -> int:
     args = _parser().parse_args(list(argv))
     try:
         firewall = NodeGuardFirewall(args.netns, runner)
-        if args.command in ("print", "apply"):
+        if args.command in ("print", "apply", "run"):
             ports = args.published_ports
             if ports is None:
                 low, high = firewall.port_range()
                 ports = f"{low}-{high}"
-            guard = build_guard(args.ingress, args.nodes, args.protect, ports)
+            guard = build_guard(
+                args.ingress, args.nodes, args.protect, ports, join_from=args.join_from
+            )
             if args.command == "print":
                 print(describe(guard))
                 print(restore_text(guard), end="")
@@ -184,6 +259,8 @@ def main(argv: Sequence[str], runner: Runner = run_command) -> int:
             firewall.apply(guard)
             print(describe(guard))
             print("applied: DOCKER-USER and INPUT jump to BERTH-NG-FORWARD / BERTH-NG-INPUT")
+            if args.command == "run":
+                return keep_applied(firewall, guard, args.interval, _stop_on_sigterm())
             return 0
         if args.command == "status":
             ok = firewall.installed()

@@ -1,0 +1,149 @@
+"""Keep the node guard service (berth.swarm.guard_service) equal to the swarm's facts.
+
+The leader runs it on the swarm backend, every ``interval`` seconds and when woken: it reads
+the nodes (addresses, ``ingress`` labels), makes the guard's image ready once per process
+(built on the engine Berth talks to, pushed to the platform registry, pinned by digest), and
+creates the service, updates it when a node joined or left or a label changed, or leaves it.
+
+Where Berth's own servers are (their nginx reaches the published ports): the setting
+``server_addresses``; empty, this server's own source address toward the swarm's manager (the
+address the nodes see it connect from), which is right for one server. Several servers on one
+store: list them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from berth.errors import BerthError
+from berth.netpolicy.plan import NetPolicyError
+from berth.periodic import PeriodicLoop
+from berth.swarm.api import SwarmAPI
+from berth.swarm.guard_service import (
+    LABEL_GUARD,
+    GuardAction,
+    GuardFacts,
+    check_facts,
+    guard_facts,
+    guard_spec,
+    node_address,
+    plan_service,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    server_addresses: tuple[str, ...]  # empty: found from the route to the manager
+    protected: tuple[str, ...]
+    join_from: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    action: GuardAction
+    facts: GuardFacts
+    image: str
+
+
+def source_address_toward(address: str) -> str:
+    """This machine's source address for packets to ``address`` (a UDP socket's connect
+    picks the route; nothing is sent). Empty when there is no route."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((address, 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return ""
+
+
+class NodeGuardSync:
+    """``image()`` returns the guard image's pinned reference (building and pushing it the
+    first time; raising BerthError when it cannot)."""
+
+    def __init__(
+        self,
+        api: SwarmAPI,
+        installation: str,
+        settings: GuardSettings,
+        image: Callable[[], str],
+        *,
+        interval: float = 3.0,
+        is_leader: Callable[[], bool] = lambda: True,
+        wanted: Callable[[], bool] = lambda: True,
+        route_source: Callable[[str], str] = source_address_toward,
+    ) -> None:
+        self.api = api
+        self.installation = installation
+        self.settings = settings
+        self._image = image
+        self._is_leader = is_leader
+        self._wanted = wanted
+        self._route_source = route_source
+        self._reference = ""
+        self._lock = threading.Lock()
+        self.last: SyncOutcome | None = None
+        self.loop = PeriodicLoop("berth-node-guard", self.pass_once, interval)
+        self._started = False
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self.loop.start()
+
+    def stop(self) -> None:
+        if self._started:
+            self.loop.stop()
+            self._started = False
+
+    def wake(self) -> None:
+        self.loop.wake()
+
+    def pass_once(self) -> SyncOutcome | None:
+        """One pass (the loop's body): nothing off the swarm backend or off the lease."""
+        if not self._wanted() or not self._is_leader():
+            return None
+        with self._lock:
+            return self.sync()
+
+    def sync(self) -> SyncOutcome:
+        nodes = self.api.nodes()
+        facts = guard_facts(
+            nodes, self.server_addresses(nodes), self.settings.protected, self.settings.join_from
+        )
+        try:
+            check_facts(facts)
+        except NetPolicyError as bad:
+            raise BerthError(f"the node guard's facts are refused: {bad.message}") from None
+        if not self._reference:
+            self._reference = self._image()
+        spec = guard_spec(self._reference, facts, self.installation)
+        action = plan_service(self.api.services(labels={LABEL_GUARD: "true"}), spec)
+        if action.kind == "create":
+            self.api.create_service(spec)
+            log.info("node guard: service created for %d nodes", len(facts.nodes))
+        elif action.kind == "update":
+            self.api.update_service(action.service_id, action.version, spec)
+            log.info(
+                "node guard: updated (nodes %s, ingress %s)",
+                ", ".join(facts.nodes),
+                ", ".join(facts.ingress),
+            )
+        self.last = SyncOutcome(action, facts, self._reference)
+        return self.last
+
+    def server_addresses(self, nodes: Sequence[dict[str, Any]]) -> list[str]:
+        if self.settings.server_addresses:
+            return list(self.settings.server_addresses)
+        managers = [n for n in nodes if (n.get("Spec") or {}).get("Role") == "manager"]
+        for node in managers or nodes:
+            found = self._route_source(node_address(node)) if node_address(node) else ""
+            if found and not found.startswith("127."):
+                return [found]
+        return []
