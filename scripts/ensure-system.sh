@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install and start what Berth needs from the distro: Docker Engine, nginx, busybox-static,
 # debootstrap (for the offline base images), docker-registry (the platform registry) and, with --with-postgres, what only the tests use:
-# PostgreSQL, and dnsmasq (a DNS server on loopback for the domain-proof tests).
+# PostgreSQL, dnsmasq (a DNS server on loopback for the domain-proof tests), redis-server and
+# mariadb-server (the managed-database tests start their own servers from them).
 # Idempotent: installs only what is missing and starts only what is not running.
 set -euo pipefail
 
@@ -34,6 +35,13 @@ if [ "$WITH_POSTGRES" = 1 ] && [ ! -x /usr/lib/postgresql/15/bin/postgres ]; the
 fi
 if [ "$WITH_POSTGRES" = 1 ] && ! command -v dnsmasq >/dev/null 2>&1; then
   need+=(dnsmasq-base)
+fi
+# The managed-database tests (tests/databases) start their own redis-server and mariadbd.
+if [ "$WITH_POSTGRES" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
+  need+=(redis-server)
+fi
+if [ "$WITH_POSTGRES" = 1 ] && ! command -v mariadbd >/dev/null 2>&1; then
+  need+=(mariadb-server)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -1,0 +1,311 @@
+"""PostgreSQL: one LOGIN role and one database owned by it per tenant database.
+
+The role is NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS with the plan's
+CONNECTION LIMIT; ``CONNECT, TEMPORARY`` on its database are revoked from PUBLIC and CONNECT is
+granted to the role alone, so no other tenant's role can connect to it. ``prepare`` also takes
+CONNECT on the maintenance databases (``postgres``, ``template1``) from PUBLIC.
+
+What a tenant's role can still see, because PostgreSQL shows every role the shared catalogs:
+the names of all databases (``pg_database``) and roles (``pg_roles``), which are opaque hashes
+(``names.server_names``), the existence of other sessions in ``pg_stat_activity`` (without their
+user's query text, which only the same role or a superuser sees), tablespaces and server
+settings. It sees no table, row or schema of another database: those catalogs live inside each
+database, and it cannot connect to any database but its own.
+
+The size quota. ``ALTER DATABASE ... SET default_transaction_read_only = on`` alone would not
+hold: any session can ``SET transaction_read_only = off``, and the owner can even ``ALTER
+DATABASE ... RESET`` it. So over quota the database and everything in it change owner to a
+NOLOGIN role of Berth's (``names.owner``, by ``REASSIGN OWNED``) and the tenant's role keeps
+USAGE on its schemas and SELECT (plus DELETE and TRUNCATE, so it can free space) on its tables:
+privileges it cannot give itself back. SECURITY DEFINER routines (which would run as the new
+owner) lose EXECUTE, and so do the functions that create large objects (which need no table
+privilege). The read-only default stays too, for a plain message. Under quota again, ownership
+returns to the tenant's role. The tenant's sessions are ended around the change (the role
+cannot log in meanwhile), so nothing created between the two steps keeps write rights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from berth.databases.errors import (
+    DatabaseExists,
+    DatabaseNotFound,
+    DatabaseServerError,
+    DatabaseServerUnavailable,
+)
+from berth.databases.names import Engine, new_password
+from berth.databases.provider import Account, Credentials, Usage
+from berth.databases.scram import postgres_scram_verifier
+
+_MAINTENANCE_DATABASES = ("postgres", "template1")
+# The pg_catalog functions that create a large object: they check no table privilege, so over
+# quota they lose EXECUTE in the tenant's database (pg_proc is per database).
+_LARGE_OBJECT_CREATORS = (
+    "pg_catalog.lo_creat(integer)",
+    "pg_catalog.lo_create(oid)",
+    "pg_catalog.lo_from_bytea(oid, bytea)",
+)
+_TENANT_SCHEMAS = """
+    SELECT n.nspname FROM pg_namespace n
+    WHERE n.nspowner IN (%s::regrole, 'pg_database_owner'::regrole)
+      AND n.nspname NOT LIKE 'pg\\_%%' AND n.nspname <> 'information_schema'
+"""
+# Sent without parameters, so its % are the server's. The statements are composed by the
+# server itself (format and regprocedure's output are PostgreSQL's own quoting): the routines'
+# names are the tenant's text.
+_SECURITY_DEFINER_ROUTINES = """
+    SELECT format('{verb} EXECUTE ON ROUTINE %s {direction} PUBLIC', p.oid::regprocedure)
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE p.prosecdef AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+"""
+
+
+class PostgresProvider:
+    engine: Engine = "postgres"
+
+    def __init__(
+        self, admin_url: str, *, tenant_host: str | None = None, tenant_port: int | None = None
+    ) -> None:
+        self._conninfo = admin_url
+        parts = conninfo_to_dict(admin_url)
+        self._tenant_host = tenant_host or str(parts.get("host") or "127.0.0.1")
+        self._tenant_port = tenant_port or int(parts.get("port") or 5432)
+
+    # -- connections -------------------------------------------------------------------------
+
+    @contextmanager
+    def _admin(self, dbname: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+        extra: dict[str, Any] = {"dbname": dbname} if dbname else {}
+        # A database over quota defaults to read-only; Berth's own sessions must not.
+        extra["options"] = "-c default_transaction_read_only=off"
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10, **extra)
+        except psycopg.OperationalError as exc:
+            if dbname is not None:
+                raise DatabaseNotFound("the database is not on its server") from exc
+            raise DatabaseServerUnavailable(f"PostgreSQL admin connection failed: {exc}") from exc
+        try:
+            yield conn
+        except psycopg.errors.OperationalError as exc:
+            raise DatabaseServerUnavailable(f"PostgreSQL failed: {exc}") from exc
+        except psycopg.Error as exc:
+            raise DatabaseServerError(f"PostgreSQL refused a statement: {exc}") from exc
+        finally:
+            conn.close()
+
+    # -- the interface -----------------------------------------------------------------------
+
+    def check(self) -> None:
+        with self._admin() as conn:
+            row = conn.execute(
+                "SELECT rolsuper OR rolcreaterole AND rolcreatedb FROM pg_roles "
+                "WHERE rolname = current_user"
+            ).fetchone()
+            if not row or not row[0]:
+                raise DatabaseServerError("the admin role cannot create roles and databases")
+
+    def prepare(self) -> None:
+        with self._admin() as conn:
+            for db in _MAINTENANCE_DATABASES:
+                conn.execute(
+                    sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                        sql.Identifier(db)
+                    )
+                )
+
+    def exists(self, account: Account) -> bool:
+        n = account.names
+        with self._admin() as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM pg_database WHERE datname = %s)"
+                " + (SELECT count(*) FROM pg_roles WHERE rolname IN (%s, %s))",
+                (n.database, n.user, n.owner),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def credentials(self, account: Account, password: str) -> Credentials:
+        return Credentials(
+            engine="postgres",
+            host=self._tenant_host,
+            port=self._tenant_port,
+            database=account.names.database,
+            username=account.names.user,
+            password=password,
+        )
+
+    def create(self, account: Account) -> Credentials:
+        if self.exists(account):
+            raise DatabaseExists("the database already exists on its server")
+        n = account.names
+        password = new_password()
+        role, db = sql.Identifier(n.user), sql.Identifier(n.database)
+        try:
+            with self._admin() as conn:
+                conn.execute(
+                    sql.SQL(
+                        "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+                        " NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {}"
+                    ).format(
+                        role,
+                        sql.Literal(int(account.connection_limit)),
+                        sql.Literal(postgres_scram_verifier(password)),
+                    )
+                )
+                conn.execute(
+                    sql.SQL(
+                        "CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING 'UTF8'"
+                    ).format(db, role)
+                )
+                conn.execute(
+                    sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(db)
+                )
+                # Explicit, so the role still connects while Berth's role owns the database.
+                conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, role))
+            with self._admin(n.database) as conn:
+                conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        except BaseException:
+            self.drop(account)
+            raise
+        return self.credentials(account, password)
+
+    def drop(self, account: Account) -> None:
+        n = account.names
+        with self._admin() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(n.database)
+                )
+            )
+            for role in (n.user, n.owner):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+    def rotate_password(self, account: Account) -> Credentials:
+        password = new_password()
+        with self._admin() as conn:
+            if not self._role_exists(conn, account.names.user):
+                raise DatabaseNotFound("the database's role is not on its server")
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(account.names.user),
+                    sql.Literal(postgres_scram_verifier(password)),
+                )
+            )
+        return self.credentials(account, password)
+
+    def usage(self, account: Account) -> Usage:
+        n = account.names
+        with self._admin() as conn:
+            row = conn.execute(
+                "SELECT pg_database_size(d.oid),"
+                " (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid)"
+                " FROM pg_database d WHERE d.datname = %s",
+                (n.database,),
+            ).fetchone()
+        if row is None:
+            raise DatabaseNotFound("the database is not on its server")
+        return Usage(bytes_used=int(row[0]), connections=int(row[1]))
+
+    def set_write_allowed(self, account: Account, allowed: bool) -> None:
+        n = account.names
+        role, owner, db = (sql.Identifier(x) for x in (n.user, n.owner, n.database))
+        with self._admin() as conn:
+            if not self._role_exists(conn, n.user):
+                raise DatabaseNotFound("the database's role is not on its server")
+            current = conn.execute(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                (n.database,),
+            ).fetchone()
+            if current is None:
+                raise DatabaseNotFound("the database is not on its server")
+            if (current[0] == n.user) == allowed:
+                return
+            if not allowed and not self._role_exists(conn, n.owner):
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(owner))
+            # Nobody of the tenant's is connected while the owner changes.
+            conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
+            try:
+                self._end_sessions(conn, n.user)
+                with self._admin(n.database) as dbconn:
+                    if allowed:
+                        self._give_back(dbconn, account)
+                    else:
+                        self._take_writes(dbconn, account)
+                conn.execute(
+                    sql.SQL(
+                        "ALTER DATABASE {} RESET default_transaction_read_only"
+                        if allowed
+                        else "ALTER DATABASE {} SET default_transaction_read_only = on"
+                    ).format(db)
+                )
+            finally:
+                conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(role))
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _role_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+        return (
+            conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+            is not None
+        )
+
+    @staticmethod
+    def _end_sessions(conn: psycopg.Connection[Any], role: str) -> None:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s",
+            (role,),
+        )
+
+    @staticmethod
+    def _take_writes(conn: psycopg.Connection[Any], account: Account) -> None:
+        n = account.names
+        role, owner = sql.Identifier(n.user), sql.Identifier(n.owner)
+        with conn.transaction():
+            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(role, owner))
+            # The role's own CONNECT went with its ownership.
+            conn.execute(
+                sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                    sql.Identifier(n.database), role
+                )
+            )
+            schemas = [r[0] for r in conn.execute(_TENANT_SCHEMAS, (n.owner,)).fetchall()]
+            for schema in schemas:
+                s = sql.Identifier(schema)
+                conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, role))
+                conn.execute(
+                    sql.SQL(
+                        "GRANT SELECT, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {} TO {}"
+                    ).format(s, role)
+                )
+                conn.execute(
+                    sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(s, role)
+                )
+            for (statement,) in conn.execute(
+                _SECURITY_DEFINER_ROUTINES.format(verb="REVOKE", direction="FROM")
+            ).fetchall():
+                conn.execute(statement)
+            for fn in _LARGE_OBJECT_CREATORS:
+                conn.execute(sql.SQL(f"REVOKE EXECUTE ON FUNCTION {fn} FROM PUBLIC"))
+
+    @staticmethod
+    def _give_back(conn: psycopg.Connection[Any], account: Account) -> None:
+        n = account.names
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("REASSIGN OWNED BY {} TO {}").format(
+                    sql.Identifier(n.owner), sql.Identifier(n.user)
+                )
+            )
+            for (statement,) in conn.execute(
+                _SECURITY_DEFINER_ROUTINES.format(verb="GRANT", direction="TO")
+            ).fetchall():
+                conn.execute(statement)
+            for fn in _LARGE_OBJECT_CREATORS:
+                conn.execute(sql.SQL(f"GRANT EXECUTE ON FUNCTION {fn} TO PUBLIC"))
