@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import berth.proxy.nginx as nginx_module
 from berth.errors import ProxyConfigError
 from berth.proxy.model import ProxyConfig, Route, Upstream
 from berth.proxy.nginx import NginxManager
+from tests.harness import wait_until
 
 NGINX = "/usr/sbin/nginx"
 pytestmark = [pytest.mark.nginx]
@@ -338,3 +340,57 @@ def test_stop_stops_it(manager: NginxManager, port: int) -> None:
     assert not manager.is_running()
     with pytest.raises(httpx.ConnectError), httpx.Client(trust_env=False) as c:
         c.get(f"http://127.0.0.1:{port}/")
+
+
+def test_reloads_under_load_retire_the_old_workers_and_lose_no_request(
+    manager: NginxManager, backends: Callable[[str], Backend], port: int
+) -> None:
+    """Berth stops the old workers itself once the new ones are up (not after the master's
+    pause): no request is lost, fresh or kept alive, and the master keeps its worker count
+    (nothing it had to respawn)."""
+    a, b = backends("hello-A"), backends("hello-B")
+    manager.apply(manager.config((serving(a),), 1))
+    master = manager.pid()
+    assert master is not None
+    workers = wait_until(lambda: nginx_module._workers_of(master), 10, "nginx's workers are up")
+    stop = threading.Event()
+    failures: list[str] = []
+    done = [0]
+
+    def load(keep_alive: bool) -> None:
+        limits = httpx.Limits(max_keepalive_connections=1 if keep_alive else 0)
+        with httpx.Client(timeout=5.0, trust_env=False, limits=limits) as c:
+            while not stop.is_set():
+                try:
+                    resp = get(c, port, HOST)
+                    if resp.status_code != 200:
+                        failures.append(f"HTTP {resp.status_code}")
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                done[0] += 1
+
+    threads = [threading.Thread(target=load, args=(k,), daemon=True) for k in (True, False)]
+    for t in threads:
+        t.start()
+    try:
+        for generation in range(2, 12):
+            before = nginx_module._workers_of(master)
+            backend = b if generation % 2 else a
+            assert manager.apply(manager.config((serving(backend),), generation)) is True
+            assert manager.wait_for_generation(generation, timeout=5)
+            # The workers of the config before are asked to stop: none serves any more.
+            wait_until(partial(_none_serves, master, before), 10, "the old workers stop serving")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert failures == []
+    assert done[0] > 0
+    assert manager.pid() == master
+    assert len(nginx_module._workers_of(master)) == len(workers)
+    log = manager.paths.error_log.read_text()
+    assert "respawn" not in log and "exited on signal" not in log
+
+
+def _none_serves(master: int, pids: set[int]) -> bool:
+    return not nginx_module._workers_of(master) & pids

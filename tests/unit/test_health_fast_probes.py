@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from berth.agent.health import (
+    FAST_PROBE_BURST_SECONDS,
+    FAST_PROBE_SLOW_STEP_SECONDS,
     FAST_PROBE_STEP_SECONDS,
     FAST_PROBE_WINDOW_SECONDS,
     LABEL_HEALTH_PATH,
@@ -46,6 +48,24 @@ def test_fast_probes_end_with_their_window() -> None:
     assert 30 <= probes <= 41  # bounded: about window / step probes, then regular rounds
 
 
+def test_probes_are_quick_while_it_boots_then_slower_until_the_window_ends() -> None:
+    fast = FastProbes(step=0.02, window=10.0, burst=2.0, slow_step=0.1)
+    fast.add("c1", now=0.0)
+    fast.probed("c1", 1.0, passed=False)  # booting: the next probe is one quick step away
+    assert fast.next_at() == pytest.approx(1.02)
+    fast.probed("c1", 2.5, passed=False)  # past the burst: the slow step
+    assert fast.next_at() == pytest.approx(2.6)
+    now, probes = 0.0, 0
+    fast.add("c2", now=0.0)
+    while fast.due(now) or "c2" in fast:
+        if "c2" in fast.due(now):
+            probes += 1
+            fast.probed("c2", now, passed=False)
+        now = round(now + 0.01, 2)
+    # ~100 quick probes in the burst, ~80 slow ones after it: fewer than 50 ms steps would make
+    assert 150 <= probes <= 200
+
+
 def test_a_restart_gets_a_new_window_and_discard_ends_it() -> None:
     fast = FastProbes(step=0.05, window=1.0)
     fast.add("c1", now=0.0)
@@ -60,6 +80,8 @@ def test_a_restart_gets_a_new_window_and_discard_ends_it() -> None:
 
 def test_the_defaults_are_quick_and_bounded() -> None:
     assert 0.01 <= FAST_PROBE_STEP_SECONDS <= 0.1
+    assert FAST_PROBE_STEP_SECONDS < FAST_PROBE_SLOW_STEP_SECONDS <= 1.0
+    assert FAST_PROBE_BURST_SECONDS < FAST_PROBE_WINDOW_SECONDS
     assert 1.0 <= FAST_PROBE_WINDOW_SECONDS <= 60.0
 
 

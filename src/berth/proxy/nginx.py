@@ -4,6 +4,13 @@ nginx daemonizes itself (its own session), so it keeps serving while Berth is st
 restarting or killed. A new ``NginxManager`` on the same directory adopts the running master
 and never restarts it. A config reaches nginx only after ``nginx -t`` accepted it; a rejected
 config leaves the live one untouched.
+
+A reload does not wait out nginx's own pause: after starting the new workers the master sleeps
+100 ms before it asks the old ones to stop, and until then the old workers take (nearly) every
+new connection and keep their idle keep-alive ones, so a new route is seen ~0.1 s late. Once
+all the new workers are up, Berth asks the old ones itself (SIGQUIT: nginx's graceful shutdown
+of a worker, as the master would 100 ms later): they finish what they serve and stop accepting,
+and new connections wait in the listen socket's backlog for a new worker, never refused.
 """
 
 from __future__ import annotations
@@ -35,6 +42,10 @@ GENERATION_PATH = "/__berth/generation"
 PROBE_HOST = "berth-generation-probe"
 _COMMAND_TIMEOUT = 30.0
 _START_TIMEOUT = 10.0
+# How long a reload waits for the master's new workers before leaving the old ones to it (a
+# config the master cannot load starts none: the old workers then go on serving).
+_NEW_WORKERS_TIMEOUT = 1.0
+_WORKER_TITLE = "nginx: worker process"
 
 
 class NginxManager:
@@ -124,8 +135,10 @@ class NginxManager:
             pid = self.pid()
             if pid is None:
                 raise ProxyConfigError("nginx is not running, cannot reload it")
+            old = _workers_of(pid)
             os.kill(pid, signal.SIGHUP)
             self.reload_count += 1
+            _retire_old_workers(pid, old)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful shutdown (SIGQUIT), then fast (SIGTERM), then SIGKILL if it hangs."""
@@ -290,6 +303,50 @@ class NginxManager:
             return int(response.text.strip())
         except ValueError:
             return None
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:  # a kernel without the children file: every process's parent
+        found = set()
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError, IndexError):
+                    stat = (proc / "stat").read_text().rpartition(")")[2].split()
+                    if int(stat[1]) == pid:
+                        found.add(int(proc.name))
+        return found
+    return {int(p) for p in text.split()}
+
+
+def _workers_of(master: int) -> set[int]:
+    """The master's serving workers: a forked child takes the worker title once it is set up
+    (its listening sockets in its event loop), so a new one counts only when it can accept; a
+    stopping one is titled "... is shutting down"."""
+    return {p for p in _children(master) if _cmdline(str(p)).strip() == _WORKER_TITLE}
+
+
+def _retire_old_workers(master: int, old: set[int]) -> None:
+    """After a SIGHUP: once as many new workers as old ones are up, stop the old ones
+    gracefully now rather than after the master's 100 ms pause. Nothing happens when no new
+    workers come (the master kept the old config) or the old ones are already stopping."""
+    if not old:
+        return
+    deadline = time.monotonic() + _NEW_WORKERS_TIMEOUT
+    while True:
+        workers = _workers_of(master)
+        if not workers & old:
+            return  # the master already asked them (its pause is over)
+        if len(workers - old) >= len(old):
+            break
+        if time.monotonic() >= deadline:
+            log.warning("nginx started no new workers after a reload (see its error log)")
+            return
+        time.sleep(0.002)
+    for pid in workers & old:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
 
 
 def _worker_identity() -> tuple[str | None, str | None]:
