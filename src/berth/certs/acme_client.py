@@ -18,6 +18,7 @@ import datetime as dt
 import email.utils
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,10 +248,9 @@ class AcmeIssuer:
             self.challenges.put(token, validation)
             tokens.append(token)
             acme.answer_challenge(challb, response)
-        # The acme library compares its deadline with naive local time.
-        deadline = dt.datetime.now() + dt.timedelta(seconds=self.timeout)
-        done = acme.poll_and_finalize(order, deadline)
-        chain_pem = done.fullchain_pem.encode("ascii")
+        deadline = time.monotonic() + self.timeout
+        self._poll_authorizations(acme, order, deadline)
+        chain_pem = self._finalize(acme, order, deadline)
         leaf = x509.load_pem_x509_certificates(chain_pem)[0]
         return Issued(
             domain=domain,
@@ -259,3 +259,62 @@ class AcmeIssuer:
             not_before=leaf.not_valid_before_utc,
             not_after=leaf.not_valid_after_utc,
         )
+
+    # The acme library polls once a second from the start (about 2 s an order against a CA that
+    # answers in milliseconds); this polls soon and then backs off to 1 s, and waits whatever
+    # Retry-After the CA asks for.
+    _POLL_FIRST = 0.05
+    _POLL_MAX = 1.0
+
+    def _post_as_get(self, acme: client.ClientV2, url: str) -> requests.Response:
+        return acme.net.post(url, None, new_nonce_url=acme.directory["newNonce"])
+
+    def _sleep(self, delay: float, response: requests.Response, deadline: float) -> float:
+        asked = _retry_after_seconds(response.headers.get("Retry-After"))
+        wait = max(delay, asked) if asked is not None else delay
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise errors.TimeoutError()
+        time.sleep(min(wait, remaining))
+        return min(delay * 2, self._POLL_MAX)
+
+    def _poll_authorizations(
+        self, acme: client.ClientV2, order: messages.OrderResource, deadline: float
+    ) -> None:
+        failed = []
+        for url in order.body.authorizations:
+            delay = self._POLL_FIRST
+            while True:
+                response = self._post_as_get(acme, url)
+                authzr = messages.AuthorizationResource(
+                    body=messages.Authorization.from_json(response.json()), uri=url
+                )
+                if authzr.body.status != messages.STATUS_PENDING:
+                    break
+                delay = self._sleep(delay, response, deadline)
+            if authzr.body.status != messages.STATUS_VALID:
+                failed.append(authzr)
+        if failed:
+            raise errors.ValidationError(failed)
+
+    def _finalize(
+        self, acme: client.ClientV2, order: messages.OrderResource, deadline: float
+    ) -> bytes:
+        try:
+            acme.begin_finalization(order)
+        except messages.Error as exc:
+            if exc.code != "orderNotReady":
+                raise
+        delay = self._POLL_FIRST
+        while True:
+            response = self._post_as_get(acme, order.uri)
+            body = messages.Order.from_json(response.json())
+            if body.status == messages.STATUS_INVALID:
+                if body.error is not None:
+                    raise errors.IssuanceError(body.error)
+                raise errors.Error("the CA abandoned the order without saying why")
+            if body.status == messages.STATUS_READY:
+                acme.begin_finalization(order)
+            elif body.status == messages.STATUS_VALID and body.certificate is not None:
+                return self._post_as_get(acme, body.certificate).text.encode("ascii")
+            delay = self._sleep(delay, response, deadline)
