@@ -41,8 +41,8 @@ from berth.databases.errors import (
     DatabaseServerUnavailable,
 )
 from berth.databases.names import Engine, new_password
+from berth.databases.password_hashes import postgres_scram_verifier
 from berth.databases.provider import Account, Credentials, Usage
-from berth.databases.scram import postgres_scram_verifier
 
 _MAINTENANCE_DATABASES = ("postgres", "template1")
 # The pg_catalog functions that create a large object: they check no table privilege, so over

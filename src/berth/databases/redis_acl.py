@@ -37,8 +37,8 @@ from berth.databases.errors import (
     DatabaseServerUnsafe,
 )
 from berth.databases.names import Engine, new_password
+from berth.databases.password_hashes import redis_password_hash
 from berth.databases.provider import Account, Credentials, Usage
-from berth.databases.scram import redis_password_hash
 
 _DENIED = (
     "-@dangerous",

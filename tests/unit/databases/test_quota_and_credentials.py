@@ -10,9 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from berth.databases.password_hashes import (
+    mysql_native_password_hash,
+    postgres_scram_verifier,
+    redis_password_hash,
+)
 from berth.databases.provider import Account, Credentials
 from berth.databases.quota import write_allowed
-from berth.databases.scram import postgres_scram_verifier, redis_password_hash
 
 
 @given(st.integers(0, 10**12), st.integers(1, 10**12), st.booleans())
@@ -64,3 +68,8 @@ def test_the_scram_verifier_is_postgres_format() -> None:
 
 def test_the_redis_hash_is_sha256_hex() -> None:
     assert redis_password_hash("pw") == hashlib.sha256(b"pw").hexdigest()
+
+
+def test_the_mysql_hash_is_what_mariadb_computes() -> None:
+    # SELECT PASSWORD('password') on MariaDB.
+    assert mysql_native_password_hash("password") == "*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19"

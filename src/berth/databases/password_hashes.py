@@ -1,6 +1,7 @@
 """Password verifiers computed by Berth, so a plaintext password never reaches a server's
-statement log: PostgreSQL's SCRAM-SHA-256 (RFC 5802/7677 as PostgreSQL stores it) and the
-SHA-256 hex Redis's ACL accepts with ``#``."""
+statement log: PostgreSQL's SCRAM-SHA-256 (RFC 5802/7677 as PostgreSQL stores it), the SHA-256
+hex Redis's ACL accepts with ``#``, and MariaDB's mysql_native_password hash (``IDENTIFIED BY
+PASSWORD``)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,9 @@ def postgres_scram_verifier(
 
 def redis_password_hash(password: str) -> str:
     return hashlib.sha256(password.encode("utf-8")).hexdigest()
+
+
+def mysql_native_password_hash(password: str) -> str:
+    # The format MariaDB stores: "*" + upper-case hex of SHA1(SHA1(password)).
+    inner = hashlib.sha1(password.encode("utf-8")).digest()  # noqa: S324 (the protocol's own)
+    return "*" + hashlib.sha1(inner).hexdigest().upper()  # noqa: S324
