@@ -26,6 +26,7 @@ from berth.controllers.billing import BillingController
 from berth.controllers.engine_events import ControllerWaker, EngineEvents
 from berth.controllers.ingress_sync import IngressSync
 from berth.controllers.lease import LeaderLease, Leadership, server_identity
+from berth.controllers.node_guard_sync import NodeGuardSync
 from berth.controllers.reconciler import Reconciler, healthy_rows, instance_seed
 from berth.controllers.swarm_watch import SwarmWatch
 from berth.netpolicy.controller import EgressController
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
     from berth.builds.engine_builder import EngineBuilder
     from berth.runtime.docker_driver import DockerRuntime
+    from berth.swarm.api import DockerSwarmAPI
 
 log = logging.getLogger(__name__)
 INGRESS_SYNC_SECONDS = 1.0  # how often a follower's ingress reads the routes from the store
@@ -74,6 +76,7 @@ class Platform:
     swarm_watch: SwarmWatch | None = None  # Swarm's task changes: wake the reconciler
     swarm_manager: ManagerClient | None = None  # the Swarm's nodes (None: one machine)
     registry: PlatformRegistry | None = None  # builds pushed for every node (swarm only)
+    node_guard: NodeGuardSync | None = None  # every node's firewall, kept current (swarm only)
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
     # Several servers on one store: the lease's holder runs the controllers, the others keep
@@ -181,6 +184,8 @@ class Platform:
         self.started = True
         if self.swarm_watch is not None:
             self.swarm_watch.start()
+        if self.node_guard is not None:
+            self.node_guard.start()
 
     def stop_controllers(self) -> None:
         for loop in (self.webhooks, self.billing):
@@ -198,6 +203,8 @@ class Platform:
             self.events.stop()
         if self.swarm_watch is not None:
             self.swarm_watch.stop()
+        if self.node_guard is not None:
+            self.node_guard.stop()
         self.started = False
 
 
@@ -380,9 +387,54 @@ def _start_swarm_backend(platform: Platform, reconciler: Reconciler) -> Workload
     if platform.swarm_manager is None:
         platform.swarm_manager = _manager_client(platform.settings, platform.installation)
     platform.swarm_watch = SwarmWatch(api, platform.installation, reconciler.trigger)
+    if platform.settings.node_guard:
+        platform.node_guard = _node_guard_sync(platform, api)
     if platform.started:
         platform.swarm_watch.start()
+        if platform.node_guard is not None:
+            platform.node_guard.start()
     return backend
+
+
+def _node_guard_sync(platform: Platform, api: DockerSwarmAPI) -> NodeGuardSync:
+    """The leader keeps Berth's firewall on every node; its image is built on the engine Berth
+    talks to and pushed to the platform registry the first time a pass needs it."""
+    from berth.controllers.node_guard_sync import GuardSettings, LocalGuard
+    from berth.images.node_guard_image import ensure_guard_image, push_guard_image
+    from berth.swarm.guard_service import protected_addresses
+
+    settings, registry = platform.settings, platform.registry
+    assert registry is not None
+
+    def image() -> str:
+        registry.ensure_running()
+        built = ensure_guard_image(registry.client, settings.cache_dir)
+        return push_guard_image(
+            registry.client, built, registry.address, registry.server.auth_config
+        )
+
+    guard = GuardSettings(
+        server_addresses=tuple(settings.server_addresses),
+        protected=tuple(
+            protected_addresses(
+                settings.registry_listen,
+                settings.api_host,
+                settings.swarm_default_addr_pool,
+                settings.node_guard_protect,
+            )
+        ),
+        join_from=tuple(settings.node_guard_join_from),
+    )
+    lease = platform.lease
+    return NodeGuardSync(
+        api,
+        platform.installation,
+        guard,
+        image,
+        interval=settings.node_guard_interval_seconds,
+        is_leader=lambda: lease is None or lease.holds(),
+        local=LocalGuard(registry.client),
+    )
 
 
 def _probe_instance(health: HealthMonitor, inst: WorkloadInstance) -> None:

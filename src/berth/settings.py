@@ -142,6 +142,17 @@ class Settings(BaseSettings):
     swarm_default_addr_pool: str = "10.240.0.0/16"  # overlays' subnets, a /24 each
     # 2 s marks a dead node Down in ~5 s; 1 s is unsafe (a new Raft leader marks live nodes Down)
     swarm_dispatcher_heartbeat_seconds: float = Field(default=2.0, ge=2.0)
+    # The node guard (berth.controllers.node_guard_sync): Berth's firewall on every node, a
+    # global service. Published ports answer only ingress addresses: nodes labelled
+    # ingress=true and the machines running `berth server` (server_addresses; empty: this
+    # server's address toward the manager; several servers: list them all).
+    node_guard: bool = True
+    server_addresses: list[str] = Field(default_factory=list)
+    node_guard_protect: list[str] = Field(default_factory=list)  # more CIDRs tenants never reach
+    # Who may reach the managers' port 2377 (to join; the join token and mTLS guard it).
+    node_guard_join_from: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"])
+    node_guard_interval_seconds: float = Field(default=3.0, gt=0)
+    cache_dir: Path = Path("/var/cache/berth")  # the guard image's iptables .debs
 
     # -- several servers on one store (berth.controllers.lease): the lease's holder leads ---
     server_id: str = ""  # this server in the lease row; empty: hostname:pid:random

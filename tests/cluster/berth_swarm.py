@@ -77,6 +77,9 @@ def berth_on_swarm(
             "BERTH_EGRESS_FILTER": "false",
             # A registry of its own: servers of other modules may run at the same time.
             "BERTH_REGISTRY_LISTEN": f"127.0.0.1:{free_port()}",
+            # The node guard's rules outlive its service by design: only the modules that test
+            # it turn it on (tests/cluster/guarded.py), and remove it after them.
+            "BERTH_NODE_GUARD": "false",
             **(extra_env or {}),
         },
         **kwargs,

@@ -10,19 +10,22 @@ Berth API, ingress and registry, and each node's 2377 and 7946; and, as controls
 can see reachability, the guard is not a wall), A's other containers on A's overlay and a
 listener on the switch at an address that is nobody's (the rest of the world).
 
-First without the node guard: the holes are there (published ports of B at every node, the
-host's ports, the Swarm ports answer A's container). Then with the guard applied in every
-node's namespace: every one of them is closed, while A's containers still reach each other on
-A's overlay and the outside, A's app answers through the ingress (the host reaches published
-ports), an ingress node reaches the other nodes' published ports while its own containers do
-not, a node that is not an ingress reaches none, the host (not a node) cannot reach the
-managers' port, and every node stays Ready. The guard is removed afterwards, even on failure.
+First with the server's node guard off: the holes are there (published ports of B at every
+node, the host's ports, the Swarm ports answer A's container). Then the first worker is
+labelled ``ingress=true`` (`berth nodes label`) and the server restarted with its guard on:
+Berth itself installs it (the global service on the workers, a plain container on the drained
+manager it talks to; nothing applied by the test) and every hole is closed, while A's
+containers still reach each other on A's overlay and the outside, A's app answers through the
+ingress (the host, where `berth server` runs, reaches published ports), the ingress node
+reaches the other nodes' published ports while its own containers do not, a node that is not
+an ingress reaches none, the host (not a node, outside the join networks) cannot reach the
+managers' port, and every node stays Ready. The guard (service, rules, images) is removed
+afterwards, even on failure.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import socket
 import subprocess
@@ -36,12 +39,11 @@ from typing import Any
 import httpx
 import pytest
 
-from berth.netpolicy.node_guard import CHAINS, NodeGuard, build_guard
 from berth.netpolicy.node_guard_apply import NodeGuardFirewall
 from tests.behaviour.images import behaviour_image
-from tests.cluster.berth_swarm import berth_on_swarm
 from tests.cluster.conftest import TIMINGS
-from tests.cluster.nodes import SWARM_ADDRESS_POOL, Cluster
+from tests.cluster.guarded import guard_service, guarded_server, remove_guard, wait_guarded
+from tests.cluster.nodes import Cluster
 from tests.harness import BerthServer, free_port, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -144,20 +146,18 @@ def _deploy(server: BerthServer, token: str, image: str, app: str, replicas: int
 
 
 @pytest.fixture(scope="module")
-def tenants(cluster: Cluster) -> Iterator[Tenants]:
+def tenants(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
     cluster.make_whole()
-    registry_port = free_port()
     with behaviour_image() as image:
         cluster.load_images([image])
-        with berth_on_swarm(
+        # The platform's ports (API, ingress, registry) on the host's address on the switch,
+        # where the nodes (and so, unguarded, tenants) reach them. The guard starts off.
+        with guarded_server(
             cluster,
+            tmp_path_factory.mktemp("isolation"),
+            extra_env={"BERTH_NODE_GUARD": "false", "BERTH_SIGNUP_LIMIT_PER_ADDRESS": "100"},
             host=cluster.host_address,
-            extra_env={
-                # The platform's ports where the nodes (and so, unguarded, tenants) reach them.
-                "BERTH_REGISTRY_LISTEN": f"{cluster.host_address}:{registry_port}",
-                "BERTH_SIGNUP_LIMIT_PER_ADDRESS": "100",
-            },
-        ) as server:
+        ) as (server, registry_port):
             run = uuid.uuid4().hex[:6]
             a_app, b_app = f"iso-a-{run}", f"iso-b-{run}"
             _deploy(server, _signup(server), image, a_app, 3)
@@ -264,33 +264,28 @@ def _render(title: str, matrix: dict[str, dict[str, str]]) -> list[str]:
     return lines
 
 
-def _guard(cluster: Cluster) -> NodeGuard:
-    host = cluster.host_address
-    return build_guard(
-        # Berth's nginx runs on the host; the first worker is named an ingress node too, so
-        # that its row shows a container on an ingress node does not pass for the ingress
-        # (it leaves the node masqueraded to the node's address).
-        ingress=[host, cluster.node(workers(cluster)[0]).address],
-        nodes=[node.address for node in cluster.nodes.values()],
-        # The host carries the API, the ingress and the registry; the overlays' pool is no
-        # place for a container's packets through its node either.
-        protected=[host, SWARM_ADDRESS_POOL],
-    )
-
-
-@contextlib.contextmanager
-def _guarded(cluster: Cluster) -> Iterator[None]:
-    firewalls = [NodeGuardFirewall(node.name) for node in cluster.nodes.values()]
-    guard = _guard(cluster)
-    try:
-        for firewall in firewalls:
-            # Docker's dynamic range is the node's own ip_local_port_range.
-            firewall.apply(dataclasses.replace(guard, published_ports=firewall.port_range()))
-        yield
-    finally:
-        for firewall in firewalls:
-            firewall.remove()
-        assert all(f.rules(chain) is None for f in firewalls for chain in CHAINS)
+def _guard_on(cluster: Cluster, server: BerthServer) -> None:
+    """Berth's own guard, as a provider gets it: the first worker labelled an ingress node
+    (so that its row shows a container on an ingress node does not pass for the ingress: it
+    leaves the node masqueraded to the node's address), the server restarted with its guard
+    on (the default outside these tests), and every node's guard running. Idempotent."""
+    ingress = cluster.node(workers(cluster)[0]).name
+    server.cli_json("nodes", "label", ingress, "ingress=true")
+    if server.settings.get("BERTH_NODE_GUARD") != "true":
+        server.settings["BERTH_NODE_GUARD"] = "true"
+        server.restart()
+    wait_guarded(cluster, server)
+    # The ingress label has reached every guard (the published ports answer it).
+    address = cluster.node(workers(cluster)[0]).address
+    wait_until(
+        lambda: all(
+            any(address in line for line in NodeGuardFirewall(cluster.node(s).name).rules(
+                "BERTH-NG-PUBLISHED") or [])
+            for s in workers(cluster)
+        ),
+        60,
+        "the ingress label in every guard",
+    )  # fmt: skip
 
 
 def _from_namespace(netns: str, targets: Sequence[tuple[str, int]]) -> list[str]:
@@ -351,11 +346,10 @@ def test_no_tenant_reaches_another_tenant_or_the_platform_from_any_node(
         TIMINGS.extend(_render("isolation matrix WITHOUT the node guard (from A's containers):",
                                before))  # fmt: skip
         _check_unguarded(swarm, b, before)
-        with _guarded(swarm):
-            after = _matrix(a, b, columns)
-            TIMINGS.extend(_render("isolation matrix WITH the node guard on every node:", after))
-            _check_guarded(swarm, tenants, a, b, after)
-    assert _reachable_from_host(swarm.node(swarm.managers[0]).address, 2377)  # guard removed
+        _guard_on(swarm, server)
+        after = _matrix(a, b, columns)
+        TIMINGS.extend(_render("isolation matrix WITH the node guard Berth installed:", after))
+        _check_guarded(swarm, tenants, a, b, after)
 
 
 def _check_unguarded(swarm: Cluster, b: list[Task], before: dict[str, dict[str, str]]) -> None:
@@ -419,29 +413,56 @@ def _filter_rules(netns: str) -> list[str]:
     return out.splitlines()
 
 
+def _guard_rules(netns: str) -> list[str]:
+    return [line for line in _filter_rules(netns) if "BERTH-NG" in line]
+
+
 def test_the_guard_applies_twice_as_once_survives_an_engine_restart_and_leaves_no_trace(
-    swarm: Cluster,
+    swarm: Cluster, tenants: Tenants
 ) -> None:
+    server = tenants.server
+    _guard_on(swarm, server)
     short = workers(swarm)[0]
     node = swarm.node(short)
-    firewall = NodeGuardFirewall(node.name)
-    untouched = _filter_rules(node.name)
-    guard = dataclasses.replace(_guard(swarm), published_ports=firewall.port_range())
-    try:
-        firewall.apply(guard)
-        once = _filter_rules(node.name)
-        assert [line for line in once if "BERTH-NG" not in line] == untouched  # only ours added
-        firewall.apply(guard)
-        assert _filter_rules(node.name) == once
-        assert firewall.installed()
-        # Docker keeps DOCKER-USER's contents and the jump to it across its own restart.
-        swarm.restart_node(short)
-        swarm.wait_states(dict.fromkeys(swarm.nodes, "ready"), timeout=60)
-        assert firewall.installed()
-        ours = [line for line in once if "BERTH-NG" in line]
-        assert [line for line in _filter_rules(node.name) if "BERTH-NG" in line] == ours
-    finally:
-        before_removal = _filter_rules(node.name)
-        firewall.remove()
-    # Only ours went (Docker's own rules are as its restart left them).
+    once = _filter_rules(node.name)
+    ours = _guard_rules(node.name)
+    assert ours and NodeGuardFirewall(node.name).installed()
+    # Applied again by a new guard task (a forced rolling update, the same facts): the same
+    # table, not one rule more.
+    service = guard_service(swarm)
+    assert service is not None
+    tasks_before = {t["ID"] for t in swarm.manager_client().api.tasks(
+        filters={"service": service["ID"]})}  # fmt: skip
+    spec = dict(service["Spec"])
+    template = dict(spec["TaskTemplate"], ForceUpdate=int(
+        spec["TaskTemplate"].get("ForceUpdate", 0)) + 1)  # fmt: skip
+    swarm.manager_client().api.update_service(
+        service["ID"], service["Version"]["Index"], task_template=template, name=spec["Name"],
+        labels=spec["Labels"], mode=spec["Mode"], update_config=spec.get("UpdateConfig"),
+    )  # fmt: skip
+    wait_until(
+        lambda: any(
+            t["ID"] not in tasks_before and t["NodeID"] == _node_id(swarm, short)
+            and t["Status"]["State"] == "running"
+            for t in swarm.manager_client().api.tasks(filters={"service": service["ID"]})
+        ),
+        90,
+        "a new guard task running on the first worker",
+    )  # fmt: skip
+    assert _filter_rules(node.name) == once
+    # The node's engine restarts: its guard task comes back and applies the same rules.
+    swarm.restart_node(short)
+    swarm.wait_states(dict.fromkeys(swarm.nodes, "ready"), timeout=60)
+    wait_guarded(swarm, server)
+    assert _guard_rules(node.name) == ours
+    # Removal (the server stopped first, or it would put its guard back): only ours go.
+    server.stop()
+    before_removal = _filter_rules(node.name)
+    remove_guard(swarm)
     assert _filter_rules(node.name) == [x for x in before_removal if "BERTH-NG" not in x]
+    assert _reachable_from_host(swarm.node(swarm.managers[0]).address, 2377)  # manager's too
+
+
+def _node_id(swarm: Cluster, short: str) -> str:
+    node_id: str = swarm.swarm_node(short).id
+    return node_id

@@ -72,6 +72,7 @@ class NodePublic(BaseModel):
     updated_at: float | None
     last_seen: float | None
     berth_tasks: list[TaskPublic] | None = None
+    guard: str = ""  # the node guard's task state there; "" when none is meant to run
 
 
 class LabelChange(Strict):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,16 +27,23 @@ from berth.periodic import PeriodicLoop
 from berth.swarm.api import SwarmAPI
 from berth.swarm.guard_service import (
     LABEL_GUARD,
+    LABEL_GUARD_FACTS,
+    SERVICE_NAME,
     GuardAction,
     GuardFacts,
     check_facts,
     guard_facts,
     guard_spec,
+    local_container_options,
+    local_guard_wanted,
     node_address,
     plan_service,
 )
 
 log = logging.getLogger(__name__)
+# A guard image that could not be made (no berth/python:3, no registry) is tried again after
+# this, not at every pass: each try builds or pushes, and logs why it failed.
+IMAGE_RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,41 @@ class SyncOutcome:
     action: GuardAction
     facts: GuardFacts
     image: str
+    local: str = ""  # the plain-container guard: "created", "kept", "removed" or ""
+
+
+class LocalGuard:
+    """The guard as a plain container of the engine Berth talks to (docker-py
+    DockerClient), for when that engine's node is a drained manager: Swarm gives it no task.
+    Replaced when the facts change: the old one's rules stay until the new one swaps them."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def _current(self) -> Any:
+        import docker.errors
+
+        try:
+            return self.client.containers.get(SERVICE_NAME)
+        except docker.errors.NotFound:
+            return None
+
+    def ensure(self, spec: dict[str, Any]) -> str:
+        options = local_container_options(spec)
+        current = self._current()
+        if current is not None:
+            if current.labels.get(LABEL_GUARD_FACTS) == options["labels"][LABEL_GUARD_FACTS]:
+                return "kept"
+            current.remove(force=True)
+        self.client.containers.run(**options)
+        return "created"
+
+    def remove(self) -> str:
+        current = self._current()
+        if current is None:
+            return ""
+        current.remove(force=True)
+        return "removed"
 
 
 def source_address_toward(address: str) -> str:
@@ -78,6 +121,8 @@ class NodeGuardSync:
         is_leader: Callable[[], bool] = lambda: True,
         wanted: Callable[[], bool] = lambda: True,
         route_source: Callable[[str], str] = source_address_toward,
+        clock: Callable[[], float] = time.monotonic,
+        local: LocalGuard | None = None,
     ) -> None:
         self.api = api
         self.installation = installation
@@ -87,6 +132,9 @@ class NodeGuardSync:
         self._wanted = wanted
         self._route_source = route_source
         self._reference = ""
+        self._clock = clock
+        self._local = local
+        self._image_failed: tuple[float, str] | None = None  # when, why
         self._lock = threading.Lock()
         self.last: SyncOutcome | None = None
         self.loop = PeriodicLoop("berth-node-guard", self.pass_once, interval)
@@ -122,7 +170,7 @@ class NodeGuardSync:
         except NetPolicyError as bad:
             raise BerthError(f"the node guard's facts are refused: {bad.message}") from None
         if not self._reference:
-            self._reference = self._image()
+            self._reference = self._make_image()
         spec = guard_spec(self._reference, facts, self.installation)
         action = plan_service(self.api.services(labels={LABEL_GUARD: "true"}), spec)
         if action.kind == "create":
@@ -135,8 +183,25 @@ class NodeGuardSync:
                 ", ".join(facts.nodes),
                 ", ".join(facts.ingress),
             )
-        self.last = SyncOutcome(action, facts, self._reference)
+        local = ""
+        if self._local is not None:
+            self_id = str(self.api.info().get("NodeID") or "")
+            if local_guard_wanted(nodes, self_id):
+                local = self._local.ensure(spec)
+            else:
+                local = self._local.remove()
+        self.last = SyncOutcome(action, facts, self._reference, local)
         return self.last
+
+    def _make_image(self) -> str:
+        now = self._clock()
+        if self._image_failed is not None and now - self._image_failed[0] < IMAGE_RETRY_SECONDS:
+            raise BerthError(f"the node guard's image is not ready: {self._image_failed[1]}")
+        try:
+            return self._image()
+        except BerthError as failure:
+            self._image_failed = (now, failure.message)
+            raise
 
     def server_addresses(self, nodes: Sequence[dict[str, Any]]) -> list[str]:
         if self.settings.server_addresses:

@@ -17,9 +17,12 @@ rules, the new one replaces the chains' contents in one ``iptables-restore`` tra
 node is never without a guard. The service carries none of Berth's owner labels: the swarm
 backend removes every owned service that is no app's, and the guard is no app.
 
-Swarm gives a drained node no task, global services included: a drained manager runs no
-guard (it runs no tenant container either; what reaches it from a container is refused on the
-container's own node).
+Swarm gives a drained node no task, global services included, and managers are drained. So
+the manager Berth talks to gets the same guard as a plain container of its engine
+(:func:`local_container_options`, restart always), for as long as it is drained. A drained
+manager Berth does not talk to runs no guard: it runs no tenant container, and what a container
+sends it is refused on the container's own node; only its Swarm ports stay open to strangers
+there (run `berth server` on each manager, or the guard by hand: see the README).
 """
 
 from __future__ import annotations
@@ -169,6 +172,38 @@ def guard_spec(image: str, facts: GuardFacts, installation: str) -> Obj:
         # stop-first update opens no window; a guard that fails leaves the old rules.
         "UpdateConfig": {"Parallelism": 0, "Order": "stop-first", "FailureAction": "continue"},
     }
+
+
+def local_container_options(spec: Mapping[str, Any]) -> Obj:
+    """docker-py ``containers.run`` keywords for the guard of ``spec`` as a plain container
+    (the drained manager Berth talks to)."""
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    return {
+        "image": container["Image"],
+        "command": list(container["Args"]),
+        "name": SERVICE_NAME,
+        "detach": True,
+        "network_mode": "host",
+        "cap_drop": ["ALL"],
+        "cap_add": list(CAPABILITIES),
+        "read_only": True,
+        "tmpfs": {"/run": "size=1m"},
+        "restart_policy": {"Name": "always"},
+        "mem_limit": MEMORY_LIMIT,
+        "pids_limit": PIDS_LIMIT,
+        "labels": {**container["Labels"], LABEL_GUARD_FACTS: spec["Labels"][LABEL_GUARD_FACTS]},
+        "log_config": {"Type": "json-file", "Config": dict(LOG_OPTIONS)},
+        "stop_signal": "SIGTERM",
+    }
+
+
+def local_guard_wanted(nodes: Iterable[Mapping[str, Any]], self_id: str) -> bool:
+    """Whether the node of Berth's own engine needs the plain-container guard: it is in the
+    swarm and drained (a node that is not drained runs the service's task)."""
+    for node in nodes:
+        if node.get("ID") == self_id:
+            return (node.get("Spec") or {}).get("Availability") == "drain"
+    return False
 
 
 def plan_service(services: Sequence[Mapping[str, Any]], spec: Mapping[str, Any]) -> GuardAction:
