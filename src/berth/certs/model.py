@@ -128,9 +128,11 @@ class RetryPolicy:
     def delay(self, domain: str, failures: int) -> timedelta:
         if failures <= 0:
             return timedelta(0)
-        # 2**40 overflows no timedelta but is far past any cap: clamp the exponent first.
-        exponent = min(failures - 1, 40)
-        raw = min(self.base * (2**exponent), self.cap)
+        # In seconds as a float: base * 2**n overflows timedelta long before n reaches any
+        # count of failures a domain can pile up.
+        exponent = min(failures - 1, 64)
+        raw_seconds = min(self.base.total_seconds() * 2.0**exponent, self.cap.total_seconds())
+        raw = timedelta(seconds=raw_seconds)
         digest = hashlib.sha256(f"{domain}/{failures}".encode()).digest()
         spread = int.from_bytes(digest[:4], "big") / 2**32 * self.jitter
         spread_delay: timedelta = raw * (1 + spread)
