@@ -116,19 +116,30 @@ def postgres_server() -> Iterator[str]:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """redis-server without persistence, protected mode on, the ``default`` user off and an
-    admin user with a password. Yields the admin's URL."""
+def redis_server(root: Path | None = None) -> Iterator[str]:
+    """redis-server without data persistence, protected mode on, its users in an ACL file (the
+    ``default`` user off, an admin with a password). Yields the admin's URL.
+
+    Given ``root``, it runs there and leaves it (users file included) for a later start on the
+    same directory: a restart."""
     binary = _require("redis-server", "redis-server")
-    root = Path(tempfile.mkdtemp(prefix="berth-redis-"))
+    owned = root is None
+    root = Path(tempfile.mkdtemp(prefix="berth-redis-")) if root is None else root
     proc: subprocess.Popen[bytes] | None = None
     try:
-        password, port, log = secrets.token_hex(16), free_port(), root / "log"
+        port, log = free_port(), root / "log"
+        secret, users = root / "admin-password", root / "users.acl"
+        if not users.exists():
+            secret.write_text(secrets.token_hex(16))
+            users.write_text(
+                f"user default off\nuser {ADMIN} on >{secret.read_text()} ~* &* +@all\n"
+            )
+            users.chmod(0o600)
+        password = secret.read_text()
         conf = root / "redis.conf"
         conf.write_text(
             f'port {port}\nbind 127.0.0.1\nprotected-mode yes\nsave ""\nappendonly no\n'
-            f"dir {root}\ndaemonize no\nuser default off\n"
-            f"user {ADMIN} on >{password} ~* &* +@all\n"
+            f"dir {root}\ndaemonize no\naclfile {users}\n"
         )
         conf.chmod(0o600)
         with open(log, "wb") as out:
@@ -150,7 +161,8 @@ def redis_server() -> Iterator[str]:
     finally:
         if proc is not None:
             _stop(proc, signal.SIGTERM)
-        shutil.rmtree(root, ignore_errors=True)
+        if owned:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @contextmanager

@@ -5,6 +5,7 @@ commands, rotation, drop, hostile names and the write quota."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -13,6 +14,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 from berth.databases.errors import DatabaseExists, DatabaseServerUnsafe, InvalidDatabaseName
 from berth.databases.provider import Account, Credentials
 from berth.databases.redis_acl import RedisProvider, acl_rule
+from tests.databases import servers
 from tests.databases.conftest import unique_id
 from tests.databases.hostile import HOSTILE_NAMES
 
@@ -291,3 +293,24 @@ def test_the_rule_refuses_a_prefix_with_glob_characters() -> None:
     for prefix in ("", "a*:", "a?b:", "[a]:", "a\\:"):
         with pytest.raises(ValueError):
             acl_rule(prefix, [], write_allowed=True)
+
+
+def test_tenant_users_survive_a_restart_of_the_server(tmp_path: Path) -> None:
+    account = Account(tenant_id=unique_id(), database_id=unique_id(), name="kept", engine="redis")
+    with servers.redis_server(tmp_path) as url:
+        provider = RedisProvider(url)
+        provider.check()
+        creds = provider.create(account)
+        provider.set_write_allowed(account, False)
+    with servers.redis_server(tmp_path) as url:  # the same directory and ACL file
+        provider = RedisProvider(url)
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with redis.Redis(
+            host="127.0.0.1", port=port, username=creds.username, password=creds.password
+        ) as r:
+            assert r.ping()
+            with pytest.raises(NoPermissionError):
+                r.set(f"{creds.key_prefix}k", "v")  # and still over quota
+            with pytest.raises(NoPermissionError):
+                r.flushall()
+        provider.drop(account)

@@ -225,6 +225,8 @@ class PostgresProvider:
             if current is None:
                 raise DatabaseNotFound("the database is not on its server")
             if (current[0] == n.user) == allowed:
+                # Already so; a run that died half-way may have left the role unable to log in.
+                conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(role))
                 return
             if not allowed and not self._role_exists(conn, n.owner):
                 conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(owner))

@@ -17,7 +17,9 @@ is the server's), and the script cache (SCRIPT LOAD), which the prefix does not 
 Usage is the memory of the prefix's keys (SCAN MATCH + MEMORY USAGE as the admin, bounded by
 ``max_keys``). Over quota the user loses ``@write`` but the commands that free memory (DEL,
 UNLINK, the pops and removes, EXPIRE). A rule change applies at once to sessions already open.
-Passwords are sent as their SHA-256 (``#``), never in clear.
+Passwords are sent as their SHA-256 (``#``), never in clear. Users live in the server's ACL
+file (``ACL SAVE`` after every change), so they survive a restart; ``check`` refuses a server
+that has none.
 """
 
 from __future__ import annotations
@@ -153,11 +155,17 @@ class RedisProvider:
         user: dict[str, Any] | None = r.acl_getuser(name)
         return user
 
+    @staticmethod
+    def _save(r: redis.Redis) -> None:
+        # Without it, a restart of the server would forget every tenant's user.
+        _command(r, "ACL", "SAVE")
+
     def _apply(self, r: redis.Redis, account: Account, hashes: list[str], writes: bool) -> None:
         rule = acl_rule(
             account.names.key_prefix, hashes, write_allowed=writes, optional=self._optional(r)
         )
         _command(r, "ACL", "SETUSER", account.names.user, *rule)
+        self._save(r)
 
     # -- the interface -----------------------------------------------------------------------
 
@@ -170,6 +178,11 @@ class RedisProvider:
                 raise DatabaseServerUnsafe(
                     "the Redis server's default user is on without a password: anyone could "
                     "use it; turn it off (user default off) or give it a password"
+                )
+            if not r.config_get("aclfile").get("aclfile"):
+                raise DatabaseServerUnsafe(
+                    "the Redis server has no ACL file (aclfile): tenants' users would be lost "
+                    "when it restarts"
                 )
 
     def prepare(self) -> None:
@@ -211,6 +224,7 @@ class RedisProvider:
         with self._admin() as r:
             # Deleting the user disconnects its clients first, so nothing writes meanwhile.
             _command(r, "ACL", "DELUSER", account.names.user)
+            self._save(r)
             batch: list[str] = []
             for key in self._keys(r, account.names.key_prefix):
                 batch.append(key)
@@ -233,6 +247,7 @@ class RedisProvider:
                 "resetpass",
                 f"#{redis_password_hash(password)}",
             )
+            self._save(r)
         return self.credentials(account, password)
 
     def usage(self, account: Account) -> Usage:
