@@ -28,6 +28,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
 # The platform registry (berth.registry) runs the distro's CNCF distribution registry.
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+# The ACME tests and the issuance benchmark run the distro's pebble (and pebble-challtestsrv).
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
 # Debian's python3 ships without ensurepip; `python3 -m venv` needs python3-venv.
 python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 if [ "$WITH_POSTGRES" = 1 ] && [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
