@@ -1,7 +1,9 @@
 """Node labels an operator may set: pure rules, checked before anything reaches the Swarm.
 
-Berth reads two labels: ``zone`` (spread and ``--constraint zone==b``) and ``ingress`` (the
-nodes that run the ingress). Any other key is the operator's own, for their constraints.
+Berth reads two labels: ``zone`` (spread and ``--constraint zone==b``) and ``ingress``
+(``true``: the node runs an ingress, so every node's guard lets it reach the tasks' published
+ports, as it lets the machines running ``berth server``: berth.swarm.guard_service). Any other
+key is the operator's own, for their constraints.
 """
 
 from __future__ import annotations
