@@ -4,12 +4,13 @@ tenants' databases on one server, rotation, drop, hostile names, and the size qu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from berth.databases.errors import DatabaseExists, InvalidDatabaseName
+from berth.databases.errors import DatabaseExists, DatabaseServerUnsafe, InvalidDatabaseName
 from berth.databases.postgres import PostgresProvider
 from berth.databases.provider import Account, Credentials
 from berth.databases.quota import write_allowed
@@ -230,6 +231,9 @@ def test_over_quota_refuses_writes_the_tenant_cannot_undo_and_reads_go_on(
         conn.execute("CREATE TABLE blob (id serial PRIMARY KEY, body text)")
         conn.execute("CREATE SCHEMA app")
         conn.execute("CREATE TABLE app.t (x int)")
+        conn.execute("INSERT INTO app.t VALUES (7)")
+        # A rule runs as the table's owner: were DELETE left to the tenant, this would write.
+        conn.execute("CREATE RULE keep AS ON DELETE TO blob DO ALSO INSERT INTO app.t VALUES (0)")
         conn.execute(
             "CREATE FUNCTION sneak() RETURNS void LANGUAGE sql SECURITY DEFINER"
             " AS 'INSERT INTO blob (body) VALUES (''sneaked'')'"
@@ -248,7 +252,7 @@ def test_over_quota_refuses_writes_the_tenant_cannot_undo_and_reads_go_on(
     session.close()
     with connect(creds) as conn:
         assert conn.execute("SELECT count(*) FROM blob").fetchone() == (200,)
-        assert conn.execute("SELECT count(*) FROM app.t").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM app.t").fetchone() == (1,)
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             _fill(conn, 1)
         conn.execute("SET default_transaction_read_only = off")
@@ -271,9 +275,11 @@ def test_over_quota_refuses_writes_the_tenant_cannot_undo_and_reads_go_on(
             f"ALTER DATABASE {creds.database} OWNER TO {creds.username}",
         ):
             refused(conn, statement)
+        refused(conn, "DELETE FROM blob WHERE id > 100")
+        refused(conn, "SELECT * INTO copied FROM blob")
+        refused(conn, "COPY blob (body) FROM STDIN")
         # It can still free space.
-        conn.execute("DELETE FROM blob WHERE id > 100")
-        assert conn.execute("SELECT count(*) FROM blob").fetchone() == (100,)
+        conn.execute("TRUNCATE app.t")
     # Under quota again: writes, schema changes and its own routines work as before.
     provider.set_write_allowed(account, True)
     provider.set_write_allowed(account, True)
@@ -282,7 +288,7 @@ def test_over_quota_refuses_writes_the_tenant_cannot_undo_and_reads_go_on(
         conn.execute("SELECT sneak()")
         conn.execute("CREATE TABLE more (x int)")
         conn.execute("INSERT INTO app.t VALUES (1)")
-        assert conn.execute("SELECT count(*) FROM blob").fetchone() == (102,)
+        assert conn.execute("SELECT count(*) FROM blob").fetchone() == (202,)
 
 
 def test_usage_counts_bytes_and_connections(
@@ -296,3 +302,20 @@ def test_usage_counts_bytes_and_connections(
         grown = provider.usage(account)
         assert grown.connections == 1
     assert grown.bytes_used > empty.bytes_used + 1_000_000  # 2,000 rows of 1 kB
+
+
+def test_a_server_that_trusts_network_logins_is_refused(postgres_admin_url: str) -> None:
+    with admin(postgres_admin_url) as conn:
+        row = conn.execute("SHOW hba_file").fetchone()
+        assert row is not None
+        hba = Path(row[0])
+        original = hba.read_text()
+        try:
+            hba.write_text("host all all 127.0.0.2/32 trust\n" + original)
+            conn.execute("SELECT pg_reload_conf()")
+            with pytest.raises(DatabaseServerUnsafe):
+                PostgresProvider(postgres_admin_url).check()
+        finally:
+            hba.write_text(original)
+            conn.execute("SELECT pg_reload_conf()")
+    PostgresProvider(postgres_admin_url).check()

@@ -174,11 +174,16 @@ def test_a_tenant_cannot_touch_another_tenants_keys(
         for attempt in attempts:
             with pytest.raises((NoPermissionError, ResponseError), match=DENIED):
                 cmd(r, *attempt)
-        pubsub = r.pubsub()
-        with pytest.raises((NoPermissionError, ResponseError), match=DENIED):
-            pubsub.subscribe(f"{pb}events")
-            pubsub.get_message(timeout=2)
-        pubsub.close()
+        for subscribe in (
+            lambda ps: ps.subscribe(f"{pb}events"),
+            lambda ps: ps.psubscribe("*"),  # every channel, others' keyspace events included
+            lambda ps: ps.psubscribe("__keyspace@0__:*"),
+        ):
+            pubsub = r.pubsub()
+            with pytest.raises((NoPermissionError, ResponseError), match=DENIED):
+                subscribe(pubsub)
+                pubsub.get_message(timeout=2)
+            pubsub.close()
         # A's password opens no other user, and an AUTH as B with it fails.
         with pytest.raises((AuthenticationError, ResponseError)):
             cmd(r, "AUTH", b.username, a.password)

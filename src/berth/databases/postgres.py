@@ -16,12 +16,14 @@ The size quota. ``ALTER DATABASE ... SET default_transaction_read_only = on`` al
 hold: any session can ``SET transaction_read_only = off``, and the owner can even ``ALTER
 DATABASE ... RESET`` it. So over quota the database and everything in it change owner to a
 NOLOGIN role of Berth's (``names.owner``, by ``REASSIGN OWNED``) and the tenant's role keeps
-USAGE on its schemas and SELECT (plus DELETE and TRUNCATE, so it can free space) on its tables:
-privileges it cannot give itself back. SECURITY DEFINER routines (which would run as the new
-owner) lose EXECUTE, and so do the functions that create large objects (which need no table
-privilege). The read-only default stays too, for a plain message. Under quota again, ownership
-returns to the tenant's role. The tenant's sessions are ended around the change (the role
-cannot log in meanwhile), so nothing created between the two steps keeps write rights.
+USAGE on its schemas and SELECT and TRUNCATE (which frees space; DELETE would not, without the
+owner's VACUUM FULL) on its tables: privileges it cannot give itself back. Not DELETE: a rule
+``ON DELETE DO ALSO INSERT ...`` it made before would run as the table's owner. SECURITY
+DEFINER routines (which would run as the new owner) lose EXECUTE, and so do the functions that
+create large objects (which need no table privilege). The read-only default stays too, for a
+plain message. Under quota again, ownership returns to the tenant's role. The tenant's
+sessions are ended around the change (the role cannot log in meanwhile), so nothing created
+between the two steps keeps write rights.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from berth.databases.errors import (
     DatabaseNotFound,
     DatabaseServerError,
     DatabaseServerUnavailable,
+    DatabaseServerUnsafe,
 )
 from berth.databases.names import Engine, new_password
 from berth.databases.password_hashes import postgres_scram_verifier
@@ -110,6 +113,16 @@ class PostgresProvider:
             ).fetchone()
             if not row or not row[0]:
                 raise DatabaseServerError("the admin role cannot create roles and databases")
+            # A trust line would let anyone on the network log in as any tenant's role.
+            trusting = conn.execute(
+                "SELECT count(*) FROM pg_hba_file_rules"
+                " WHERE auth_method = 'trust' AND type LIKE 'host%%'"
+            ).fetchone()
+            if trusting and trusting[0]:
+                raise DatabaseServerUnsafe(
+                    "the PostgreSQL server trusts network connections without a password "
+                    "(pg_hba.conf 'trust' for host lines): tenants would not be isolated"
+                )
 
     def prepare(self) -> None:
         with self._admin() as conn:
@@ -282,9 +295,9 @@ class PostgresProvider:
                 s = sql.Identifier(schema)
                 conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, role))
                 conn.execute(
-                    sql.SQL(
-                        "GRANT SELECT, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {} TO {}"
-                    ).format(s, role)
+                    sql.SQL("GRANT SELECT, TRUNCATE ON ALL TABLES IN SCHEMA {} TO {}").format(
+                        s, role
+                    )
                 )
                 conn.execute(
                     sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(s, role)
