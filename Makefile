@@ -55,6 +55,7 @@ bench: system venv images
 	$(PY) bench/control_plane_scale.py
 	$(PY) bench/swarm_deploy.py
 	$(PY) bench/swarm_failures.py
+	$(PY) bench/cert_issuance.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
