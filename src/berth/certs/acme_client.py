@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import email.utils
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -98,6 +99,8 @@ def load_or_create_account_key(path: Path) -> JWKRSA:
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # left by a crash of an earlier process with the same pid
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -111,6 +114,8 @@ def load_or_create_account_key(path: Path) -> JWKRSA:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         data = path.read_bytes()
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        os.chmod(path, 0o600)  # an account key anyone else can read is the account given away
     loaded = serialization.load_pem_private_key(data, password=None)
     if not isinstance(loaded, rsa.RSAPrivateKey):
         raise ValueError(f"{path} is not an RSA private key")

@@ -40,8 +40,8 @@ from berth.certs.model import (
     record_issued,
     utc_now,
 )
-from berth.certs.names import normalize_domain
-from berth.certs.planner import Plan, plan
+from berth.certs.names import normalize_domain, normalize_pattern
+from berth.certs.planner import Plan, covering_wildcard, plan
 from berth.certs.validate import CheckedCertificate
 
 _KEEP_VERSIONS = 2
@@ -138,14 +138,31 @@ class CertManager:
             return dict(self._statuses)
 
     def status(self, domain: str) -> CertStatus:
-        name = normalize_domain(domain)
+        name = normalize_pattern(domain)
         with self._lock:
             return self._statuses.get(name, CertStatus(domain=name))
 
     def paths(self, domain: str) -> tuple[Path, Path]:
-        """(chain.pem, key.pem) as the ingress will read them, through ``live/``."""
-        live = self.directory / "live" / _dir_name(domain)
+        """(chain.pem, key.pem) of ``domain``'s own certificate, through ``live/``."""
+        live = self.directory / "live" / _dir_name(normalize_pattern(domain))
         return live / "chain.pem", live / "key.pem"
+
+    def serving(self, domain: str) -> tuple[Path, Path] | None:
+        """The pair the ingress should serve for ``domain``: its own valid certificate, else a
+        valid uploaded wildcard that covers it, else None (plain HTTP until one is issued)."""
+        name = normalize_domain(domain)
+        now = self.clock()
+        with self._lock:
+            own = self._statuses.get(name)
+            if (
+                own is not None
+                and own.state is CertState.ISSUED
+                and own.not_after is not None
+                and own.not_after > now
+            ):
+                return self.paths(name)
+            wildcard = covering_wildcard(name, self._statuses, now)
+        return self.paths(wildcard.domain) if wildcard is not None else None
 
     # --- decisions and actions ------------------------------------------------------------
 
@@ -224,7 +241,7 @@ class CertManager:
 
     def forget(self, domain: str) -> None:
         """Stop managing ``domain`` (a removed upload goes back to ACME on the next pass)."""
-        name = domain if domain.startswith("*.") else normalize_domain(domain)
+        name = normalize_pattern(domain)
         with self._lock:
             self._statuses.pop(name, None)
             live = self.directory / "live" / _dir_name(name)

@@ -31,6 +31,7 @@ class Action(StrEnum):
     WAIT_BUDGET = "wait_budget"  # due, but the account's order budget is spent
     FRESH = "fresh"  # issued, renewal not due yet
     UPLOADED = "uploaded"  # the tenant's own certificate: never ordered by Berth
+    COVERED = "covered"  # an uploaded wildcard (the operator's, for the base domain) covers it
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,31 @@ class Plan:
         return min(times) if times else None
 
 
-def _decide(domain: str, status: CertStatus | None, now: datetime) -> Decision:
+def covering_wildcard(
+    domain: str, statuses: Mapping[str, CertStatus], now: datetime
+) -> CertStatus | None:
+    """A valid uploaded wildcard that covers ``domain`` (``*.apps.example.com`` for
+    ``shop.apps.example.com``). An expired one covers nothing: the domains it covered are
+    ordered one by one (within the budget) rather than served an expired certificate."""
+    _, dot, parent = domain.partition(".")
+    wildcard = statuses.get("*." + parent) if dot else None
+    if (
+        wildcard is not None
+        and wildcard.state is CertState.ISSUED
+        and wildcard.not_after is not None
+        and wildcard.not_after > now
+    ):
+        return wildcard
+    return None
+
+
+def _decide(
+    domain: str, status: CertStatus | None, statuses: Mapping[str, CertStatus], now: datetime
+) -> Decision:
+    if status is None or status.source is not CertSource.UPLOAD:
+        wildcard = covering_wildcard(domain, statuses, now)
+        if wildcard is not None:
+            return Decision(domain, Action.COVERED, wildcard.not_after)
     if status is None or (status.state is CertState.PENDING and status.failures == 0):
         return Decision(domain, Action.ORDER)
     if status.source is CertSource.UPLOAD:
@@ -101,7 +126,7 @@ def plan(
     now: datetime,
 ) -> Plan:
     wanted_set = dict.fromkeys(wanted)
-    decisions = {d: _decide(d, statuses.get(d), now) for d in wanted_set}
+    decisions = {d: _decide(d, statuses.get(d), statuses, now) for d in wanted_set}
     due = sorted(
         (d for d in decisions.values() if d.action in (Action.ORDER, Action.RENEW, Action.RETRY)),
         key=lambda d: _rank(d, statuses.get(d.domain)),

@@ -107,3 +107,26 @@ def test_an_upload_is_served_and_never_ordered(tmp_path: Path) -> None:
     assert not manager.paths("shop.example.com")[0].exists()
     manager.reconcile(["shop.example.com"])  # back to ACME
     assert fake.calls == ["shop.example.com"]
+
+
+def test_the_pair_to_serve_is_the_own_certificate_else_a_covering_wildcard(
+    tmp_path: Path,
+) -> None:
+    fake, clock = FakeIssuer(), FakeClock()
+    manager = CertManager(fake, tmp_path, clock=clock)
+    root = make_ca()
+    leaf, key = make_leaf(
+        root,
+        ["*.apps.example.com"],
+        not_before=clock() - dt.timedelta(days=1),
+        not_after=clock() + dt.timedelta(days=30),
+    )
+    manager.install_upload(validate_upload(pem(leaf), key_pem(key), "*.apps.example.com", clock()))
+    statuses = manager.reconcile(["shop.apps.example.com", "custom.example.org"])
+    assert fake.calls == ["custom.example.org"]  # the wildcard covers the platform hostname
+    assert statuses["shop.apps.example.com"].state is CertState.PENDING
+    assert manager.serving("shop.apps.example.com") == manager.paths("*.apps.example.com")
+    assert manager.serving("custom.example.org") == manager.paths("custom.example.org")
+    assert manager.serving("other.example.org") is None
+    clock.advance(dt.timedelta(days=31))  # the wildcard expired: serve nothing expired
+    assert manager.serving("shop.apps.example.com") is None

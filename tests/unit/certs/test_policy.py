@@ -199,3 +199,21 @@ def test_a_day_of_a_ca_outage_is_no_retry_storm() -> None:
         assert len(in_hour) <= 20
     assert len(orders) == 24 * 20  # the budget was the bound, and it was used
     assert len({d for _, d in orders}) == 200  # every domain got its turns
+
+
+def test_an_uploaded_wildcard_covers_platform_hostnames_until_it_expires() -> None:
+    wildcard = record_issued(
+        CertStatus(domain="*.apps.example.com"),
+        not_before=T0,
+        not_after=T0 + 90 * DAY,
+        source=CertSource.UPLOAD,
+    )
+    statuses = {"*.apps.example.com": wildcard}
+    wanted = ["shop.apps.example.com", "a.b.apps.example.com", "apps.example.com"]
+    decided = plan(wanted, statuses, OrderBudget(), T0 + DAY)
+    assert decided.decision("shop.apps.example.com").action is Action.COVERED
+    assert decided.decision("shop.apps.example.com").until == T0 + 90 * DAY
+    # One label only, never the apex: those two are ordered.
+    assert set(decided.to_order) == {"a.b.apps.example.com", "apps.example.com"}
+    expired = plan(wanted, statuses, OrderBudget(), T0 + 91 * DAY)
+    assert "shop.apps.example.com" in expired.to_order
