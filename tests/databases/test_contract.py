@@ -1,5 +1,5 @@
 """What every provider promises (berth.databases.provider.Provider), run against each real
-server; a fake provider for the store and API tests must pass the same tests."""
+server, and against the fake provider the store and API tests will use."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from berth.databases.names import Engine
 from berth.databases.provider import Account, Provider
 from berth.databases.providers import EngineNotShared, provider_for
 from tests.databases.conftest import unique_id
+from tests.databases.fake_provider import FakeProvider
 from tests.databases.servers import free_port
 
 SHARED: list[Engine] = ["postgres", "redis", "mariadb"]
+FAKE = "fake-postgres"
 
 
 @pytest.fixture(params=SHARED)
@@ -32,22 +34,40 @@ def admin_url(engine: Engine, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"{engine}_admin_url"))
 
 
+@pytest.fixture(params=[*SHARED, FAKE])
+def subject(request: pytest.FixtureRequest) -> tuple[Engine, Provider]:
+    """A provider (real, or the fake) and its engine, as tenants' apps are told to reach it."""
+    if request.param == FAKE:
+        return "postgres", FakeProvider("postgres", host="db-1.berth.internal", port=4242)
+    engine: Engine = request.param
+    url = str(request.getfixturevalue(f"{engine}_admin_url"))
+    return engine, provider_for(engine, url, tenant_host="db-1.berth.internal", tenant_port=4242)
+
+
 @pytest.fixture
-def provider(engine: Engine, admin_url: str) -> Provider:
-    p = provider_for(engine, admin_url, tenant_host="db-1.berth.internal", tenant_port=4242)
+def provider(subject: tuple[Engine, Provider]) -> Provider:
+    p = subject[1]
     p.check()
     p.prepare()
     return p
 
 
 @pytest.fixture
-def account(engine: Engine, provider: Provider) -> Iterator[Account]:
-    made = Account(tenant_id=unique_id(), database_id=unique_id(), name="contract", engine=engine)
+def engine_of(subject: tuple[Engine, Provider]) -> Engine:
+    return subject[0]
+
+
+@pytest.fixture
+def account(engine_of: Engine, provider: Provider) -> Iterator[Account]:
+    made = Account(
+        tenant_id=unique_id(), database_id=unique_id(), name="contract", engine=engine_of
+    )
     yield made
     provider.drop(made)
 
 
-def test_the_lifecycle(engine: Engine, provider: Provider, account: Account) -> None:
+def test_the_lifecycle(engine_of: Engine, provider: Provider, account: Account) -> None:
+    engine = engine_of
     assert provider.engine == engine
     assert not provider.exists(account)
     creds = provider.create(account)
@@ -96,6 +116,11 @@ def test_wrong_admin_credentials_are_a_503(engine: Engine, admin_url: str) -> No
     wrong = head.rsplit(":", 1)[0] + ":not-the-password@" + tail
     with pytest.raises(DatabaseServerUnavailable):
         provider_for(engine, wrong).check()
+
+
+def test_a_fake_server_that_is_down_is_a_503() -> None:
+    with pytest.raises(DatabaseServerUnavailable):
+        FakeProvider("postgres", available=False).check()
 
 
 def test_memcached_is_never_shared() -> None:
