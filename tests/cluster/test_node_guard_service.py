@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,14 @@ with ThreadPoolExecutor(max(len(targets), 1)) as pool:
 
 @pytest.fixture(scope="module")
 def guarded(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
+    started = time.monotonic()
     with guarded_server(cluster, tmp_path_factory.mktemp("guard")) as (server, _port):
         # Before any test's `swarm` fixture takes its list of services to keep.
         wait_guarded(cluster, server)
+        TIMINGS.append(
+            f"node guard: server start -> every guard running: {time.monotonic() - started:.1f}s"
+            " (image built, pushed, pulled by 3 workers)"
+        )
         yield server
 
 
@@ -135,9 +141,13 @@ def test_an_ingress_label_opens_the_published_ports_and_its_removal_closes_them(
     before = _from_node(swarm, w1, targets)
     assert "OPEN" not in before, before
     try:
+        labelled = time.monotonic()
         guarded.cli_json("nodes", "label", name, "ingress=true")
         wait_until(
             lambda: _from_node(swarm, w1, targets) == ["OPEN", "OPEN"], 60, f"{name} an ingress"
+        )
+        TIMINGS.append(
+            f"node guard: label ingress=true -> open: {time.monotonic() - labelled:.1f}s"
         )
         assert all(
             any(swarm.node(w1).address in line for line in published_chain(swarm, s))
@@ -145,8 +155,10 @@ def test_an_ingress_label_opens_the_published_ports_and_its_removal_closes_them(
         )
         _assert_installed_everywhere(swarm)
     finally:
+        unlabelled = time.monotonic()
         guarded.cli_json("nodes", "label", name, "--remove", "ingress")
     wait_until(lambda: "OPEN" not in _from_node(swarm, w1, targets), 60, f"{name} no ingress again")
+    TIMINGS.append(f"node guard: label removed -> closed: {time.monotonic() - unlabelled:.1f}s")
     _assert_installed_everywhere(swarm)
 
 
@@ -172,10 +184,14 @@ def test_a_joining_node_gets_its_guard_and_the_others_let_it_in(
     short = "w9"
     node = swarm.add_node(short)
     try:
+        joined = time.monotonic()
         swarm.join(short)
         swarm.wait_states(dict.fromkeys(swarm.nodes, "ready"), timeout=60)
         wait_until(lambda: guard_rows(guarded).get(node.name) == "running", 120, "w9's guard")
         wait_until(lambda: NodeGuardFirewall(node.name).installed(), 30, "w9's rules")
+        TIMINGS.append(
+            f"node guard: join -> its guard's rules in: {time.monotonic() - joined:.1f}s"
+        )
         for other in workers(swarm):
             wait_until(
                 lambda other=other: any(  # type: ignore[misc]
