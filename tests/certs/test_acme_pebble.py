@@ -221,3 +221,30 @@ def test_the_account_key_is_kept_and_reused(acme_env: AcmeEnv, tmp_path: Path) -
     second = _issuer(acme_env, tmp_path)  # a restart: the same key finds its existing account
     assert isinstance(second.obtain(unique_domain("acct")), Issued)
     assert (tmp_path / "account.key").read_bytes() == key_before
+
+
+class _WrongAnswers(ChallengeStore):
+    """Puts a wrong key authorisation into the store the responder serves."""
+
+    def __init__(self, served: ChallengeStore) -> None:
+        super().__init__()
+        self.served = served
+
+    def put(self, token: str, key_authorization: str) -> None:
+        self.served.put(token, f"{token}.not-the-thumbprint")
+
+    def remove(self, token: str) -> None:
+        self.served.remove(token)
+
+
+def test_a_wrong_challenge_answer_fails_with_the_cas_words(
+    acme_env: AcmeEnv, tmp_path: Path
+) -> None:
+    domain = unique_domain("wrong")
+    issuer = _issuer(acme_env, tmp_path, store=_WrongAnswers(acme_env.store))
+    manager = CertManager(issuer, tmp_path / "certs", clock=FakeClock())
+    status = manager.reconcile([domain])[domain]
+    assert status.state is CertState.FAILED
+    assert status.problem == "urn:ietf:params:acme:error:unauthorized"
+    assert status.reason is not None and "key authorization" in status.reason.lower()
+    assert len(acme_env.store) == 0
