@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from berth.controllers.lease import StaleLeader
 from berth.controllers.metering import record_intervals
-from berth.controllers.snapshot import AppView, load_apps, release_env
+from berth.controllers.snapshot import AppView, ReleaseView, load_apps, release_env
 from berth.domain.drain import DrainRequest, plan_drains
 from berth.domain.model import ObservedInstance, Revision
 from berth.domain.rollout import FinishDeployment, RolloutPace, RolloutPlan, plan_rollout
@@ -113,6 +113,8 @@ class Reconciler:
         self._pass_apps: list[AppView] = []
         self._pass_instances: list[WorkloadInstance] = []
         self._leaving: frozenset[str] = frozenset()
+        self._observed_memo: dict[str, tuple[WorkloadInstance, bool, bool, ObservedInstance]] = {}
+        self._groups_memo: dict[tuple[object, ...], ProcessGroup] = {}
         if hasattr(self.workloads, "before_stop"):
             self.workloads.before_stop = self._unroute  # type: ignore[attr-defined]
 
@@ -143,7 +145,7 @@ class Reconciler:
                 instances = self.workloads.instances()
                 self._record_observed(session, instances)
                 record_intervals(session, instances, now)
-                observed = [self._observed(i) for i in instances if i.state in _PLANNED_STATES]
+                observed = self._observe_all(instances)
                 # plan
                 pace = RolloutPace(
                     self.settings.rollout_parallelism, self.settings.rollout_delay_seconds
@@ -193,22 +195,36 @@ class Reconciler:
             self.passes += 1
             return rollout
 
-    def _observed(self, inst: WorkloadInstance) -> ObservedInstance:
-        return ObservedInstance(
-            container_id=inst.id,
-            app_id=inst.app_id,
-            revision=inst.revision,
-            state="running" if inst.state == "running" else inst.state,
-            healthy=self.health.is_healthy(inst.id),
+    def _observe_all(self, instances: list[WorkloadInstance]) -> list[ObservedInstance]:
+        """The planner's view of the instances it reasons about. An instance the backend
+        reports as the same (immutable) object, with the same health and routing, gives the same
+        view: most of 30,000 do not change between two passes."""
+        now = self.clock()
+        settle = self.ingress_settle_seconds
+        routed, routed_at, is_healthy = self.routed, self._routed_at, self.health.is_healthy
+        last = self._observed_memo
+        memo: dict[str, tuple[WorkloadInstance, bool, bool, ObservedInstance]] = {}
+        out = []
+        for inst in instances:
+            if inst.state not in _PLANNED_STATES:
+                continue
+            healthy = is_healthy(inst.id)
             # Routed here, and long enough for every other server's ingress to have it too.
-            routed=inst.id in self.routed
-            and self.clock() - self._routed_at.get(inst.id, 0.0) >= self.ingress_settle_seconds,
-            restarts=inst.restarts,
-            exit_code=inst.exit_code,
-            finished_at=inst.finished_at,
-            created_seq=inst.seq,
-            started_at=inst.started_at,
-        )
+            is_routed = inst.id in routed and now - routed_at.get(inst.id, 0.0) >= settle
+            known = last.get(inst.id)
+            if (
+                known is not None
+                and known[0] is inst
+                and known[1] == healthy
+                and known[2] == is_routed
+            ):
+                view = known[3]
+            else:
+                view = _observed(inst, healthy, is_routed)
+            memo[inst.id] = (inst, healthy, is_routed, view)
+            out.append(view)
+        self._observed_memo = memo
+        return out
 
     def _unroute(self, instance_ids: set[str]) -> None:
         """The backend is about to stop these: take them out of the ingress first."""
@@ -367,6 +383,8 @@ class Reconciler:
         by_id = {a.id: a for a in apps}
         disks = self._disk_mb_by_tenant(session)
         groups = []
+        last = self._groups_memo
+        memo: dict[tuple[object, ...], ProcessGroup] = {}
         for target in rollout.groups:
             app = by_id.get(target.app_id)
             if app is None:
@@ -376,30 +394,53 @@ class Reconciler:
             if release is None:
                 log.warning("app %s: release %s is gone", app.name, revision.release_id)
                 continue
-            groups.append(
-                ProcessGroup(
-                    tenant_id=app.tenant_id,
-                    app_id=app.id,
-                    app_name=app.name,
-                    revision=target.revision,
-                    release_id=release.id,
-                    release_version=release.version,
-                    # Pinned by digest in the platform registry when every node must pull it.
-                    image=release.pinned_image or release.image_id,
-                    replicas=target.replicas,
-                    memory_mb=release.memory_mb,
-                    cpus_milli=release.cpus_milli,
-                    pids_limit=self.settings.pids_limit,
-                    disk_mb=disks.get(app.tenant_id) or self.settings.instance_disk_mb,
-                    network=tenant_network(app.tenant_id),
-                    port=release.port,
-                    env=release_env(release),
-                    command=release_command(release.command_json),
-                    health_path=release.health_path or None,
-                    constraints=app.constraints_of(target.revision),
-                )
+            disk_mb = disks.get(app.tenant_id) or self.settings.instance_disk_mb
+            constraints = app.constraints_of(target.revision)
+            # Everything the group is made of (a release row never changes): the same facts
+            # give the same group, without parsing its env and command again.
+            key = (
+                app.id,
+                app.tenant_id,
+                app.name,
+                target.revision,
+                target.replicas,
+                release,
+                disk_mb,
+                constraints,
+                self.settings.pids_limit,
             )
+            group = last.get(key)
+            if group is None:
+                group = self._group(app, target.revision, target.replicas, release, disk_mb)
+            memo[key] = group
+            groups.append(group)
+        self._groups_memo = memo
         return groups
+
+    def _group(
+        self, app: AppView, revision: str, replicas: int, release: ReleaseView, disk_mb: int
+    ) -> ProcessGroup:
+        return ProcessGroup(
+            tenant_id=app.tenant_id,
+            app_id=app.id,
+            app_name=app.name,
+            revision=revision,
+            release_id=release.id,
+            release_version=release.version,
+            # Pinned by digest in the platform registry when every node must pull it.
+            image=release.pinned_image or release.image_id,
+            replicas=replicas,
+            memory_mb=release.memory_mb,
+            cpus_milli=release.cpus_milli,
+            pids_limit=self.settings.pids_limit,
+            disk_mb=disk_mb,
+            network=tenant_network(app.tenant_id),
+            port=release.port,
+            env=release_env(release),
+            command=release_command(release.command_json),
+            health_path=release.health_path or None,
+            constraints=app.constraints_of(revision),
+        )
 
     def _disk_mb_by_tenant(self, session: Session) -> dict[str, int]:
         """Each tenant's plan's tmpfs size where the plan sets one (else the setting applies)."""
@@ -467,6 +508,8 @@ class Reconciler:
         ]
         routes, routed = plan_routes(routed_apps, instances, self.health.is_healthy, leaving)
         self._apply_routes(session, routes)
+        if routed == self.routed:
+            return  # the same instances: when each was first routed holds
         now = self.clock()
         self._routed_at = {i: self._routed_at.get(i, now) for i in routed}
         self.routed = set(routed)
@@ -534,6 +577,22 @@ def routes_digest(routes: tuple[Route, ...]) -> str:
             f"\0{upstreams}\n".encode()
         )
     return digest.hexdigest()
+
+
+def _observed(inst: WorkloadInstance, healthy: bool, routed: bool) -> ObservedInstance:
+    return ObservedInstance(
+        container_id=inst.id,
+        app_id=inst.app_id,
+        revision=inst.revision,
+        state=inst.state,
+        healthy=healthy,
+        routed=routed,
+        restarts=inst.restarts,
+        exit_code=inst.exit_code,
+        finished_at=inst.finished_at,
+        created_seq=inst.seq,
+        started_at=inst.started_at,
+    )
 
 
 def _new_exit(inst: WorkloadInstance, recorded_finish: float | None) -> bool:

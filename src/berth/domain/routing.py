@@ -31,35 +31,24 @@ def plan_routes(
     leaving: frozenset[str] = frozenset(),
 ) -> tuple[tuple[Route, ...], frozenset[str]]:
     """The routes, and the ids of the instances they send traffic to."""
-    by_app: dict[str, list[WorkloadInstance]] = {}
+    # Only an instance that runs and can be reached may be routed: the others are not kept.
+    by_app: dict[str, list[tuple[WorkloadInstance, str, int]]] = {}
     for inst in instances:
-        by_app.setdefault(inst.app_id, []).append(inst)
+        address, port = inst.address, inst.port
+        if inst.state == "running" and address and port:
+            by_app.setdefault(inst.app_id, []).append((inst, address, port))
     routes: list[Route] = []
     routed: set[str] = set()
     for app in apps:
-        upstreams: set[Upstream] = set()
-        for inst in by_app.get(app.app_id, []):
-            if (
-                inst.state == "running"
-                and inst.revision in app.revisions
-                and inst.id not in leaving
-                and inst.address
-                and inst.port
-                and healthy(inst.id)
-            ):
-                upstreams.add(Upstream(inst.address, inst.port))
+        found: set[tuple[str, int]] = set()
+        for inst, address, port in by_app.get(app.app_id, ()):
+            if inst.revision in app.revisions and inst.id not in leaving and healthy(inst.id):
+                found.add((address, port))
                 routed.add(inst.id)
         state: RouteState = (
-            "suspended" if app.suspended else ("serving" if upstreams else "no_instances")
+            "suspended" if app.suspended else ("serving" if found else "no_instances")
         )
-        routes.append(
-            Route(
-                app.app_id,
-                app.name,
-                app.tenant_id,
-                app.hostnames,
-                tuple(sorted(upstreams, key=lambda u: (u.host, u.port))),
-                state,
-            )
-        )
+        # Sorted by (host, port): the same upstreams always render the same config.
+        upstreams = tuple(Upstream(host, port) for host, port in sorted(found))
+        routes.append(Route(app.app_id, app.name, app.tenant_id, app.hostnames, upstreams, state))
     return tuple(routes), frozenset(routed)
