@@ -40,7 +40,7 @@ from berth.netpolicy.node_guard import build_guard
 SERVICE_NAME = "berth-node-guard"
 LABEL_GUARD = "berth.node-guard"  # "true" on the service and on each task's container
 LABEL_GUARD_INSTALLATION = "berth.node-guard.installation"
-LABEL_GUARD_FACTS = "berth.node-guard.facts"  # hash of image and arguments
+LABEL_GUARD_FACTS = "berth.node-guard.facts"  # hash of the whole spec but this label
 CAPABILITIES = ["CAP_NET_ADMIN"]  # nf_tables over netlink needs no more
 MEMORY_LIMIT = 64 * 1024 * 1024
 PIDS_LIMIT = 32
@@ -132,19 +132,19 @@ def guard_args(facts: GuardFacts) -> list[str]:
     return args
 
 
-def facts_hash(image: str, args: Sequence[str]) -> str:
-    return hashlib.sha256(json.dumps([image, list(args)]).encode()).hexdigest()[:16]
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """A hash of everything the spec says (image, arguments, limits, ...) but its own label:
+    new facts, or a Berth whose guard is built differently, is an update."""
+    body = dict(spec)
+    body["Labels"] = {k: v for k, v in (spec.get("Labels") or {}).items() if k != LABEL_GUARD_FACTS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def guard_spec(image: str, facts: GuardFacts, installation: str) -> Obj:
     """The ServiceSpec (Docker's API shape) of the guard."""
     args = guard_args(facts)
-    labels = {
-        LABEL_GUARD: "true",
-        LABEL_GUARD_INSTALLATION: installation,
-        LABEL_GUARD_FACTS: facts_hash(image, args),
-    }
-    return {
+    labels = {LABEL_GUARD: "true", LABEL_GUARD_INSTALLATION: installation}
+    spec: Obj = {
         "Name": SERVICE_NAME,
         "Labels": labels,
         "TaskTemplate": {
@@ -172,6 +172,8 @@ def guard_spec(image: str, facts: GuardFacts, installation: str) -> Obj:
         # stop-first update opens no window; a guard that fails leaves the old rules.
         "UpdateConfig": {"Parallelism": 0, "Order": "stop-first", "FailureAction": "continue"},
     }
+    spec["Labels"][LABEL_GUARD_FACTS] = spec_hash(spec)
+    return spec
 
 
 def local_container_options(spec: Mapping[str, Any]) -> Obj:

@@ -24,6 +24,7 @@ from berth.swarm.guard_service import (
     local_guard_wanted,
     plan_service,
     protected_addresses,
+    spec_hash,
 )
 
 IMAGE = "10.0.0.254:5000/berth/node-guard@sha256:" + "a" * 64
@@ -175,3 +176,11 @@ def test_nodes_show_the_newest_guard_task_meant_to_run() -> None:
     assert guard_state(tasks[2:]) == ""
     row = node_row(node("10.0.0.11", node_id="n1"), tasks, "x", now=0.0)
     assert row.guard == "starting" and row.to_json()["guard"] == "starting"
+
+
+def test_the_hash_covers_the_whole_spec_not_only_the_facts() -> None:
+    spec = guard_spec(IMAGE, facts(), "inst1")
+    assert guard_spec(IMAGE, facts(), "inst1") == spec  # stable
+    assert spec_hash(spec) == spec["Labels"][LABEL_GUARD_FACTS]
+    wider = dict(spec, TaskTemplate=dict(spec["TaskTemplate"], Resources={}))
+    assert spec_hash(wider) != spec_hash(spec)
