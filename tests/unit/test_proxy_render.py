@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from berth.proxy import render as render_module
 from berth.proxy.model import NginxPaths, ProxyConfig, Route, Upstream
 from berth.proxy.render import render_nginx_conf
 
@@ -323,3 +324,59 @@ def test_arbitrary_hostnames_are_rejected_or_rendered_safely(hostnames: list[str
     # Every rendered server_name came from the input, and nothing else got in.
     rendered = {n for line in names if line != "_" for n in line.split(" ")}
     assert rendered == set(hostnames)
+
+
+# -- route blocks kept by value ------------------------------------------------------------
+
+
+def test_route_blocks_are_laid_out_as_nginx_expects() -> None:
+    shop = route("a1", "shop", ("shop.example.test", "www.shop.example.test"), (9002, 9001))
+    blog = route("b2", "blog", ("blog.example.test",), (), state="no_instances")
+    conf = render(shop, blog)
+    assert (
+        "    proxy_next_upstream_timeout 10s;\n"
+        "\n"
+        "    # app shop (a1)\n"
+        "    upstream a1_berth_app {\n"
+        "        server 127.0.0.1:9001 max_fails=1 fail_timeout=2s;\n"
+        "        server 127.0.0.1:9002 max_fails=1 fail_timeout=2s;\n"
+        "        keepalive 16;\n"
+    ) in conf
+    assert conf.count("\n    upstream ") == 1  # none for a route that does not serve
+    assert (
+        "\n    # app shop (a1): serving\n"
+        "    server {\n"
+        "        listen 0.0.0.0:8080;\n"
+        "        server_name shop.example.test www.shop.example.test;\n"
+        "\n"
+        "        location / {\n"
+        "            proxy_pass http://a1_berth_app;\n"
+        "        }\n"
+    ) in conf
+    assert (
+        "    # app blog (b2): no_instances\n"
+        "    server {\n"
+        "        listen 0.0.0.0:8080;\n"
+        "        server_name blog.example.test;\n"
+        "\n"
+        "        location / {\n"
+        "            default_type text/html;\n"
+        '            add_header Retry-After "30" always;\n'
+        '            add_header Cache-Control "no-store" always;\n'
+        '            return 503 "<!doctype html>'
+    ) in conf
+    assert conf.endswith('</html>\\n";\n        }\n    }\n}\n')
+
+
+def test_a_rerender_from_kept_blocks_equals_a_fresh_render() -> None:
+    shop = route("a1", "shop", ("shop.example.test",), (9001,))
+    blog = route("b2", "blog", ("blog.example.test",), (9003,))
+    render(shop, blog)
+    blog_moved = route("b2", "blog", ("blog.example.test",), (9003, 9004))
+    shop_down = route("a1", "shop", ("shop.example.test",), (), state="no_instances")
+    again = render(shop_down, blog_moved, generation=2)
+    for kept in (render_module._upstream_block, render_module._server_block):
+        kept.cache_clear()
+    render_module._cached_route_view.cache_clear()
+    assert render(shop_down, blog_moved, generation=2) == again
+    assert "server 127.0.0.1:9004 " in again and "proxy_pass http://a1_berth_app" not in again

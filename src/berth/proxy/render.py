@@ -59,16 +59,75 @@ def render_nginx_conf(cfg: ProxyConfig, paths: NginxPaths) -> str:
     _check_generation(cfg.generation)
     routes = _route_views(cfg.routes)
     hostname_count = sum(len(route.hostnames) for route in routes)
+    listen = _listen_address(cfg.listen_host, cfg.listen_port)
     return _template().render(
         generation=cfg.generation,
         paths=paths,
-        listen=_listen_address(cfg.listen_host, cfg.listen_port),
-        routes=routes,
+        listen=listen,
+        upstream_blocks="".join(_upstream_block(r) for r in routes if r.state == "serving"),
+        server_blocks="".join([_server_block(r, listen) for r in routes]),
         # Generous so nginx can always build the hash; too small a size fails `nginx -t`.
         server_names_hash_max_size=max(1024, 4 * hostname_count),
         not_found_page=_nginx_quote(
             _page("404 Not Found", "No app is configured for this host", "")
         ),
+    )
+
+
+# A route's blocks are text of its validated view alone (and the listen address): kept by
+# value like the views, so a snapshot that changed a few routes formats only those (rendering
+# 10,000 routes through the template took ~0.1 s).
+@lru_cache(maxsize=_ROUTE_CACHE_SIZE)
+def _upstream_block(route: _RouteView) -> str:
+    servers = "".join(
+        f"        server {server} max_fails=1 fail_timeout=2s;\n" for server in route.servers
+    )
+    return (
+        f"\n    # app {route.app_name} ({route.app_id})\n"
+        f"    upstream {route.upstream_name} {{\n"
+        f"{servers}"
+        "        keepalive 16;\n"
+        "        # Below the idle timeout of common app servers, so nginx never reuses a\n"
+        "        # connection the app is closing.\n"
+        "        keepalive_timeout 4s;\n"
+        "    }\n"
+    )
+
+
+@lru_cache(maxsize=_ROUTE_CACHE_SIZE)
+def _server_block(route: _RouteView, listen: str) -> str:
+    if route.state == "serving":
+        locations = (
+            "        location / {\n"
+            f"            proxy_pass http://{route.upstream_name};\n"
+            "        }\n"
+            "\n"
+            "        # Only nginx's own 502/504 (every instance failed); the app's responses pass"
+            " as is.\n"
+            "        error_page 502 504 @berth_not_responding;\n"
+            "        location @berth_not_responding {\n"
+            "            default_type text/html;\n"
+            '            add_header Cache-Control "no-store" always;\n'
+            f"            return 502 {route.page};\n"
+            "        }\n"
+        )
+    else:
+        locations = (
+            "        location / {\n"
+            "            default_type text/html;\n"
+            '            add_header Retry-After "30" always;\n'
+            '            add_header Cache-Control "no-store" always;\n'
+            f"            return 503 {route.page};\n"
+            "        }\n"
+        )
+    return (
+        f"\n    # app {route.app_name} ({route.app_id}): {route.state}\n"
+        "    server {\n"
+        f"        listen {listen};\n"
+        f"        server_name {' '.join(route.hostnames)};\n"
+        "\n"
+        f"{locations}"
+        "    }\n"
     )
 
 
