@@ -4,7 +4,8 @@ Docker, in one run:
 (a) deploy latency: examples/python-app, image already built, one instance as the issue measured
     it (``--replicas``; again at ``--compare-replicas``, 2 by default, 0 skips it), from the API
     call to the first 200 through nginx and to the deployment's ``succeeded``; beside it,
-    ``docker run`` of the same image until its first 200. Each deploy is of a new app of a
+    ``docker run`` of the same image until its first 200. Each deploy is of a new app, created
+    (and its host routed to its "no healthy instances" page) before the deploy is timed, of a
     tenant whose network already exists (as ``docker run`` uses an existing bridge): a tenant's
     very first app also makes and filters its network, ~0.1 s more;
 (b) crash recovery: kill -9 of an instance's process until it is serving again (on its port and
@@ -138,10 +139,18 @@ def built_image(berth: BerthServer, directory: Path, health_path: str) -> str:
 
 
 def new_app(berth: BerthServer, name: str, scale: int, health_path: str = "/healthz") -> None:
+    """Create an app and wait until nginx routes its host (its "no healthy instances" page):
+    the work of creating it (a reload) is done before a deploy is timed, as when a user
+    creates an app and deploys to it later."""
     berth.api_json(
         "POST", "/apps", json={"name": name, "memory": "128M", "health_path": health_path}
     )
     berth.api_json("POST", f"/apps/{name}/scale", json={"replicas": scale})
+    wait_until(partial(_routed_page, berth, name), 30, f"nginx routes {name}'s host")
+
+
+def _routed_page(berth: BerthServer, name: str) -> bool:
+    return berth.ingress_get(berth.host_of(name)).status_code == 503
 
 
 def delete_app(berth: BerthServer, name: str) -> None:
