@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     signup_window_seconds: float = Field(default=3600.0, gt=0)
     token_default_days: int = Field(default=90, ge=1, description="API tokens expire by default")
     audit_retention_days: int = Field(default=90, ge=1)
+    # A deleted managed database stays on its server, closed, this long before it is dropped.
+    database_retention_days: float = Field(default=7.0, ge=0, le=3650)
     reserved_app_names: list[str] = Field(
         default_factory=lambda: [
             "www",

@@ -18,6 +18,7 @@ from berth.api import (
     routes_apps,
     routes_billing,
     routes_builds,
+    routes_databases,
     routes_nodes,
     routes_system,
 )
@@ -69,6 +70,7 @@ def create_app(platform: Platform, run_loops: bool = False) -> FastAPI:
         routes_billing.router,
         routes_admin.router,
         routes_nodes.router,
+        routes_databases.router,
     )
     for router in routers:
         app.include_router(router, prefix=API_PREFIX)

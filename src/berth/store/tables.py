@@ -387,3 +387,61 @@ class NodeDrain(Base):
     started_at: Mapped[float] = mapped_column(Float, default=now)
     deadline: Mapped[float] = mapped_column(Float, default=0.0)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class DbServer(Base):
+    """A shared database server tenants' databases are placed on. ``admin_url`` carries Berth's
+    admin credentials: it stays in the store and is never answered, printed or logged."""
+
+    __tablename__ = "db_servers"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    engine: Mapped[str] = mapped_column(String(16), index=True)
+    admin_url: Mapped[str] = mapped_column(Text)
+    # The address tenants' instances use (may differ from the one in admin_url).
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    capacity: Mapped[int] = mapped_column(Integer)  # databases it may hold (deleted ones count)
+    state: Mapped[str] = mapped_column(String(16), default="active")  # active | draining
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class ManagedDatabase(Base):
+    """A tenant's database on a shared server. Its server-side names derive from the ids
+    (berth.databases.names); ``name`` is the tenant's label only. ``password`` is what Berth
+    keeps to hand to the tenant (servers store only hashes); empty once deleted."""
+
+    __tablename__ = "databases"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    engine: Mapped[str] = mapped_column(String(16))
+    server_id: Mapped[str] = mapped_column(ForeignKey("db_servers.id"), index=True)
+    plan: Mapped[str] = mapped_column(String(16), default="shared")
+    size_mb: Mapped[int] = mapped_column(Integer)
+    connection_limit: Mapped[int] = mapped_column(Integer)
+    password: Mapped[str] = mapped_column(Text, default="")
+    write_allowed: Mapped[bool] = mapped_column(default=True)
+    state: Mapped[str] = mapped_column(String(16), default="active")  # active|deleting|deleted
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # A deleted database stays on its server, closed, until then; the purge pass drops it.
+    purge_after: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+
+
+class DatabaseAttachment(Base):
+    """A database's URL in an app's config under ``var`` (and, for Redis, its key prefix
+    under ``prefix_var``): rotating the password re-releases every attached app."""
+
+    __tablename__ = "database_attachments"
+    __table_args__ = (UniqueConstraint("database_id", "app_id"), UniqueConstraint("app_id", "var"))
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    database_id: Mapped[str] = mapped_column(
+        ForeignKey("databases.id", ondelete="CASCADE"), index=True
+    )
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    var: Mapped[str] = mapped_column(String(128))
+    prefix_var: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[float] = mapped_column(Float, default=now)

@@ -1,0 +1,379 @@
+"""Managed databases: the tenant's (/databases) and the operator's servers (/admin/db-servers).
+
+Thin: parse, call a service with the caller's tenant, shape the answer. The admin URL of a
+server is never in an answer; a database's password only in GET .../credentials, to callers
+who may deploy (they could read it from their app's environment anyway), and that read is
+audited like a change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from berth.api import views
+from berth.api.audit import record
+from berth.api.deps import CurrentPrincipal, Operator, PlatformDep, SessionDep, Writer
+from berth.api.schemas import DeploymentPublic, ReleasePublic, Strict
+from berth.services import apps as app_svc
+from berth.services import databases as svc
+from berth.services import databases_servers as servers
+from berth.services.databases_access import ProviderFactory, real_provider
+from berth.store.tables import Deployment, ManagedDatabase, Release
+
+router = APIRouter(tags=["databases"])
+
+
+def database_providers() -> ProviderFactory:
+    """How Berth reaches a database server (tests override this with a fake provider)."""
+    return real_provider
+
+
+def clock() -> Callable[[], float]:
+    """The time deletes and purges count retention from (tests override it)."""
+    return time.time
+
+
+ProvidersDep = Annotated[ProviderFactory, Depends(database_providers)]
+ClockDep = Annotated[Callable[[], float], Depends(clock)]
+
+
+# -- shapes ---------------------------------------------------------------------------------
+
+
+class DatabaseCreate(Strict):
+    name: str = Field(max_length=100, description="^[a-z][a-z0-9-]{0,39}$, not reserved")
+    engine: str = Field(max_length=32, description="postgres, mariadb or redis")
+    plan: str = Field(default="shared", max_length=32, description="shared (dedicated: not yet)")
+    size: str | int | None = Field(default=None, description="storage quota, like 512M or 2G")
+    connections: int | None = Field(default=None, description="concurrent connections allowed")
+
+
+class AttachmentPublic(BaseModel):
+    app: str
+    var: str
+
+
+class DatabasePublic(BaseModel):
+    name: str
+    engine: str
+    plan: str
+    state: str  # active | deleting | deleted
+    size_mb: int
+    connection_limit: int
+    write_allowed: bool
+    host: str
+    port: int
+    created_at: float
+    deleted_at: float | None
+    purge_after: float | None = Field(description="a deleted database is dropped after this")
+    attached: list[AttachmentPublic]
+
+
+class CredentialsPublic(BaseModel):
+    engine: str
+    host: str
+    port: int
+    database: str
+    username: str
+    password: str
+    key_prefix: str
+    url: str
+    env: dict[str, str]
+
+
+class AttachRequest(Strict):
+    app: str = Field(max_length=100)
+    as_: str | None = Field(default=None, alias="as", max_length=128, description="config key")
+
+
+class ConfigRelease(BaseModel):
+    """What a config change made: the keys now set (not their values: they hold the password),
+    and the new release and its deployment once the app has a release."""
+
+    app: str
+    config_keys: list[str]
+    release: ReleasePublic | None
+    deployment: DeploymentPublic | None
+
+
+class RotateResult(BaseModel):
+    database: DatabasePublic
+    releases: list[ConfigRelease]
+
+
+class ServerCreate(Strict):
+    name: str = Field(max_length=100)
+    engine: str = Field(max_length=32, description="postgres, mariadb or redis")
+    url: str = Field(max_length=2000, description="admin URL; kept on the Berth server only")
+    host: str | None = Field(default=None, max_length=253, description="tenants' address")
+    port: int | None = Field(default=None, description="tenants' port")
+    capacity: int = Field(default=servers.DEFAULT_CAPACITY, description="databases it may hold")
+
+
+class ServerPublic(BaseModel):
+    name: str
+    engine: str
+    host: str
+    port: int
+    state: str
+    capacity: int
+    databases: int
+    deleted_databases: int
+    load: float
+    created_at: float
+
+
+class ServerInfo(ServerPublic):
+    reachable: bool
+    message: str
+    bytes_used: int
+    connections: int
+
+
+class PurgePublic(BaseModel):
+    purged: int
+    failed: list[str]
+
+
+# -- views ----------------------------------------------------------------------------------
+
+
+def _public(session: Session, db: ManagedDatabase) -> DatabasePublic:
+    server = svc.server_of(session, db)
+    return DatabasePublic(
+        name=db.name,
+        engine=db.engine,
+        plan=db.plan,
+        state=db.state,
+        size_mb=db.size_mb,
+        connection_limit=db.connection_limit,
+        write_allowed=db.write_allowed,
+        host=server.host,
+        port=server.port,
+        created_at=db.created_at,
+        deleted_at=db.deleted_at,
+        purge_after=db.purge_after,
+        attached=[
+            AttachmentPublic(app=app.name, var=a.var) for a, app in svc.attachments(session, db)
+        ],
+    )
+
+
+def _config_release(
+    session: Session,
+    tenant_id: str,
+    app_name: str,
+    config: dict[str, str],
+    release: Release | None,
+    dep: Deployment | None,
+) -> ConfigRelease:
+    app = app_svc.get_app(session, tenant_id, app_name)
+    return ConfigRelease(
+        app=app_name,
+        config_keys=sorted(config),
+        release=views.release_public(release, app) if release else None,
+        deployment=views.deployment_public(session, dep),
+    )
+
+
+def _server_public(load: servers.ServerLoad) -> ServerPublic:
+    s = load.server
+    return ServerPublic(
+        name=s.name,
+        engine=s.engine,
+        host=s.host,
+        port=s.port,
+        state=s.state,
+        capacity=s.capacity,
+        databases=load.databases,
+        deleted_databases=load.deleted,
+        load=round(load.databases / s.capacity, 4),
+        created_at=s.created_at,
+    )
+
+
+# -- tenants --------------------------------------------------------------------------------
+
+
+@router.post("/databases", status_code=201)
+def create_database(
+    body: DatabaseCreate, session: SessionDep, providers: ProvidersDep, who: Writer
+) -> DatabasePublic:
+    """A database on the least loaded active server of the engine (503 when none has room)."""
+    spec = svc.NewDatabase(body.name, body.engine, body.plan, body.size, body.connections)
+    return _public(session, svc.create_database(session, providers, who.tenant_id, spec))
+
+
+@router.get("/databases")
+def list_databases(session: SessionDep, who: CurrentPrincipal) -> list[DatabasePublic]:
+    return [_public(session, db) for db in svc.list_databases(session, who.tenant_id)]
+
+
+@router.get("/databases/{name}")
+def get_database(name: str, session: SessionDep, who: CurrentPrincipal) -> DatabasePublic:
+    return _public(session, svc.get_database(session, who.tenant_id, name))
+
+
+@router.get("/databases/{name}/credentials")
+def get_credentials(
+    name: str,
+    request: Request,
+    session: SessionDep,
+    platform: PlatformDep,
+    providers: ProvidersDep,
+    who: Writer,
+) -> CredentialsPublic:
+    """The password: for roles that may deploy (viewers and read tokens get 403). Audited."""
+    creds = svc.credentials(session, providers, svc.get_database(session, who.tenant_id, name))
+    ip = request.client.host if request.client else ""
+    record(platform, who, "GET /databases/{name}/credentials", request.url.path, ip, 200)
+    return CredentialsPublic(
+        engine=creds.engine,
+        host=creds.host,
+        port=creds.port,
+        database=creds.database,
+        username=creds.username,
+        password=creds.password,
+        key_prefix=creds.key_prefix,
+        url=creds.url,
+        env=creds.env(),
+    )
+
+
+@router.post("/databases/{name}/rotate")
+def rotate(
+    name: str, session: SessionDep, platform: PlatformDep, providers: ProvidersDep, who: Writer
+) -> RotateResult:
+    """A new password; every attached app gets the new URL in a new release (start-first)."""
+    db, done = svc.rotate(session, platform.settings, providers, who.tenant_id, name)
+    platform.trigger()
+    releases = []
+    for item in done:
+        app = app_svc.get_app(session, who.tenant_id, item.app)
+        releases.append(
+            ConfigRelease(
+                app=item.app,
+                config_keys=sorted(app_svc.app_config(app)),
+                release=views.release_public(item.release, app) if item.release else None,
+                deployment=views.deployment_public(session, item.deployment),
+            )
+        )
+    return RotateResult(database=_public(session, db), releases=releases)
+
+
+@router.delete("/databases/{name}")
+def delete_database(
+    name: str,
+    session: SessionDep,
+    platform: PlatformDep,
+    providers: ProvidersDep,
+    now: ClockDep,
+    who: Writer,
+) -> DatabasePublic:
+    """Closes the database (writes refused, a password nobody knows) and keeps it until
+    ``purge_after``; then the purge pass drops it. Refused (409) while apps are attached."""
+    db = svc.delete_database(session, platform.settings, providers, who.tenant_id, name, now())
+    return _public(session, db)
+
+
+@router.post("/databases/{name}/attachments", status_code=201)
+def attach(
+    name: str,
+    body: AttachRequest,
+    session: SessionDep,
+    platform: PlatformDep,
+    providers: ProvidersDep,
+    who: Writer,
+) -> ConfigRelease:
+    """The URL in the app's config (DATABASE_URL / REDIS_URL unless ``as``): a new release."""
+    config, release, dep = svc.attach(
+        session, platform.settings, providers, who.tenant_id, body.app, name, body.as_
+    )
+    platform.trigger()
+    return _config_release(session, who.tenant_id, body.app, config, release, dep)
+
+
+@router.delete("/databases/{name}/attachments/{app}")
+def detach(
+    name: str, app: str, session: SessionDep, platform: PlatformDep, who: Writer
+) -> ConfigRelease:
+    config, release, dep = svc.detach(session, platform.settings, who.tenant_id, app, name)
+    platform.trigger()
+    return _config_release(session, who.tenant_id, app, config, release, dep)
+
+
+# -- operators ------------------------------------------------------------------------------
+
+
+@router.post("/admin/db-servers", status_code=201)
+def add_server(
+    body: ServerCreate, session: SessionDep, providers: ProvidersDep, who: Operator
+) -> ServerPublic:
+    """Register a shared server: its provider's check() and prepare() run first, and a server
+    that fails them is refused with the reason (nothing stored)."""
+    server = servers.add_server(
+        session,
+        providers,
+        body.name,
+        body.engine,
+        body.url,
+        body.host,
+        body.port,
+        body.capacity,
+    )
+    return _server_public(servers.server_load(session, server))
+
+
+@router.get("/admin/db-servers")
+def list_servers(session: SessionDep, who: Operator) -> list[ServerPublic]:
+    return [_server_public(load) for load in servers.list_servers(session)]
+
+
+@router.get("/admin/db-servers/{name}")
+def server_info(
+    name: str, session: SessionDep, providers: ProvidersDep, who: Operator
+) -> ServerInfo:
+    """The server with what its databases hold and their connections, asked of it now."""
+    server = servers.get_server(session, name)
+    usage = servers.measure(session, providers, server)
+    return ServerInfo(
+        **_server_public(servers.server_load(session, server)).model_dump(),
+        reachable=usage.reachable,
+        message=usage.message,
+        bytes_used=usage.bytes_used,
+        connections=usage.connections,
+    )
+
+
+@router.post("/admin/db-servers/{name}/drain")
+def drain_server(name: str, session: SessionDep, who: Operator) -> ServerPublic:
+    """No new database goes there; the ones it holds keep working."""
+    server = servers.set_state(session, name, "draining")
+    return _server_public(servers.server_load(session, server))
+
+
+@router.post("/admin/db-servers/{name}/activate")
+def activate_server(name: str, session: SessionDep, who: Operator) -> ServerPublic:
+    server = servers.set_state(session, name, "active")
+    return _server_public(servers.server_load(session, server))
+
+
+@router.delete("/admin/db-servers/{name}", status_code=204)
+def remove_server(name: str, session: SessionDep, who: Operator) -> None:
+    """Refused (409) while it holds any database, a deleted one kept for retention included."""
+    servers.remove_server(session, name)
+
+
+@router.post("/admin/databases/purge")
+def purge(
+    session: SessionDep, providers: ProvidersDep, now: ClockDep, who: Operator
+) -> PurgePublic:
+    """Run the purge pass now: deleted databases past their retention are dropped."""
+    result = svc.purge_due(session, providers, now())
+    return PurgePublic(purged=len(result.purged), failed=[why for _, why in result.failed])

@@ -1,0 +1,346 @@
+"""``berth db ...`` (a tenant's managed databases) and ``berth admin db-servers ...`` (the
+operator's shared database servers). Everything goes through the API."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+from rich.markup import escape
+
+from berth.cli.client import CliError, client
+from berth.cli.output import JsonOpt, console, emit, table
+
+db_app = typer.Typer(
+    help="Managed databases (PostgreSQL, MariaDB, Redis) on the platform's shared servers.",
+    no_args_is_help=True,
+)
+db_servers_app = typer.Typer(
+    help="Shared database servers tenants' databases go on (operators).", no_args_is_help=True
+)
+
+
+def _db(name: str) -> str:
+    return f"/databases/{quote(name, safe='')}"
+
+
+def _server(name: str) -> str:
+    return f"/admin/db-servers/{quote(name, safe='')}"
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts)) if ts else "-"
+
+
+def _state(d: dict[str, Any]) -> str:
+    if d["state"] == "deleted":
+        return f"deleted, dropped after {_when(d['purge_after'])}"
+    if d["state"] == "active" and not d["write_allowed"]:
+        return "active (writes refused: over its size)"
+    return str(d["state"])
+
+
+def _size(mb: int) -> str:
+    return f"{mb // 1024}G" if mb % 1024 == 0 else f"{mb}M"
+
+
+def _print_releases(items: list[dict[str, Any]]) -> None:
+    for item in items:
+        release, dep = item.get("release"), item.get("deployment") or {}
+        if release:
+            console.print(
+                f"  {escape(item['app'])}: v{release['version']} rolling out "
+                f"({escape(dep.get('status', ''))})"
+            )
+        else:
+            console.print(f"  {escape(item['app'])}: config set (no release yet)")
+
+
+# -- tenants --------------------------------------------------------------------------------
+
+
+@db_app.command("create")
+def db_create(
+    name: str,
+    engine: Annotated[str, typer.Option(help="postgres, mariadb or redis.")],
+    plan: Annotated[str, typer.Option(help="shared (dedicated is not available yet).")] = "shared",
+    size: Annotated[
+        str | None, typer.Option(help="Storage quota, like 512M or 2G (default 1G).")
+    ] = None,
+    connections: Annotated[
+        int | None, typer.Option(help="Concurrent connections allowed (default 20).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a database on the least loaded shared server of the engine."""
+    body: dict[str, Any] = {"name": name, "engine": engine, "plan": plan}
+    if size is not None:
+        body["size"] = size
+    if connections is not None:
+        body["connections"] = connections
+    data = client().post("/databases", json=body)
+    emit(
+        data,
+        as_json,
+        lambda d: console.print(
+            f"Created {escape(d['engine'])} database [bold]{escape(d['name'])}[/] "
+            f"({_size(d['size_mb'])}, {d['connection_limit']} connections). "
+            f"`berth db attach APP {escape(d['name'])}` gives an app its URL."
+        ),
+    )
+
+
+@db_app.command("list")
+def db_list(as_json: JsonOpt = False) -> None:
+    """Your databases, deleted ones (until they are dropped) included."""
+    data = client().get("/databases")
+    emit(
+        data,
+        as_json,
+        lambda rows: table(
+            None,
+            ["NAME", "ENGINE", "STATE", "SIZE", "CONNECTIONS", "ATTACHED TO"],
+            [
+                (
+                    d["name"],
+                    d["engine"],
+                    _state(d),
+                    _size(d["size_mb"]),
+                    d["connection_limit"],
+                    ", ".join(a["app"] for a in d["attached"]) or "-",
+                )
+                for d in rows
+            ],
+        ),
+    )
+
+
+@db_app.command("info")
+def db_info(name: str, as_json: JsonOpt = False) -> None:
+    """One database: engine, state, limits, where it is, which apps have its URL."""
+    data = client().get(_db(name))
+
+    def human(d: dict[str, Any]) -> None:
+        rows = [
+            ("name", d["name"]),
+            ("engine", d["engine"]),
+            ("plan", d["plan"]),
+            ("state", _state(d)),
+            ("size quota", _size(d["size_mb"])),
+            ("connections", d["connection_limit"]),
+            ("address", f"{d['host']}:{d['port']}"),
+            ("created", _when(d["created_at"])),
+            (
+                "attached to",
+                ", ".join(f"{a['app']} ({a['var']})" for a in d["attached"]) or "-",
+            ),
+        ]
+        if d["state"] == "deleted":
+            rows.append(("deleted", _when(d["deleted_at"])))
+            rows.append(("dropped after", _when(d["purge_after"])))
+        table(None, ["", ""], rows)
+
+    emit(data, as_json, human)
+
+
+@db_app.command("credentials")
+def db_credentials(name: str, as_json: JsonOpt = False) -> None:
+    """The database's user, password and URL (for roles that may deploy)."""
+    data = client().get(f"{_db(name)}/credentials")
+
+    def human(c: dict[str, Any]) -> None:
+        rows = [
+            ("host", f"{c['host']}:{c['port']}"),
+            ("database", c["database"]),
+            ("user", c["username"]),
+            ("password", c["password"]),
+            *([("key prefix", c["key_prefix"])] if c["key_prefix"] else []),
+            ("url", c["url"]),
+        ]
+        table(None, ["", ""], rows)
+
+    emit(data, as_json, human)
+
+
+@db_app.command("rotate")
+def db_rotate(name: str, as_json: JsonOpt = False) -> None:
+    """A new password; every attached app gets the new URL in a new release (start-first)."""
+    data = client().post(f"{_db(name)}/rotate")
+
+    def human(d: dict[str, Any]) -> None:
+        console.print(f"New password for [bold]{escape(name)}[/] (`berth db credentials {name}`)")
+        _print_releases(d["releases"])
+
+    emit(data, as_json, human)
+
+
+@db_app.command("delete")
+def db_delete(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a database: closed at once (no access), its data kept until it is dropped."""
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"Delete database {name}?"):
+        raise CliError("not deleted")
+    data = client().delete(_db(name))
+    emit(
+        data,
+        as_json,
+        lambda d: console.print(
+            f"Deleted database [bold]{escape(name)}[/]: closed now, its data is kept until "
+            f"{_when(d['purge_after'])} and dropped then"
+        ),
+    )
+
+
+@db_app.command("attach")
+def db_attach(
+    app: str,
+    db: str,
+    as_: Annotated[
+        str | None,
+        typer.Option("--as", help="Config key for the URL (DATABASE_URL / REDIS_URL)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put the database's URL in the app's config: a new release, deployed start-first."""
+    body: dict[str, Any] = {"app": app}
+    if as_ is not None:
+        body["as"] = as_
+    data = client().post(f"{_db(db)}/attachments", json=body)
+
+    def human(d: dict[str, Any]) -> None:
+        console.print(f"Attached [bold]{escape(db)}[/] to [bold]{escape(app)}[/]")
+        _print_releases([d])
+
+    emit(data, as_json, human)
+
+
+@db_app.command("detach")
+def db_detach(app: str, db: str, as_json: JsonOpt = False) -> None:
+    """Take the database's URL out of the app's config (a new release)."""
+    data = client().delete(f"{_db(db)}/attachments/{quote(app, safe='')}")
+
+    def human(d: dict[str, Any]) -> None:
+        console.print(f"Detached [bold]{escape(db)}[/] from [bold]{escape(app)}[/]")
+        _print_releases([d])
+
+    emit(data, as_json, human)
+
+
+# -- operators ------------------------------------------------------------------------------
+
+
+def _server_rows(s: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        s["name"],
+        s["engine"],
+        f"{s['host']}:{s['port']}",
+        s["state"],
+        f"{s['databases']}/{s['capacity']}",
+        s["deleted_databases"],
+        f"{s['load'] * 100:.0f}%",
+    )
+
+
+SERVER_COLUMNS = ["NAME", "ENGINE", "ADDRESS", "STATE", "DATABASES", "DELETED", "LOAD"]
+
+
+@db_servers_app.command("add")
+def servers_add(
+    name: str,
+    engine: Annotated[str, typer.Option(help="postgres, mariadb or redis.")],
+    url: Annotated[
+        str,
+        typer.Option(
+            help="Admin URL, like postgresql://admin:PASSWORD@10.0.0.5:5432/postgres; '-' reads "
+            "it from standard input (keeps it out of the shell history). Kept on the Berth "
+            "server only."
+        ),
+    ],
+    host: Annotated[
+        str | None, typer.Option(help="Address tenants' apps use (default: the URL's).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port tenants' apps use.")] = None,
+    capacity: Annotated[int, typer.Option(help="Databases it may hold.")] = 500,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a shared server: Berth checks it is safe for tenants and prepares it first."""
+    if url == "-":
+        url = sys.stdin.readline().strip()
+    body: dict[str, Any] = {"name": name, "engine": engine, "url": url, "capacity": capacity}
+    if host is not None:
+        body["host"] = host
+    if port is not None:
+        body["port"] = port
+    data = client().post("/admin/db-servers", json=body)
+    emit(
+        data,
+        as_json,
+        lambda s: console.print(
+            f"Added {escape(s['engine'])} server [bold]{escape(s['name'])}[/] at "
+            f"{escape(s['host'])}:{s['port']} (capacity {s['capacity']})"
+        ),
+    )
+
+
+@db_servers_app.command("list")
+def servers_list(as_json: JsonOpt = False) -> None:
+    """Every shared server: engine, state, databases held of its capacity."""
+    data = client().get("/admin/db-servers")
+    emit(data, as_json, lambda rows: table(None, SERVER_COLUMNS, [_server_rows(s) for s in rows]))
+
+
+@db_servers_app.command("info")
+def servers_info(name: str, as_json: JsonOpt = False) -> None:
+    """One server, with what its databases hold and their open connections (asked now)."""
+    data = client().get(_server(name))
+
+    def human(s: dict[str, Any]) -> None:
+        rows = list(zip(SERVER_COLUMNS, _server_rows(s), strict=True))
+        if s["reachable"]:
+            rows.append(("USAGE", f"{s['bytes_used'] / (1 << 20):.1f}M"))
+            rows.append(("CONNECTIONS", s["connections"]))
+        else:
+            rows.append(("REACHABLE", f"no: {s['message']}"))
+        table(None, ["", ""], rows)
+
+    emit(data, as_json, human)
+
+
+@db_servers_app.command("drain")
+def servers_drain(name: str, as_json: JsonOpt = False) -> None:
+    """No new databases go there; the ones it holds keep working."""
+    data = client().post(f"{_server(name)}/drain")
+    emit(data, as_json, lambda s: console.print(f"Draining [bold]{escape(s['name'])}[/]"))
+
+
+@db_servers_app.command("activate")
+def servers_activate(name: str, as_json: JsonOpt = False) -> None:
+    """Take new databases again (undo a drain)."""
+    data = client().post(f"{_server(name)}/activate")
+    emit(data, as_json, lambda s: console.print(f"[bold]{escape(s['name'])}[/] is active"))
+
+
+@db_servers_app.command("remove")
+def servers_remove(name: str, as_json: JsonOpt = False) -> None:
+    """Forget a server that holds no database (deleted ones kept for retention count)."""
+    client().delete(_server(name))
+    emit({"removed": name}, as_json, lambda _: console.print(f"Removed [bold]{escape(name)}[/]"))
+
+
+@db_servers_app.command("purge")
+def servers_purge(as_json: JsonOpt = False) -> None:
+    """Drop now the deleted databases whose retention has ended."""
+    data = client().post("/admin/databases/purge")
+
+    def human(d: dict[str, Any]) -> None:
+        console.print(f"Dropped {d['purged']} databases past their retention")
+        for why in d["failed"]:
+            console.print(f"  kept for the next pass: {escape(why)}")
+
+    emit(data, as_json, human)

@@ -1,0 +1,462 @@
+"""A tenant's managed databases: create, list, credentials, rotate, delete (kept closed until
+its purge), attach to and detach from apps.
+
+Every function takes the caller's ``tenant_id`` and only sees that tenant's rows: another
+tenant's database or app is not found. Server calls are the edge: a create whose store write
+fails drops what it made on the server, a server that fails leaves no row; a delete marks its
+intent first and undoes what it did on the server when the server fails half-way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from berth.databases.names import Engine, parse_engine, validate_name
+from berth.databases.provider import ENV_VARS, Credentials
+from berth.errors import BerthError, Conflict, InvalidInput, NotFound
+from berth.services import apps as app_svc
+from berth.services import validation as v
+from berth.services.billing import ensure_not_suspended
+from berth.services.databases_access import (
+    ProviderFactory,
+    account_of,
+    address_of,
+    provider,
+    tenant_call,
+)
+from berth.services.databases_servers import least_loaded
+from berth.settings import Settings
+from berth.store.tables import (
+    App,
+    DatabaseAttachment,
+    DbServer,
+    Deployment,
+    ManagedDatabase,
+    Release,
+    new_id,
+)
+
+log = logging.getLogger(__name__)
+
+PLANS: Final = ("shared",)
+DEFAULT_SIZE_MB: Final = 1024
+MIN_SIZE_MB, MAX_SIZE_MB = 16, 1024 * 1024
+DEFAULT_CONNECTIONS: Final = 20
+MAX_CONNECTIONS: Final = 500
+_SIZE = re.compile(r"([1-9][0-9]{0,9})([MG]?)")
+
+
+class NotAvailable(InvalidInput):
+    code = "not_available"
+
+
+class DatabaseDeleted(Conflict):
+    code = "database_deleted"
+
+
+def parse_size_mb(value: str | int | None) -> int:
+    """'512M', '2G' or a number of MB, within MIN_SIZE_MB..MAX_SIZE_MB."""
+    if value is None:
+        return DEFAULT_SIZE_MB
+    if isinstance(value, bool):
+        raise InvalidInput("the size is like 512M or 2G", code="invalid_size")
+    if isinstance(value, int):
+        mb = value
+    else:
+        found = _SIZE.fullmatch(value.strip().upper()) if isinstance(value, str) else None
+        if found is None:
+            raise InvalidInput("the size is like 512M or 2G", code="invalid_size")
+        mb = int(found.group(1)) * (1024 if found.group(2) == "G" else 1)
+    if not MIN_SIZE_MB <= mb <= MAX_SIZE_MB:
+        raise InvalidInput(
+            f"the size is between {MIN_SIZE_MB}M and {MAX_SIZE_MB // 1024}G", code="invalid_size"
+        )
+    return mb
+
+
+def _validate_connections(value: int | None) -> int:
+    if value is None:
+        return DEFAULT_CONNECTIONS
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONNECTIONS:
+        raise InvalidInput(
+            f"connections is between 1 and {MAX_CONNECTIONS}", code="invalid_connections"
+        )
+    return value
+
+
+def _tenant_engine(engine: object) -> Engine:
+    kind = parse_engine(engine)
+    if kind == "memcached":
+        # Memcached has no users, so it is only ever dedicated: a container per database.
+        raise NotAvailable("dedicated Memcached is not available yet")
+    return kind
+
+
+def _plan(plan: object) -> str:
+    if plan == "dedicated":
+        raise NotAvailable("dedicated databases are not available yet; use --plan shared")
+    if plan not in PLANS:
+        raise InvalidInput("the plan is shared", code="invalid_plan")
+    return str(plan)
+
+
+def get_database(session: Session, tenant_id: str, name: str) -> ManagedDatabase:
+    db = session.scalar(
+        select(ManagedDatabase).where(
+            ManagedDatabase.tenant_id == tenant_id, ManagedDatabase.name == name
+        )
+    )
+    if db is None:
+        raise NotFound(f"database {name!r} not found", code="database_not_found")
+    return db
+
+
+def _live(db: ManagedDatabase) -> ManagedDatabase:
+    if db.state == "deleting":
+        raise DatabaseDeleted(f"database {db.name!r} is being deleted; run the delete again")
+    if db.state != "active":
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(db.purge_after or 0))
+        raise DatabaseDeleted(
+            f"database {db.name!r} is deleted (kept closed until {when}, then dropped)"
+        )
+    return db
+
+
+def list_databases(session: Session, tenant_id: str) -> list[ManagedDatabase]:
+    stmt = (
+        select(ManagedDatabase)
+        .where(ManagedDatabase.tenant_id == tenant_id)
+        .order_by(ManagedDatabase.name)
+    )
+    return list(session.scalars(stmt))
+
+
+def server_of(session: Session, db: ManagedDatabase) -> DbServer:
+    server = session.get(DbServer, db.server_id)
+    assert server is not None  # a foreign key
+    return server
+
+
+def attachments(session: Session, db: ManagedDatabase) -> list[tuple[DatabaseAttachment, App]]:
+    rows = session.execute(
+        select(DatabaseAttachment, App)
+        .join(App, App.id == DatabaseAttachment.app_id)
+        .where(DatabaseAttachment.database_id == db.id)
+        .order_by(App.name)
+    )
+    return [(a, app) for a, app in rows]
+
+
+@dataclass(frozen=True)
+class NewDatabase:
+    name: str
+    engine: str
+    plan: str = "shared"
+    size: str | int | None = None
+    connections: int | None = None
+
+
+def create_database(
+    session: Session, factory: ProviderFactory, tenant_id: str, spec: NewDatabase
+) -> ManagedDatabase:
+    """Everything is checked before the server is asked; then the server, then the row."""
+    engine = _tenant_engine(spec.engine)
+    plan = _plan(spec.plan)
+    name = validate_name(spec.name, engine)
+    size_mb = parse_size_mb(spec.size)
+    connections = _validate_connections(spec.connections)
+    ensure_not_suspended(session, tenant_id)
+    existing = session.scalar(
+        select(ManagedDatabase).where(
+            ManagedDatabase.tenant_id == tenant_id, ManagedDatabase.name == name
+        )
+    )
+    if existing is not None:
+        if existing.state != "active":
+            _live(existing)  # says it is deleted, and until when its name stays taken
+        raise Conflict(f"you have a database named {name!r}", code="database_exists")
+    server = least_loaded(session, engine)
+    db = ManagedDatabase(
+        id=new_id(),
+        tenant_id=tenant_id,
+        name=name,
+        engine=engine,
+        server_id=server.id,
+        plan=plan,
+        size_mb=size_mb,
+        connection_limit=connections,
+        write_allowed=True,
+        state="active",
+        created_at=time.time(),
+    )
+    account = account_of(db)
+    p = provider(factory, address_of(server))
+    with tenant_call(server, "create the database"):
+        creds = p.create(account)
+    db.password = creds.password
+    try:
+        session.add(db)
+        session.commit()
+    except BaseException:
+        # The row is the only record of the server's objects: without it, they go.
+        session.rollback()
+        try:
+            with tenant_call(server, "remove a database whose record failed"):
+                p.drop(account)
+        except BerthError:
+            log.error("database %s stays on server %s with no record", account.names.database,
+                      server.name)  # fmt: skip
+        raise
+    return db
+
+
+def credentials(session: Session, factory: ProviderFactory, db: ManagedDatabase) -> Credentials:
+    _live(db)
+    server = server_of(session, db)
+    with tenant_call(server, "give the credentials"):
+        return provider(factory, address_of(server)).credentials(account_of(db), db.password)
+
+
+def _env_for(creds: Credentials, var: str, prefix_var: str) -> dict[str, str]:
+    env = {var: creds.url}
+    if prefix_var:
+        env[prefix_var] = creds.key_prefix
+    return env
+
+
+@dataclass(frozen=True)
+class Rereleased:
+    app: str
+    release: Release | None
+    deployment: Deployment | None
+
+
+def rotate(
+    session: Session,
+    settings: Settings,
+    factory: ProviderFactory,
+    tenant_id: str,
+    name: str,
+) -> tuple[ManagedDatabase, list[Rereleased]]:
+    """A new password, then every attached app re-released with the new URL (start-first, as
+    any config change). Sessions already open keep running until their instances stop."""
+    db = _live(get_database(session, tenant_id, name))
+    ensure_not_suspended(session, tenant_id)
+    server = server_of(session, db)
+    with tenant_call(server, "rotate the password"):
+        creds = provider(factory, address_of(server)).rotate_password(account_of(db))
+    db.password = creds.password
+    session.commit()
+    return db, _rerelease(session, settings, tenant_id, db, creds)
+
+
+def _rerelease(
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    db: ManagedDatabase,
+    creds: Credentials,
+) -> list[Rereleased]:
+    done = []
+    for attachment, app in attachments(session, db):
+        app_name = app.name
+        _, release, dep = app_svc.set_config(
+            session,
+            settings,
+            tenant_id,
+            app_name,
+            _env_for(creds, attachment.var, attachment.prefix_var),
+            [],
+        )
+        done.append(Rereleased(app_name, release, dep))
+    return done
+
+
+def delete_database(
+    session: Session,
+    settings: Settings,
+    factory: ProviderFactory,
+    tenant_id: str,
+    name: str,
+    now: float,
+) -> ManagedDatabase:
+    """Nothing is lost: the database stays on its server with writes refused and its password
+    replaced by one nobody knows, until ``purge_after``; the purge pass drops it then.
+
+    The intent is stored first (``deleting``): a delete the server failed half-way is undone,
+    and one cut short (a crash) is finished by deleting again."""
+    db = get_database(session, tenant_id, name)
+    if db.state == "deleted":
+        return db  # deleted already: the same answer again
+    apps = [app.name for _, app in attachments(session, db)]
+    if apps:
+        raise Conflict(
+            f"database {name!r} is attached to {', '.join(apps)}: detach it first "
+            f"(berth db detach {apps[0]} {name})",
+            code="database_attached",
+        )
+    server = server_of(session, db)
+    db.state = "deleting"
+    session.commit()
+    p, account = provider(factory, address_of(server)), account_of(db)
+    try:
+        with tenant_call(server, "close the database"):
+            p.set_write_allowed(account, False)
+            p.rotate_password(account)  # the new password is dropped here: nobody knows it
+    except BerthError:
+        try:
+            with tenant_call(server, "reopen the database"):
+                p.set_write_allowed(account, db.write_allowed)
+        except BerthError:
+            log.error("database %s: writes stay refused after a failed delete", db.id)
+        db.state = "active"
+        session.commit()
+        raise
+    db.state = "deleted"
+    db.password = ""  # the server's new one was never kept: nobody knows it
+    db.deleted_at = now
+    db.purge_after = now + settings.database_retention_days * 86400
+    db.write_allowed = False
+    session.commit()
+    return db
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    purged: list[str]  # database ids dropped from their servers
+    failed: list[tuple[str, str]]  # (database id, why): kept for the next pass
+
+
+def purge_due(session: Session, factory: ProviderFactory, now: float) -> PurgeResult:
+    """Drop every deleted database whose retention has ended, from its server and then from
+    the store. A server that fails keeps its databases for the next pass."""
+    due = list(
+        session.scalars(
+            select(ManagedDatabase).where(
+                ManagedDatabase.state == "deleted",
+                ManagedDatabase.purge_after.is_not(None),
+                ManagedDatabase.purge_after <= now,
+            )
+        )
+    )
+    purged, failed = [], []
+    for db in due:
+        server = server_of(session, db)
+        try:
+            with tenant_call(server, "drop the database"):
+                provider(factory, address_of(server)).drop(account_of(db))
+        except BerthError as exc:
+            failed.append((db.id, exc.message))
+            continue
+        session.delete(db)
+        session.commit()
+        purged.append(db.id)
+    return PurgeResult(purged, failed)
+
+
+def _default_vars(engine: Engine, var: str | None) -> tuple[str, str]:
+    chosen = var or ENV_VARS[engine]
+    v.validate_config({chosen: ""})
+    if engine != "redis":
+        return chosen, ""
+    # The Redis user may only touch keys under its prefix: the app needs to know it.
+    prefix = "REDIS_KEY_PREFIX" if chosen == "REDIS_URL" else f"{chosen}_KEY_PREFIX"
+    v.validate_config({prefix: ""})
+    return chosen, prefix
+
+
+def attach(
+    session: Session,
+    settings: Settings,
+    factory: ProviderFactory,
+    tenant_id: str,
+    app_name: str,
+    db_name: str,
+    var: str | None = None,
+) -> tuple[dict[str, str], Release | None, Deployment | None]:
+    """The database's URL in the app's config, as a new release through the ordinary config
+    path (a start-first deploy once the app has a release)."""
+    app = app_svc.get_app(session, tenant_id, app_name)
+    db = _live(get_database(session, tenant_id, db_name))
+    engine = parse_engine(db.engine)
+    chosen, prefix = _default_vars(engine, var)
+    if session.scalar(
+        select(DatabaseAttachment.id).where(
+            DatabaseAttachment.database_id == db.id, DatabaseAttachment.app_id == app.id
+        )
+    ):
+        raise Conflict(f"{db_name!r} is attached to {app_name!r} already", code="attached")
+    taken = [k for k in (chosen, prefix) if k and k in app_svc.app_config(app)]
+    if taken:
+        raise Conflict(
+            f"app {app_name!r} has {', '.join(taken)} in its config already: choose another "
+            "name with --as, or unset it first",
+            code="config_key_taken",
+        )
+    creds = credentials(session, factory, db)
+    row = DatabaseAttachment(
+        id=new_id(),
+        tenant_id=tenant_id,
+        database_id=db.id,
+        app_id=app.id,
+        var=chosen,
+        prefix_var=prefix,
+        created_at=time.time(),
+    )
+    session.add(row)
+    session.commit()
+    try:
+        return app_svc.set_config(
+            session, settings, tenant_id, app_name, _env_for(creds, chosen, prefix), []
+        )
+    except BaseException:
+        session.rollback()
+        _forget(session, row.id)
+        raise
+
+
+def _forget(session: Session, attachment_id: str) -> None:
+    try:
+        found = session.get(DatabaseAttachment, attachment_id)
+        if found is not None:
+            session.delete(found)
+            session.commit()
+    except SQLAlchemyError:
+        session.rollback()
+        log.exception("could not remove attachment %s after a failed attach", attachment_id)
+
+
+def detach(
+    session: Session, settings: Settings, tenant_id: str, app_name: str, db_name: str
+) -> tuple[dict[str, str], Release | None, Deployment | None]:
+    """The database's keys out of the app's config (a new release), then the attachment."""
+    app = app_svc.get_app(session, tenant_id, app_name)
+    db = get_database(session, tenant_id, db_name)
+    row = session.scalar(
+        select(DatabaseAttachment).where(
+            DatabaseAttachment.database_id == db.id, DatabaseAttachment.app_id == app.id
+        )
+    )
+    if row is None:
+        raise NotFound(f"{db_name!r} is not attached to {app_name!r}", code="not_attached")
+    row_id, keys = row.id, [k for k in (row.var, row.prefix_var) if k]
+    present = [k for k in keys if k in app_svc.app_config(app)]
+    session.commit()  # ends the read before set_config locks the app
+    result: tuple[dict[str, str], Release | None, Deployment | None]
+    if present:
+        result = app_svc.set_config(session, settings, tenant_id, app_name, {}, present)
+    else:
+        result = (app_svc.app_config(app), None, None)
+    found = session.get(DatabaseAttachment, row_id)
+    if found is not None:
+        session.delete(found)
+        session.commit()
+    return result
