@@ -26,14 +26,12 @@ def record_intervals(session: Session, instances: Sequence[WorkloadInstance], no
 
     Open rows are read as plain columns; only the rows that close are loaded (a pass over
     30,000 instances that keep running touches none)."""
-    open_rows = {
-        (container_id, started_at): row_id
-        for row_id, container_id, started_at in session.execute(
-            select(RunIntervalRow.id, RunIntervalRow.container_id, RunIntervalRow.started_at).where(
-                RunIntervalRow.stopped_at.is_(None)
-            )
-        )
-    }
+    session.flush()
+    opened = select(RunIntervalRow.id, RunIntervalRow.container_id, RunIntervalRow.started_at)
+    # Through the session's connection (same transaction) in one fetch: plain rows, 30,000 a
+    # pass, without the ORM's per-row result processing.
+    rows = session.connection().execute(opened.where(RunIntervalRow.stopped_at.is_(None))).all()
+    open_rows = {(container_id, started_at): row_id for row_id, container_id, started_at in rows}
     seen: set[tuple[str, float]] = set()
     closing: dict[str, float] = {}  # row id -> when it stopped
     new: dict[tuple[str, float], WorkloadInstance] = {}

@@ -248,13 +248,14 @@ class Reconciler:
             else:
                 pending_rows[r.app_id] = r
         columns = [getattr(Instance, name) for name in _MIRRORED]
+        mirrored = select(Instance.id, Instance.container_id, Instance.finished_at, *columns)
+        session.flush()
+        # Through the session's connection (same transaction) in one fetch: plain rows, 30,000
+        # a pass, without the ORM's per-row result processing.
+        rows = session.connection().execute(mirrored.where(Instance.container_id.is_not(None)))
         shown = {
             cid: (row_id, finished_at, tuple(values))
-            for row_id, cid, finished_at, *values in session.execute(
-                select(Instance.id, Instance.container_id, Instance.finished_at, *columns).where(
-                    Instance.container_id.is_not(None)
-                )
-            )
+            for row_id, cid, finished_at, *values in rows.all()
         }
         superseded = _superseded(instances)
         stale: dict[str, WorkloadInstance] = {}  # row id -> what it must show now

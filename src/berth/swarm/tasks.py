@@ -72,12 +72,12 @@ class TaskMemory:
     )
 
     def forget(self, live_ids: Iterable[str], live_services: Iterable[str] = ()) -> None:
-        keep = set(live_ids)
+        keep = live_ids if isinstance(live_ids, (set, frozenset)) else set(live_ids)
+        # Set differences of the keys: 30,000 live tasks a pass, most of them still live.
         for memo in (self.ports, self.started, self.views, self.instances):
-            for task_id in [t for t in memo if t not in keep]:
+            for task_id in memo.keys() - keep:
                 del memo[task_id]
-        services = set(live_services)
-        for service_id in [s for s in self.services if s not in services]:
+        for service_id in self.services.keys() - set(live_services):
             del self.services[service_id]
 
 
@@ -141,18 +141,19 @@ def _service_key(
     version = (service.get("Version") or {}).get("Index")
     if version is None:
         return None
-    facts = []
+    facts: list[tuple[Any, ...]] = []
+    append = facts.append  # 30,000 tasks a pass
     for task in tasks:
-        status = task.get("Status") or {}
-        if status.get("State") in FAILED_STATES:
+        status = task.get("Status")
+        if status and status.get("State") in FAILED_STATES:
             return None
-        node_id = str(task.get("NodeID") or "")
-        facts.append(
+        task_version = task.get("Version")
+        append(
             (
                 task.get("ID"),
-                (task.get("Version") or {}).get("Index"),
+                task_version.get("Index") if task_version else None,
                 task.get("DesiredState"),
-                nodes.get(node_id),
+                nodes.get(str(task.get("NodeID") or "")),
             )
         )
     return (version, tuple(facts))

@@ -346,8 +346,11 @@ class SwarmWorkloads:
 
     def _newly_removed(self, seen: set[str], now: float) -> list[WorkloadInstance]:
         """Tasks that are gone since the last call, reported as removed with their end."""
-        for task_id, last in self._last.items():
-            if task_id in seen or task_id in self._removed:
+        # Walked in the order last seen, and only when one is gone (a set difference first:
+        # most passes lose none of 30,000).
+        gone_ids = self._last.keys() - seen
+        for task_id, last in self._last.items() if gone_ids else ():
+            if task_id not in gone_ids or task_id in self._removed:
                 continue
             if last.id.startswith("refused:"):
                 continue
@@ -362,9 +365,10 @@ class SwarmWorkloads:
             out.append(gone)
             if now >= until:
                 del self._removed[task_id]
-        live_groups = {i.group for i in self._last.values()} | set(self._groups)
-        for key in [k for k in self._removed_at if k not in live_groups]:
-            del self._removed_at[key]
+        if self._removed_at:  # most passes removed no service
+            live_groups = {i.group for i in self._last.values()} | set(self._groups)
+            for key in [k for k in self._removed_at if k not in live_groups]:
+                del self._removed_at[key]
         return out
 
     def _check_owned(self, task_id: str) -> None:
