@@ -4,10 +4,11 @@ Docker, in one run:
 (a) deploy latency: examples/python-app, image already built, one instance as the issue measured
     it (``--replicas``; again at ``--compare-replicas``, 2 by default, 0 skips it), from the API
     call to the first 200 through nginx and to the deployment's ``succeeded``; beside it,
-    ``docker run`` of the same image until its first 200. Each deploy is of a new app, created
-    (and its host routed to its "no healthy instances" page) before the deploy is timed, of a
-    tenant whose network already exists (as ``docker run`` uses an existing bridge): a tenant's
-    very first app also makes and filters its network, ~0.1 s more;
+    ``docker run`` of the same image until its first 200 (and, for reference, ``docker run
+    --network`` on a user-defined bridge like a tenant's network). Each deploy is of a new app,
+    created (and its host routed to its "no healthy instances" page) before the deploy is
+    timed, of a tenant whose network already exists (as ``docker run`` uses an existing
+    bridge): a tenant's very first app also makes and filters its network, ~0.1 s more;
 (b) crash recovery: kill -9 of an instance's process until it is serving again (on its port and
     healthy in ``ps``); beside it, Docker's own ``--restart on-failure``;
 (c) throughput: requests/s and p50/p99 latency through Berth's nginx vs straight to the same
@@ -106,7 +107,7 @@ class RawDocker:
         self.client = docker_client()
         self.label = f"berth-bench-{uuid.uuid4().hex[:10]}"
 
-    def run(self, image: str, restart: str = "no") -> Any:
+    def run(self, image: str, restart: str = "no", network: str | None = None) -> Any:
         return self.client.containers.run(
             image,
             detach=True,
@@ -115,7 +116,14 @@ class RawDocker:
             labels={"berth.bench": self.label},
             restart_policy={"Name": restart},
             mem_limit="128m",
+            network=network,
         )
+
+    def network(self) -> str:
+        """A user-defined bridge network, as each Berth tenant has (removed in cleanup)."""
+        name = f"{self.label}-net"
+        self.client.networks.create(name, driver="bridge", labels={"berth.bench": self.label})
+        return name
 
     def cleanup(self) -> None:
         for c in self.client.containers.list(
@@ -123,6 +131,9 @@ class RawDocker:
         ):
             with contextlib.suppress(Exception):
                 c.remove(force=True)
+        for n in self.client.networks.list(filters={"label": f"berth.bench={self.label}"}):
+            with contextlib.suppress(Exception):
+                n.remove()
         self.client.close()
 
 
@@ -165,10 +176,26 @@ def _deployment_succeeded(berth: BerthServer, path: str) -> bool:
     return bool(berth.api_json("GET", path)["status"] == "succeeded")
 
 
+def _docker_run_first_ok(raw: RawDocker, image: str, network: str | None = None) -> float:
+    started = time.perf_counter()
+    container = raw.run(image, network=network)
+    port = wait_until(partial(_published_port, container), 30, "docker publishes the port")
+    took = _first_ok(f"http://127.0.0.1:{port}/") - started
+    container.remove(force=True)
+    return took
+
+
 def bench_deploy(
-    berth: BerthServer, raw: RawDocker, image: str, repeat: int, replicas: int = 1
+    berth: BerthServer,
+    raw: RawDocker,
+    image: str,
+    repeat: int,
+    replicas: int = 1,
+    network: str | None = None,
 ) -> dict[str, Any]:
-    first_200, all_healthy, docker_run = [], [], []
+    """With ``network``, ``docker run`` is also timed on that user-defined bridge network:
+    what Docker itself takes more to start a container on a network like a tenant's."""
+    first_200, all_healthy, docker_run, on_network = [], [], [], []
     for i in range(repeat):
         name = f"deploy{replicas}x{i}"
         new_app(berth, name, replicas)
@@ -181,20 +208,21 @@ def bench_deploy(
         all_healthy.append(time.perf_counter() - started)
         delete_app(berth, name)
 
-        started = time.perf_counter()
-        container = raw.run(image)
-        port = wait_until(partial(_published_port, container), 30, "docker publishes the port")
-        docker_run.append(_first_ok(f"http://127.0.0.1:{port}/") - started)
-        container.remove(force=True)
+        docker_run.append(_docker_run_first_ok(raw, image))
+        if network is not None:
+            on_network.append(_docker_run_first_ok(raw, image, network))
     first = Summary(first_200).as_dict()
     baseline = Summary(docker_run).as_dict()
-    return {
+    result = {
         "replicas": replicas,
         "berth_first_200_through_nginx": first,
         "berth_deployment_succeeded": Summary(all_healthy).as_dict(),
         "docker_run_first_200": baseline,
         "first_200_vs_docker_run": round(first["median"] / baseline["median"], 2),
     }
+    if on_network:
+        result["docker_run_on_a_user_network_first_200"] = Summary(on_network).as_dict()
+    return result
 
 
 # -- (b) crash recovery -------------------------------------------------------------------------
@@ -320,6 +348,9 @@ def print_report(results: dict[str, Any]) -> None:
         _seconds_row(t, what, how, d["berth_first_200_through_nginx"])
         _seconds_row(t, "", "Berth (deployment succeeded)", d["berth_deployment_succeeded"])
         _seconds_row(t, "", "docker run (own port)", d["docker_run_first_200"])
+        if "docker_run_on_a_user_network_first_200" in d:
+            on_network = d["docker_run_on_a_user_network_first_200"]
+            _seconds_row(t, "", "docker run --network (a bridge like a tenant's)", on_network)
     _seconds_row(t, "kill -9 → serving", "Berth (instance's port)", c["berth_serving_on_its_port"])
     _seconds_row(t, "", "Berth (healthy in ps)", c["berth_healthy_in_ps"])
     _seconds_row(t, "", "docker --restart on-failure", c["docker_restart_on_failure_serving"])
@@ -392,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(
             f"(a) deploy latency, image {image}, {args.replicas} replicas, {args.repeat} runs"
         )
-        deploy = bench_deploy(berth, raw, image, args.repeat, args.replicas)
+        deploy = bench_deploy(berth, raw, image, args.repeat, args.replicas, raw.network())
         compared = []
         if args.compare_replicas and args.compare_replicas != args.replicas:
             console.print(f"(a) again at {args.compare_replicas} replicas")
