@@ -267,6 +267,39 @@ TABLE: dict[tuple[str, str], Route] = {
     ("GET", "/billing/webhooks"): Route("read", (own(lambda r: Req("/billing/webhooks")),)),
     ("POST", "/billing/payments/webhook"): Route("public", (
         foreign(_payment, "not_configured"),)),
+    # -- managed databases ("a-db" is not B's: the same answer as for A's, which
+    # tests/api/test_databases_api.py::test_roles_and_ownership holds against a real one)
+    ("POST", "/databases"): Route("write", (own(
+        lambda r: Req("/databases", json={"name": "matrix", "engine": "postgres"}),
+        409, "no_database_server"),)),
+    ("GET", "/databases"): Route("read", (own(lambda r: Req("/databases")),)),
+    ("GET", "/databases/{name}"): Route("read", (
+        foreign(lambda r: Req("/databases/a-db"), "database_not_found"),)),
+    ("DELETE", "/databases/{name}"): Route("write", (
+        foreign(lambda r: Req("/databases/a-db"), "database_not_found"),)),
+    ("GET", "/databases/{name}/credentials"): Route("write", (
+        foreign(lambda r: Req("/databases/a-db/credentials"), "database_not_found"),)),
+    ("POST", "/databases/{name}/rotate"): Route("write", (
+        foreign(lambda r: Req("/databases/a-db/rotate"), "database_not_found"),)),
+    ("POST", "/databases/{name}/attachments"): Route("write", (foreign(
+        lambda r: Req("/databases/a-db/attachments", json={"app": r.app}), "app_not_found"),)),
+    ("DELETE", "/databases/{name}/attachments/{app}"): Route("write", (
+        foreign(lambda r: Req(f"/databases/a-db/attachments/{r.app}"), "app_not_found"),)),
+    ("POST", "/admin/db-servers"): Route("operator", (operator(lambda r: Req(
+        "/admin/db-servers",
+        json={"name": "b-pg", "engine": "postgres", "url": "postgresql://b:pw@127.0.0.1/"})),)),
+    ("GET", "/admin/db-servers"): Route("operator", (operator(
+        lambda r: Req("/admin/db-servers")),)),
+    ("GET", "/admin/db-servers/{name}"): Route("operator", (operator(
+        lambda r: Req("/admin/db-servers/shared-1")),)),
+    ("POST", "/admin/db-servers/{name}/drain"): Route("operator", (operator(
+        lambda r: Req("/admin/db-servers/shared-1/drain")),)),
+    ("POST", "/admin/db-servers/{name}/activate"): Route("operator", (operator(
+        lambda r: Req("/admin/db-servers/shared-1/activate")),)),
+    ("DELETE", "/admin/db-servers/{name}"): Route("operator", (operator(
+        lambda r: Req("/admin/db-servers/shared-1")),)),
+    ("POST", "/admin/databases/purge"): Route("operator", (operator(
+        lambda r: Req("/admin/databases/purge")),)),
     # -- operators
     ("POST", "/admin/plans"): Route("operator", (operator(
         lambda r: Req("/admin/plans", json={"name": "b-free", "price_per_gb_hour": "0"})),)),

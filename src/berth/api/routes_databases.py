@@ -13,13 +13,14 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, JsonValue
 from sqlalchemy.orm import Session
 
 from berth.api import views
 from berth.api.audit import record
 from berth.api.deps import CurrentPrincipal, Operator, PlatformDep, SessionDep, Writer
 from berth.api.schemas import DeploymentPublic, ReleasePublic, Strict
+from berth.databases.names import ALL_RESERVED, MAX_NAME_LENGTH, NAME_PATTERN
 from berth.services import apps as app_svc
 from berth.services import databases as svc
 from berth.services import databases_servers as servers
@@ -46,12 +47,42 @@ ClockDep = Annotated[Callable[[], float], Depends(clock)]
 # -- shapes ---------------------------------------------------------------------------------
 
 
+_RESERVED: list[JsonValue] = [*sorted(ALL_RESERVED)]
+
+
 class DatabaseCreate(Strict):
-    name: str = Field(max_length=100, description="^[a-z][a-z0-9-]{0,39}$, not reserved")
-    engine: str = Field(max_length=32, description="postgres, mariadb or redis")
-    plan: str = Field(default="shared", max_length=32, description="shared (dedicated: not yet)")
-    size: str | int | None = Field(default=None, description="storage quota, like 512M or 2G")
-    connections: int | None = Field(default=None, description="concurrent connections allowed")
+    # The constraints are documented, not enforced by the model: the service checks them and
+    # answers with a precise code (invalid_database_name, unknown_engine, not_available, ...).
+    name: str = Field(
+        max_length=100,
+        description="the database's name in Berth (never sent to a server); some are reserved",
+        json_schema_extra={
+            "pattern": NAME_PATTERN.pattern.join("^$"),
+            "maxLength": MAX_NAME_LENGTH,
+            "not": {"enum": _RESERVED},
+        },
+    )
+    engine: str = Field(
+        max_length=32,
+        description="memcached is refused for now (dedicated Memcached is not available yet)",
+        json_schema_extra={"enum": ["postgres", "mariadb", "redis"]},
+    )
+    plan: str = Field(
+        default="shared",
+        max_length=32,
+        description="dedicated is not available yet",
+        json_schema_extra={"enum": list(svc.PLANS)},
+    )
+    size_mb: int | None = Field(
+        default=None,
+        description=f"storage quota in MB (default {svc.DEFAULT_SIZE_MB})",
+        json_schema_extra={"minimum": svc.MIN_SIZE_MB, "maximum": svc.MAX_SIZE_MB},
+    )
+    connections: int | None = Field(
+        default=None,
+        description=f"concurrent connections allowed (default {svc.DEFAULT_CONNECTIONS})",
+        json_schema_extra={"minimum": 1, "maximum": svc.MAX_CONNECTIONS},
+    )
 
 
 class AttachmentPublic(BaseModel):
@@ -89,7 +120,13 @@ class CredentialsPublic(BaseModel):
 
 class AttachRequest(Strict):
     app: str = Field(max_length=100)
-    as_: str | None = Field(default=None, alias="as", max_length=128, description="config key")
+    as_: str | None = Field(
+        default=None,
+        alias="as",
+        max_length=128,
+        description="the config key (default DATABASE_URL, or REDIS_URL)",
+        json_schema_extra={"pattern": svc.ATTACH_KEY_PATTERN, "not": {"enum": ["PORT"]}},
+    )
 
 
 class ConfigRelease(BaseModel):
@@ -205,8 +242,8 @@ def _server_public(load: servers.ServerLoad) -> ServerPublic:
 def create_database(
     body: DatabaseCreate, session: SessionDep, providers: ProvidersDep, who: Writer
 ) -> DatabasePublic:
-    """A database on the least loaded active server of the engine (503 when none has room)."""
-    spec = svc.NewDatabase(body.name, body.engine, body.plan, body.size, body.connections)
+    """A database on the least loaded active server of the engine (409 when none has room)."""
+    spec = svc.NewDatabase(body.name, body.engine, body.plan, body.size_mb, body.connections)
     return _public(session, svc.create_database(session, providers, who.tenant_id, spec))
 
 

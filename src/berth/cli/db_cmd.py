@@ -43,6 +43,16 @@ def _state(d: dict[str, Any]) -> str:
     return str(d["state"])
 
 
+def parse_size(text: str) -> int:
+    """'512M', '2G' or a number of MB, as MB (the server checks the range)."""
+    value = text.strip().upper().removesuffix("B")
+    scale = 1024 if value.endswith("G") else 1
+    digits = value.removesuffix("G").removesuffix("M")
+    if not digits.isdigit() or not digits.isascii() or len(digits) > 9:
+        raise CliError(f"--size is like 512M or 2G, not {text!r}")
+    return int(digits) * scale
+
+
 def _size(mb: int) -> str:
     return f"{mb // 1024}G" if mb % 1024 == 0 else f"{mb}M"
 
@@ -78,7 +88,7 @@ def db_create(
     """Create a database on the least loaded shared server of the engine."""
     body: dict[str, Any] = {"name": name, "engine": engine, "plan": plan}
     if size is not None:
-        body["size"] = size
+        body["size_mb"] = parse_size(size)
     if connections is not None:
         body["connections"] = connections
     data = client().post("/databases", json=body)

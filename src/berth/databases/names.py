@@ -39,6 +39,8 @@ _ALL_RESERVED: Final = _COMMON_RESERVED.union(*RESERVED.values()) | {
     "performance_schema",
     "pg_catalog",
 }
+# Every reserved name, for the API's document (it states them as refused).
+ALL_RESERVED: Final[frozenset[str]] = _ALL_RESERVED
 
 _ID_PATTERN: Final = re.compile(r"[A-Za-z0-9]{1,64}")
 

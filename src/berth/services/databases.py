@@ -51,7 +51,8 @@ DEFAULT_SIZE_MB: Final = 1024
 MIN_SIZE_MB, MAX_SIZE_MB = 16, 1024 * 1024
 DEFAULT_CONNECTIONS: Final = 20
 MAX_CONNECTIONS: Final = 500
-_SIZE = re.compile(r"([1-9][0-9]{0,9})([MG]?)")
+# A config key short enough that its Redis key-prefix companion (KEY_KEY_PREFIX) is one too.
+ATTACH_KEY_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
 
 
 class NotAvailable(InvalidInput):
@@ -62,24 +63,17 @@ class DatabaseDeleted(Conflict):
     code = "database_deleted"
 
 
-def parse_size_mb(value: str | int | None) -> int:
-    """'512M', '2G' or a number of MB, within MIN_SIZE_MB..MAX_SIZE_MB."""
+def _validate_size_mb(value: int | None) -> int:
     if value is None:
         return DEFAULT_SIZE_MB
-    if isinstance(value, bool):
-        raise InvalidInput("the size is like 512M or 2G", code="invalid_size")
-    if isinstance(value, int):
-        mb = value
-    else:
-        found = _SIZE.fullmatch(value.strip().upper()) if isinstance(value, str) else None
-        if found is None:
-            raise InvalidInput("the size is like 512M or 2G", code="invalid_size")
-        mb = int(found.group(1)) * (1024 if found.group(2) == "G" else 1)
-    if not MIN_SIZE_MB <= mb <= MAX_SIZE_MB:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput("size_mb is a number of MB", code="invalid_size")
+    if not MIN_SIZE_MB <= value <= MAX_SIZE_MB:
         raise InvalidInput(
-            f"the size is between {MIN_SIZE_MB}M and {MAX_SIZE_MB // 1024}G", code="invalid_size"
+            f"the size is between {MIN_SIZE_MB} MB and {MAX_SIZE_MB} MB ({MAX_SIZE_MB // 1024}G)",
+            code="invalid_size",
         )
-    return mb
+    return value
 
 
 def _validate_connections(value: int | None) -> int:
@@ -160,7 +154,7 @@ class NewDatabase:
     name: str
     engine: str
     plan: str = "shared"
-    size: str | int | None = None
+    size_mb: int | None = None
     connections: int | None = None
 
 
@@ -171,7 +165,7 @@ def create_database(
     engine = _tenant_engine(spec.engine)
     plan = _plan(spec.plan)
     name = validate_name(spec.name, engine)
-    size_mb = parse_size_mb(spec.size)
+    size_mb = _validate_size_mb(spec.size_mb)
     connections = _validate_connections(spec.connections)
     ensure_not_suspended(session, tenant_id)
     existing = session.scalar(
@@ -363,7 +357,12 @@ def purge_due(session: Session, factory: ProviderFactory, now: float) -> PurgeRe
 
 
 def _default_vars(engine: Engine, var: str | None) -> tuple[str, str]:
-    chosen = var or ENV_VARS[engine]
+    chosen = var if var is not None else ENV_VARS[engine]
+    if re.fullmatch(ATTACH_KEY_PATTERN, chosen) is None:
+        raise InvalidInput(
+            "the config key is 1-100 letters, digits and '_', not starting with a digit",
+            code="invalid_config",
+        )
     v.validate_config({chosen: ""})
     if engine != "redis":
         return chosen, ""

@@ -33,10 +33,10 @@ DEFAULT_CAPACITY: Final = 500
 STATES: Final = ("active", "draining")
 
 
-class NoDatabaseServer(BerthError):
-    """No server can take a new database of the engine: the operator has to add one."""
+class NoDatabaseServer(Conflict):
+    """No server can take a new database of the engine (none, all draining or full): the
+    platform's state refuses it until the operator adds one, not a server that failed."""
 
-    status = 503
     code = "no_database_server"
 
 
@@ -226,7 +226,7 @@ def remove_server(session: Session, name: str) -> None:
 
 def least_loaded(session: Session, engine: Engine) -> DbServer:
     """The active server of the engine with the smallest share of its capacity used (ties: the
-    fewest databases, then the name); a full or missing one is a 503 that says which."""
+    fewest databases, then the name); none with room is a 409 that says why."""
     servers = list(session.scalars(select(DbServer).where(DbServer.engine == engine)))
     counts = _counts(session)
     active = [s for s in servers if s.state == "active"]
