@@ -691,3 +691,27 @@ def test_the_cli(env: Env, fake: Servers, cli: Callable[..., Result]) -> None:
     assert cli("admin", "db-servers", "remove", "pg-cli").exit_code == 0
     denied = cli("admin", "db-servers", "list", token=user.session)
     assert denied.exit_code == 1 and isinstance(denied.exception, CliError)
+
+
+def test_rotate_re_releases_every_app_it_can_and_says_which_it_could_not(
+    env: Env, fake: Servers
+) -> None:
+    add_server(env, "pg-rot")
+    user = env.signup("rotator")
+    for app in ("rot-small", "rot-big"):
+        env.create_app(user.session, app)
+        env.deploy(user.session, app)
+    env.ok("PATCH", "/apps/rot-big/config", user.session, json={"set": {"BLOB": "x" * 4000}})
+    create_db(env, user.session, "shared")
+    for app in ("rot-small", "rot-big"):
+        body = {"app": app}
+        env.ok("POST", "/databases/shared/attachments", user.session, json=body, status=201)
+    # rot-big's config is now over the limit: it cannot take a new release, rot-small can.
+    with env.settings_override(max_config_bytes=2000):
+        rotated = env.ok("POST", "/databases/shared/rotate", user.session)
+    by_app = {r["app"]: r for r in rotated["releases"]}
+    assert "limit is 2000 bytes" in by_app["rot-big"]["error"] and not by_app["rot-big"]["release"]
+    assert by_app["rot-small"]["error"] == "" and by_app["rot-small"]["release"]
+    new = env.ok("GET", "/databases/shared/credentials", user.session)["url"]
+    assert _release_config(env, user.session, "rot-small")["DATABASE_URL"] == new
+    assert _release_config(env, user.session, "rot-big")["DATABASE_URL"] != new

@@ -137,6 +137,7 @@ class ConfigRelease(BaseModel):
     config_keys: list[str]
     release: ReleasePublic | None
     deployment: DeploymentPublic | None
+    error: str = Field(default="", description="rotate: why this app did not get the new URL")
 
 
 class RotateResult(BaseModel):
@@ -299,6 +300,7 @@ def rotate(
                 config_keys=sorted(app_svc.app_config(app)),
                 release=views.release_public(item.release, app) if item.release else None,
                 deployment=views.deployment_public(session, item.deployment),
+                error=item.error,
             )
         )
     return RotateResult(database=_public(session, db), releases=releases)

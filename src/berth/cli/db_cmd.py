@@ -60,7 +60,11 @@ def _size(mb: int) -> str:
 def _print_releases(items: list[dict[str, Any]]) -> None:
     for item in items:
         release, dep = item.get("release"), item.get("deployment") or {}
-        if release:
+        if item.get("error"):
+            console.print(
+                f"  {escape(item['app'])}: [red]not re-released[/]: {escape(item['error'])}"
+            )
+        elif release:
             console.print(
                 f"  {escape(item['app'])}: v{release['version']} rolling out "
                 f"({escape(dep.get('status', ''))})"

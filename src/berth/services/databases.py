@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from berth.databases.errors import DatabaseServerError
 from berth.databases.names import Engine, parse_engine, validate_name
 from berth.databases.provider import ENV_VARS, Credentials
 from berth.errors import BerthError, Conflict, InvalidInput, NotFound
@@ -231,6 +232,7 @@ class Rereleased:
     app: str
     release: Release | None
     deployment: Deployment | None
+    error: str = ""  # the app did not get the new URL, and why (the others still did)
 
 
 def rotate(
@@ -248,7 +250,16 @@ def rotate(
     with tenant_call(server, "rotate the password"):
         creds = provider(factory, address_of(server)).rotate_password(account_of(db))
     db.password = creds.password
-    session.commit()
+    try:
+        session.commit()
+    except SQLAlchemyError:
+        # The server has a password the store could not keep: only another rotate gives the
+        # tenant a working one (the interface sets no chosen password), so say exactly that.
+        session.rollback()
+        log.exception("database %s: rotated on the server, not stored", db.id)
+        raise DatabaseServerError(
+            "the new password could not be stored; run the rotate again"
+        ) from None
     return db, _rerelease(session, settings, tenant_id, db, creds)
 
 
@@ -261,15 +272,15 @@ def _rerelease(
 ) -> list[Rereleased]:
     done = []
     for attachment, app in attachments(session, db):
-        app_name = app.name
-        _, release, dep = app_svc.set_config(
-            session,
-            settings,
-            tenant_id,
-            app_name,
-            _env_for(creds, attachment.var, attachment.prefix_var),
-            [],
-        )
+        app_name, env = app.name, _env_for(creds, attachment.var, attachment.prefix_var)
+        try:
+            _, release, dep = app_svc.set_config(session, settings, tenant_id, app_name, env, [])
+        except BerthError as exc:
+            # The password has changed already: one app that cannot take a release now (being
+            # deleted, say) must not keep the others on the old one.
+            session.rollback()
+            done.append(Rereleased(app_name, None, None, exc.message))
+            continue
         done.append(Rereleased(app_name, release, dep))
     return done
 
