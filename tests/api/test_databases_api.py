@@ -715,3 +715,25 @@ def test_rotate_re_releases_every_app_it_can_and_says_which_it_could_not(
     new = env.ok("GET", "/databases/shared/credentials", user.session)["url"]
     assert _release_config(env, user.session, "rot-small")["DATABASE_URL"] == new
     assert _release_config(env, user.session, "rot-big")["DATABASE_URL"] != new
+
+
+def test_the_background_purge_drops_what_is_due_and_only_when_it_may(
+    env: Env, fake: Servers
+) -> None:
+    from berth.services.databases_purge import DatabasePurge
+
+    add_server(env, "pg-bg")
+    user = env.signup("bgpurge")
+    create_db(env, user.session, "soon")
+    create_db(env, user.session, "stays")
+    env.ok("DELETE", "/databases/soon", user.session)
+    (server,) = fake.by_url.values()
+    holds = [False]
+    purge = DatabasePurge(
+        env.platform.sessions, fake, clock=lambda: fake.now + 8 * DAY, may_act=lambda: holds[0]
+    )
+    assert purge.run_once().purged == [] and len(server.databases) == 2  # not the leader
+    holds[0] = True
+    assert len(purge.run_once().purged) == 1
+    assert [d["name"] for d in env.ok("GET", "/databases", user.session)] == ["stays"]
+    assert len(server.databases) == 1
