@@ -253,10 +253,8 @@ class Reconciler:
         # Through the session's connection (same transaction) in one fetch: plain rows, 30,000
         # a pass, without the ORM's per-row result processing.
         rows = session.connection().execute(mirrored.where(Instance.container_id.is_not(None)))
-        shown = {
-            cid: (row_id, finished_at, tuple(values))
-            for row_id, cid, finished_at, *values in rows.all()
-        }
+        # container id -> (row id, finished_at, the mirrored columns as a tuple)
+        shown = {row[1]: (row[0], row[2], row[3:]) for row in rows.all()}
         superseded = _superseded(instances)
         stale: dict[str, WorkloadInstance] = {}  # row id -> what it must show now
         for inst in instances:
@@ -611,9 +609,12 @@ def _rows_by_id(session: Session, ids: list[str]) -> list[Instance]:
 def _superseded(instances: list[WorkloadInstance]) -> set[str]:
     """Exited instances whose slot has a newer instance (a backend's history of replaced tasks:
     billed, not shown). The newer one carries the count of exits in a row."""
+    ended = {i.slot for i in instances if i.state == "exited" and i.slot}
+    if not ended:
+        return set()  # most passes: nothing exited
     newest: dict[str, int] = {}
     for inst in instances:
-        if inst.slot and inst.state != "removed":
+        if inst.slot in ended and inst.state != "removed":
             newest[inst.slot] = max(newest.get(inst.slot, inst.seq), inst.seq)
     return {
         i.id
