@@ -2,7 +2,8 @@
 started by tests/databases/servers.py): the operator registers each through the API, a tenant
 creates a database and connects with its credentials, rotates (the old password fails, the new
 one works), attaches it to an app (the release's config has the URL, and it connects), deletes
-it (access closed, the data still on the server) and, on a controlled clock, the purge pass
+it (access closed: its password gone, writes refused even in a session opened before; the
+data still on the server) and, on a controlled clock, the purge pass
 drops it once its retention ends. Hostile names leave every server's catalog as it was."""
 
 from __future__ import annotations
@@ -92,6 +93,40 @@ CLIENT_ERRORS = (psycopg.Error, pymysql.MySQLError, redis.RedisError)
 def refused(engine: Engine, creds: Creds) -> None:
     with pytest.raises(CLIENT_ERRORS):
         read(engine, creds)
+
+
+class OpenSession:
+    """A session the tenant opened before a delete: open sessions outlive a password change,
+    so only the closed writes keep it from changing the database."""
+
+    def __init__(self, engine: Engine, creds: Creds) -> None:
+        self.engine, self.prefix = engine, creds["key_prefix"]
+        if engine == "postgres":
+            self.pg = _pg(creds)
+        elif engine == "mariadb":
+            self.maria = _maria(creds)
+        else:
+            self.redis = redis.Redis.from_url(
+                creds["url"], decode_responses=True, single_connection_client=True
+            )
+            self.redis.ping()
+
+    def write(self, value: str) -> None:
+        if self.engine == "postgres":
+            self.pg.execute("INSERT INTO kept VALUES (%s)", (value,))
+        elif self.engine == "mariadb":
+            with self.maria.cursor() as cur:
+                cur.execute("INSERT INTO kept VALUES (%s)", (value,))
+        else:
+            self.redis.rpush(f"{self.prefix}kept", value)
+
+    def close(self) -> None:
+        if self.engine == "postgres":
+            self.pg.close()
+        elif self.engine == "mariadb":
+            self.maria.close()
+        else:
+            self.redis.close()
 
 
 def admin_read(engine: Engine, admin_url: str, creds: Creds) -> list[str]:
@@ -252,7 +287,13 @@ def test_the_lifecycle_on_the_real_server(world: World, engine: Engine) -> None:
     # delete -> closed (the tenant's password no longer works), the data kept on the server
     env.ok("DELETE", f"/databases/main/attachments/{app}", token)
     assert var not in _release_config(env, app)
-    gone = env.ok("DELETE", "/databases/main", token)
+    session = OpenSession(engine, second)
+    try:
+        gone = env.ok("DELETE", "/databases/main", token)
+        with pytest.raises(CLIENT_ERRORS):
+            session.write("after-delete")
+    finally:
+        session.close()
     assert gone["state"] == "deleted" and gone["purge_after"] == world.now + 7 * DAY
     refused(engine, second)
     assert admin_read(engine, admin_url, second) == ["after-rotate", "before-rotate"]
