@@ -135,6 +135,10 @@ class LocalWorkloads:
         self._timer: threading.Timer | None = None
         self._timer_due = 0.0
         self._idle_networks: dict[str, float] = {}  # network -> since when nothing uses it
+        # Networks made and egress-filtered by this backend that still exist (as of the last
+        # pass's listing): a start on one asks the engine nothing more first. A start that
+        # fails drops its network from here, so the next one checks it again.
+        self._ready_networks: set[str] = set()
         self.last_plan = Plan()  # the container plan of the last apply (what it did, and why)
 
     # -- the seam ---------------------------------------------------------------------------
@@ -396,7 +400,9 @@ class LocalWorkloads:
         for network in dict.fromkeys(g.network for g in groups):
             mine = [g for g in groups if g.network == network]
             try:
-                self._prepare_network(mine[0])
+                if network not in self._ready_networks:
+                    self._prepare_network(mine[0])
+                    self._ready_networks.add(network)
                 ready += mine
             except Exception as exc:
                 for group in mine:
@@ -412,6 +418,7 @@ class LocalWorkloads:
             if error is None:
                 self._backoff.forget(key)
             else:
+                self._ready_networks.discard(group.network)
                 self._backoff.failed(key, now, f"could not start: {error}")
                 log.warning("start of %s failed: %s", group.app_name, error)
 
@@ -525,9 +532,11 @@ class LocalWorkloads:
         in_use = {g.network for g in groups}
         in_use |= {tenant_network(c.labels.get(LABEL_TENANT, "")) for c in containers}
         now = self.clock()
+        listed = self.runtime.list_networks()
+        self._ready_networks &= set(listed)
         idle = {
             name: self._idle_networks.get(name, now)
-            for name in self.runtime.list_networks()
+            for name in listed
             if name.startswith(NETWORK_PREFIX) and name not in in_use
         }
         self._idle_networks = dict(idle)
@@ -536,6 +545,7 @@ class LocalWorkloads:
                 self._wake_at(since + NETWORK_IDLE_SECONDS)  # a pass then removes it
                 continue
             try:
+                self._ready_networks.discard(name)
                 self.runtime.remove_network(name)
                 del self._idle_networks[name]
             except Exception as exc:

@@ -65,3 +65,30 @@ def test_an_unused_tenant_network_outlives_its_last_app_for_a_while_then_goes() 
         assert runtime.list_networks() == []
     finally:
         workloads.close()
+
+
+def test_a_network_is_made_and_filtered_once_then_again_only_if_it_went() -> None:
+    clock = Clock()
+    runtime = FakeRuntime("inst-networks-ready", clock=clock)
+    runtime.add_image("berth/busybox:latest")
+    filtered: list[str] = []
+    workloads = LocalWorkloads(runtime, clock=clock, network_ready=filtered.append)
+    try:
+        workloads.apply([GROUP])
+        workloads.apply([replace(GROUP, app_id="app2", app_name="app2")])  # same tenant
+        assert filtered == ["berth-t-t1"]  # the second start asked nothing more first
+        workloads.wait_for_removals()
+        assert [c.labels["berth.app"] for c in runtime.list()] == ["app2"]
+
+        # Someone removes the network behind Berth's back: the next pass sees it gone, and
+        # the start after it makes and filters it again.
+        workloads.apply([])
+        workloads.wait_for_removals()
+        runtime.remove_network("berth-t-t1")
+        workloads.apply([])
+        workloads.apply([GROUP])
+        assert filtered == ["berth-t-t1", "berth-t-t1"]
+        assert runtime.list_networks() == ["berth-t-t1"]
+        assert [c.state for c in runtime.list()] == ["running"]
+    finally:
+        workloads.close()
