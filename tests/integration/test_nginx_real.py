@@ -229,9 +229,17 @@ def test_rejected_config_keeps_the_old_one_serving(
 
     assert manager.conf_path.read_text() == live
     assert not list(manager.conf_dir.glob(".nginx.conf.*"))  # no temp file left behind
-    assert manager.reload_count == 0
+    # Checked while the master loads it (which refuses it too): the old file is put back and
+    # loaded again.
+    assert manager.reload_count == 2
     assert get(client, port, HOST).text == "hello-A"
     assert manager.wait_for_generation(1, timeout=1)
+    # A rejected config before nginx ever started never reaches it at all.
+    manager.stop()
+    with pytest.raises(ProxyConfigError, match="nginx rejected the configuration"):
+        manager.apply(manager.config((), 3))
+    assert manager.conf_path.read_text() == live
+    assert manager.pid() is None
 
 
 def test_invalid_route_is_a_proxy_config_error_and_changes_nothing(

@@ -2,8 +2,10 @@
 
 nginx daemonizes itself (its own session), so it keeps serving while Berth is stopped,
 restarting or killed. A new ``NginxManager`` on the same directory adopts the running master
-and never restarts it. A config reaches nginx only after ``nginx -t`` accepted it; a rejected
-config leaves the live one untouched.
+and never restarts it. nginx never serves a config ``nginx -t`` rejects: the first config is
+checked before nginx starts; a new one is checked while the master loads it (the master runs
+the same checks, and on a failure keeps serving the old config), and when ``nginx -t`` rejects
+it the old file is put back and loaded again, and the apply raises.
 
 A reload does not wait out nginx's own pause: after starting the new workers the master sleeps
 100 ms before it asks the old ones to stop, and until then the old workers take (nearly) every
@@ -93,14 +95,19 @@ class NginxManager:
         with self._lock:
             self._prepare_dirs()
             text = self._render(cfg)
-            if text == self._live_text():
+            live = self._live_text()
+            if text == live:
                 self._start_if_stopped()
                 return False
-            self._install(text)
-            if self.pid() is None:
-                self._start()
-            else:
-                self.reload()
+            master = self.pid()
+            if master is None or live is None:
+                self._install(text)
+                if master is None:
+                    self._start()
+                else:
+                    self.reload()
+                return True
+            self._reload_while_checking(text, live, master)
             return True
 
     def ensure_running(self) -> int:
@@ -203,6 +210,45 @@ class NginxManager:
     def _install(self, text: str) -> None:
         """Write ``text`` beside nginx.conf, have nginx check it, then atomically move it
         into place. On rejection the temp file is removed and nginx.conf is untouched."""
+        tmp_path = self._write_temp(text)
+        try:
+            self._test_config(tmp_path)
+            os.replace(tmp_path, self.conf_path)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+
+    def _reload_while_checking(self, text: str, live: str, master: int) -> None:
+        """Install ``text`` and signal the master at once, with ``nginx -t`` of the same text
+        running meanwhile (its few to tens of milliseconds are not waited for before the
+        reload). Rejected: the old file is put back and loaded again, then this raises."""
+        check = self._write_temp(text)
+        old: set[int] | None = None
+        try:
+            checking = self._spawn_nginx("-t", "-q", "-c", str(check), "-p", f"{self.conf_dir}/")
+            try:
+                self._replace_live(text)
+                old = _workers_of(master)
+                try:
+                    os.kill(master, signal.SIGHUP)
+                    self.reload_count += 1
+                except ProcessLookupError:
+                    old = None  # the master died meanwhile: started below once checked
+            finally:
+                returncode, errors = _collect(checking)
+        finally:
+            check.unlink(missing_ok=True)
+        if returncode != 0:
+            self._replace_live(live)
+            if self.pid() is not None:
+                self.reload()  # the master refused the new file; this one it had running
+            raise ProxyConfigError("nginx rejected the configuration: " + errors.strip())
+        if old is None:
+            self._start()
+        else:
+            _retire_old_workers(master, old)
+
+    def _write_temp(self, text: str) -> Path:
         fd, tmp_name = tempfile.mkstemp(dir=self.conf_dir, prefix=".nginx.conf.", suffix=".tmp")
         tmp_path = Path(tmp_name)
         try:
@@ -211,11 +257,30 @@ class NginxManager:
                 tmp.flush()
                 os.fsync(tmp.fileno())
             tmp_path.chmod(0o644)
-            self._test_config(tmp_path)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+        return tmp_path
+
+    def _replace_live(self, text: str) -> None:
+        tmp_path = self._write_temp(text)
+        try:
             os.replace(tmp_path, self.conf_path)
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             raise
+
+    def _spawn_nginx(self, *args: str) -> subprocess.Popen[str]:
+        try:
+            return subprocess.Popen(
+                [self.nginx_binary, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        except FileNotFoundError as exc:
+            raise ProxyConfigError(f"nginx binary not found: {self.nginx_binary}") from exc
 
     def _test_config(self, conf: Path) -> None:
         result = self._run_nginx("-t", "-q", "-c", str(conf), "-p", f"{self.conf_dir}/")
@@ -303,6 +368,17 @@ class NginxManager:
             return int(response.text.strip())
         except ValueError:
             return None
+
+
+def _collect(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """The exit code and error output of an ``nginx -t``; a hung one counts as a rejection."""
+    try:
+        _, errors = process.communicate(timeout=_COMMAND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return 1, f"nginx -t timed out after {_COMMAND_TIMEOUT:.0f}s"
+    return process.returncode, errors or ""
 
 
 def _children(pid: int) -> set[int]:
