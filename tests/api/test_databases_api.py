@@ -203,10 +203,10 @@ def test_a_server_that_fails_its_checks_is_refused_with_the_reason(env: Env, fak
     unsafe_url = url("postgres", "unsafe")
     fake(ServerAddress("postgres", unsafe_url, "10.9.0.1", 4000)).unsafe = True
     body = {"name": "pg-unsafe", "engine": "postgres", "url": unsafe_url}
-    err = call_server_down(
-        env, "POST", "/admin/db-servers", env.admin, json=body, status=502
-    ).json()["error"]
-    assert "open default account" in err["message"]
+    err = assert_error(
+        env.call("POST", "/admin/db-servers", env.admin, json=body), 422, "database_server_unsafe"
+    )
+    assert err["message"] == "the server is refused: the fake server has an open default account"
     down_url = url("postgres", "down")
     fake(ServerAddress("postgres", down_url, "10.9.0.1", 4000)).failing.add("check")
     body = {"name": "pg-down", "engine": "postgres", "url": down_url}

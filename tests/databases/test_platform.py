@@ -3,8 +3,9 @@ started by tests/databases/servers.py): the operator registers each through the 
 creates a database and connects with its credentials, rotates (the old password fails, the new
 one works), attaches it to an app (the release's config has the URL, and it connects), deletes
 it (access closed: its password gone, writes refused even in a session opened before; the
-data still on the server) and, on a controlled clock, the purge pass
-drops it once its retention ends. Hostile names leave every server's catalog as it was."""
+data still on the server) and, on a controlled clock, the purge pass drops it once its
+retention ends. Hostile names leave every server's catalog as it was; a server unfit for
+tenants is refused with its reason."""
 
 from __future__ import annotations
 
@@ -349,3 +350,42 @@ def test_a_real_server_that_fails_its_checks_is_refused(world: World) -> None:
     assert "not-the-password" not in resp.text and str(parts.password) not in resp.text
     names = [s["name"] for s in env.ok("GET", "/admin/db-servers", env.admin)]
     assert "pg-wrong" not in names
+
+
+def test_a_real_server_unfit_for_tenants_is_refused_with_its_reason(world: World) -> None:
+    """A Redis without an ACL file (its tenants' users would be gone after a restart)."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from tests.databases.servers import _stop, free_port
+
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is missing (scripts/ensure-system.sh --with-postgres)"
+    port, password = free_port(), secrets.token_hex(12)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--requirepass", password],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        url = f"redis://default:{password}@127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.1)
+        client.close()
+        body = {"name": "redis-no-acl", "engine": "redis", "url": url}
+        resp = world.env.call("POST", "/admin/db-servers", world.env.admin, json=body)
+        err = assert_error(resp, 422, "database_server_unsafe")
+        assert "no ACL file" in err["message"] and password not in resp.text
+        names = [s["name"] for s in world.env.ok("GET", "/admin/db-servers", world.env.admin)]
+        assert "redis-no-acl" not in names
+    finally:
+        _stop(proc, signal.SIGTERM)

@@ -11,7 +11,11 @@ from typing import Final
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from berth.databases.errors import DatabaseNotFound
+from berth.databases.errors import (
+    DatabaseNotFound,
+    DatabaseServerError,
+    DatabaseServerUnavailable,
+)
 from berth.databases.names import Engine, parse_engine
 from berth.databases.provider import Usage
 from berth.errors import BerthError, Conflict, InvalidInput, NotFound
@@ -115,9 +119,16 @@ def add_server(
     if session.scalar(select(DbServer.id).where(DbServer.name == name)) is not None:
         raise Conflict(f"a database server named {name!r} exists", code="db_server_exists")
     p = provider(factory, address)
-    with operator_call(address):
-        p.check()
-        p.prepare()
+    try:
+        with operator_call(address):
+            p.check()
+            p.prepare()
+    except DatabaseServerUnavailable:
+        raise  # 503: down, or it refused the admin's login; the message says which
+    except DatabaseServerError as exc:
+        # It answered, and is not fit for tenants (unsafe, or the admin lacks rights): the
+        # operator's request is what is refused, with the server's reason.
+        raise InvalidInput(f"the server is refused: {exc.message}", code=exc.code) from None
     server = DbServer(
         id=new_id(),
         name=name,
