@@ -45,6 +45,7 @@ class FlakyProvider(FakeProvider):
         super().__init__(*args, **kwargs)
         self.failing: set[str] = set()
         self.unsafe = False
+        self.on_create: Callable[[], None] | None = None  # runs once the server has made it
 
     def _maybe_fail(self, what: str) -> None:
         if what in self.failing:
@@ -58,7 +59,10 @@ class FlakyProvider(FakeProvider):
 
     def create(self, account: DbAccount) -> Credentials:
         self._maybe_fail("create")
-        return super().create(account)
+        made = super().create(account)
+        if self.on_create is not None:
+            self.on_create()
+        return made
 
     def drop(self, account: DbAccount) -> None:
         self._maybe_fail("drop")
@@ -618,6 +622,24 @@ def test_a_store_failure_after_create_drops_what_the_server_made(
     assert env.ok("GET", "/databases", user.session) == []
 
 
+def test_two_creates_of_one_name_leave_one_database(env: Env, fake: Servers) -> None:
+    """The other create commits its row while this one is on the server: this one's row is
+    refused by the store (409), and what it made on the server is dropped again."""
+    add_server(env, "pg-race")
+    user = env.signup("racer")
+    (server,) = fake.by_url.values()
+
+    def the_other_create() -> None:
+        server.on_create = None
+        create_db(env, user.session, "same")
+
+    server.on_create = the_other_create
+    resp = env.call("POST", "/databases", user.session, json={"name": "same", "engine": "postgres"})
+    assert_error(resp, 409)
+    assert [d["name"] for d in env.ok("GET", "/databases", user.session)] == ["same"]
+    assert len(server.databases) == 1
+
+
 # -- the CLI over the same app --------------------------------------------------------------
 
 
@@ -658,6 +680,12 @@ def test_the_cli(env: Env, fake: Servers, cli: Callable[..., Result]) -> None:
 
     user: Account = env.signup("cliuser")
     env.create_app(user.session, "cli-web")
+    bad_size = cli("db", "create", "shop", "--engine", "postgres", "--size", "lots",
+                   token=user.session)  # fmt: skip
+    assert bad_size.exit_code == 1 and "--size is like 512M" in str(bad_size.exception)
+    big = cli("db", "create", "big", "--engine", "postgres", "--size", "2G", "--json",
+              token=user.session)  # fmt: skip
+    assert json.loads(big.output)["size_mb"] == 2048
     made = cli("db", "create", "shop", "--engine", "postgres", "--size", "512M", token=user.session)
     assert made.exit_code == 0, made.output
     assert "512M" in made.output and "berth db attach APP shop" in made.output
@@ -686,8 +714,9 @@ def test_the_cli(env: Env, fake: Servers, cli: Callable[..., Result]) -> None:
     assert bad.exit_code == 1 and isinstance(bad.exception, CliError)
     removing = cli("admin", "db-servers", "remove", "pg-cli")
     assert removing.exit_code == 1 and isinstance(removing.exception, CliError)
+    assert cli("db", "delete", "big", "--yes", token=user.session).exit_code == 0
     fake.now += 30 * DAY
-    assert "Dropped 1" in cli("admin", "db-servers", "purge").output
+    assert "Dropped 2" in cli("admin", "db-servers", "purge").output
     assert cli("admin", "db-servers", "remove", "pg-cli").exit_code == 0
     denied = cli("admin", "db-servers", "list", token=user.session)
     assert denied.exit_code == 1 and isinstance(denied.exception, CliError)

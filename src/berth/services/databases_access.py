@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 ADMIN_SCHEMES: Final[dict[Engine, frozenset[str]]] = {
     "postgres": frozenset({"postgresql", "postgres"}),
     "mariadb": frozenset({"mysql", "mariadb"}),
-    "redis": frozenset({"redis"}),
+    "redis": frozenset({"redis", "rediss"}),
     "memcached": frozenset(),
 }
 DEFAULT_PORTS: Final[dict[Engine, int]] = {
