@@ -115,6 +115,7 @@ def guarded_server(
     end the server goes, then the guard (service, rules, images): nothing is left."""
     cluster.make_whole()
     remove_guard(cluster)  # a guard another module's server left (its rules stay by design)
+    clear_ingress_labels(cluster)  # and no ingress label another module's test set
     cluster.load_images([PYTHON], cluster.managers[:1])
     address = cluster.host_address
     port = _free_port(address)
@@ -139,6 +140,7 @@ def guarded_server(
             yield server, port
     finally:
         try:
+            clear_ingress_labels(cluster)
             remove_guard(cluster)
         except Exception as exc:  # reported, and the rest of the clean-up still runs
             print(f"guard cleanup: {exc}", file=sys.stderr)
@@ -148,6 +150,18 @@ def guarded_server(
             if not certs_d_existed:
                 with contextlib.suppress(OSError):
                     CERTS_D.rmdir()
+
+
+def clear_ingress_labels(cluster: Cluster) -> None:
+    """Remove the ``ingress`` label from every node of the shared cluster: a label outlives
+    the test that set it, and would open published ports to that node in the next module."""
+    for node in cluster.manager_client().nodes.list():
+        spec = dict(node.attrs["Spec"])
+        labels = dict(spec.get("Labels") or {})
+        if "ingress" in labels:
+            del labels["ingress"]
+            spec["Labels"] = labels
+            node.update(spec)
 
 
 def guard_service(cluster: Cluster) -> dict[str, Any] | None:
