@@ -532,6 +532,20 @@ def test_team_invitation_roles_and_last_owner(env: Env) -> None:
     assert [a["name"] for a in env.ok("GET", "/apps", dev.session, tenant=team)] == [app]
     resp = env.call("POST", f"/apps/{app}/scale", dev.session, tenant=team, json={"replicas": 2})
     assert_error(resp, 403, "read_only")
+    # Config values are often secrets (an attached database's URL): a viewer sees keys only.
+    env.ok(
+        "PATCH",
+        f"/apps/{app}/config",
+        owner.session,
+        tenant=team,
+        json={"set": {"DATABASE_URL": "postgresql://u:s3cret@db/x"}},
+    )
+    shown = env.ok("GET", f"/apps/{app}/config", dev.session, tenant=team)
+    assert shown["values_hidden"] is True and shown["config"]["DATABASE_URL"] == ""
+    assert "s3cret" not in str(shown)
+    full = env.ok("GET", f"/apps/{app}/config", owner.session, tenant=team)
+    assert full["values_hidden"] is False
+    assert full["config"]["DATABASE_URL"] == "postgresql://u:s3cret@db/x"
     assert_error(
         env.call(
             "PATCH", f"/members/{dev.email}", owner.session, tenant=team, json={"role": "god"}

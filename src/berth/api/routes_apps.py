@@ -167,8 +167,16 @@ def scale(
 
 @router.get("/{name}/config")
 def get_config(name: str, session: SessionDep, who: CurrentPrincipal) -> ConfigPublic:
+    """An app's config. Values often are secrets (an attached database's URL carries its
+    password), so a caller that may only read (a viewer, a read-scoped token) sees the keys
+    with empty values and ``values_hidden``."""
     app = svc.get_app(session, who.tenant_id, name)
-    return ConfigPublic(config=svc.app_config(app), release=None, deployment=None)
+    config = svc.app_config(app)
+    if not who.can_deploy:
+        return ConfigPublic(
+            config=dict.fromkeys(config, ""), release=None, deployment=None, values_hidden=True
+        )
+    return ConfigPublic(config=config, release=None, deployment=None)
 
 
 @router.patch("/{name}/config")

@@ -208,6 +208,7 @@ class ConfigPublic(BaseModel):
     config: dict[str, str]
     release: ReleasePublic | None
     deployment: DeploymentPublic | None
+    values_hidden: bool = False  # a read-only caller sees the keys only
 
 
 class DeployResult(BaseModel):

@@ -483,6 +483,10 @@ def status(as_json: JsonOpt = False) -> None:
 def config_show(name: str, as_json: JsonOpt = False) -> None:
     """Show an app's config."""
     data = client().get(f"/apps/{name}/config")
+    if data.get("values_hidden") and not as_json:
+        console.print("[dim]values hidden: your role or token may only read[/dim]")
+        emit(data["config"], as_json, lambda d: table(None, ["KEY"], [(k,) for k in sorted(d)]))
+        return
     emit(data["config"], as_json, lambda d: table(None, ["KEY", "VALUE"], sorted(d.items())))
 
 
