@@ -222,12 +222,15 @@ class NginxManager:
         """Install ``text`` and signal the master at once, with ``nginx -t`` of the same text
         running meanwhile (its few to tens of milliseconds are not waited for before the
         reload). Rejected: the old file is put back and loaded again, then this raises."""
-        check = self._write_temp(text)
+        new = self._write_temp(text)
+        # nginx -t reads its own name for the same file: the rename below cannot pull it away.
+        check = new.with_name(new.name + ".check")
         old: set[int] | None = None
         try:
+            os.link(new, check)
             checking = self._spawn_nginx("-t", "-q", "-c", str(check), "-p", f"{self.conf_dir}/")
             try:
-                self._replace_live(text)
+                os.replace(new, self.conf_path)
                 old = _workers_of(master)
                 try:
                     os.kill(master, signal.SIGHUP)
@@ -238,6 +241,7 @@ class NginxManager:
                 returncode, errors = _collect(checking)
         finally:
             check.unlink(missing_ok=True)
+            new.unlink(missing_ok=True)  # still there only when the rename failed
         if returncode != 0:
             self._replace_live(live)
             if self.pid() is not None:
