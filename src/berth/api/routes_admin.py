@@ -11,14 +11,17 @@ from sqlalchemy import delete, func, select
 from berth.api import views
 from berth.api.deps import CurrentPrincipal, Operator, PlatformDep, SessionDep, SettingsDep
 from berth.api.routes_billing import DeliveryPublic, delivery_public
+from berth.api.routes_databases import ClockDep, ProvidersDep
 from berth.api.schemas import DomainPublic, Strict
 from berth.errors import Forbidden, InvalidInput
 from berth.services import billing as bsvc
+from berth.services import databases as dbsvc
 from berth.services import domains as dsvc
 from berth.store.tables import (
     ApiToken,
     App,
     AuditEvent,
+    DatabaseAttachment,
     Deployment,
     Domain,
     Invitation,
@@ -216,16 +219,26 @@ def delete_tenant_apps(
     session: SessionDep,
     platform: PlatformDep,
     who: Operator,
+    providers: ProvidersDep,
+    clock: ClockDep,
     confirm: Annotated[str, Query(description="repeat the tenant name to confirm")] = "",
 ) -> None:
     """An operator's decision (never automatic): remove a tenant's apps, domains, tokens and
-    members. Ledger, usage and invoices stay, as financial records."""
+    members. Ledger, usage and invoices stay, as financial records. Its managed databases are
+    closed first and kept for the retention days, as a tenant's own `db delete` does (nothing
+    is lost); if a database server cannot close one, nothing else is removed yet and the
+    delete can be repeated."""
     t = bsvc.get_tenant_by_name(session, tenant)
     if confirm != t.name:
         raise InvalidInput("repeat the tenant name in ?confirm= to delete it", code="confirm")
     if t.is_admin:
         raise InvalidInput("the admin tenant cannot be deleted", code="protected")
     app_ids = list(session.scalars(select(App.id).where(App.tenant_id == t.id)))
+    session.execute(delete(DatabaseAttachment).where(DatabaseAttachment.tenant_id == t.id))
+    session.commit()  # the apps go below: their databases are no longer attached to them
+    for db in dbsvc.list_databases(session, t.id):
+        if db.state != "deleted":
+            dbsvc.delete_database(session, platform.settings, providers, t.id, db.name, clock())
     for model in (Domain, Deployment, Release):
         session.execute(delete(model).where(model.app_id.in_(app_ids)))
     session.execute(delete(App).where(App.tenant_id == t.id))
