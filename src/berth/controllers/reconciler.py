@@ -18,6 +18,7 @@ why, and retries it with backoff.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -568,14 +569,17 @@ _IN_CHUNK = 500  # ids per IN (...): well under SQLite's limit on bound paramete
 def routes_digest(routes: tuple[Route, ...]) -> str:
     """A stable digest of the routes (stored with the proxy generation). Built from the fields
     as text: the repr of 10,000 dataclasses costs several times as much."""
-    digest = hashlib.sha256()
-    for r in routes:
-        upstreams = ",".join(f"{u.host}:{u.port}" for u in r.upstreams)
-        digest.update(
-            f"{r.app_id}\0{r.app_name}\0{r.tenant_id}\0{' '.join(r.hostnames)}\0{r.state}"
-            f"\0{upstreams}\n".encode()
-        )
-    return digest.hexdigest()
+    return hashlib.sha256(b"".join([_digest_line(r) for r in routes])).hexdigest()
+
+
+# A route is an immutable value: its line is made once (a changed plan keeps most of them).
+@functools.lru_cache(maxsize=1 << 15)
+def _digest_line(r: Route) -> bytes:
+    upstreams = ",".join(f"{u.host}:{u.port}" for u in r.upstreams)
+    return (
+        f"{r.app_id}\0{r.app_name}\0{r.tenant_id}\0{' '.join(r.hostnames)}\0{r.state}"
+        f"\0{upstreams}\n".encode()
+    )
 
 
 def _observed(inst: WorkloadInstance, healthy: bool, routed: bool) -> ObservedInstance:
