@@ -36,6 +36,7 @@ from berth.registry.wiring import PlatformRegistry, platform_registry
 from berth.runtime.protocol import Runtime
 from berth.services.accounts import LoginLimiter
 from berth.services.bootstrap import ensure_admin, installation_id
+from berth.services.databases_purge import DatabasePurge
 from berth.services.webhooks import WebhookSender
 from berth.settings import Settings
 from berth.store.db import make_engine, make_sessionmaker, migrate
@@ -77,6 +78,7 @@ class Platform:
     swarm_manager: ManagerClient | None = None  # the Swarm's nodes (None: one machine)
     registry: PlatformRegistry | None = None  # builds pushed for every node (swarm only)
     node_guard: NodeGuardSync | None = None  # every node's firewall, kept current (swarm only)
+    database_purge: DatabasePurge | None = None  # drops deleted databases after retention
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
     # Several servers on one store: the lease's holder runs the controllers, the others keep
@@ -140,7 +142,7 @@ class Platform:
                 if controller is not None:
                     controller.fence = fence
             lease, term = self.lease, self.lease.token
-            for actor in (self.reconciler, self.webhooks):
+            for actor in (self.reconciler, self.webhooks, self.database_purge):
                 if actor is not None:
                     actor.may_act = lambda: lease.holds() and lease.token == term
             if self.webhooks is not None:
@@ -178,6 +180,8 @@ class Platform:
             self.billing.start()
         if self.webhooks is not None:
             self.webhooks.start()
+        if self.database_purge is not None:
+            self.database_purge.start()
         if self.registry is not None:
             # Collects on a swarm only, and only while this server's term lasts.
             self.registry.start_gc(self.sessions, lambda: self.lease is None or self.lease.holds())
@@ -188,7 +192,7 @@ class Platform:
             self.node_guard.start()
 
     def stop_controllers(self) -> None:
-        for loop in (self.webhooks, self.billing):
+        for loop in (self.webhooks, self.billing, self.database_purge):
             if loop is not None:
                 loop.stop()
         if self.registry is not None:
@@ -334,6 +338,7 @@ def _build_controllers(
         settings, sessions, on_suspension_change=reconciler.trigger
     )
     platform.webhooks = WebhookSender(settings, sessions)
+    platform.database_purge = DatabasePurge(sessions)
     return platform
 
 
