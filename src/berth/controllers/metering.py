@@ -32,14 +32,14 @@ def record_intervals(session: Session, instances: Sequence[WorkloadInstance], no
     # pass, without the ORM's per-row result processing.
     rows = session.connection().execute(opened.where(RunIntervalRow.stopped_at.is_(None))).all()
     open_rows = {(container_id, started_at): row_id for row_id, container_id, started_at in rows}
-    seen: set[tuple[str, float]] = set()
+    unseen = dict(open_rows)  # until an instance reports it (no set of 30,000 keys kept)
     closing: dict[str, float] = {}  # row id -> when it stopped
     new: dict[tuple[str, float], WorkloadInstance] = {}
     for inst in instances:
         if inst.started_at is None or inst.memory_mb <= 0:
             continue
         key = (inst.id, inst.started_at)
-        seen.add(key)
+        unseen.pop(key, None)
         row_id = open_rows.get(key)
         running = inst.state in BILLED_STATES
         if row_id is None:
@@ -47,9 +47,8 @@ def record_intervals(session: Session, instances: Sequence[WorkloadInstance], no
                 new.setdefault(key, inst)
         elif not running:
             closing[row_id] = max(inst.started_at, inst.finished_at or now)
-    for key, row_id in open_rows.items():
-        if key not in seen:  # restarted (new start time) or gone without a stop time
-            closing.setdefault(row_id, max(key[1], now))
+    for key, row_id in unseen.items():  # restarted (new start time) or gone without a stop time
+        closing.setdefault(row_id, max(key[1], now))
     recorded = _recorded_keys(session, [key[0] for key in new])
     for key, inst in new.items():
         if key in recorded:

@@ -93,7 +93,7 @@ class SwarmWorkloads:
             services = self._services()
             by_group = {s["Spec"]["Labels"].get(LABEL_GROUP, ""): s for s in services}
             refused: dict[str, str] = {}
-            self._ensure_networks(list(wanted.values()), refused)
+            listed = self._ensure_networks(list(wanted.values()), refused)
             now = self.clock()
             for key, group in wanted.items():
                 if key in refused:
@@ -132,7 +132,7 @@ class SwarmWorkloads:
                 self.writes += 1
                 self._removed_at[service["Spec"]["Labels"].get(LABEL_GROUP, "")] = self.clock()
             self._refused = refused
-            self._remove_unused_networks(wanted.values())
+            self._remove_unused_networks(wanted.values(), listed)
 
     def instances(self) -> list[WorkloadInstance]:
         with self._lock:
@@ -253,12 +253,15 @@ class SwarmWorkloads:
         self.writes += 1
         self.api.update_service(service["ID"], int(service["Version"]["Index"]), update)
 
-    def _ensure_networks(self, groups: Sequence[ProcessGroup], refused: dict[str, str]) -> None:
+    def _ensure_networks(
+        self, groups: Sequence[ProcessGroup], refused: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        """Returns this installation's networks as listed before (what it created since is in
+        use)."""
         # One listing, not one look-up per tenant (a pass holds a thousand tenants' overlays):
         # only a network not listed as this installation's, for this tenant, is ensured.
-        ours = {
-            str(n.get("Name")): n for n in self.api.networks(labels=owner_labels(self.installation))
-        }
+        listing = self.api.networks(labels=owner_labels(self.installation))
+        ours = {str(n.get("Name")): n for n in listing}
         ids: dict[str, str] = {}
         for group in groups:
             network = overlay_name(group.network)
@@ -279,10 +282,15 @@ class SwarmWorkloads:
                 for other in groups:
                     if other.network == group.network:
                         refused[other.key] = failure.message
+        return listing
 
-    def _remove_unused_networks(self, groups: Iterable[ProcessGroup]) -> None:
+    def _remove_unused_networks(
+        self, groups: Iterable[ProcessGroup], listed: Sequence[Mapping[str, Any]]
+    ) -> None:
+        # The apply's own listing: a network created since is used by a wanted group, and one
+        # made by anyone else since is removed by the next apply.
         used = {overlay_name(group.network) for group in groups}
-        for network in self.api.networks(labels=owner_labels(self.installation)):
+        for network in listed:
             labels = network.get("Labels") or {}
             if labels.get(LABEL_MANAGED) != "true" or network.get("Name") in used:
                 continue
