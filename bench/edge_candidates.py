@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from bench.edge.configs import NGINX_MODULES, render_backends_nginx  # noqa: E402
 from bench.edge.drivers import DRIVERS, NGINX, Driver  # noqa: E402
 from bench.edge.plan import EffectWatch, change_plan, domain_name, initial_routes  # noqa: E402
-from bench.edge.procs import Proc, free_ports, http_get, wait_until  # noqa: E402
+from bench.edge.procs import Proc, free_ports, group_rss_mib, http_get, wait_until  # noqa: E402
 from bench.edge.tally import latency_summary, render_table  # noqa: E402
 from bench.edge.traffic import Clients, wait_effect  # noqa: E402
 from bench.load import run_load  # noqa: E402
@@ -167,6 +167,8 @@ def run_candidate(
         started = time.perf_counter()
         driver.start(routes)
         result["start_until_serving_s"] = round(time.perf_counter() - started, 3)
+        assert driver.proc is not None
+        result["rss_mib_after_start"] = group_rss_mib(driver.proc.pid)
         if args.load_s > 0:
             result["load"] = measure_load(driver, load_host, routes[load_host][0], args.load_s)
         result["churn"] = churn(
@@ -179,6 +181,7 @@ def run_candidate(
             args.effect_timeout_s,
             args.clients,
         )
+        result["rss_mib_after_churn"] = group_rss_mib(driver.proc.pid)
     except Exception as e:  # one candidate failing must not hide the others
         result["error"] = f"{type(e).__name__}: {e}"
         if driver.proc is not None:

@@ -97,3 +97,25 @@ def wait_until(
                 return
         time.sleep(0.02)
     raise RuntimeError(f"{what}: not ready in {timeout} s" + (f": {proc.tail()}" if proc else ""))
+
+
+def group_rss_mib(pgid: int) -> float:
+    """Resident memory of every process in group ``pgid`` (the proxy, its workers), in MiB.
+
+    RSS double-counts pages the nginx master shares with its workers: an upper bound.
+    """
+    total_kib = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) != pgid:  # state, ppid, pgrp
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kib += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return round(total_kib / 1024, 1)

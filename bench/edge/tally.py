@@ -17,11 +17,12 @@ def classify(error: BaseException | None, status: int | None) -> str | None:
     """The failure type of one request: None when it answered 200."""
     if error is None:
         return None if status == 200 else "status"
-    if isinstance(error, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
-        return "reset"
-    # RemoteDisconnected: the server closed the connection without answering the request.
+    # RemoteDisconnected (a ConnectionResetError too, so first): the server closed the
+    # connection (FIN) without answering the request the client had sent on it.
     if isinstance(error, http.client.RemoteDisconnected | http.client.IncompleteRead):
         return "closed"
+    if isinstance(error, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return "reset"
     if isinstance(error, socket.timeout | TimeoutError):
         return "timeout"
     return "other"
