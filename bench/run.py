@@ -63,6 +63,7 @@ from berth.settings import Settings  # noqa: E402
 
 APP_PORT = 8080
 POLL = 0.01
+SETTLE = 0.3  # seconds after an app's creation before its deploy is timed
 console = Console(width=None if sys.stdout.isatty() else 110)
 
 
@@ -158,6 +159,9 @@ def new_app(berth: BerthServer, name: str, scale: int, health_path: str = "/heal
     )
     berth.api_json("POST", f"/apps/{name}/scale", json={"replicas": scale})
     wait_until(partial(_routed_page, berth, name), 30, f"nginx routes {name}'s host")
+    # nginx serves the page a moment before the pass that routed it has ended (it then waits
+    # for the reload, records it and lists the instances again): let that pass end too.
+    time.sleep(SETTLE)
 
 
 def _routed_page(berth: BerthServer, name: str) -> bool:

@@ -2,10 +2,10 @@
 
 nginx daemonizes itself (its own session), so it keeps serving while Berth is stopped,
 restarting or killed. A new ``NginxManager`` on the same directory adopts the running master
-and never restarts it. nginx never serves a config ``nginx -t`` rejects: the first config is
-checked before nginx starts; a new one is checked while the master loads it (the master runs
-the same checks, and on a failure keeps serving the old config), and when ``nginx -t`` rejects
-it the old file is put back and loaded again, and the apply raises.
+and never restarts it. nginx never serves a config it rejects: the first config is checked
+(``nginx -t``) before nginx starts; a new one is checked while the master loads it (the master
+runs the same checks and on a failure keeps serving the old config, with no new workers), and
+when ``nginx -t`` rejects it the old file is put back and loaded again, and the apply raises.
 
 A reload does not wait out nginx's own pause: after starting the new workers the master sleeps
 100 ms before it asks the old ones to stop, and until then the old workers take (nearly) every
@@ -221,7 +221,8 @@ class NginxManager:
     def _reload_while_checking(self, text: str, live: str, master: int) -> None:
         """Install ``text`` and signal the master at once, with ``nginx -t`` of the same text
         running meanwhile (its few to tens of milliseconds are not waited for before the
-        reload). Rejected: the old file is put back and loaded again, then this raises."""
+        reload goes live). Rejected: the old file is put back and loaded again, then this
+        raises."""
         new = self._write_temp(text)
         # nginx -t reads its own name for the same file: the rename below cannot pull it away.
         check = new.with_name(new.name + ".check")
@@ -237,6 +238,12 @@ class NginxManager:
                     self.reload_count += 1
                 except ProcessLookupError:
                     old = None  # the master died meanwhile: started below once checked
+                else:
+                    # New workers exist only once the master's own checks passed (the same as
+                    # nginx -t's); a rejection by nginx -t ends the wait for them.
+                    _retire_old_workers(
+                        master, old, rejected=lambda: checking.poll() not in (None, 0)
+                    )
             finally:
                 returncode, errors = _collect(checking)
         finally:
@@ -249,8 +256,6 @@ class NginxManager:
             raise ProxyConfigError("nginx rejected the configuration: " + errors.strip())
         if old is None:
             self._start()
-        else:
-            _retire_old_workers(master, old)
 
     def _write_temp(self, text: str) -> Path:
         fd, tmp_name = tempfile.mkstemp(dir=self.conf_dir, prefix=".nginx.conf.", suffix=".tmp")
@@ -407,7 +412,9 @@ def _workers_of(master: int) -> set[int]:
     return {p for p in _children(master) if _cmdline(str(p)).strip() == _WORKER_TITLE}
 
 
-def _retire_old_workers(master: int, old: set[int]) -> None:
+def _retire_old_workers(
+    master: int, old: set[int], rejected: Callable[[], bool] = lambda: False
+) -> None:
     """After a SIGHUP: once as many new workers as old ones are up, stop the old ones
     gracefully now rather than after the master's 100 ms pause. Nothing happens when no new
     workers come (the master kept the old config) or the old ones are already stopping."""
@@ -420,6 +427,8 @@ def _retire_old_workers(master: int, old: set[int]) -> None:
             return  # the master already asked them (its pause is over)
         if len(workers - old) >= len(old):
             break
+        if rejected():
+            return
         if time.monotonic() >= deadline:
             log.warning("nginx started no new workers after a reload (see its error log)")
             return
