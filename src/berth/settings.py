@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     audit_retention_days: int = Field(default=90, ge=1)
     # A deleted managed database stays on its server, closed, this long before it is dropped.
     database_retention_days: float = Field(default=7.0, ge=0, le=3650)
+    # Managed databases' backup files (0600, one directory per tenant); empty: home/db-backups.
+    database_backup_dir: str = ""
+    # A dump, a restore or a verification longer than this fails (and is reported failed).
+    database_backup_timeout_seconds: float = Field(default=3600.0, gt=0)
     reserved_app_names: list[str] = Field(
         default_factory=lambda: [
             "www",
@@ -177,6 +181,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.home / 'berth.db'}"
+
+    @property
+    def resolved_backup_dir(self) -> Path:
+        if self.database_backup_dir:
+            return Path(self.database_backup_dir)
+        return self.home / "db-backups"
 
     @property
     def nginx_dir(self) -> Path:

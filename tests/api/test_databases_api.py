@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner, Result
 
-from berth.api.routes_databases import clock, database_providers
+from berth.api.routes_databases import clock, database_backups, database_providers
 from berth.cli import db_cmd
 from berth.cli import main as cli_main
 from berth.cli.client import ApiClient, CliConfig, CliError
@@ -26,7 +26,13 @@ from berth.databases.provider import Account as DbAccount
 from berth.databases.provider import Credentials
 from berth.services import databases as svc
 from berth.services.databases_access import ServerAddress
-from berth.store.tables import AuditEvent, DatabaseAttachment, DbServer, ManagedDatabase
+from berth.store.tables import (
+    AuditEvent,
+    DatabaseAttachment,
+    DatabaseBackup,
+    DbServer,
+    ManagedDatabase,
+)
 from tests.api.conftest import API, Account, Env, assert_error
 from tests.api.test_cross_tenant_matrix import join_team
 from tests.databases.fake_provider import FakeProvider
@@ -99,14 +105,17 @@ class Servers:
 def fake(env: Env) -> Iterator[Servers]:
     servers = Servers()
     env.app.dependency_overrides[database_providers] = lambda: servers
+    # The fake servers back up too (in memory, into real files): the same contract.
+    env.app.dependency_overrides[database_backups] = lambda: servers
     env.app.dependency_overrides[clock] = lambda: lambda: servers.now
     try:
         yield servers
     finally:
         env.app.dependency_overrides.pop(database_providers, None)
+        env.app.dependency_overrides.pop(database_backups, None)
         env.app.dependency_overrides.pop(clock, None)
         with env.db() as session:  # every test starts with no servers and no databases
-            for model in (DatabaseAttachment, ManagedDatabase, DbServer):
+            for model in (DatabaseAttachment, DatabaseBackup, ManagedDatabase, DbServer):
                 for row in session.scalars(select(model)):
                     session.delete(row)
                 session.flush()

@@ -3,8 +3,12 @@ it keeps the same contract as the real ones (tests/databases/test_contract.py ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from berth.databases.backup import BackupFailed, Fingerprint
 from berth.databases.errors import DatabaseExists, DatabaseNotFound, DatabaseServerUnavailable
 from berth.databases.names import Engine, new_password
 from berth.databases.provider import Account, Credentials, Usage
@@ -16,6 +20,18 @@ class FakeDatabase:
     write_allowed: bool = True
     bytes_used: int = 8192
     connections: int = 0
+    # What the fake database holds: table -> rows (its backups dump and restore these).
+    tables: dict[str, list[str]] = field(default_factory=dict)
+
+
+FORMAT = "berth-fake-backup-1"
+
+
+def fingerprint(tables: dict[str, list[str]]) -> Fingerprint:
+    return {
+        name: [len(rows), hashlib.md5("".join(sorted(rows)).encode()).hexdigest()]
+        for name, rows in tables.items()
+    }
 
 
 class FakeProvider:
@@ -80,3 +96,37 @@ class FakeProvider:
 
     def set_write_allowed(self, account: Account, allowed: bool) -> None:
         self._get(account).write_allowed = allowed
+
+    # -- backups (berth.databases.backup.Backups), in memory and in the given file ------------
+
+    def _backup_up(self) -> None:
+        if not self.available:
+            raise BackupFailed("the fake server is down")
+
+    def dump(self, account: Account, path: Path) -> Fingerprint:
+        self._backup_up()
+        db = self._get(account)
+        path.write_text(json.dumps({"format": FORMAT, "tables": db.tables}, sort_keys=True))
+        return fingerprint(db.tables)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, list[str]]:
+        try:
+            data = json.loads(path.read_text())
+            tables = data["tables"]
+            assert data["format"] == FORMAT and isinstance(tables, dict)
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            raise BackupFailed("the file is not a fake backup (damaged or cut short)") from None
+        return {str(k): [str(r) for r in v] for k, v in tables.items()}
+
+    def verify(self, account: Account, path: Path) -> Fingerprint:
+        self._backup_up()
+        return fingerprint(self._read(path))
+
+    def restore(self, source: Account, target: Account, path: Path) -> None:
+        self._backup_up()
+        tables = self._read(path)
+        try:
+            self._get(target).tables = tables
+        except DatabaseNotFound:
+            raise BackupFailed("the database to restore into is not on its server") from None

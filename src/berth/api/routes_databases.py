@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, JsonValue
 from sqlalchemy.orm import Session
 
@@ -20,12 +21,14 @@ from berth.api import views
 from berth.api.audit import record
 from berth.api.deps import CurrentPrincipal, Operator, PlatformDep, SessionDep, Writer
 from berth.api.schemas import DeploymentPublic, ReleasePublic, Strict
+from berth.databases.backup import BackupFailed
 from berth.databases.names import ALL_RESERVED, MAX_NAME_LENGTH, NAME_PATTERN
 from berth.services import apps as app_svc
 from berth.services import databases as svc
+from berth.services import databases_backups as backups_svc
 from berth.services import databases_servers as servers
 from berth.services.databases_access import ProviderFactory, real_provider
-from berth.store.tables import Deployment, ManagedDatabase, Release
+from berth.store.tables import DatabaseBackup, Deployment, ManagedDatabase, Release
 
 router = APIRouter(tags=["databases"])
 
@@ -40,7 +43,13 @@ def clock() -> Callable[[], float]:
     return time.time
 
 
+def database_backups() -> backups_svc.BackupFactory:
+    """How Berth backs up a database server's databases (tests override it with the fake)."""
+    return backups_svc.real_backups
+
+
 ProvidersDep = Annotated[ProviderFactory, Depends(database_providers)]
+BackupsDep = Annotated[backups_svc.BackupFactory, Depends(database_backups)]
 ClockDep = Annotated[Callable[[], float], Depends(clock)]
 
 
@@ -174,6 +183,35 @@ class ServerInfo(ServerPublic):
     connections: int
 
 
+class BackupPublic(BaseModel):
+    id: str
+    database: str
+    kind: str = Field(description="manual, scheduled, or final (taken by a delete)")
+    state: str = Field(description="pending, running, verified or failed")
+    reason: str = Field(description="why it failed")
+    size_bytes: int
+    sha256: str
+    tables: dict[str, list[str | int]] = Field(
+        description="what it was verified against: per table [rows, digest] (Redis: keys)"
+    )
+    created_at: float
+    finished_at: float | None
+    keep_until: float | None
+
+
+class RestoreRequest(Strict):
+    backup: str = Field(max_length=64)
+    into: str | None = Field(
+        default=None, max_length=100, description="a new database to restore into"
+    )
+
+
+class RestorePublic(BaseModel):
+    database: DatabasePublic
+    backup: BackupPublic
+    new: bool
+
+
 class PurgePublic(BaseModel):
     purged: int
     failed: list[str]
@@ -200,6 +238,22 @@ def _public(session: Session, db: ManagedDatabase) -> DatabasePublic:
         attached=[
             AttachmentPublic(app=app.name, var=a.var) for a, app in svc.attachments(session, db)
         ],
+    )
+
+
+def _backup_public(db: ManagedDatabase, row: DatabaseBackup) -> BackupPublic:
+    return BackupPublic(
+        id=row.id,
+        database=db.name,
+        kind=row.kind,
+        state=row.state,
+        reason=row.reason,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        tables=backups_svc.fingerprint_of(row),
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        keep_until=row.keep_until,
     )
 
 
@@ -312,13 +366,99 @@ def delete_database(
     session: SessionDep,
     platform: PlatformDep,
     providers: ProvidersDep,
+    backups: BackupsDep,
     now: ClockDep,
     who: Writer,
 ) -> DatabasePublic:
-    """Closes the database (writes refused, a password nobody knows) and keeps it until
-    ``purge_after``; then the purge pass drops it. Refused (409) while apps are attached."""
-    db = svc.delete_database(session, platform.settings, providers, who.tenant_id, name, now())
+    """A verified final backup first (kept as long as the database), then closes the database
+    (writes refused, a password nobody knows) and keeps it until ``purge_after``; then the purge
+    pass drops it. Refused (409) while apps are attached, or when the final backup fails."""
+    db = backups_svc.delete_with_final_backup(
+        session, platform.settings, providers, backups, who.tenant_id, name, now()
+    )
     return _public(session, db)
+
+
+@router.post("/databases/{name}/backups", status_code=201)
+def take_backup(
+    name: str,
+    session: SessionDep,
+    platform: PlatformDep,
+    backups: BackupsDep,
+    now: ClockDep,
+    who: Writer,
+) -> BackupPublic:
+    """A backup now: dumped, then restored into a scratch database and compared. Answers once
+    it is verified; a backup that failed is a 502 ``backup_failed`` with its reason (and stays
+    listed as failed)."""
+    row = backups_svc.take_backup(session, platform.settings, backups, who.tenant_id, name, now())
+    db = svc.get_database(session, who.tenant_id, name)
+    if row.state != "verified":
+        raise BackupFailed(f"backup {row.id} of {name!r} failed: {row.reason}")
+    return _backup_public(db, row)
+
+
+@router.get("/databases/{name}/backups")
+def list_backups(name: str, session: SessionDep, who: CurrentPrincipal) -> list[BackupPublic]:
+    db, rows = backups_svc.list_backups(session, who.tenant_id, name)
+    return [_backup_public(db, row) for row in rows]
+
+
+@router.get("/databases/{name}/backups/{backup_id}")
+def get_backup(
+    name: str, backup_id: str, session: SessionDep, who: CurrentPrincipal
+) -> BackupPublic:
+    db, row = backups_svc.get_backup(session, who.tenant_id, name, backup_id)
+    return _backup_public(db, row)
+
+
+@router.get(
+    "/databases/{name}/backups/{backup_id}/file",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_backup(
+    name: str,
+    backup_id: str,
+    request: Request,
+    session: SessionDep,
+    platform: PlatformDep,
+    who: Writer,
+) -> FileResponse:
+    """The verified backup's file, streamed (its sha256 in ``X-Backup-Sha256``). Audited."""
+    path, row = backups_svc.download(session, platform.settings, who.tenant_id, name, backup_id)
+    ip = request.client.host if request.client else ""
+    record(platform, who, "GET /databases/{name}/backups/{id}/file", request.url.path, ip, 200)
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{name}-{row.id}.{row.engine}.dump",
+        headers={"X-Backup-Sha256": row.sha256},
+    )
+
+
+@router.post("/databases/{name}/restore")
+def restore_backup(
+    name: str,
+    body: RestoreRequest,
+    session: SessionDep,
+    platform: PlatformDep,
+    providers: ProvidersDep,
+    backups: BackupsDep,
+    who: Writer,
+) -> RestorePublic:
+    """A verified backup of ``name`` into ``name`` itself (its content replaced, its sessions
+    ended) or into a new database ``into`` of the same engine."""
+    done = backups_svc.restore(
+        session, platform.settings, providers, backups, who.tenant_id, name, body.backup,
+        body.into,
+    )  # fmt: skip
+    source = svc.get_database(session, who.tenant_id, name)
+    return RestorePublic(
+        database=_public(session, done.database),
+        backup=_backup_public(source, done.backup),
+        new=done.new,
+    )
 
 
 @router.post("/databases/{name}/attachments", status_code=201)

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from sqlalchemy import select
@@ -38,6 +39,7 @@ from berth.settings import Settings
 from berth.store.tables import (
     App,
     DatabaseAttachment,
+    DatabaseBackup,
     DbServer,
     Deployment,
     ManagedDatabase,
@@ -361,10 +363,25 @@ def purge_due(session: Session, factory: ProviderFactory, now: float) -> PurgeRe
         except BerthError as exc:
             failed.append((db.id, exc.message))
             continue
+        _forget_backups(session, db)
         session.delete(db)
         session.commit()
         purged.append(db.id)
     return PurgeResult(purged, failed)
+
+
+def _forget_backups(session: Session, db: ManagedDatabase) -> None:
+    """Its backups go with it (the final one was kept for the same retention)."""
+    for backup in session.scalars(
+        select(DatabaseBackup).where(DatabaseBackup.database_id == db.id)
+    ):
+        if backup.path:
+            try:
+                Path(backup.path).unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("backup %s: its file could not be removed: %s", backup.id, exc)
+        session.delete(backup)
+    session.flush()
 
 
 def _default_vars(engine: Engine, var: str | None) -> tuple[str, str]:

@@ -445,3 +445,28 @@ class DatabaseAttachment(Base):
     var: Mapped[str] = mapped_column(String(128))
     prefix_var: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class DatabaseBackup(Base):
+    """One backup of a managed database: ``verified`` only once its file was restored into a
+    scratch database and the content found equal to the source's (``fingerprint``, JSON);
+    ``failed`` says why in ``reason``. ``path`` is Berth's own (derived from ids, never input);
+    a ``final`` backup (taken by a delete) is kept until ``keep_until``."""
+
+    __tablename__ = "database_backups"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    database_id: Mapped[str] = mapped_column(
+        ForeignKey("databases.id", ondelete="CASCADE"), index=True
+    )
+    engine: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))  # manual|scheduled|final
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|...
+    reason: Mapped[str] = mapped_column(Text, default="")
+    path: Mapped[str] = mapped_column(Text, default="")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    fingerprint: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float, default=now, index=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    keep_until: Mapped[float | None] = mapped_column(Float, nullable=True)
