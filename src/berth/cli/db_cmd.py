@@ -8,10 +8,11 @@ import time
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import httpx
 import typer
 from rich.markup import escape
 
-from berth.cli.client import CliError, client
+from berth.cli.client import ApiClient, CliError, client
 from berth.cli.output import JsonOpt, console, emit, table
 
 db_app = typer.Typer(
@@ -358,3 +359,150 @@ def servers_purge(as_json: JsonOpt = False) -> None:
             console.print(f"  kept for the next pass: {escape(why)}")
 
     emit(data, as_json, human)
+
+
+# -- backups --------------------------------------------------------------------------------
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def _backup_state(b: dict[str, Any]) -> str:
+    if b["state"] == "failed":
+        return f"[red]failed[/]: {escape(b['reason'])}"
+    if b["state"] == "verified":
+        return "[green]verified[/]"
+    return escape(str(b["state"]))
+
+
+def _backup_rows(rows: list[dict[str, Any]]) -> None:
+    table(
+        None,
+        ["ID", "WHEN", "KIND", "SIZE", "STATE"],
+        [
+            (
+                b["id"],
+                _when(b["created_at"]),
+                b["kind"] + (f" (kept until {_when(b['keep_until'])})" if b["keep_until"] else ""),
+                _bytes(b["size_bytes"]) if b["state"] == "verified" else "-",
+                _backup_state(b),
+            )
+            for b in rows
+        ],
+    )
+
+
+def _slow_client() -> ApiClient:
+    """A backup, a restore or a download takes as long as the database is big."""
+    api = client()
+    api.http.timeout = httpx.Timeout(None)
+    return api
+
+
+@db_app.command("backup")
+def db_backup(name: str, as_json: JsonOpt = False) -> None:
+    """Back up a database now. Answers once the backup was restored into a scratch database and
+    found equal to the source (verified); a failed backup exits non-zero with its reason."""
+    data = _slow_client().post(f"{_db(name)}/backups")
+
+    def human(b: dict[str, Any]) -> None:
+        tables = ", ".join(f"{escape(t)} {v[0]}" for t, v in sorted(b["tables"].items())[:8])
+        console.print(
+            f"Backup [bold]{b['id']}[/] of [bold]{escape(name)}[/]: verified, "
+            f"{_bytes(b['size_bytes'])}, sha256 {b['sha256']}"
+        )
+        if tables:
+            console.print(f"  restored and compared: {tables}")
+
+    emit(data, as_json, human)
+
+
+@db_app.command("backups")
+def db_backups(name: str, as_json: JsonOpt = False) -> None:
+    """A database's backups, newest first: id, when, size, state (failed ones with why)."""
+    data = client().get(f"{_db(name)}/backups")
+    emit(data, as_json, _backup_rows)
+    if any(b["state"] == "failed" for b in data[:1]):
+        raise CliError(f"the latest backup of {name} failed: {data[0]['reason']}")
+
+
+@db_app.command("restore")
+def db_restore(
+    name: str,
+    backup: str,
+    into: Annotated[
+        str | None, typer.Option("--into", help="Restore into a new database of this name.")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore a verified backup into the database itself (its content replaced, its open
+    sessions ended) or, with --into, into a new database."""
+    if (
+        into is None
+        and not yes
+        and sys.stdin.isatty()
+        and not typer.confirm(f"Replace the content of {name} with backup {backup}?")
+    ):
+        raise CliError("not restored")
+    body: dict[str, Any] = {"backup": backup, "into": into}
+    data = _slow_client().post(f"{_db(name)}/restore", json=body)
+    emit(
+        data,
+        as_json,
+        lambda d: console.print(
+            f"Restored backup {escape(backup)} into "
+            f"{'the new database ' if d['new'] else ''}[bold]{escape(d['database']['name'])}[/]"
+        ),
+    )
+
+
+@db_app.command("download")
+def db_download(
+    name: str,
+    backup: str,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="File to write (default NAME-ID.dump).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the file.")] = False,
+) -> None:
+    """Download a verified backup's file; its sha256 is checked against the server's."""
+    import hashlib
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from berth.cli.client import _raise_for_error as raise_for_error
+
+    target = Path(output or f"{name}-{backup}.dump")
+    if target.exists() and not force:
+        raise CliError(f"{target} exists: choose another --output, or --force")
+    api = _slow_client()
+    digest = hashlib.sha256()
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            url = f"{api.base}{_db(name)}/backups/{quote(backup, safe='')}/file"
+            with api.http.stream("GET", url) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise_for_error(resp)
+                expected = resp.headers.get("x-backup-sha256", "")
+                for chunk in resp.iter_bytes():
+                    out.write(chunk)
+                    digest.update(chunk)
+        if expected and digest.hexdigest() != expected:
+            raise CliError("the download is damaged (its sha256 differs from the server's)")
+        os.chmod(temp, 0o600)
+        os.replace(temp, target)
+    except httpx.HTTPError as exc:
+        raise CliError(f"the download failed: {exc}") from None
+    finally:
+        Path(temp).unlink(missing_ok=True)
+    console.print(f"Wrote {escape(str(target))} (sha256 {digest.hexdigest()})")
