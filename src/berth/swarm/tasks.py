@@ -142,16 +142,32 @@ def _service_key(
     if version is None:
         return None
     facts: list[tuple[Any, ...]] = []
-    append = facts.append  # 30,000 tasks a pass
+    append, node_of = facts.append, nodes.get  # 30,000 tasks a pass
+    try:
+        # Subscripts for the fields every task the Engine API lists has (several times
+        # cheaper than .get); a task without one is read leniently below.
+        for task in tasks:
+            if task["Status"]["State"] in FAILED_STATES:
+                return None
+            node = node_of(str(task.get("NodeID") or ""))
+            append((task["ID"], task["Version"]["Index"], task["DesiredState"], node))
+    except (KeyError, TypeError):
+        return _lenient_service_key(version, tasks, nodes)
+    return (version, tuple(facts))
+
+
+def _lenient_service_key(
+    version: Any, tasks: Sequence[Mapping[str, Any]], nodes: Mapping[str, NodeView]
+) -> tuple[Any, ...] | None:
+    facts = []
     for task in tasks:
-        status = task.get("Status")
-        if status and status.get("State") in FAILED_STATES:
+        status = task.get("Status") or {}
+        if status.get("State") in FAILED_STATES:
             return None
-        task_version = task.get("Version")
-        append(
+        facts.append(
             (
                 task.get("ID"),
-                task_version.get("Index") if task_version else None,
+                (task.get("Version") or {}).get("Index"),
                 task.get("DesiredState"),
                 nodes.get(str(task.get("NodeID") or "")),
             )

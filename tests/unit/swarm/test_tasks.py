@@ -202,3 +202,26 @@ def test_memory_forgets_tasks_that_are_gone() -> None:
     observe([task("t1", "running", port=30001)], memory)
     memory.forget([])
     assert memory.ports == {} and memory.started == {}
+
+
+def test_a_services_instances_are_read_again_only_when_a_task_changed() -> None:
+    service = {**SERVICE, "Version": {"Index": 7}}
+    memory = TaskMemory()
+    running = {**task("t1", "running", port=30001), "Version": {"Index": 10}}
+    (first,) = instances_of_service(service, [running], NODES, memory, 0.0)
+    (again,) = instances_of_service(service, [dict(running)], NODES, memory, 0.0)
+    assert again is first  # the same facts: the same instance, not read again
+    ended = {**task("t1", "complete", at=9, exit_code=0), "Version": {"Index": 11}}
+    (after,) = instances_of_service(service, [ended], NODES, memory, 0.0)
+    assert after.state == "exited" and after.exit_code == 0
+
+
+def test_a_task_missing_a_field_is_still_read() -> None:
+    service = {**SERVICE, "Version": {"Index": 7}}
+    bare = task("t1", "running", port=30001)  # no Version, as a minimal listing may give
+    memory = TaskMemory()
+    (instance,) = instances_of_service(service, [bare], NODES, memory, 0.0)
+    assert instance.state == "running" and instance.port == 30001
+    no_status = {**bare, "Status": None, "Version": {"Index": 12}}
+    (unknown,) = instances_of_service(service, [no_status], NODES, memory, 0.0)
+    assert unknown.id == "t1" and unknown.state == "pending"  # Swarm's "new" until it says
