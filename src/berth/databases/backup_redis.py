@@ -37,7 +37,11 @@ from berth.databases.provider import Account
 
 MAGIC = b"BERTHREDIS\x00\x01"
 TRAILER = b"END"
-BATCH = 500
+BATCH = 1000
+
+
+def _command(r: redis.Redis, *args: Any) -> Any:
+    return r.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 def _digest(entries: list[bytes]) -> str:
@@ -52,41 +56,37 @@ def _items(parts: list[bytes]) -> bytes:
     return b"".join(struct.pack(">I", len(p)) + p for p in parts)
 
 
-def _read(pipe: Any, kind: bytes, key: bytes) -> None:
-    """Queue the command that reads the whole value of a key of type ``kind``."""
-    if kind == b"string":
-        pipe.get(key)
-    elif kind == b"list":
-        pipe.lrange(key, 0, -1)
-    elif kind == b"hash":
-        pipe.hgetall(key)
-    elif kind == b"set":
-        pipe.smembers(key)
-    elif kind == b"zset":
-        pipe.zrange(key, 0, -1, withscores=True)
-    elif kind == b"stream":
-        pipe.xrange(key)
-    else:
-        pipe.dump(key)  # a module's type: its serialization is all there is
+# One batch of keys read in one script, so each key's type, DUMP, PTTL and logical value
+# agree (a script runs atomically), in one round trip. Strings and lists are ordered, so their
+# DUMP is canonical; a set's, a hash's or a zset's iterates in an order of its own.
+READ_BATCH = """
+local out = {}
+for i, k in ipairs(KEYS) do
+  local t = redis.call('TYPE', k)['ok']
+  local v = false
+  if t == 'set' then v = redis.call('SMEMBERS', k)
+  elseif t == 'hash' then v = redis.call('HGETALL', k)
+  elseif t == 'zset' then v = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')
+  elseif t == 'stream' then v = redis.call('XRANGE', k, '-', '+') end
+  out[i] = {t, redis.call('DUMP', k), redis.call('PTTL', k), v}
+end
+return out
+"""
 
 
-def canonical(kind: bytes, value: Any) -> bytes:
+def _pairs(flat: list[bytes]) -> list[tuple[bytes, bytes]]:
+    return sorted(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def canonical(kind: bytes, dumped: bytes, value: Any) -> bytes:
     """The value in one form whatever its encoding or iteration order."""
-    if kind == b"string":
-        return b"s" + bytes(value)
-    if kind == b"list":
-        return b"l" + _items([bytes(v) for v in value])
-    if kind == b"hash":
-        return b"h" + _items([p for k, v in sorted(value.items()) for p in (k, v)])
     if kind == b"set":
         return b"S" + _items(sorted(bytes(v) for v in value))
-    if kind == b"zset":
-        return b"z" + _items([p for m, s in sorted(value) for p in (m, repr(s).encode())])
+    if kind in (b"hash", b"zset"):
+        return kind[:1] + _items([bytes(x) for pair in _pairs(value) for x in pair])
     if kind == b"stream":
-        return b"x" + _items(
-            [p for i, f in value for p in (i, _items([x for kv in sorted(f.items()) for x in kv]))]
-        )
-    return b"?" + kind + bytes(value or b"")
+        return b"x" + _items([bytes(i) + _items([bytes(x) for x in f]) for i, f in value])
+    return kind + b":" + dumped  # strings, lists, modules' types: their serialization
 
 
 def write_record(out: BinaryIO, name: bytes, ttl_ms: int, value: bytes) -> None:
@@ -151,7 +151,7 @@ class RedisBackups:
 
     def _keys(self, r: redis.Redis, prefix: str) -> Iterator[list[bytes]]:
         batch: list[bytes] = []
-        for key in r.scan_iter(match=f"{prefix}*", count=1000):
+        for key in r.scan_iter(match=f"{prefix}*", count=BATCH):
             batch.append(key)
             if len(batch) >= BATCH:
                 yield batch
@@ -160,29 +160,17 @@ class RedisBackups:
             yield batch
 
     def _batch(self, r: redis.Redis, batch: list[bytes]) -> list[tuple[bytes, int, bytes, bytes]]:
-        """(key, ttl, DUMP, canonical value) of each key still there, read atomically; a key
-        whose type changed between the two round trips is read again."""
-        for _ in range(5):
-            types = r.pipeline(transaction=False)
-            for key in batch:
-                types.type(key)
-            kinds = [bytes(k) for k in types.execute()]
-            pipe = r.pipeline(transaction=True)
-            for key, kind in zip(batch, kinds, strict=True):
-                pipe.dump(key)
-                pipe.pttl(key)
-                _read(pipe, kind, key)
-            answers = pipe.execute(raise_on_error=False)
-            if any(isinstance(a, redis.ResponseError) for a in answers):
-                continue  # WRONGTYPE: a key changed type meanwhile
-            out = []
-            for i, (key, kind) in enumerate(zip(batch, kinds, strict=True)):
-                value, ttl, logical = answers[3 * i : 3 * i + 3]
-                if value is None or int(ttl) == -2:
-                    continue  # gone between SCAN and DUMP
-                out.append((key, max(int(ttl), 0), bytes(value), canonical(kind, logical)))
-            return out
-        raise BackupFailed("keys kept changing type while they were read; try again")
+        """(key, ttl, DUMP, canonical value) of each key still there, read atomically."""
+        out = []
+        for key, answer in zip(
+            batch, _command(r, "EVAL", READ_BATCH, len(batch), *batch), strict=True
+        ):
+            kind, value, ttl, logical = answer
+            if value is None or int(ttl) == -2:
+                continue  # gone between SCAN and the read
+            kind, value = bytes(kind), bytes(value)
+            out.append((key, max(int(ttl), 0), value, canonical(kind, value, logical)))
+        return out
 
     def _values(self, r: redis.Redis, prefix: str) -> Iterator[tuple[bytes, int, bytes, bytes]]:
         """(name without prefix, ttl ms or 0, DUMP, canonical value) of every key, bounded."""

@@ -104,13 +104,14 @@ def test_a_damaged_redis_file_is_refused(tmp_path: Path, damage: str) -> None:
 
 
 def test_canonical_values_ignore_order_but_not_content() -> None:
-    assert canonical(b"set", {b"x", b"y"}) == canonical(b"set", {b"y", b"x"})
-    assert canonical(b"hash", {b"a": b"1", b"b": b"2"}) == canonical(
-        b"hash", {b"b": b"2", b"a": b"1"}
-    )
-    assert canonical(b"list", [b"a", b"b"]) != canonical(b"list", [b"b", b"a"])
-    assert canonical(b"string", b"ab") != canonical(b"list", [b"ab"])
-    assert canonical(b"list", [b"a", b"bc"]) != canonical(b"list", [b"ab", b"c"])
+    assert canonical(b"set", b"d1", [b"x", b"y"]) == canonical(b"set", b"d2", [b"y", b"x"])
+    flat, other = [b"a", b"1", b"b", b"2"], [b"b", b"2", b"a", b"1"]
+    assert canonical(b"hash", b"d1", flat) == canonical(b"hash", b"d2", other)
+    assert canonical(b"hash", b"", flat) != canonical(b"zset", b"", flat)
+    assert canonical(b"set", b"", [b"a", b"bc"]) != canonical(b"set", b"", [b"ab", b"c"])
+    # ordered types: their serialization is their content
+    assert canonical(b"list", b"d1", None) != canonical(b"list", b"d2", None)
+    assert canonical(b"string", b"d1", None) != canonical(b"list", b"d1", None)
 
 
 def test_compare_says_what_differs() -> None:
