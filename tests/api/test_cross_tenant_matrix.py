@@ -285,6 +285,19 @@ TABLE: dict[tuple[str, str], Route] = {
         lambda r: Req("/databases/a-db/attachments", json={"app": r.app}), "app_not_found"),)),
     ("DELETE", "/databases/{name}/attachments/{app}"): Route("write", (
         foreign(lambda r: Req(f"/databases/a-db/attachments/{r.app}"), "app_not_found"),)),
+    ("POST", "/databases/{name}/backups"): Route("write", (
+        foreign(lambda r: Req("/databases/a-db/backups"), "database_not_found"),)),
+    ("GET", "/databases/{name}/backups"): Route("read", (
+        foreign(lambda r: Req("/databases/a-db/backups"), "database_not_found"),)),
+    ("GET", "/databases/{name}/backups/{backup_id}"): Route("read", (
+        foreign(lambda r: Req("/databases/a-db/backups/0123456789abcdef"),
+                "database_not_found"),)),
+    ("GET", "/databases/{name}/backups/{backup_id}/file"): Route("write", (
+        foreign(lambda r: Req("/databases/a-db/backups/0123456789abcdef/file"),
+                "database_not_found"),)),
+    ("POST", "/databases/{name}/restore"): Route("write", (foreign(
+        lambda r: Req("/databases/a-db/restore", json={"backup": "0123456789abcdef"}),
+        "database_not_found"),)),
     ("POST", "/admin/db-servers"): Route("operator", (operator(lambda r: Req(
         "/admin/db-servers",
         json={"name": "b-pg", "engine": "postgres", "url": "postgresql://b:pw@127.0.0.1/"})),)),
