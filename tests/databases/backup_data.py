@@ -34,6 +34,16 @@ def fill(engine: Engine, creds: Credentials, rows: int, tag: str = "a") -> None:
             )
             conn.execute(psycopg.sql.SQL("CREATE TABLE IF NOT EXISTS {} (v text)").format(
                 psycopg.sql.Identifier(ODD)))  # fmt: skip
+            # A view and a trigger of the tenant's: restored owned by the target's role.
+            conn.execute("CREATE OR REPLACE VIEW named AS SELECT id, name FROM items")
+            conn.execute(
+                "CREATE OR REPLACE FUNCTION fill_n() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$BEGIN NEW.n := coalesce(NEW.n, -1); RETURN NEW; END$$"
+            )
+            conn.execute(
+                "CREATE OR REPLACE TRIGGER fill_n BEFORE INSERT ON items"
+                " FOR EACH ROW EXECUTE FUNCTION fill_n()"
+            )
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO items (name, data, n) VALUES (%s, %s, %s)",
@@ -54,6 +64,13 @@ def fill(engine: Engine, creds: Credentials, rows: int, tag: str = "a") -> None:
                 )
                 odd = "`" + ODD.replace("`", "``") + "`"
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {odd} (v TEXT)")
+                # A view and a trigger: their definer is the tenant's user (rewritten to the
+                # target's on a restore into another database, or the copy could not use them).
+                cur.execute("CREATE OR REPLACE VIEW named AS SELECT id, name FROM items")
+                cur.execute(
+                    "CREATE TRIGGER IF NOT EXISTS fill_n BEFORE INSERT ON items"
+                    " FOR EACH ROW SET NEW.n = COALESCE(NEW.n, -1)"
+                )
                 cur.executemany(
                     "INSERT INTO items (name, data, n) VALUES (%s, %s, %s)",
                     [(_name(i, tag), _blob(i), None if i % 7 == 0 else i / 3) for i in range(rows)],
@@ -90,6 +107,7 @@ def snapshot(engine: Engine, creds: Credentials) -> object:
     if engine == "postgres":
         with psycopg.connect(creds.url, autocommit=True, connect_timeout=5) as conn:
             items = conn.execute("SELECT id, name, data, n FROM items ORDER BY id").fetchall()
+            items += conn.execute("SELECT count(*), max(name) FROM named").fetchall()
             odd = conn.execute(
                 psycopg.sql.SQL("SELECT v FROM {} ORDER BY v NULLS FIRST").format(
                     psycopg.sql.Identifier(ODD)
@@ -102,6 +120,8 @@ def snapshot(engine: Engine, creds: Credentials) -> object:
             with conn.cursor() as cur:
                 cur.execute("SELECT id, name, data, n FROM items ORDER BY id")
                 items = cur.fetchall()
+                cur.execute("SELECT COUNT(*), MAX(name) FROM named")
+                items += cur.fetchall()
                 odd = "`" + ODD.replace("`", "``") + "`"
                 cur.execute(f"SELECT v FROM {odd} ORDER BY v")
                 return items, cur.fetchall()
@@ -123,3 +143,22 @@ def snapshot(engine: Engine, creds: Credentials) -> object:
         )
     finally:
         r.close()
+
+
+def trigger_works(engine: Engine, creds: Credentials) -> bool:
+    """The restored trigger runs for the database's own user (it fills a NULL ``n``)."""
+    if engine == "postgres":
+        with psycopg.connect(creds.url, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("INSERT INTO items (name) VALUES ('t') RETURNING n").fetchone()
+            return row is not None and row[0] == -1
+    if engine == "mariadb":
+        conn = _maria(creds)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO items (name) VALUES ('t')")
+                cur.execute("SELECT n FROM items WHERE id = LAST_INSERT_ID()")
+                row = cur.fetchone()
+                return row is not None and row[0] == -1
+        finally:
+            conn.close()
+    return True

@@ -24,7 +24,7 @@ from berth.databases.provider import Credentials
 from berth.services import databases_backups as backups_svc
 from berth.services.databases_access import ServerAddress
 from berth.store.tables import DatabaseBackup, ManagedDatabase
-from tests.databases.backup_data import fill, snapshot
+from tests.databases.backup_data import fill, snapshot, trigger_works
 from tests.databases.test_platform import ENGINES, World, _signup, world
 
 Creds = dict[str, Any]
@@ -76,6 +76,7 @@ def test_backup_restore_round_trip_on_the_real_server(
     copy = _creds(env.ok("GET", "/databases/copy/credentials", tenant))
     assert copy.database != creds.database
     assert snapshot(engine, copy) == before
+    assert trigger_works(engine, copy)
 
     # into itself after a change: back to the backup
     fill(engine, creds, 30, tag="b")

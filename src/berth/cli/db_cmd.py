@@ -201,12 +201,13 @@ def db_delete(
     """Delete a database: closed at once (no access), its data kept until it is dropped."""
     if not yes and sys.stdin.isatty() and not typer.confirm(f"Delete database {name}?"):
         raise CliError("not deleted")
-    data = client().delete(_db(name))
+    data = _slow_client().delete(_db(name))  # a final backup is taken first
     emit(
         data,
         as_json,
         lambda d: console.print(
-            f"Deleted database [bold]{escape(name)}[/]: closed now, its data is kept until "
+            f"Deleted database [bold]{escape(name)}[/]: closed now, its data and a verified "
+            f"final backup (`berth db backups {escape(name)}`) are kept until "
             f"{_when(d['purge_after'])} and dropped then"
         ),
     )
