@@ -31,9 +31,9 @@ import httpx
 
 from berth.periodic import PeriodicLoop
 from berth.runtime.protocol import LABEL_PORT, ContainerInfo, Runtime
+from berth.workloads.protocol import LABEL_HEALTH_PATH as LABEL_HEALTH_PATH
 from berth.workloads.protocol import WorkloadInstance, Workloads
 
-LABEL_HEALTH_PATH = "berth.health-path"
 FAILURES_TO_UNHEALTHY = 2
 REFUSED = "connection refused"
 UNREACHABLE = "no answer to connect"

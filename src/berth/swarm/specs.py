@@ -21,20 +21,11 @@ from berth.domain.placement import swarm_constraints
 from berth.errors import InvalidInput
 from berth.runtime.protocol import KEPT_CAPABILITIES, WRITABLE_PATHS, owner_labels
 from berth.workloads.protocol import (
-    LABEL_APP,
-    LABEL_APP_NAME,
-    LABEL_CPUS_MILLI,
-    LABEL_GROUP,
-    LABEL_MEMORY_MB,
-    LABEL_PROCESS,
-    LABEL_RELEASE,
-    LABEL_REVISION,
     LABEL_TENANT,
     ProcessGroup,
+    group_labels,
 )
 
-LABEL_HEALTH_PATH = "berth.health-path"  # as berth.agent.health reads it
-LABEL_PORT = "berth.port"
 LABEL_SPEC = "berth.spec"  # hash of the service spec but its replicas: drift is an update
 
 MB = 1024 * 1024
@@ -69,21 +60,8 @@ def placement_constraints(constraints: tuple[str, ...]) -> list[str]:
 
 
 def service_labels(group: ProcessGroup, installation: str) -> dict[str, str]:
-    """The labels of the service and of each of its task containers."""
-    return {
-        **owner_labels(installation),
-        LABEL_TENANT: group.tenant_id,
-        LABEL_APP: group.app_id,
-        LABEL_APP_NAME: group.app_name,
-        LABEL_RELEASE: group.release_id,
-        LABEL_REVISION: group.revision,
-        LABEL_PROCESS: group.process,
-        LABEL_GROUP: group.key,
-        LABEL_HEALTH_PATH: group.health_path or "",
-        LABEL_PORT: str(group.port or ""),
-        LABEL_MEMORY_MB: str(group.memory_mb),
-        LABEL_CPUS_MILLI: str(group.cpus_milli),
-    }
+    """The labels of the service and of each of its task containers: a local container's."""
+    return {**owner_labels(installation), **group_labels(group)}
 
 
 def network_labels(installation: str, tenant_id: str) -> dict[str, str]:

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from berth.swarm.specs import LABEL_HEALTH_PATH, LABEL_PORT
 from berth.swarm.specs import LABEL_SPEC as LABEL_SPEC_HASH
 from berth.workloads.protocol import (
     LABEL_APP,
     LABEL_CPUS_MILLI,
     LABEL_GROUP,
+    LABEL_HEALTH_PATH,
     LABEL_MEMORY_MB,
+    LABEL_PORT,
     LABEL_PROCESS,
     LABEL_REVISION,
     LABEL_TENANT,

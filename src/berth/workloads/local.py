@@ -37,11 +37,9 @@ from berth.domain.reconcile import (
 from berth.domain.rollout import GroupTarget
 from berth.runtime.protocol import (
     LABEL_APP,
-    LABEL_APP_NAME,
     LABEL_INSTANCE,
     LABEL_NODE,
     LABEL_PORT,
-    LABEL_RELEASE,
     LABEL_REVISION,
     LABEL_TENANT,
     ContainerInfo,
@@ -59,6 +57,7 @@ from berth.workloads.protocol import (
     NodeSummary,
     ProcessGroup,
     WorkloadInstance,
+    group_labels,
 )
 
 log = logging.getLogger(__name__)
@@ -564,23 +563,6 @@ class LocalWorkloads:
             self._timer.daemon = True
             self._timer_due = due
             self._timer.start()
-
-
-def group_labels(group: ProcessGroup) -> dict[str, str]:
-    """The labels of every instance of a group, on any backend."""
-    return {
-        LABEL_TENANT: group.tenant_id,
-        LABEL_APP: group.app_id,
-        LABEL_APP_NAME: group.app_name,
-        LABEL_RELEASE: group.release_id,
-        LABEL_REVISION: group.revision,
-        LABEL_PROCESS: group.process,
-        LABEL_GROUP: group.key,
-        LABEL_HEALTH_PATH: group.health_path or "",
-        LABEL_PORT: str(group.port or ""),
-        LABEL_MEMORY_MB: str(group.memory_mb),
-        LABEL_CPUS_MILLI: str(group.cpus_milli),
-    }
 
 
 def release_command(command_json: str | None) -> tuple[str, ...] | None:

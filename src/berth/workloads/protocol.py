@@ -34,6 +34,7 @@ from berth.runtime.protocol import (
 from berth.runtime.protocol import (
     LABEL_MANAGED as LABEL_MANAGED,
 )
+from berth.runtime.protocol import LABEL_PORT as LABEL_PORT
 from berth.runtime.protocol import (
     LABEL_RELEASE as LABEL_RELEASE,
 )
@@ -44,6 +45,7 @@ from berth.runtime.protocol import (
     LABEL_TENANT as LABEL_TENANT,
 )
 
+LABEL_HEALTH_PATH = "berth.health-path"  # the check berth.agent.health runs
 LABEL_MEMORY_MB = "berth.memory-mb"  # the instance's size: admission and billing read it
 LABEL_CPUS_MILLI = "berth.cpus-milli"
 LABEL_PROCESS = "berth.process"  # the process type: "web", "worker", ...
@@ -97,6 +99,23 @@ class ProcessGroup:
     def key(self) -> str:
         """Unique per (app, process, revision); stable, so a group is found again by it."""
         return f"{self.app_id}/{self.process}/{self.revision}"
+
+
+def group_labels(group: ProcessGroup) -> dict[str, str]:
+    """The labels of every instance of a group, on every backend (with the owner labels)."""
+    return {
+        LABEL_TENANT: group.tenant_id,
+        LABEL_APP: group.app_id,
+        LABEL_APP_NAME: group.app_name,
+        LABEL_RELEASE: group.release_id,
+        LABEL_REVISION: group.revision,
+        LABEL_PROCESS: group.process,
+        LABEL_GROUP: group.key,
+        LABEL_HEALTH_PATH: group.health_path or "",
+        LABEL_PORT: str(group.port or ""),
+        LABEL_MEMORY_MB: str(group.memory_mb),
+        LABEL_CPUS_MILLI: str(group.cpus_milli),
+    }
 
 
 @dataclass(frozen=True)
