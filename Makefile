@@ -56,6 +56,8 @@ bench: system venv images
 	$(PY) bench/swarm_deploy.py
 	$(PY) bench/swarm_failures.py
 	$(PY) bench/cert_issuance.py
+	@bash scripts/ensure-edge-candidates.sh
+	$(PY) bench/edge_candidates.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

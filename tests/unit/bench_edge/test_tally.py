@@ -66,7 +66,7 @@ def test_table_has_a_row_per_run_and_dashes_for_what_is_missing() -> None:
             "domains": 10,
             "churn": {
                 "changes_done": 1000,
-                "not_effective_in_time": 0,
+                "over_1s": 0,
                 "change_latency": {"p50_ms": 2.5, "p99_ms": 9.0},
                 "clients": {
                     "requests": 5000,
