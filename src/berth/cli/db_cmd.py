@@ -375,11 +375,10 @@ def _bytes(n: int) -> str:
 
 
 def _backup_state(b: dict[str, Any]) -> str:
+    # Plain text: table cells are never markup (the reason is the server's words).
     if b["state"] == "failed":
-        return f"[red]failed[/]: {escape(b['reason'])}"
-    if b["state"] == "verified":
-        return "[green]verified[/]"
-    return escape(str(b["state"]))
+        return f"FAILED: {b['reason']}"
+    return str(b["state"])
 
 
 def _backup_rows(rows: list[dict[str, Any]]) -> None:
