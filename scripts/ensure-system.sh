@@ -30,6 +30,9 @@ command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 # The ACME tests and the issuance benchmark run the distro's pebble (and pebble-challtestsrv).
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
+# Managed databases' backups run the distro's clients (pg_dump/pg_restore, mariadb-dump/mariadb).
+command -v pg_dump >/dev/null 2>&1 || need+=(postgresql-client)
+command -v mariadb-dump >/dev/null 2>&1 || need+=(mariadb-client)
 # Debian's python3 ships without ensurepip; `python3 -m venv` needs python3-venv.
 python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 if [ "$WITH_POSTGRES" = 1 ] && [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
