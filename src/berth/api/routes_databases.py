@@ -43,9 +43,9 @@ def clock() -> Callable[[], float]:
     return time.time
 
 
-def database_backups() -> backups_svc.BackupFactory:
+def database_backups(platform: PlatformDep) -> backups_svc.BackupFactory:
     """How Berth backs up a database server's databases (tests override it with the fake)."""
-    return backups_svc.real_backups
+    return backups_svc.backups_with(platform.settings)
 
 
 ProvidersDep = Annotated[ProviderFactory, Depends(database_providers)]

@@ -15,7 +15,12 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.periodic import PeriodicLoop
-from berth.services.databases_backups import BackupFactory, PassResult, real_backups, scheduled_pass
+from berth.services.databases_backups import (
+    BackupFactory,
+    PassResult,
+    backups_with,
+    scheduled_pass,
+)
 from berth.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,13 +33,14 @@ class DatabaseBackupPass:
         self,
         sessions: sessionmaker[Session],
         settings: Settings,
-        factory: BackupFactory = real_backups,
+        factory: BackupFactory | None = None,
         *,
         interval: float = DEFAULT_INTERVAL,
         clock: Callable[[], float] = time.time,
         may_act: Callable[[], bool] = lambda: True,
     ) -> None:
-        self.sessions, self.settings, self.factory = sessions, settings, factory
+        self.sessions, self.settings = sessions, settings
+        self.factory = factory or backups_with(settings)
         self.clock, self.may_act = clock, may_act
         self._loop = PeriodicLoop("database-backups", self.run_once, interval)
 

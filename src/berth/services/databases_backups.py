@@ -25,7 +25,14 @@ from typing import Final
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from berth.databases.backup import BackupFailed, Backups, compare, private_file, sha256_of
+from berth.databases.backup import (
+    BackupFailed,
+    Backups,
+    Tools,
+    compare,
+    private_file,
+    sha256_of,
+)
 from berth.databases.backup_policy import BackupFacts, is_due, policy_for, to_prune
 from berth.databases.backup_providers import backups_for
 from berth.errors import BerthError, Conflict, NotFound
@@ -44,6 +51,16 @@ _HEX_ID: Final = re.compile(r"[0-9a-f]{1,32}")
 
 def real_backups(address: ServerAddress) -> Backups:
     return backups_for(address.engine, address.admin_url)
+
+
+def backups_with(settings: Settings) -> BackupFactory:
+    """The real backups, their client tools bounded by the settings' timeout."""
+    tools = Tools(timeout=settings.database_backup_timeout_seconds)
+
+    def factory(address: ServerAddress) -> Backups:
+        return backups_for(address.engine, address.admin_url, tools)
+
+    return factory
 
 
 class BackupNotFound(NotFound):
