@@ -155,3 +155,47 @@ def test_a_failing_dump_tool_is_reported_failed(
     with env.db() as session:
         stored = session.get(DatabaseBackup, row["id"])
         assert stored is not None and not Path(stored.path).exists()
+
+
+def test_retention_keeps_the_last_verified_one_on_the_real_server(
+    world: World, tenant: str, tmp_path: Path
+) -> None:
+    """Nine verified backups a day apart, then dumps that fail: pruning keeps the plan's seven
+    newest verified ones (the last verified among them, its file on disk) and three failed."""
+    env = world.env
+    env.ok("POST", "/databases", tenant, json={"name": "kept", "engine": "postgres"}, status=201)
+    fill("postgres", _creds(env.ok("GET", "/databases/kept/credentials", tenant)), 50)
+    broken = tmp_path / "dump"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(stat.S_IRWXU)
+
+    def failing(address: ServerAddress) -> Any:
+        return backups_for(address.engine, address.admin_url, Tools(pg_dump=str(broken)))
+
+    tenant_id = _tenant_of(world, "kept")
+    now = world.now
+    with env.db() as session:
+        for day in range(9):
+            backups_svc.take_backup(
+                session, env.settings, backups_svc.real_backups, tenant_id, "kept", now + day
+            )
+        for day in range(9, 14):
+            row = backups_svc.take_backup(session, env.settings, failing, tenant_id, "kept",
+                                          now + day)  # fmt: skip
+            assert row.state == "failed"
+        backups_svc.prune(session, env.settings, now + 14)
+    listed = env.ok("GET", "/databases/kept/backups", tenant)
+    states = [b["state"] for b in listed]
+    assert states == ["failed"] * 3 + ["verified"] * 7
+    last_verified = listed[3]
+    assert last_verified["created_at"] == now + 8
+    with env.db() as session:
+        kept = session.get(DatabaseBackup, last_verified["id"])
+        assert kept is not None and Path(kept.path).exists()
+
+
+def _tenant_of(world: World, name: str) -> str:
+    with world.env.db() as session:
+        rows = list(session.scalars(select(ManagedDatabase).where(ManagedDatabase.name == name)))
+        assert len(rows) == 1
+        return rows[0].tenant_id
