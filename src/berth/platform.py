@@ -36,6 +36,7 @@ from berth.registry.wiring import PlatformRegistry, platform_registry
 from berth.runtime.protocol import Runtime
 from berth.services.accounts import LoginLimiter
 from berth.services.bootstrap import ensure_admin, installation_id
+from berth.services.databases_backup_pass import DatabaseBackupPass
 from berth.services.databases_purge import DatabasePurge
 from berth.services.webhooks import WebhookSender
 from berth.settings import Settings
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from berth.swarm.api import DockerSwarmAPI
 
 log = logging.getLogger(__name__)
+BACKUP_PASS_SECONDS = 300.0  # how often the leader looks for databases due a scheduled backup
 INGRESS_SYNC_SECONDS = 1.0  # how often a follower's ingress reads the routes from the store
 BUILD_API_TIMEOUT = 600  # seconds, for the build and image client (not the runtime's)
 
@@ -79,6 +81,7 @@ class Platform:
     registry: PlatformRegistry | None = None  # builds pushed for every node (swarm only)
     node_guard: NodeGuardSync | None = None  # every node's firewall, kept current (swarm only)
     database_purge: DatabasePurge | None = None  # drops deleted databases after retention
+    database_backups: DatabaseBackupPass | None = None  # scheduled backups, verified, per plan
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
     # Several servers on one store: the lease's holder runs the controllers, the others keep
@@ -142,7 +145,12 @@ class Platform:
                 if controller is not None:
                     controller.fence = fence
             lease, term = self.lease, self.lease.token
-            for actor in (self.reconciler, self.webhooks, self.database_purge):
+            for actor in (
+                self.reconciler,
+                self.webhooks,
+                self.database_purge,
+                self.database_backups,
+            ):
                 if actor is not None:
                     actor.may_act = lambda: lease.holds() and lease.token == term
             if self.webhooks is not None:
@@ -182,6 +190,8 @@ class Platform:
             self.webhooks.start()
         if self.database_purge is not None:
             self.database_purge.start()
+        if self.database_backups is not None:
+            self.database_backups.start()
         if self.registry is not None:
             # Collects on a swarm only, and only while this server's term lasts.
             self.registry.start_gc(self.sessions, lambda: self.lease is None or self.lease.holds())
@@ -192,7 +202,7 @@ class Platform:
             self.node_guard.start()
 
     def stop_controllers(self) -> None:
-        for loop in (self.webhooks, self.billing, self.database_purge):
+        for loop in (self.webhooks, self.billing, self.database_purge, self.database_backups):
             if loop is not None:
                 loop.stop()
         if self.registry is not None:
@@ -339,6 +349,7 @@ def _build_controllers(
     )
     platform.webhooks = WebhookSender(settings, sessions)
     platform.database_purge = DatabasePurge(sessions)
+    platform.database_backups = DatabaseBackupPass(sessions, settings, interval=BACKUP_PASS_SECONDS)
     return platform
 
 
