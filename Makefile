@@ -56,6 +56,7 @@ bench: system venv images
 	$(PY) bench/swarm_deploy.py
 	$(PY) bench/swarm_failures.py
 	$(PY) bench/cert_issuance.py
+	$(PY) bench/databases.py
 	@bash scripts/ensure-edge-candidates.sh
 	$(PY) bench/edge_candidates.py
 
