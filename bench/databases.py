@@ -287,46 +287,43 @@ def shared(engine: Engine, admin_url: str, count: int, deadline: float) -> dict[
     made: list[Account] = []
     creds: list[Credentials] = []
     start = time.monotonic()
-    try:
-        for _ in range(count):
-            if time.monotonic() - start > deadline:
-                break  # bounded: the figures say how many were made
-            account = Account(secrets.token_hex(8), secrets.token_hex(8), "db", engine)
-            made.append(account)
-            c = provider.create(account)
-            if len(creds) < IDLE_CONNECTIONS:
-                creds.append(c)
-        elapsed = time.monotonic() - start
-        mem1, disk1 = _measure(engine, admin_url)
-        with idle_tenants(engine, creds):
-            mem2, _ = _measure(engine, admin_url)
-        n = len(made)
-        return {
-            "databases": n,
-            "requested": count,
-            "create_seconds_total": elapsed,
-            "empty_server": {**_mem(mem0), **disk0},
-            "with_databases": {**_mem(mem1), **disk1},
-            "per_database": {
-                "rss_bytes": per_item(mem0.rss, mem1.rss, n),
-                "pss_bytes": per_item(mem0.pss, mem1.pss, n),
-                "disk_bytes": per_item(disk0["disk_bytes"], disk1["disk_bytes"], n),
-                "disk_without_redo_bytes": per_item(
-                    disk0["disk_without_redo_bytes"], disk1["disk_without_redo_bytes"], n
-                ),
-            },
-            "idle_connections": len(creds),
-            "with_idle_connections": _mem(mem2),
-            "per_idle_connection": {
-                "rss_bytes": per_item(mem1.rss, mem2.rss, len(creds)),
-                "pss_bytes": per_item(mem1.pss, mem2.pss, len(creds)),
-                "uss_bytes": per_item(mem1.uss, mem2.uss, len(creds)),
-            },
-        }
-    finally:
-        for account in made:
-            with contextlib.suppress(Exception):
-                provider.drop(account)
+    # Nothing is dropped one by one: the server is the benchmark's own and goes whole with
+    # its directory when the run ends, even on failure.
+    for _ in range(count):
+        if time.monotonic() - start > deadline:
+            break  # bounded: the figures say how many were made
+        account = Account(secrets.token_hex(8), secrets.token_hex(8), "db", engine)
+        made.append(account)
+        c = provider.create(account)
+        if len(creds) < IDLE_CONNECTIONS:
+            creds.append(c)
+    elapsed = time.monotonic() - start
+    mem1, disk1 = _measure(engine, admin_url)
+    with idle_tenants(engine, creds):
+        mem2, _ = _measure(engine, admin_url)
+    n = len(made)
+    return {
+        "databases": n,
+        "requested": count,
+        "create_seconds_total": elapsed,
+        "empty_server": {**_mem(mem0), **disk0},
+        "with_databases": {**_mem(mem1), **disk1},
+        "per_database": {
+            "rss_bytes": per_item(mem0.rss, mem1.rss, n),
+            "pss_bytes": per_item(mem0.pss, mem1.pss, n),
+            "disk_bytes": per_item(disk0["disk_bytes"], disk1["disk_bytes"], n),
+            "disk_without_redo_bytes": per_item(
+                disk0["disk_without_redo_bytes"], disk1["disk_without_redo_bytes"], n
+            ),
+        },
+        "idle_connections": len(creds),
+        "with_idle_connections": _mem(mem2),
+        "per_idle_connection": {
+            "rss_bytes": per_item(mem1.rss, mem2.rss, len(creds)),
+            "pss_bytes": per_item(mem1.pss, mem2.pss, len(creds)),
+            "uss_bytes": per_item(mem1.uss, mem2.uss, len(creds)),
+        },
+    }
 
 
 def dedicated(engine: Engine, k: int, target: int) -> dict[str, Any]:
