@@ -385,7 +385,8 @@ def render(results: dict[str, Any]) -> str:
             ],
             [
                 f"{engine}: memory (PSS) per database",
-                human(s["per_database"]["pss_bytes"]),
+                f"{human(s['per_database']['pss_bytes'])} (server total"
+                f" {human(full['pss_bytes'] - empty['pss_bytes'])}: within the noise if small)",
                 f"{human(each['pss_bytes'])} per dedicated server",
             ],
             [
