@@ -354,8 +354,14 @@ def test_reloads_under_load_retire_the_old_workers_and_lose_no_request(
     manager: NginxManager, backends: Callable[[str], Backend], port: int
 ) -> None:
     """Berth stops the old workers itself once the new ones are up (not after the master's
-    pause): no request is lost, fresh or kept alive, and the master keeps its worker count
-    (nothing it had to respawn)."""
+    pause): no request is lost, and the master keeps its worker count (nothing it had to
+    respawn).
+
+    One race stays, as with any nginx reload: an old worker closes its idle keep-alive
+    connections as it stops, and a client that sent its next request on one at that instant
+    gets no answer ("disconnected without sending a response": nginx never read it). Such a
+    request is counted apart and sent again on a new connection, which must succeed; ending
+    that race needs route changes without a reload (issue 9). Every other failure counts."""
     a, b = backends("hello-A"), backends("hello-B")
     manager.apply(manager.config((serving(a),), 1))
     master = manager.pid()
@@ -363,6 +369,7 @@ def test_reloads_under_load_retire_the_old_workers_and_lose_no_request(
     workers = wait_until(lambda: nginx_module._workers_of(master), 10, "nginx's workers are up")
     stop = threading.Event()
     failures: list[str] = []
+    closed_idle: list[str] = []  # the reload race on a reused keep-alive connection
     done = [0]
 
     def load(keep_alive: bool) -> None:
@@ -371,10 +378,22 @@ def test_reloads_under_load_retire_the_old_workers_and_lose_no_request(
             while not stop.is_set():
                 try:
                     resp = get(c, port, HOST)
-                    if resp.status_code != 200:
-                        failures.append(f"HTTP {resp.status_code}")
+                except httpx.RemoteProtocolError as exc:
+                    if not (keep_alive and "without sending a response" in str(exc)):
+                        failures.append(repr(exc))
+                        continue
+                    closed_idle.append(repr(exc))
+                    try:
+                        with httpx.Client(timeout=5.0, trust_env=False) as fresh:
+                            resp = get(fresh, port, HOST)
+                    except httpx.HTTPError as again:
+                        failures.append(f"sent again on a new connection: {again!r}")
+                        continue
                 except httpx.HTTPError as exc:
                     failures.append(repr(exc))
+                    continue
+                if resp.status_code != 200:
+                    failures.append(f"HTTP {resp.status_code}")
                 done[0] += 1
 
     threads = [threading.Thread(target=load, args=(k,), daemon=True) for k in (True, False)]
@@ -394,6 +413,7 @@ def test_reloads_under_load_retire_the_old_workers_and_lose_no_request(
             t.join(timeout=10)
     assert failures == []
     assert done[0] > 0
+    print(f"{done[0]} requests; {len(closed_idle)} met an idle keep-alive close, sent again")
     assert manager.pid() == master
     assert len(nginx_module._workers_of(master)) == len(workers)
     log = manager.paths.error_log.read_text()
