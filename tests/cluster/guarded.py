@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
-import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -26,6 +24,7 @@ from berth.netpolicy.node_guard_apply import NodeGuardFirewall
 from berth.swarm.guard_service import LABEL_GUARD, SERVICE_NAME
 from tests.cluster.berth_swarm import berth_on_swarm
 from tests.cluster.nodes import SWARM_ADDRESS_POOL, Cluster
+from tests.cluster.tls import free_port_on, self_signed
 from tests.harness import BerthServer, wait_until
 
 PYTHON = "berth/python:3"
@@ -41,28 +40,6 @@ def join_network(cluster: Cluster) -> str:
     """The lower half of the switch's /24: every node (.11 up), not the host (.254)."""
     assert cluster.subnet is not None
     return f"{cluster.subnet.network_address}/25"
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _self_signed(directory: Path, address: str) -> tuple[Path, Path]:
-    cert, key = directory / "registry.crt", directory / "registry.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-days", "1", "-subj", "/CN=berth-guard-test",
-            "-addext", f"subjectAltName=IP:{address}",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def remove_guard(cluster: Cluster) -> None:
@@ -118,8 +95,8 @@ def guarded_server(
     clear_ingress_labels(cluster)  # and no ingress label another module's test set
     cluster.load_images([PYTHON], cluster.managers[:1])
     address = cluster.host_address
-    port = _free_port(address)
-    cert, key = _self_signed(tmp, address)
+    port = free_port_on(address)
+    cert, key = self_signed(tmp, address, "berth-guard-test")
     trust = CERTS_D / f"{address}:{port}"
     certs_d_existed = CERTS_D.exists()
     env = {

@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -39,6 +37,7 @@ from berth.registry.server import RegistryServer
 from berth.settings import Settings
 from tests.cluster.berth_swarm import berth_on_swarm
 from tests.cluster.nodes import Cluster
+from tests.cluster.tls import free_port_on, self_signed
 from tests.harness import BerthServer, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow]
@@ -101,28 +100,6 @@ class RegistryOnSwarm:
         return found
 
 
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _self_signed(directory: Path, address: str) -> tuple[Path, Path]:
-    cert, key = directory / "registry.crt", directory / "registry.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-days", "1", "-subj", "/CN=berth-registry-test",
-            "-addext", f"subjectAltName=IP:{address}",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 def _remove_images(cluster: Cluster, installation: str | None, prefix: str) -> None:
     """Every image this test's registry put on a node, and the builds on the manager, once
     the removed services' containers are gone (an image in use cannot be removed)."""
@@ -160,8 +137,8 @@ def _remove_images(cluster: Cluster, installation: str | None, prefix: str) -> N
 def on_swarm(swarm: Cluster, tmp_path: Path) -> Iterator[RegistryOnSwarm]:
     swarm.load_images([PYTHON])
     address = swarm.host_address
-    port = _free_port(address)
-    cert, key = _self_signed(tmp_path, address)
+    port = free_port_on(address)
+    cert, key = self_signed(tmp_path, address)
     trust = CERTS_D / f"{address}:{port}"
     certs_d_existed = CERTS_D.exists()
     env = {

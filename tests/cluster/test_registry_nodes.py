@@ -13,8 +13,6 @@ import contextlib
 import io
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from berth.registry.push import PushedImage, push_image, repository_for
 from berth.registry.server import RegistryServer
 from berth.settings import Settings
 from tests.cluster.nodes import Cluster
+from tests.cluster.tls import free_port_on, self_signed
 from tests.harness import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
@@ -46,33 +45,11 @@ class NodeRegistry:
     images: list[str]
 
 
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _self_signed(directory: Path, address: str) -> tuple[Path, Path]:
-    cert, key = directory / "registry.crt", directory / "registry.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-days", "1", "-subj", "/CN=berth-registry-test",
-            "-addext", f"subjectAltName=IP:{address}",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 @pytest.fixture
 def node_registry(swarm: Cluster, tmp_path: Path) -> Iterator[NodeRegistry]:
     address = swarm.host_address
-    port = _free_port(address)
-    cert, key = _self_signed(tmp_path, address)
+    port = free_port_on(address)
+    cert, key = self_signed(tmp_path, address)
     trust = CERTS_D / f"{address}:{port}"
     host = docker.from_env(version="auto")
     server = RegistryServer(
