@@ -183,15 +183,21 @@ class RegistryApi:
 
     def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         # The registry restarts to go read-only for a collection (it reads its config only at
-        # start), so a refused connection may be that second: wait it out, briefly, before
-        # calling the registry unreachable. Only connecting is retried: a request the registry
-        # received is never sent twice.
+        # start), so a refused connection, or one the stopping registry closed without an
+        # answer, may be that second: wait it out, briefly, before calling the registry
+        # unreachable. A refused connection is retried for any request (nothing was sent); a
+        # connection closed without an answer only for reads (GET, HEAD), which are safe twice.
         deadline = time.monotonic() + self.restart_grace
         pause = 0.05
+        retried: tuple[type[Exception], ...] = (
+            (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)
+            if method in ("GET", "HEAD")
+            else (httpx.ConnectError,)
+        )
         while True:
             try:
                 return self._client.request(method, url, **kwargs)
-            except httpx.ConnectError as exc:
+            except retried as exc:
                 if time.monotonic() + pause > deadline:
                     raise RegistryError(
                         f"the registry cannot be reached ({method} {url}): {exc}"

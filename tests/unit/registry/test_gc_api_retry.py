@@ -3,6 +3,7 @@ time, and then says the registry cannot be reached."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import socket
 import threading
@@ -76,3 +77,64 @@ def test_a_registry_that_stays_down_is_reported_unreachable() -> None:
             api.repositories()
     finally:
         api.close()
+
+
+class _DropsFirstConnections:
+    """Accepts connections; closes the first ``drops`` without an answer (a registry stopping
+    mid-request), then answers each request with an empty catalog."""
+
+    def __init__(self, drops: int) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = int(self.sock.getsockname()[1])
+        self.drops, self.seen = drops, 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                self.seen += 1
+                if self.seen <= self.drops:
+                    continue  # closed without a word
+                body = b'{"repositories": []}'
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        self.sock.close()
+        self.thread.join(5)
+
+
+def test_a_read_the_stopping_registry_dropped_is_sent_again() -> None:
+    server = _DropsFirstConnections(drops=1)
+    api = RegistryApi(f"http://127.0.0.1:{server.port}", restart_grace=5.0)
+    try:
+        assert api.repositories() == []
+        assert server.seen == 2
+    finally:
+        api.close()
+        server.close()
+
+
+def test_a_delete_the_registry_dropped_is_not_sent_again() -> None:
+    server = _DropsFirstConnections(drops=1)
+    api = RegistryApi(f"http://127.0.0.1:{server.port}", restart_grace=5.0)
+    try:
+        with pytest.raises(RegistryError, match="cannot be reached"):
+            api.delete_manifest("t-ab/app", "sha256:" + "0" * 64)
+        assert server.seen == 1
+    finally:
+        api.close()
+        server.close()
