@@ -38,6 +38,7 @@ from berth.services.accounts import LoginLimiter
 from berth.services.bootstrap import ensure_admin, installation_id
 from berth.services.databases_backup_pass import DatabaseBackupPass
 from berth.services.databases_purge import DatabasePurge
+from berth.services.databases_usage import DatabaseUsagePass
 from berth.services.webhooks import WebhookSender
 from berth.settings import Settings
 from berth.store.db import make_engine, make_sessionmaker, migrate
@@ -82,6 +83,7 @@ class Platform:
     node_guard: NodeGuardSync | None = None  # every node's firewall, kept current (swarm only)
     database_purge: DatabasePurge | None = None  # drops deleted databases after retention
     database_backups: DatabaseBackupPass | None = None  # scheduled backups, verified, per plan
+    database_usage: DatabaseUsagePass | None = None  # measured, size quota, storage billed
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
     # Several servers on one store: the lease's holder runs the controllers, the others keep
@@ -150,6 +152,7 @@ class Platform:
                 self.webhooks,
                 self.database_purge,
                 self.database_backups,
+                self.database_usage,
             ):
                 if actor is not None:
                     actor.may_act = lambda: lease.holds() and lease.token == term
@@ -192,6 +195,8 @@ class Platform:
             self.database_purge.start()
         if self.database_backups is not None:
             self.database_backups.start()
+        if self.database_usage is not None:
+            self.database_usage.start()
         if self.registry is not None:
             # Collects on a swarm only, and only while this server's term lasts.
             self.registry.start_gc(self.sessions, lambda: self.lease is None or self.lease.holds())
@@ -202,7 +207,13 @@ class Platform:
             self.node_guard.start()
 
     def stop_controllers(self) -> None:
-        for loop in (self.webhooks, self.billing, self.database_purge, self.database_backups):
+        for loop in (
+            self.webhooks,
+            self.billing,
+            self.database_purge,
+            self.database_backups,
+            self.database_usage,
+        ):
             if loop is not None:
                 loop.stop()
         if self.registry is not None:
@@ -350,6 +361,7 @@ def _build_controllers(
     platform.webhooks = WebhookSender(settings, sessions)
     platform.database_purge = DatabasePurge(sessions)
     platform.database_backups = DatabaseBackupPass(sessions, settings, interval=BACKUP_PASS_SECONDS)
+    platform.database_usage = DatabaseUsagePass(sessions, settings)
     return platform
 
 

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     billing_webhook_url: str = ""  # where outgoing billing events go; empty: not sent
     billing_webhook_secret: str = ""
     billing_interval_seconds: float = Field(default=60.0, gt=0)
+    # How long an hour waits for a node that is neither ready nor down (unknown, disconnected)
+    # to report; then it closes without it (berth.billing.watermark; shown by billing status).
+    billing_node_wait_seconds: float = Field(default=3600.0, ge=0)
     webhook_interval_seconds: float = Field(default=5.0, gt=0)
     memory_min_mb: int = 16
     memory_max_mb: int = 16384
@@ -95,6 +98,13 @@ class Settings(BaseSettings):
     database_backup_dir: str = ""
     # A dump, a restore or a verification longer than this fails (and is reported failed).
     database_backup_timeout_seconds: float = Field(default=3600.0, gt=0)
+    # The usage pass (berth.services.databases_usage): how often every database is measured,
+    # how long one server may take to answer a pass, how long measurements are kept.
+    database_usage_interval_seconds: float = Field(default=300.0, gt=0)
+    database_usage_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    database_measurement_retention_days: float = Field(default=35.0, ge=1, le=3650)
+    # Storage of managed databases, per GiB-month in minor units, for plans that set none.
+    database_storage_price_per_gib_month_minor: int = Field(default=10, ge=0)
     reserved_app_names: list[str] = Field(
         default_factory=lambda: [
             "www",

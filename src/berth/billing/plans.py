@@ -100,6 +100,8 @@ class Plan:
     limits: PlanLimits
     included_gb_hours: int = 0
     included_cpu_hours: int = 0
+    # Managed databases' storage per GiB-month (berth.billing.storage); None: the setting.
+    storage_price_per_gib_month_minor: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 100:
@@ -110,6 +112,9 @@ class Plan:
         _check_count("price_per_cpu_hour_minor", self.price_per_cpu_hour_minor)
         _check_count("included_gb_hours", self.included_gb_hours)
         _check_count("included_cpu_hours", self.included_cpu_hours)
+        storage_price = self.storage_price_per_gib_month_minor
+        if storage_price is not None:
+            _check_count("storage_price_per_gib_month_minor", storage_price)
         if not isinstance(self.limits, PlanLimits):
             raise InvalidInput("plan limits must be PlanLimits", code="invalid_plan")
 

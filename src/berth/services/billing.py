@@ -75,6 +75,7 @@ def to_plan(row: PlanRow) -> Plan:
         limits=PlanLimits(row.max_apps, row.max_instances, row.max_memory_mb, row.max_domains),
         included_gb_hours=row.included_gb_hours,
         included_cpu_hours=row.included_cpu_hours,
+        storage_price_per_gib_month_minor=row.storage_price_per_gib_month_minor,
     )
 
 

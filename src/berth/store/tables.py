@@ -124,6 +124,8 @@ class PlanRow(Base):
     instance_disk_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Outbound internet from the tenant's containers and build steps (internal ranges never).
     egress_internet: Mapped[bool] = mapped_column(default=True)
+    # Managed databases' storage per GiB-month; NULL: the installation's setting.
+    storage_price_per_gib_month_minor: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
@@ -428,6 +430,10 @@ class ManagedDatabase(Base):
     deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # A deleted database stays on its server, closed, until then; the purge pass drops it.
     purge_after: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    # The size quota (berth.services.databases_usage): False while ``write_allowed`` is stored
+    # but not yet applied on the server (retried every pass); the last pass's failure, if any.
+    write_applied: Mapped[bool] = mapped_column(default=True)
+    usage_error: Mapped[str] = mapped_column(Text, default="")
 
 
 class DatabaseAttachment(Base):
@@ -470,3 +476,34 @@ class DatabaseBackup(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now, index=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     keep_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class DatabaseMeasurement(Base):
+    """What the usage pass measured of one managed database: the size quota's and the hourly
+    storage bill's input (berth.billing.storage)."""
+
+    __tablename__ = "database_measurements"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    database_id: Mapped[str] = mapped_column(
+        ForeignKey("databases.id", ondelete="CASCADE"), index=True
+    )
+    tenant_id: Mapped[str] = mapped_column(String(32), index=True)
+    measured_at: Mapped[float] = mapped_column(Float, index=True)
+    bytes_used: Mapped[int] = mapped_column(BigInteger)
+    connections: Mapped[int] = mapped_column(Integer)
+
+
+class StorageHourRow(Base):
+    """The storage one database was billed for in one closed UTC hour; ``key`` (the ledger
+    charge's too) makes it once. Kept after the database is purged, as usage records are."""
+
+    __tablename__ = "database_storage_hours"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), index=True)
+    database_id: Mapped[str] = mapped_column(String(32), index=True)
+    database_name: Mapped[str] = mapped_column(String(64))
+    hour_start: Mapped[int] = mapped_column(BigInteger, index=True)
+    bytes_billed: Mapped[int] = mapped_column(BigInteger)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float, default=now)

@@ -1,0 +1,371 @@
+"""The database usage pass: every active database measured on its server, the size quota
+applied, and the storage billed (``databases_storage_bill``).
+
+One pass: each server's databases are measured in a thread of their own, and the pass waits
+for a server at most ``database_usage_timeout_seconds``: a server that does not answer in time
+(or refuses the admin) is reported, its databases keep their last state, and every other
+server's databases are measured all the same. Each measurement is stored
+(``DatabaseMeasurement``); ``quota.write_allowed`` decides from it. A change is stored first
+(``write_allowed`` with ``write_applied`` false) together with the tenant's notification and
+webhook event (``database.writes_refused`` / ``database.writes_resumed``, once per change),
+then applied on the server; a server that fails keeps it pending, retried by every later pass,
+and the failure is in ``usage_error`` (``berth db info``). A suspended tenant's databases keep
+their data and are measured and billed as any other.
+
+Leader-only, as the purge and backup passes: the platform starts it with the other controllers;
+``may_act`` lets the leader's lease veto a pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from berth.databases.errors import DatabaseServerUnavailable
+from berth.databases.provider import Account, Usage
+from berth.databases.quota import write_allowed
+from berth.errors import BerthError
+from berth.periodic import PeriodicLoop
+from berth.services.databases_access import (
+    ProviderFactory,
+    ServerAddress,
+    account_of,
+    address_of,
+    provider,
+    real_provider,
+    scrub,
+)
+from berth.services.databases_storage_bill import bill_storage, prune_measurements
+from berth.services.webhooks import enqueue
+from berth.settings import Settings
+from berth.store.tables import (
+    DatabaseMeasurement,
+    DbServer,
+    ManagedDatabase,
+    Notification,
+    Tenant,
+    new_id,
+)
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+REFUSED, RESUMED = "database.writes_refused", "database.writes_resumed"
+T = TypeVar("T")
+
+
+def limit_bytes(db: ManagedDatabase) -> int:
+    return int(db.size_mb) * MIB
+
+
+@dataclass
+class UsagePassResult:
+    measured: list[str] = field(default_factory=list)  # database ids
+    refused: list[str] = field(default_factory=list)  # writes refused in this pass
+    resumed: list[str] = field(default_factory=list)  # writes given back in this pass
+    unreachable: list[tuple[str, str]] = field(default_factory=list)  # (server name, why)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (database id, why)
+    charges: int = 0  # storage charges posted to the ledger
+
+
+class _Late:
+    """A server's answer that did not come in time."""
+
+
+def _per_server(jobs: dict[str, Callable[[], T]], timeout: float) -> dict[str, T | _Late]:
+    """Each job in a thread of its own, each waited for at most ``timeout`` from the start.
+    A job that overruns keeps running (daemon thread; the providers' own timeouts end it) and
+    its answer is dropped."""
+    results: dict[str, T | _Late] = {}
+    lock = threading.Lock()
+
+    def run(key: str, job: Callable[[], T]) -> None:
+        value = job()
+        with lock:
+            results.setdefault(key, value)
+
+    threads = []
+    for key, job in jobs.items():
+        thread = threading.Thread(target=run, args=(key, job), name=f"db-usage-{key}", daemon=True)
+        thread.start()
+        threads.append((key, thread))
+    deadline = time.monotonic() + timeout
+    for key, thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        with lock:
+            results.setdefault(key, _Late())
+    return results
+
+
+@dataclass
+class _Measured:
+    usage: dict[str, Usage] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # database id -> why
+    unreachable: str = ""  # the server did not answer: why
+
+
+def _measure(
+    factory: ProviderFactory, address: ServerAddress, accounts: list[Account]
+) -> _Measured:
+    out = _Measured()
+    try:
+        p = provider(factory, address)
+        for account in accounts:
+            try:
+                out.usage[account.database_id] = p.usage(account)
+            except DatabaseServerUnavailable:
+                raise
+            except BerthError as exc:
+                out.failed[account.database_id] = scrub(exc.message, address.admin_url)
+    except DatabaseServerUnavailable as exc:
+        out.unreachable = scrub(exc.message, address.admin_url)
+    except Exception as exc:  # a provider's bug must not end every server's pass
+        log.exception("measuring a %s server failed", address.engine)
+        out.unreachable = scrub(f"unexpected error: {exc}", address.admin_url)
+    return out
+
+
+def _apply(
+    factory: ProviderFactory, address: ServerAddress, changes: list[tuple[Account, bool]]
+) -> dict[str, str]:
+    """Apply each pending decision; returns the failures (database id -> why)."""
+    failed: dict[str, str] = {}
+    for account, allowed in changes:
+        try:
+            provider(factory, address).set_write_allowed(account, allowed)
+        except Exception as exc:
+            message = exc.message if isinstance(exc, BerthError) else f"unexpected error: {exc}"
+            failed[account.database_id] = scrub(message, address.admin_url)
+    return failed
+
+
+def _notify(
+    session: Session, settings: Settings, db: ManagedDatabase, used: int, now: float, key: str
+) -> None:
+    limit = limit_bytes(db)
+    if db.write_allowed:
+        kind = RESUMED
+        message = (
+            f"Database {db.name!r} is under its size quota again ({used / MIB:.1f} MB of "
+            f"{db.size_mb} MB): writes work again."
+        )
+    else:
+        kind = REFUSED
+        message = (
+            f"Database {db.name!r} is over its size quota ({used / MIB:.1f} MB of {db.size_mb} "
+            f"MB): writes are refused, reads keep working. Delete data (or ask for a larger "
+            f"size) to write again."
+        )
+    session.add(
+        Notification(
+            id=new_id(), tenant_id=db.tenant_id, kind=kind, message=message, created_at=now
+        )
+    )
+    tenant = session.get(Tenant, db.tenant_id)
+    payload: dict[str, object] = {
+        "event": kind,
+        "tenant": tenant.name if tenant else db.tenant_id,
+        "database": db.name,
+        "engine": db.engine,
+        "bytes_used": used,
+        "limit_bytes": limit,
+        "message": message,
+        "at": now,
+    }
+    enqueue(session, settings, kind, db.tenant_id, payload, f"{kind}:{db.id}:{key}")
+
+
+def measure_and_enforce(
+    session: Session,
+    settings: Settings,
+    factory: ProviderFactory,
+    now: float,
+    result: UsagePassResult,
+    *,
+    fence: Callable[[Session], None] = lambda session: None,
+) -> None:
+    dbs = list(
+        session.scalars(
+            select(ManagedDatabase)
+            .where(ManagedDatabase.state == "active")
+            .order_by(ManagedDatabase.id)
+        )
+    )
+    servers = {s.id: s for s in session.scalars(select(DbServer))}
+    by_server: dict[str, list[ManagedDatabase]] = {}
+    for db in dbs:
+        by_server.setdefault(db.server_id, []).append(db)
+    addresses = {sid: address_of(servers[sid]) for sid in by_server}
+    accounts = {db.id: account_of(db) for db in dbs}
+    timeout = settings.database_usage_timeout_seconds
+
+    def measure_job(sid: str) -> Callable[[], _Measured]:
+        listed = [accounts[db.id] for db in by_server[sid]]
+        return lambda: _measure(factory, addresses[sid], listed)
+
+    answers = _per_server({sid: measure_job(sid) for sid in by_server}, timeout)
+    down: set[str] = set()
+    changed: list[ManagedDatabase] = []
+    for sid, answer in answers.items():
+        server_dbs = by_server[sid]
+        if isinstance(answer, _Late) or answer.unreachable:
+            why = (
+                f"did not answer within {timeout:g} s"
+                if isinstance(answer, _Late)
+                else answer.unreachable
+            )
+            down.add(sid)
+            result.unreachable.append((servers[sid].name, why))
+            log.warning("database server %s not measured: %s", servers[sid].name, why)
+            for db in server_dbs:
+                db.usage_error = f"not measured: the server did not answer ({why})"
+            continue
+        for db in server_dbs:
+            if db.id in answer.failed:
+                db.usage_error = f"not measured: {answer.failed[db.id]}"
+                result.failed.append((db.id, answer.failed[db.id]))
+                continue
+            usage = answer.usage[db.id]
+            measurement = DatabaseMeasurement(
+                id=new_id(),
+                database_id=db.id,
+                tenant_id=db.tenant_id,
+                measured_at=now,
+                bytes_used=usage.bytes_used,
+                connections=usage.connections,
+            )
+            session.add(measurement)
+            result.measured.append(db.id)
+            db.usage_error = "" if db.write_applied else db.usage_error
+            decision = write_allowed(
+                usage.bytes_used, limit_bytes(db), currently_allowed=db.write_allowed
+            )
+            if decision != db.write_allowed:
+                db.write_allowed, db.write_applied = decision, False
+                _notify(session, settings, db, usage.bytes_used, now, measurement.id)
+                (result.resumed if decision else result.refused).append(db.id)
+                changed.append(db)
+    fence(session)
+    session.commit()  # the decisions and notifications are kept before any server is asked
+
+    pending: dict[str, list[tuple[Account, bool]]] = {}
+    for db in dbs:
+        if db.state == "active" and not db.write_applied and db.server_id not in down:
+            pending.setdefault(db.server_id, []).append((accounts[db.id], db.write_allowed))
+    if not pending:
+        return
+
+    def apply_job(sid: str) -> Callable[[], dict[str, str]]:
+        return lambda: _apply(factory, addresses[sid], pending[sid])
+
+    applied = _per_server({sid: apply_job(sid) for sid in pending}, timeout)
+    by_id = {db.id: db for db in dbs}
+    for sid, outcome in applied.items():
+        failures = (
+            {a.database_id: f"did not answer within {timeout:g} s" for a, _ in pending[sid]}
+            if isinstance(outcome, _Late)
+            else outcome
+        )
+        for account, allowed in pending[sid]:
+            db = by_id[account.database_id]
+            session.refresh(db)
+            if db.write_allowed != allowed:
+                continue  # decided again meanwhile: the next pass applies that
+            if account.database_id in failures:
+                why = failures[account.database_id]
+                state = "refusing writes" if not allowed else "allowing writes again"
+                db.usage_error = f"{state} is not applied on the server yet (retried): {why}"
+                result.failed.append((db.id, why))
+                log.warning("database %s: quota change not applied: %s", db.id, why)
+            else:
+                db.write_applied, db.usage_error = True, ""
+    fence(session)
+    session.commit()
+    _close_deleted(session, factory, [by_id[a.database_id] for a, ok in _flat(pending) if ok])
+
+
+def _flat(pending: dict[str, list[tuple[Account, bool]]]) -> list[tuple[Account, bool]]:
+    return [item for items in pending.values() for item in items]
+
+
+def _close_deleted(
+    session: Session, factory: ProviderFactory, reopened: list[ManagedDatabase]
+) -> None:
+    """A delete that ran while this pass gave writes back must not stay reopened."""
+    for db in reopened:
+        session.refresh(db)
+        if db.state == "active":
+            continue
+        server = session.get(DbServer, db.server_id)
+        if server is None:
+            continue
+        try:
+            provider(factory, address_of(server)).set_write_allowed(account_of(db), False)
+        except BerthError as exc:
+            log.error("database %s deleted meanwhile stays writable: %s", db.id, exc.message)
+
+
+def run_pass(
+    session: Session,
+    settings: Settings,
+    factory: ProviderFactory,
+    now: float,
+    *,
+    fence: Callable[[Session], None] = lambda session: None,
+) -> UsagePassResult:
+    result = UsagePassResult()
+    measure_and_enforce(session, settings, factory, now, result, fence=fence)
+    result.charges = bill_storage(session, settings, now)
+    prune_measurements(session, now - settings.database_measurement_retention_days * 86400)
+    fence(session)
+    session.commit()
+    return result
+
+
+class DatabaseUsagePass:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        factory: ProviderFactory = real_provider,
+        *,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.time,
+        may_act: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.sessions, self.settings, self.factory = sessions, settings, factory
+        self.clock, self.may_act = clock, may_act
+        self._lock = threading.Lock()  # one pass at a time (the loop, or a direct call)
+        self._loop = PeriodicLoop(
+            "database-usage",
+            self.run_once,
+            interval if interval is not None else settings.database_usage_interval_seconds,
+        )
+
+    def run_once(self, now: float | None = None) -> UsagePassResult:
+        if not self.may_act():
+            return UsagePassResult()
+        with self._lock, self.sessions() as session:
+            result = run_pass(
+                session, self.settings, self.factory, self.clock() if now is None else now
+            )
+        for name, why in result.unreachable:
+            log.error("database server %s was not measured: %s", name, why)
+        return result
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+    @property
+    def last_error(self) -> str:
+        return self._loop.last_error
