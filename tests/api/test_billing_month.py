@@ -37,7 +37,9 @@ from sqlalchemy import select
 
 from berth.billing.periods import month_bounds
 from berth.billing.plans import InstanceSize
+from berth.billing.watermark import Watermark
 from berth.controllers.billing import BillingController, BillingStats
+from berth.controllers.metering import record_watermark
 from berth.store.tables import RunIntervalRow, UsageRow, WebhookDelivery, new_id
 from tests.api.conftest import Account, Env, assert_error, charges_in_ledger
 
@@ -278,6 +280,9 @@ def simulate(env: Env) -> Month:
         while pending and pending[0][0] <= clock_ms:
             t, action = pending.pop(0)
             action(t)
+        with env.db() as session:  # the reconciler's pass: the agent's records are complete
+            record_watermark(session, Watermark(clock_ms / 1000, clock_ms / 1000))
+            session.commit()
         if month.suspended_at and not month.resumed_at and clock_ms >= at(9, 10):
             env.credit(payer.tenant, "60.00", key="month-resume-topup")
         stats = controller.run_once()

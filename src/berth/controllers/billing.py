@@ -23,6 +23,7 @@ from berth.billing.metering import RunInterval, UsageRecord, closed_window, hour
 from berth.billing.periods import month_bounds, month_of
 from berth.billing.plans import InstanceSize
 from berth.billing.rating import ResourceUsage, charge_transaction, charges_for_hour
+from berth.controllers.metering import stored_watermark
 from berth.periodic import PeriodicLoop
 from berth.services import billing as bsvc
 from berth.services.audit_log import prune_audit_events
@@ -93,7 +94,18 @@ class BillingController:
     # -- metering ----------------------------------------------------------------------------
 
     def meter(self, session: Session, now: float, stats: BillingStats) -> set[tuple[str, int]]:
-        """Usage records for every closed hour since the last run; returns (tenant, hour) pairs."""
+        """Usage records for every closed hour since the last run; returns (tenant, hour) pairs.
+
+        An hour is closed once it ended both by the clock and by the watermark: the time up to
+        which the reconciler had every node's reports (berth.billing.watermark). After an
+        outage this pass may run before the reconciler's first one has recorded the stops that
+        happened meanwhile; the stored watermark is still the last pass's from before, so the
+        hours since wait for it. No watermark at all (a fresh install, or an upgrade before the
+        first pass) means that no report is known to be complete: nothing is metered."""
+        through = stored_watermark(session)
+        if through is None:
+            return set()
+        closed_until = min(now, through)
         meta = session.get(Meta, METERED_UNTIL)
         if meta is None:
             first = session.scalar(
@@ -103,7 +115,7 @@ class BillingController:
                 return set()
             meta = Meta(key=METERED_UNTIL, value=str(int(first) - int(first) % 3600))
             session.add(meta)
-        start, end = closed_window(int(meta.value), now)
+        start, end = closed_window(int(meta.value), closed_until)
         if end <= start:
             return set()
         rows = session.scalars(
@@ -130,7 +142,7 @@ class BillingController:
             )
         )
         fresh = []
-        for rec in hourly_usage(intervals, start, end, now):
+        for rec in hourly_usage(intervals, start, end, closed_until):
             touched.add((rec.tenant_id, rec.hour_start))
             if rec.key in existing:
                 continue

@@ -7,13 +7,27 @@ billing. One row per (container, start); a restart opens a new row.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from berth.store.tables import RunIntervalRow, new_id
-from berth.workloads.protocol import WorkloadInstance
+from berth.billing.watermark import NodeReport, Watermark, advance, detection_bound
+from berth.billing.watermark import reported_through as watermark_of_pass
+from berth.settings import Settings
+from berth.store.tables import Meta, RunIntervalRow, new_id
+from berth.workloads.protocol import NodeSummary, WorkloadInstance
+
+log = logging.getLogger(__name__)
+
+# Meta rows: up to when every node's reports are in (unix seconds; never moves back), and how
+# the last pass decided it (JSON: which nodes hold it back, which are no longer waited for).
+REPORTED_THROUGH = "reported_through"
+REPORTED_THROUGH_DETAIL = "reported_through_detail"
 
 # A stopping instance may still run: it is billed until its backend says when it stopped.
 BILLED_STATES = frozenset({"running", "stopping"})
@@ -96,3 +110,67 @@ def close_interval(session: Session, container_id: str, now: float) -> None:
         )
     ):
         row.stopped_at = max(row.started_at, now)
+
+
+def pass_watermark(
+    settings: Settings, backend: str, nodes: Sequence[NodeSummary], observed_at: float
+) -> Watermark:
+    """The watermark of a pass that read ``nodes`` (before its instances) from ``observed_at``."""
+    bound = detection_bound(backend, settings.swarm_dispatcher_heartbeat_seconds)
+    reports = [NodeReport(n.name, n.state, n.last_seen) for n in nodes]
+    return watermark_of_pass(observed_at, reports, bound, settings.billing_node_wait_seconds)
+
+
+def record_watermark(session: Session, mark: Watermark) -> float | None:
+    """Store a pass's watermark in the pass's transaction (with its intervals); it never moves
+    back. Nodes newly given up on (not waited for any more) are logged once, here, as the
+    previous pass's detail in the store says who was given up on already."""
+    row = session.get(Meta, REPORTED_THROUGH)
+    previous = float(row.value) if row is not None else None
+    value = advance(previous, mark.reported_through)
+    if value is not None and value != previous:
+        if row is None:
+            session.add(Meta(key=REPORTED_THROUGH, value=repr(value)))
+        else:
+            row.value = repr(value)
+    before = {h["node"] for h in watermark_detail(session).get("not_waited_for", [])}
+    for holder in mark.not_waited_for:
+        if holder.node not in before:
+            log.warning(
+                "billing: node %s is %s since %s: hours close without its late reports",
+                holder.node,
+                holder.state,
+                holder.since,
+            )
+    detail = json.dumps(
+        {
+            "observed_at": mark.observed_at,
+            "pass_reported_through": mark.reported_through,
+            "held_by": [asdict(h) for h in mark.held_by],
+            "not_waited_for": [asdict(h) for h in mark.not_waited_for],
+        }
+    )
+    detail_row = session.get(Meta, REPORTED_THROUGH_DETAIL)
+    if detail_row is None:
+        session.add(Meta(key=REPORTED_THROUGH_DETAIL, value=detail))
+    elif detail_row.value != detail:
+        detail_row.value = detail
+    session.flush()
+    return value
+
+
+def stored_watermark(session: Session) -> float | None:
+    """Up to when every node's reports are in; None before the first reconciler pass."""
+    row = session.get(Meta, REPORTED_THROUGH)
+    return float(row.value) if row is not None else None
+
+
+def watermark_detail(session: Session) -> dict[str, Any]:
+    row = session.get(Meta, REPORTED_THROUGH_DETAIL)
+    if row is None:
+        return {}
+    try:
+        detail = json.loads(row.value)
+    except ValueError:
+        return {}
+    return detail if isinstance(detail, dict) else {}

@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.controllers.lease import StaleLeader
-from berth.controllers.metering import record_intervals
+from berth.controllers.metering import pass_watermark, record_intervals, record_watermark
 from berth.controllers.snapshot import AppView, ReleaseView, load_apps, release_env
 from berth.domain.drain import DrainRequest, plan_drains
 from berth.domain.model import ObservedInstance, Revision
@@ -142,10 +142,14 @@ class Reconciler:
             now = self.clock()
             with self.sessions() as session:
                 apps = load_apps(session)
-                # observe
+                # observe: the nodes first, so that the instances report at least what the
+                # nodes had reported by then (billing's watermark, committed with the intervals)
+                nodes = self.workloads.nodes()
                 instances = self.workloads.instances()
                 self._record_observed(session, instances)
                 record_intervals(session, instances, now)
+                mark = pass_watermark(self.settings, self.workloads.kind, nodes, now)
+                record_watermark(session, mark)
                 observed = self._observe_all(instances)
                 # plan
                 pace = RolloutPace(

@@ -3,8 +3,10 @@
 It implements SwarmAPI and passes the same contract suite as a real manager
 (tests/cluster/test_swarm_api_contract.py). What it honours, because Berth relies on it:
 
-- nodes: availability (active / pause / drain), state (ready / down), role; a task goes only to
-  a ready, active node (a manager too, when it is active, as in Swarm);
+- nodes: availability (active / pause / drain), state (ready / down; unknown or disconnected
+  keep their tasks, as a real manager does until it declares the node down), role, and
+  ``UpdatedAt`` moved on by every change; a task goes only to a ready, active node (a manager
+  too, when it is active, as in Swarm);
 - placement: constraints on ``node.labels.*``, ``node.role``, ``node.id``, ``node.hostname``
   (``==``/``!=``); memory reservations against the node's memory; spread over
   ``node.labels.zone`` (a node without the label is a branch of its own), then the node with
@@ -93,6 +95,7 @@ class FakeSwarmAPI:
                 "ID": node_id,
                 "Version": {"Index": next(self._version)},
                 "CreatedAt": self._stamp(),
+                "UpdatedAt": self._stamp(),
                 "Spec": {"Role": role, "Availability": availability, "Labels": dict(labels or {})},
                 "Description": {
                     "Hostname": hostname,
@@ -116,6 +119,7 @@ class FakeSwarmAPI:
             node = self._node(node_id)
             was = node["Status"]["State"]
             node["Status"] = {**node["Status"], "State": state}
+            node["UpdatedAt"] = self._stamp()
             if state == "down" and was != "down":
                 for task_id in list(self._on_node[node_id]):
                     self._replace(self._tasks[task_id], keep_status=True)
@@ -177,6 +181,7 @@ class FakeSwarmAPI:
                 "Labels": dict(spec.get("Labels") or {}),
             }
             node["Version"] = {"Index": next(self._version)}
+            node["UpdatedAt"] = self._stamp()
             for task_id in list(self._on_node[node_id]):
                 task = self._tasks[task_id]
                 service = self._services[task["ServiceID"]]

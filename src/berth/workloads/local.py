@@ -183,6 +183,7 @@ class LocalWorkloads:
 
     def nodes(self) -> list[NodeSummary]:
         total = self._node_memory() or 0
+        ready = self.runtime.ping()
         return [
             NodeSummary(
                 id=self.node,
@@ -190,9 +191,11 @@ class LocalWorkloads:
                 address="127.0.0.1",
                 role="local",
                 availability="active",
-                state="ready" if self.runtime.ping() else "down",
+                state="ready" if ready else "down",
                 labels=dict(self.node_labels),
                 memory_bytes=total * MB,
+                # The one engine answers each listing itself: what it says is current.
+                last_seen=self.clock() if ready else None,
             )
         ]
 

@@ -171,6 +171,10 @@ class NodeSummary:
     labels: Mapping[str, str] = field(default_factory=dict)
     memory_bytes: int = 0
     nano_cpus: int = 0
+    # When the backend last knew the node good: the listing's time while it is ready; otherwise
+    # when its status last changed (since when it is down, unknown, ...). Billing's watermark
+    # (berth.billing.watermark) waits for a node that is neither ready nor down from then on.
+    last_seen: float | None = None
 
 
 @runtime_checkable
@@ -195,7 +199,10 @@ class Workloads(Protocol):
         pending ones (with why) and, once, those removed since the last call."""
         ...
 
-    def nodes(self) -> list[NodeSummary]: ...
+    def nodes(self) -> list[NodeSummary]:
+        """Every node with its state and ``last_seen``. Read before ``instances()`` in a pass,
+        the instances then report at least what the nodes had reported by then."""
+        ...
 
     def logs(self, instance_id: str, tail: int = 100) -> str: ...
 

@@ -34,7 +34,7 @@ from berth.swarm.specs import (
     replicas_of,
     service_spec,
 )
-from berth.swarm.tasks import NodeView, TaskMemory, instances_of_service
+from berth.swarm.tasks import NodeView, TaskMemory, instances_of_service, parse_time
 from berth.workloads.protocol import (
     LABEL_GROUP,
     LABEL_TENANT,
@@ -78,6 +78,10 @@ class SwarmWorkloads:
         self._names: dict[str, str] = {}  # service id -> name, for tasks that outlive it
         self._specs: dict[str, tuple[ProcessGroup, dict[str, Any]]] = {}
         self._nodes: dict[str, NodeView] = {}  # by name, as last seen
+        # For ``nodes()``' last_seen: node id -> when last seen ready; -> (state, since when)
+        # while it is not ready.
+        self._seen_ready: dict[str, float] = {}
+        self._seen_in_state: dict[str, tuple[str, float]] = {}
         # Services created, updated or removed so far: a caller that sees it unchanged after
         # ``apply`` knows that nothing was started or stopped.
         self.writes = 0
@@ -176,12 +180,14 @@ class SwarmWorkloads:
             return out
 
     def nodes(self) -> list[NodeSummary]:
+        now = self.clock()
         out = []
         for node in self.api.nodes():
             spec = node.get("Spec") or {}
             description = node.get("Description") or {}
             resources = description.get("Resources") or {}
             status = node.get("Status") or {}
+            state = str(status.get("State") or "unknown")
             out.append(
                 NodeSummary(
                     id=str(node["ID"]),
@@ -189,13 +195,32 @@ class SwarmWorkloads:
                     address=str(status.get("Addr") or ""),
                     role=str(spec.get("Role") or "worker"),
                     availability=str(spec.get("Availability") or "active"),
-                    state=str(status.get("State") or "unknown"),
+                    state=state,
                     labels=dict(spec.get("Labels") or {}),
                     memory_bytes=int(resources.get("MemoryBytes") or 0),
                     nano_cpus=int(resources.get("NanoCPUs") or 0),
+                    last_seen=self._last_seen(node, state, now),
                 )
             )
         return out
+
+    def _last_seen(self, node: Mapping[str, Any], state: str, now: float) -> float:
+        """When the node was last known good. Ready: now. Otherwise when its status changed:
+        Swarm keeps no such time, only the node's ``UpdatedAt``, which any later edit (a label)
+        moves on, so the last time this server saw it ready bounds it too; failing both, when
+        this server first saw it in this state."""
+        node_id = str(node["ID"])
+        if state == "ready":
+            self._seen_ready[node_id] = now
+            self._seen_in_state.pop(node_id, None)
+            return now
+        first_state, first_seen = self._seen_in_state.get(node_id, (state, now))
+        if first_state != state:
+            first_seen = now
+        self._seen_in_state[node_id] = (state, first_seen)
+        updated, ready = parse_time(node.get("UpdatedAt")), self._seen_ready.get(node_id)
+        known = [t for t in (updated, ready) if t is not None]
+        return min(known) if known else first_seen
 
     def logs(self, instance_id: str, tail: int = 100) -> str:
         self._check_owned(instance_id)
