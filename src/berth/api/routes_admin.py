@@ -54,6 +54,11 @@ class PlanCreate(Strict):
     build_disk_mb: int | None = Field(default=None, ge=16, le=10**7)
     # Outbound internet from the tenant's containers and builds; internal ranges never.
     egress_internet: bool = True
+    storage_price_per_gib_month: str | None = Field(
+        default=None,
+        max_length=32,
+        description="managed databases' storage, major units per GiB-month; null: the setting",
+    )
 
 
 class PlanPublic(BaseModel):
@@ -73,6 +78,7 @@ class PlanPublic(BaseModel):
     build_cpus_milli: int | None
     build_disk_mb: int | None
     egress_internet: bool
+    storage_price_per_gib_month_minor: int | None = None
 
 
 class TenantAdminPublic(BaseModel):

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -55,6 +55,10 @@ class UsagePublic(BaseModel):
     size: str
     hour_start: int
     instance_seconds: float
+    # kind "storage": a managed database's storage billed for the hour (berth.billing.storage)
+    kind: str = "instance"
+    database: str = ""
+    bytes: int = 0
 
 
 class InvoiceLinePublic(BaseModel):
@@ -62,9 +66,15 @@ class InvoiceLinePublic(BaseModel):
     app: str
     size: str
     instance_hours: float
-    unit_price_minor: float
+    unit_price_minor: float = Field(
+        description="per instance-hour; for a storage line per GiB-month"
+    )
     amount_minor: int
     amount: str
+    # kind "storage": one managed database's storage for the month, in GiB-hours
+    kind: str = "instance"
+    database: str = ""
+    gib_hours: float = 0.0
 
 
 class InvoicePublic(BaseModel):
@@ -189,10 +199,32 @@ def export_usage(
         )
         for r in rows
     ]
+    items += [
+        UsagePublic(
+            app_id="",
+            app="",
+            size="storage",
+            hour_start=r.hour_start,
+            instance_seconds=0.0,
+            kind="storage",
+            database=r.database_name,
+            bytes=r.bytes_billed,
+        )
+        for r in bsvc.storage_hours(session, who.tenant_id, lo, hi)
+    ]
     if format == "json":
         return items
     return _csv(
-        ["hour_start_utc", "app", "app_id", "size", "instance_seconds"],
+        [
+            "hour_start_utc",
+            "app",
+            "app_id",
+            "size",
+            "instance_seconds",
+            "kind",
+            "database",
+            "bytes",
+        ],
         [
             [
                 datetime.fromtimestamp(i.hour_start, UTC).isoformat(),
@@ -200,6 +232,9 @@ def export_usage(
                 i.app_id,
                 i.size,
                 f"{i.instance_seconds:.3f}",
+                i.kind,
+                i.database,
+                str(i.bytes),
             ]
             for i in items
         ],
@@ -229,18 +264,30 @@ def get_invoice(
         data["app"] = names.get(line.app_id, "(deleted)")
         data["amount"] = bsvc.money(settings, line.amount_minor)
         lines.append(InvoiceLinePublic(**data))
+    storage = bsvc.storage_lines_of(session, who.tenant_id, period)
+    for storage_line in storage:
+        data = bsvc.storage_line_json(storage_line)
+        data["app"] = ""
+        data["amount"] = bsvc.money(settings, storage_line.amount_minor)
+        lines.append(InvoiceLinePublic(**data))
+    total = inv.total_minor + sum(line.amount_minor for line in storage)
     public = InvoicePublic(
         tenant=who.tenant_name,
         period=period,
         currency=inv.currency.code,
         status="issued" if issued else "draft",
-        total_minor=inv.total_minor,
-        total=bsvc.money(settings, inv.total_minor),
+        total_minor=total,
+        total=bsvc.money(settings, total),
         lines=lines,
     )
     if format == "json":
         return public
-    rows = [[ln.app, ln.size, f"{ln.instance_hours:.6f}", ln.amount] for ln in lines]
+    rows = [
+        [ln.app, ln.size, f"{ln.instance_hours:.6f}", ln.amount]
+        if ln.kind != "storage"
+        else [f"database {ln.database}", "storage (GiB-hours)", f"{ln.gib_hours:.6f}", ln.amount]
+        for ln in lines
+    ]
     rows.append(["TOTAL", "", "", public.total])
     return _csv(
         ["app", "size", "instance_hours", "amount"], rows, f"invoice-{who.tenant_name}-{period}.csv"

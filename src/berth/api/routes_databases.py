@@ -27,6 +27,7 @@ from berth.services import apps as app_svc
 from berth.services import databases as svc
 from berth.services import databases_backups as backups_svc
 from berth.services import databases_servers as servers
+from berth.services import databases_usage as usage_svc
 from berth.services.databases_access import ProviderFactory, real_provider
 from berth.store.tables import DatabaseBackup, Deployment, ManagedDatabase, Release
 
@@ -113,6 +114,16 @@ class DatabasePublic(BaseModel):
     deleted_at: float | None
     purge_after: float | None = Field(description="a deleted database is dropped after this")
     attached: list[AttachmentPublic]
+    # The size quota, from the usage pass (berth.services.databases_usage).
+    size_limit_bytes: int = Field(default=0, description="size_mb in bytes")
+    bytes_used: int | None = Field(default=None, description="as last measured; null: never")
+    connections: int | None = Field(default=None, description="open, as last measured")
+    measured_at: float | None = Field(default=None, description="when it was last measured")
+    writes_refused: bool = Field(default=False, description="over its size quota")
+    quota_pending: bool = Field(
+        default=False, description="the quota's last change is not applied on the server yet"
+    )
+    usage_error: str = Field(default="", description="why the last pass could not measure or apply")
 
 
 class CredentialsPublic(BaseModel):
@@ -222,6 +233,7 @@ class PurgePublic(BaseModel):
 
 def _public(session: Session, db: ManagedDatabase) -> DatabasePublic:
     server = svc.server_of(session, db)
+    last = usage_svc.last_measurement(session, db.id)
     return DatabasePublic(
         name=db.name,
         engine=db.engine,
@@ -238,6 +250,13 @@ def _public(session: Session, db: ManagedDatabase) -> DatabasePublic:
         attached=[
             AttachmentPublic(app=app.name, var=a.var) for a, app in svc.attachments(session, db)
         ],
+        size_limit_bytes=usage_svc.limit_bytes(db),
+        bytes_used=last.bytes_used if last else None,
+        connections=last.connections if last else None,
+        measured_at=last.measured_at if last else None,
+        writes_refused=db.state == "active" and not db.write_allowed,
+        quota_pending=not db.write_applied,
+        usage_error=db.usage_error,
     )
 
 
@@ -556,3 +575,34 @@ def purge(
     """Run the purge pass now: deleted databases past their retention are dropped."""
     result = svc.purge_due(session, providers, now())
     return PurgePublic(purged=len(result.purged), failed=[why for _, why in result.failed])
+
+
+class UsagePassPublic(BaseModel):
+    measured: int
+    writes_refused: list[str] = Field(description="databases (tenant/name) refused writes now")
+    writes_resumed: list[str] = Field(description="databases (tenant/name) given writes back")
+    unreachable: list[str] = Field(description="servers not measured, and why")
+    failed: list[str] = Field(description="databases not measured or not applied, and why")
+    storage_charges: int
+
+
+@router.post("/admin/databases/usage")
+def usage_pass(
+    session: SessionDep,
+    platform: PlatformDep,
+    providers: ProvidersDep,
+    now: ClockDep,
+    who: Operator,
+) -> UsagePassPublic:
+    """Run the usage pass now: every database measured, the size quota applied, the closed
+    hours' storage billed (the leader runs it every database_usage_interval_seconds)."""
+    result = usage_svc.run_pass(session, platform.settings, providers, now())
+    labels = usage_svc.labels(session, result.refused + result.resumed)
+    return UsagePassPublic(
+        measured=len(result.measured),
+        writes_refused=[labels[i] for i in result.refused],
+        writes_resumed=[labels[i] for i in result.resumed],
+        unreachable=[f"{name}: {why}" for name, why in result.unreachable],
+        failed=[f"{db_id}: {why}" for db_id, why in result.failed],
+        storage_charges=result.charges,
+    )

@@ -129,22 +129,19 @@ class StorageLine:
         return Fraction(self.byte_hours, GIB)
 
 
-def storage_lines(
-    rows: Iterable[tuple[str, str, int, int]], price_per_gib_month_minor: int
-) -> list[StorageLine]:
-    """Invoice lines from billed hours ``(database id, name, bytes billed, amount)``: one per
-    database, its amounts summed (what the ledger took), sorted by name."""
+def storage_lines(rows: Iterable[tuple[str, str, int, int, int]]) -> list[StorageLine]:
+    """Invoice lines from billed hours ``(database id, name, bytes billed, price, amount)`` in
+    time order: one per database, its byte-hours and amounts summed (what the ledger took), at
+    the price of its last hour; sorted by name."""
     totals: dict[str, list[int]] = {}
     names: dict[str, str] = {}
-    for database_id, name, bytes_billed, amount in rows:
-        entry = totals.setdefault(database_id, [0, 0])
+    for database_id, name, bytes_billed, price, amount in rows:
+        entry = totals.setdefault(database_id, [0, 0, 0])
         entry[0] += bytes_billed
-        entry[1] += amount
+        entry[1] = price
+        entry[2] += amount
         names[database_id] = name
     return sorted(
-        (
-            StorageLine(db, names[db], t[0], price_per_gib_month_minor, t[1])
-            for db, t in totals.items()
-        ),
+        (StorageLine(db, names[db], t[0], t[1], t[2]) for db, t in totals.items()),
         key=lambda line: (line.database_name, line.database_id),
     )

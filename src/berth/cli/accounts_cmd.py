@@ -384,7 +384,17 @@ def billing_usage(
         lambda d: table(
             None,
             ["HOUR (UTC)", "APP", "SIZE", "INSTANCE-SECONDS"],
-            [(_when(u["hour_start"]), u["app"], u["size"], u["instance_seconds"]) for u in d],
+            [
+                (_when(u["hour_start"]), u["app"], u["size"], u["instance_seconds"])
+                if u.get("kind", "instance") != "storage"
+                else (
+                    _when(u["hour_start"]),
+                    f"database {u['database']}",
+                    "storage",
+                    f"{u['bytes']} bytes",
+                )
+                for u in d
+            ],
         ),
     )
 
@@ -411,6 +421,13 @@ def billing_invoice(
             ["APP", "SIZE", "INSTANCE-HOURS", "AMOUNT"],
             [
                 (ln["app"], ln["size"], f"{ln['instance_hours']:.3f}", ln["amount"])
+                if ln.get("kind", "instance") != "storage"
+                else (
+                    f"database {ln['database']}",
+                    "storage",
+                    f"{ln['gib_hours']:.3f} GiB-h",
+                    ln["amount"],
+                )
                 for ln in d["lines"]
             ]
             + [("TOTAL", "", "", d["total"])],

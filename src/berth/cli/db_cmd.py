@@ -58,6 +58,30 @@ def _size(mb: int) -> str:
     return f"{mb // 1024}G" if mb % 1024 == 0 else f"{mb}M"
 
 
+def _used(d: dict[str, Any]) -> str:
+    limit = _size(d["size_mb"])
+    used = d.get("bytes_used")
+    if used is None:
+        return f"not measured yet / {limit}"
+    percent = f" ({100 * used / d['size_limit_bytes']:.0f}%)" if d.get("size_limit_bytes") else ""
+    return f"{used / (1024 * 1024):.1f}M / {limit}{percent}"
+
+
+def _writes(d: dict[str, Any]) -> str:
+    text = "refused (over its size quota)" if d.get("writes_refused") else "allowed"
+    if d.get("quota_pending"):
+        text += ", not yet applied on the server"
+    if d.get("usage_error"):
+        text += f" - {d['usage_error']}"
+    return text
+
+
+def _connections(d: dict[str, Any]) -> str:
+    open_now = d.get("connections")
+    limit = d["connection_limit"]
+    return f"{open_now} open / {limit}" if open_now is not None else f"limit {limit}"
+
+
 def _print_releases(items: list[dict[str, Any]]) -> None:
     for item in items:
         release, dep = item.get("release"), item.get("deployment") or {}
@@ -144,8 +168,10 @@ def db_info(name: str, as_json: JsonOpt = False) -> None:
             ("engine", d["engine"]),
             ("plan", d["plan"]),
             ("state", _state(d)),
-            ("size quota", _size(d["size_mb"])),
-            ("connections", d["connection_limit"]),
+            ("size used / limit", _used(d)),
+            ("writes", _writes(d)),
+            ("last measured", _when(d.get("measured_at"))),
+            ("connections", _connections(d)),
             ("address", f"{d['host']}:{d['port']}"),
             ("created", _when(d["created_at"])),
             (

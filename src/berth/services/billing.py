@@ -22,6 +22,7 @@ from berth.billing.money import Currency, format_amount, get_currency, parse_amo
 from berth.billing.periods import month_bounds
 from berth.billing.plans import InstanceSize, Plan, PlanLimits, QuotaDelta, QuotaUsage, check_quota
 from berth.billing.rating import Invoice, ResourceUsage, invoice_for_month
+from berth.billing.storage import STORAGE_KEY_PREFIX, StorageLine, storage_lines
 from berth.billing.webhooks import verify
 from berth.errors import BerthError, Conflict, InvalidInput, NotFound
 from berth.services.auth import Principal
@@ -33,6 +34,7 @@ from berth.store.tables import (
     LedgerEntryRow,
     LedgerTx,
     PlanRow,
+    StorageHourRow,
     Tenant,
     UsageRow,
     new_id,
@@ -64,6 +66,7 @@ class PlanInput:
     build_cpus_milli: int | None = None
     build_disk_mb: int | None = None
     egress_internet: bool = True
+    storage_price_per_gib_month: str | None = None  # major units; None: the setting
 
 
 def to_plan(row: PlanRow) -> Plan:
@@ -99,6 +102,11 @@ def create_plan(session: Session, settings: Settings, body: PlanInput) -> PlanRo
         build_cpus_milli=body.build_cpus_milli,
         build_disk_mb=body.build_disk_mb,
         egress_internet=body.egress_internet,
+        storage_price_per_gib_month_minor=(
+            None
+            if body.storage_price_per_gib_month is None
+            else parse_amount(body.storage_price_per_gib_month, currency, allow_zero=True)
+        ),
     )
     to_plan(row)  # validates every field with the domain's rules
     if session.scalar(select(PlanRow.id).where(PlanRow.name == row.name)) is not None:
@@ -486,6 +494,8 @@ def charge_transactions(
             LedgerTx.kind == "charge",
             LedgerTx.period_hour >= start,
             LedgerTx.period_hour < end,
+            # Databases' storage has lines of its own (storage_lines_of), not instance lines.
+            LedgerTx.key.not_like(STORAGE_KEY_PREFIX + "%"),
         )
     ).all()
     out = []
@@ -543,13 +553,17 @@ def issue_invoice(session: Session, tenant_id: str, period: str) -> InvoiceRow |
     if existing is not None:
         return existing
     inv, _ = invoice(session, tenant_id, period)
+    storage = storage_lines_of(session, tenant_id, period)
     row = InvoiceRow(
         id=new_id(),
         tenant_id=tenant_id,
         period=period,
         currency=inv.currency.code,
-        total_minor=inv.total_minor,
-        lines_json=json.dumps([invoice_line_json(line) for line in inv.lines]),
+        total_minor=inv.total_minor + sum(line.amount_minor for line in storage),
+        lines_json=json.dumps(
+            [invoice_line_json(line) for line in inv.lines]
+            + [storage_line_json(line) for line in storage]
+        ),
     )
     session.add(row)
     session.flush()
@@ -564,6 +578,50 @@ def invoice_line_json(line: object) -> dict[str, object]:
         "app_id": line.app_id,
         "size": str(line.size),
         "instance_hours": round(line.instance_ms / 3_600_000, 6),
+        "unit_price_minor": float(line.unit_price_minor),
+        "amount_minor": line.amount_minor,
+    }
+
+
+def storage_hours(session: Session, tenant_id: str, start: int, end: int) -> list[StorageHourRow]:
+    """What the tenant's managed databases were billed for, hour by hour."""
+    return list(
+        session.scalars(
+            select(StorageHourRow)
+            .where(
+                StorageHourRow.tenant_id == tenant_id,
+                StorageHourRow.hour_start >= start,
+                StorageHourRow.hour_start < end,
+            )
+            .order_by(StorageHourRow.hour_start, StorageHourRow.database_name)
+        )
+    )
+
+
+def storage_lines_of(session: Session, tenant_id: str, period: str) -> list[StorageLine]:
+    """The month's storage lines (one per database); the invoice's total includes them."""
+    start, end = month_bounds(*parse_period(period))
+    return storage_lines(
+        (
+            r.database_id,
+            r.database_name,
+            r.bytes_billed,
+            r.price_per_gib_month_minor,
+            r.amount_minor,
+        )
+        for r in storage_hours(session, tenant_id, start, end)
+    )
+
+
+def storage_line_json(line: StorageLine) -> dict[str, object]:
+    return {
+        "kind": "storage",
+        "app_id": "",
+        "size": "storage",
+        "instance_hours": 0.0,
+        "database_id": line.database_id,
+        "database": line.database_name,
+        "gib_hours": round(float(line.gib_hours), 6),
         "unit_price_minor": float(line.unit_price_minor),
         "amount_minor": line.amount_minor,
     }

@@ -140,6 +140,7 @@ def bill_storage(session: Session, settings: Settings, now: float) -> int:
                     database_name=db.name,
                     hour_start=hour,
                     bytes_billed=billed,
+                    price_per_gib_month_minor=price,
                     amount_minor=amount,
                     created_at=now,
                 )
@@ -169,32 +170,3 @@ def prune_measurements(session: Session, before: float) -> int:
         ),
     )
     return int(session.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
-
-
-# -- what the tenant sees: usage and invoice lines --------------------------------------------
-
-
-def storage_hours(session: Session, tenant_id: str, start: int, end: int) -> list[StorageHourRow]:
-    return list(
-        session.scalars(
-            select(StorageHourRow)
-            .where(
-                StorageHourRow.tenant_id == tenant_id,
-                StorageHourRow.hour_start >= start,
-                StorageHourRow.hour_start < end,
-            )
-            .order_by(StorageHourRow.hour_start, StorageHourRow.database_name)
-        )
-    )
-
-
-def invoice_storage_lines(
-    session: Session, settings: Settings, tenant_id: str, plan: Plan, start: int, end: int
-) -> list[storage.StorageLine]:
-    return storage.storage_lines(
-        (
-            (r.database_id, r.database_name, r.bytes_billed, r.amount_minor)
-            for r in storage_hours(session, tenant_id, start, end)
-        ),
-        storage_price(plan, settings),
-    )

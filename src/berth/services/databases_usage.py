@@ -65,6 +65,27 @@ def limit_bytes(db: ManagedDatabase) -> int:
     return int(db.size_mb) * MIB
 
 
+def last_measurement(session: Session, database_id: str) -> DatabaseMeasurement | None:
+    return session.scalar(
+        select(DatabaseMeasurement)
+        .where(DatabaseMeasurement.database_id == database_id)
+        .order_by(DatabaseMeasurement.measured_at.desc())
+        .limit(1)
+    )
+
+
+def labels(session: Session, database_ids: list[str]) -> dict[str, str]:
+    """``tenant/name`` of each database, for the operator."""
+    if not database_ids:
+        return {}
+    rows = session.execute(
+        select(ManagedDatabase.id, Tenant.name, ManagedDatabase.name)
+        .join(Tenant, Tenant.id == ManagedDatabase.tenant_id)
+        .where(ManagedDatabase.id.in_(database_ids))
+    )
+    return {i: f"{t}/{n}" for i, t, n in rows}
+
+
 @dataclass
 class UsagePassResult:
     measured: list[str] = field(default_factory=list)  # database ids
@@ -194,7 +215,8 @@ def measure_and_enforce(
     dbs = list(
         session.scalars(
             select(ManagedDatabase)
-            .where(ManagedDatabase.state == "active")
+            # Memcached's memory is its container's limit, not a quota to measure.
+            .where(ManagedDatabase.state == "active", ManagedDatabase.engine != "memcached")
             .order_by(ManagedDatabase.id)
         )
     )

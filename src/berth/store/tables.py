@@ -505,5 +505,6 @@ class StorageHourRow(Base):
     database_name: Mapped[str] = mapped_column(String(64))
     hour_start: Mapped[int] = mapped_column(BigInteger, index=True)
     bytes_billed: Mapped[int] = mapped_column(BigInteger)
+    price_per_gib_month_minor: Mapped[int] = mapped_column(Integer)  # the price it was billed at
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[float] = mapped_column(Float, default=now)

@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("database_name", sa.String(length=64), nullable=False),
         sa.Column("hour_start", sa.BigInteger(), nullable=False, index=True),
         sa.Column("bytes_billed", sa.BigInteger(), nullable=False),
+        sa.Column("price_per_gib_month_minor", sa.Integer(), nullable=False),
         sa.Column("amount_minor", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
     )
