@@ -338,7 +338,7 @@ def test_hostile_names_are_refused_and_nothing_is_created(
 @pytest.mark.parametrize(
     ("change", "code"),
     [
-        ({"engine": "memcached"}, "not_available"),
+        ({"engine": "memcached", "plan": "shared"}, "plan_not_available"),
         ({"engine": "mongodb"}, "unknown_engine"),
         ({"engine": "Postgres"}, "unknown_engine"),
         ({"plan": "dedicated"}, "not_available"),
@@ -363,7 +363,7 @@ def test_bad_database_input_is_refused(
     body = {"name": "main", "engine": "postgres", **change}
     err = assert_error(env.call("POST", "/databases", user.session, json=body), 422, code)
     if change.get("engine") == "memcached":
-        assert err["message"] == "dedicated Memcached is not available yet"
+        assert "memcached has no users, so it is never on a shared server" in err["message"]
     assert fake.all_databases() == set()
 
 
@@ -716,9 +716,9 @@ def test_the_cli(env: Env, fake: Servers, cli: Callable[..., Result]) -> None:
     assert (
         "deleted, dropped after" in info_deleted.output and "dropped after" in info_deleted.output
     )
-    mem = cli("db", "create", "c", "--engine", "memcached", token=user.session)
+    mem = cli("db", "create", "c", "--engine", "memcached", "--plan", "shared", token=user.session)
     assert mem.exit_code == 1 and isinstance(mem.exception, CliError)
-    assert mem.exception.message == "dedicated Memcached is not available yet"
+    assert "never on a shared server" in mem.exception.message
     bad = cli("db", "create", "x';drop", "--engine", "postgres", token=user.session)
     assert bad.exit_code == 1 and isinstance(bad.exception, CliError)
     removing = cli("admin", "db-servers", "remove", "pg-cli")

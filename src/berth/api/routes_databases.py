@@ -21,11 +21,13 @@ from berth.api import views
 from berth.api.audit import record
 from berth.api.deps import CurrentPrincipal, Operator, PlatformDep, SessionDep, Writer
 from berth.api.schemas import DeploymentPublic, ReleasePublic, Strict
+from berth.databases import memcached_dedicated as memcached
 from berth.databases.backup import BackupFailed
 from berth.databases.names import ALL_RESERVED, MAX_NAME_LENGTH, NAME_PATTERN
 from berth.services import apps as app_svc
 from berth.services import databases as svc
 from berth.services import databases_backups as backups_svc
+from berth.services import databases_dedicated as dedicated
 from berth.services import databases_servers as servers
 from berth.services import databases_usage as usage_svc
 from berth.services.databases_access import ProviderFactory, real_provider
@@ -34,9 +36,15 @@ from berth.store.tables import DatabaseBackup, Deployment, ManagedDatabase, Rele
 router = APIRouter(tags=["databases"])
 
 
-def database_providers() -> ProviderFactory:
-    """How Berth reaches a database server (tests override this with a fake provider)."""
-    return real_provider
+def database_providers(platform: PlatformDep) -> ProviderFactory:
+    """How Berth reaches a database server, shared or dedicated (tests override this with a
+    fake provider)."""
+    s = platform.settings
+    workloads = platform.workloads
+    if workloads is None or workloads.kind != "local":
+        return dedicated.with_dedicated(None, lambda: "", real_provider)
+    hook = platform.netpolicy.ensure_filtered if platform.netpolicy else lambda network: None
+    return dedicated.local_factory(platform.runtime, s.docker_url, s.cache_dir, hook)
 
 
 def clock() -> Callable[[], float]:
@@ -74,18 +82,21 @@ class DatabaseCreate(Strict):
     )
     engine: str = Field(
         max_length=32,
-        description="memcached is refused for now (dedicated Memcached is not available yet)",
-        json_schema_extra={"enum": ["postgres", "mariadb", "redis"]},
+        description="memcached is always dedicated: a container of its own on your network",
+        json_schema_extra={"enum": ["postgres", "mariadb", "redis", "memcached"]},
     )
-    plan: str = Field(
-        default="shared",
+    plan: str | None = Field(
+        default=None,
         max_length=32,
-        description="dedicated is not available yet",
+        description="default: dedicated for memcached (its only plan), shared for the others "
+        "(their only plan for now)",
         json_schema_extra={"enum": list(svc.PLANS)},
     )
     size_mb: int | None = Field(
         default=None,
-        description=f"storage quota in MB (default {svc.DEFAULT_SIZE_MB})",
+        description=f"storage quota in MB (default {svc.DEFAULT_SIZE_MB}); for memcached its "
+        f"memory, {memcached.MIN_SIZE_MB}-{memcached.MAX_SIZE_MB} MB (default "
+        f"{memcached.DEFAULT_SIZE_MB})",
         json_schema_extra={"minimum": svc.MIN_SIZE_MB, "maximum": svc.MAX_SIZE_MB},
     )
     connections: int | None = Field(
@@ -136,6 +147,13 @@ class CredentialsPublic(BaseModel):
     key_prefix: str
     url: str
     env: dict[str, str]
+    note: str = Field(default="", description="what protects the database, when not a password")
+
+
+MEMCACHED_NOTE = (
+    "Memcached has no users and no password: its only protection is your own network (your "
+    "apps' instances reach it, nothing else does)."
+)
 
 
 class AttachRequest(Strict):
@@ -144,7 +162,7 @@ class AttachRequest(Strict):
         default=None,
         alias="as",
         max_length=128,
-        description="the config key (default DATABASE_URL, or REDIS_URL)",
+        description="the config key (default DATABASE_URL, REDIS_URL or MEMCACHED_SERVERS)",
         json_schema_extra={"pattern": svc.ATTACH_KEY_PATTERN, "not": {"enum": ["PORT"]}},
     )
 
@@ -354,6 +372,7 @@ def get_credentials(
         key_prefix=creds.key_prefix,
         url=creds.url,
         env=creds.env(),
+        note=MEMCACHED_NOTE if creds.engine == "memcached" else "",
     )
 
 

@@ -104,18 +104,27 @@ def _print_releases(items: list[dict[str, Any]]) -> None:
 @db_app.command("create")
 def db_create(
     name: str,
-    engine: Annotated[str, typer.Option(help="postgres, mariadb or redis.")],
-    plan: Annotated[str, typer.Option(help="shared (dedicated is not available yet).")] = "shared",
+    engine: Annotated[str, typer.Option(help="postgres, mariadb, redis or memcached.")],
+    plan: Annotated[
+        str | None,
+        typer.Option(help="shared (default) or, for memcached (its only plan), dedicated."),
+    ] = None,
     size: Annotated[
-        str | None, typer.Option(help="Storage quota, like 512M or 2G (default 1G).")
+        str | None,
+        typer.Option(
+            help="Storage quota, like 512M or 2G (default 1G); memcached's memory (default 64M)."
+        ),
     ] = None,
     connections: Annotated[
         int | None, typer.Option(help="Concurrent connections allowed (default 20).")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a database on the least loaded shared server of the engine."""
-    body: dict[str, Any] = {"name": name, "engine": engine, "plan": plan}
+    """Create a database on the least loaded shared server of the engine; a memcached one is
+    a container of its own on your network."""
+    body: dict[str, Any] = {"name": name, "engine": engine}
+    if plan is not None:
+        body["plan"] = plan
     if size is not None:
         body["size_mb"] = parse_size(size)
     if connections is not None:
@@ -200,6 +209,7 @@ def db_credentials(name: str, as_json: JsonOpt = False) -> None:
             ("password", c["password"]),
             *([("key prefix", c["key_prefix"])] if c["key_prefix"] else []),
             ("url", c["url"]),
+            *([("note", c["note"])] if c.get("note") else []),
         ]
         table(None, ["", ""], rows)
 

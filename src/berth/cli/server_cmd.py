@@ -205,9 +205,10 @@ def stop(
 @images_app.command("bootstrap")
 def images_bootstrap(
     force: Annotated[bool, typer.Option(help="Rebuild even if the images exist.")] = False,
-    only: Annotated[str | None, typer.Option(help="busybox or python")] = None,
+    only: Annotated[str | None, typer.Option(help="busybox, python or memcached")] = None,
 ) -> None:
-    """Build berth/busybox and berth/python locally, without a registry (runs on this machine)."""
+    """Build berth/busybox, berth/python and berth/memcached locally, without a registry (runs on
+    this machine)."""
     from berth.images.__main__ import main as images_main
 
     argv = (["--force"] if force else []) + (["--only", only] if only else [])

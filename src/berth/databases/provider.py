@@ -37,6 +37,9 @@ class Account:
     # Concurrent connections the plan allows (PostgreSQL CONNECTION LIMIT, MariaDB
     # MAX_USER_CONNECTIONS); Redis has no per-user limit and ignores it.
     connection_limit: int = 20
+    # The plan's size in MB: a dedicated server's memory (Memcached's -m); shared servers'
+    # providers measure against it elsewhere and ignore it here. None: the engine's default.
+    size_mb: int | None = None
     names: ServerNames = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +83,9 @@ class Credentials:
 
     @property
     def url(self) -> str:
+        if self.engine == "memcached":
+            # MEMCACHED_SERVERS is a list of host:port, as memcached clients take it: no user.
+            return f"{self.host}:{self.port}"
         user = quote(self.username, safe="")
         password = quote(self.password, safe="")
         host = f"[{self.host}]" if ":" in self.host else self.host

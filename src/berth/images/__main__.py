@@ -1,6 +1,7 @@
-"""``python -m berth.images``: make Berth's offline base images (busybox and python).
+"""``python -m berth.images``: make Berth's offline images (busybox, python, and memcached for
+tenants' dedicated Memcached, from the distro's .debs on top of python).
 
-Exits 0 when both images exist afterwards, 1 with a message on stderr otherwise.
+Exits 0 when every image exists afterwards, 1 with a message on stderr otherwise.
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import docker
 import docker.errors
@@ -31,7 +34,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Make Berth's base images without a registry.",
     )
     parser.add_argument(
-        "--only", choices=("busybox", "python"), help="make just this image (default: both)"
+        "--only",
+        choices=("busybox", "python", "memcached"),
+        help="make just this image (default: all three)",
     )
     parser.add_argument("--force", action="store_true", help="re-import even if the tag exists")
     parser.add_argument("--busybox-tag", default=BUSYBOX_TAG)
@@ -70,7 +75,21 @@ def run(args: argparse.Namespace) -> list[BootstrapResult]:
         results.append(
             bootstrap_python(client, args.python_tag, args.force, say, cache_dir=args.cache_dir)
         )
+    if args.only in (None, "memcached"):
+        results.append(bootstrap_memcached(client, args.cache_dir))
     return results
+
+
+def bootstrap_memcached(client: docker.DockerClient, cache_dir: Path) -> BootstrapResult:
+    """``berth/memcached:<hash>`` (idempotent: the tag is a hash of what goes in, so an
+    unchanged one is found, not built). It needs berth/python:3, made just before."""
+    from berth.images.memcached_image import ensure_memcached_image
+
+    started = time.monotonic()
+    image = ensure_memcached_image(client, cache_dir)
+    size = int(client.api.inspect_image(image.image_id).get("Size") or 0)
+    action: Literal["created", "exists"] = "created" if image.built else "exists"
+    return BootstrapResult(image.tag, action, image.image_id, size, time.monotonic() - started)
 
 
 def fail(message: str) -> int:

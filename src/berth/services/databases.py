@@ -20,9 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from berth.databases import memcached_dedicated as memcached
+from berth.databases.dedicated import DEDICATED, server_name
 from berth.databases.errors import DatabaseServerError
-from berth.databases.names import Engine, parse_engine, validate_name
-from berth.databases.provider import ENV_VARS, Credentials
+from berth.databases.names import Engine, parse_engine, server_names, validate_name
+from berth.databases.provider import ENV_VARS, Credentials, Provider
 from berth.errors import BerthError, Conflict, InvalidInput, NotFound
 from berth.services import apps as app_svc
 from berth.services import validation as v
@@ -49,7 +51,11 @@ from berth.store.tables import (
 
 log = logging.getLogger(__name__)
 
-PLANS: Final = ("shared",)
+PLANS: Final = ("shared", "dedicated")
+# Engines that are only ever dedicated (a server of their own per database) and those that
+# may be. Memcached has no users, so on a shared server nothing would keep tenants apart.
+DEDICATED_ONLY: Final[frozenset[Engine]] = frozenset({"memcached"})
+DEDICATED_ENGINES: Final[frozenset[Engine]] = DEDICATED_ONLY
 DEFAULT_SIZE_MB: Final = 1024
 MIN_SIZE_MB, MAX_SIZE_MB = 16, 1024 * 1024
 DEFAULT_CONNECTIONS: Final = 20
@@ -90,19 +96,28 @@ def _validate_connections(value: int | None) -> int:
 
 
 def _tenant_engine(engine: object) -> Engine:
-    kind = parse_engine(engine)
-    if kind == "memcached":
-        # Memcached has no users, so it is only ever dedicated: a container per database.
-        raise NotAvailable("dedicated Memcached is not available yet")
-    return kind
+    return parse_engine(engine)
 
 
-def _plan(plan: object) -> str:
-    if plan == "dedicated":
-        raise NotAvailable("dedicated databases are not available yet; use --plan shared")
+def _plan(plan: object, engine: Engine) -> str:
+    """None is the engine's own default: dedicated for Memcached, shared for the others."""
+    if plan is None:
+        return "dedicated" if engine in DEDICATED_ONLY else "shared"
     if plan not in PLANS:
-        raise InvalidInput("the plan is shared", code="invalid_plan")
+        raise InvalidInput("the plan is shared or dedicated", code="invalid_plan")
+    if plan == "shared" and engine in DEDICATED_ONLY:
+        raise NotAvailable(
+            f"{engine} has no users, so it is never on a shared server: every {engine} "
+            "database is dedicated (leave out --plan, or use --plan dedicated)",
+            code="plan_not_available",
+        )
+    if plan == "dedicated" and engine not in DEDICATED_ENGINES:
+        raise NotAvailable(f"dedicated {engine} databases are not available yet; use --plan shared")
     return str(plan)
+
+
+def is_dedicated(server: DbServer) -> bool:
+    return server.state == DEDICATED
 
 
 def get_database(session: Session, tenant_id: str, name: str) -> ManagedDatabase:
@@ -156,7 +171,7 @@ def attachments(session: Session, db: ManagedDatabase) -> list[tuple[DatabaseAtt
 class NewDatabase:
     name: str
     engine: str
-    plan: str = "shared"
+    plan: str | None = None  # the engine's default (see _plan)
     size_mb: int | None = None
     connections: int | None = None
 
@@ -166,9 +181,14 @@ def create_database(
 ) -> ManagedDatabase:
     """Everything is checked before the server is asked; then the server, then the row."""
     engine = _tenant_engine(spec.engine)
-    plan = _plan(spec.plan)
+    plan = _plan(spec.plan, engine)
     name = validate_name(spec.name, engine)
-    size_mb = _validate_size_mb(spec.size_mb)
+    if engine == "memcached":
+        size_mb = memcached.validate_size_mb(
+            memcached.DEFAULT_SIZE_MB if spec.size_mb is None else spec.size_mb
+        )
+    else:
+        size_mb = _validate_size_mb(spec.size_mb)
     connections = _validate_connections(spec.connections)
     ensure_not_suspended(session, tenant_id)
     existing = session.scalar(
@@ -176,13 +196,21 @@ def create_database(
             ManagedDatabase.tenant_id == tenant_id, ManagedDatabase.name == name
         )
     )
+    if existing is not None and _is_gone_dedicated(session, existing):
+        _forget_dedicated(session, existing)  # a deleted cache keeps nothing: its name is free
+        existing = None
     if existing is not None:
         if existing.state != "active":
             _live(existing)  # says it is deleted, and until when its name stays taken
         raise Conflict(f"you have a database named {name!r}", code="database_exists")
-    server = least_loaded(session, engine)
+    database_id = new_id()
+    if plan == "dedicated":
+        server = _dedicated_server(engine, tenant_id, database_id)
+        session.add(server)
+    else:
+        server = least_loaded(session, engine)
     db = ManagedDatabase(
-        id=new_id(),
+        id=database_id,
         tenant_id=tenant_id,
         name=name,
         engine=engine,
@@ -196,8 +224,12 @@ def create_database(
     )
     account = account_of(db)
     p = provider(factory, address_of(server))
-    with tenant_call(server, "create the database"):
-        creds = p.create(account)
+    try:
+        with tenant_call(server, "create the database"):
+            creds = p.create(account)
+    except BaseException:
+        session.rollback()  # a dedicated server's row, added above, goes with it
+        raise
     db.password = creds.password
     try:
         session.add(db)
@@ -213,6 +245,46 @@ def create_database(
                       server.name)  # fmt: skip
         raise
     return db
+
+
+def _dedicated_server(engine: Engine, tenant_id: str, database_id: str) -> DbServer:
+    """The row of the server Berth runs for this one database: its address is the alias on the
+    tenant's network (the URL's host), never chosen for shared placement (capacity one, state
+    ``dedicated``). Its admin URL holds no secret: Memcached has none."""
+    alias = server_name(server_names(tenant_id, database_id).database)
+    return DbServer(
+        id=new_id(),
+        name=alias,
+        engine=engine,
+        admin_url=f"{engine}://{alias}:{memcached.PORT}",
+        host=alias,
+        port=memcached.PORT,
+        capacity=1,
+        state=DEDICATED,
+        created_at=time.time(),
+    )
+
+
+def _is_gone_dedicated(session: Session, db: ManagedDatabase) -> bool:
+    return db.state == "deleted" and is_dedicated(server_of(session, db))
+
+
+def _forget_dedicated(session: Session, db: ManagedDatabase) -> None:
+    """The rows of a deleted dedicated database (its server was removed by the delete)."""
+    server = server_of(session, db)
+    _forget_backups(session, db)
+    session.delete(db)
+    session.flush()
+    session.delete(server)
+    session.flush()
+
+
+def _refuse_rotate(db: ManagedDatabase) -> None:
+    if db.engine == "memcached":
+        raise memcached.NothingToRotate(
+            f"{db.name!r} is a Memcached database: it has no password to rotate, its only "
+            "protection is your own network (to empty it: delete it and create it again)"
+        )
 
 
 def credentials(session: Session, factory: ProviderFactory, db: ManagedDatabase) -> Credentials:
@@ -247,6 +319,7 @@ def rotate(
     """A new password, then every attached app re-released with the new URL (start-first, as
     any config change). Sessions already open keep running until their instances stop."""
     db = _live(get_database(session, tenant_id, name))
+    _refuse_rotate(db)
     ensure_not_suspended(session, tenant_id)
     server = server_of(session, db)
     with tenant_call(server, "rotate the password"):
@@ -314,6 +387,8 @@ def delete_database(
     db.state = "deleting"
     session.commit()
     p, account = provider(factory, address_of(server)), account_of(db)
+    if is_dedicated(server):
+        return _delete_dedicated(session, p, server, db, now)
     try:
         with tenant_call(server, "close the database"):
             p.set_write_allowed(account, False)
@@ -332,6 +407,24 @@ def delete_database(
     db.deleted_at = now
     db.purge_after = now + settings.database_retention_days * 86400
     db.write_allowed = False
+    session.commit()
+    return db
+
+
+def _delete_dedicated(
+    session: Session, p: Provider, server: DbServer, db: ManagedDatabase, now: float
+) -> ManagedDatabase:
+    """A dedicated server is removed at once: it is a cache (no backup, nothing to keep), so
+    its name is free again straight away. A server that fails leaves the database as it was."""
+    try:
+        with tenant_call(server, "remove the database"):
+            p.drop(account_of(db))
+    except BerthError:
+        db.state = "active"
+        session.commit()
+        raise
+    db.state, db.password, db.write_allowed = "deleted", "", False
+    db.deleted_at = db.purge_after = now
     session.commit()
     return db
 
@@ -357,6 +450,11 @@ def purge_due(session: Session, factory: ProviderFactory, now: float) -> PurgeRe
     purged, failed = [], []
     for db in due:
         server = server_of(session, db)
+        if is_dedicated(server):
+            _forget_dedicated(session, db)  # its server went at the delete
+            session.commit()
+            purged.append(db.id)
+            continue
         try:
             with tenant_call(server, "drop the database"):
                 provider(factory, address_of(server)).drop(account_of(db))

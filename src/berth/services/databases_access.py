@@ -74,6 +74,7 @@ def account_of(db: ManagedDatabase) -> Account:
         name=db.name,
         engine=parse_engine(db.engine),
         connection_limit=db.connection_limit,
+        size_mb=db.size_mb,
     )
 
 

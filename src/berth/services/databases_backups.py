@@ -35,7 +35,7 @@ from berth.databases.backup import (
 )
 from berth.databases.backup_policy import BackupFacts, is_due, policy_for, to_prune
 from berth.databases.backup_providers import backups_for
-from berth.errors import BerthError, Conflict, NotFound
+from berth.errors import BerthError, Conflict, InvalidInput, NotFound
 from berth.services import databases as svc
 from berth.services import webhooks
 from berth.services.databases_access import ProviderFactory, ServerAddress, account_of, address_of
@@ -73,6 +73,19 @@ class BackupNotVerified(Conflict):
 
 class BackupRunning(Conflict):
     code = "backup_running"
+
+
+class NoBackups(InvalidInput):
+    status = 400
+    code = "no_backups"
+
+
+# A cache is rebuilt by its app: it is never backed up (nor kept after a delete).
+UNBACKED_ENGINES: Final = frozenset({"memcached"})
+
+
+def backed_up(db: ManagedDatabase) -> bool:
+    return db.engine not in UNBACKED_ENGINES
 
 
 class FinalBackupFailed(Conflict):
@@ -239,6 +252,11 @@ def take_backup(
     db = svc.get_database(session, tenant_id, name)
     if db.state != "active":
         svc._live(db)  # says why: deleted, or being deleted
+    if not backed_up(db):
+        raise NoBackups(
+            f"{db.name!r} is a {db.engine} database, a cache: it has no backups (its app "
+            "fills it again)"
+        )
     row = start_backup(session, settings, db, kind, now)
     return run_backup(session, settings, factory, db, row, now)
 
@@ -356,7 +374,7 @@ def delete_with_final_backup(
     """A verified backup first, kept as long as the deleted database (``purge_after``); a
     delete whose final backup fails changes nothing and says why."""
     db = svc.get_database(session, tenant_id, name)
-    if db.state == "active" and not svc.attachments(session, db):
+    if db.state == "active" and backed_up(db) and not svc.attachments(session, db):
         row = start_backup(session, settings, db, "final", now)
         run_backup(session, settings, factory, db, row, now)
         if row.state != "verified":
@@ -401,7 +419,7 @@ def scheduled_pass(
             .order_by(DatabaseBackup.created_at.desc())
             .limit(1)
         )
-        if not is_due(last, policy_for(db.plan), now):
+        if not backed_up(db) or not is_due(last, policy_for(db.plan), now):
             continue
         try:
             row = start_backup(session, settings, db, "scheduled", now)

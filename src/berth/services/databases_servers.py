@@ -11,6 +11,7 @@ from typing import Final
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from berth.databases.dedicated import DEDICATED
 from berth.databases.errors import (
     DatabaseNotFound,
     DatabaseServerError,
@@ -145,7 +146,10 @@ def add_server(
 
 
 def get_server(session: Session, name: str) -> DbServer:
-    server = session.scalar(select(DbServer).where(DbServer.name == name))
+    # A dedicated server is one tenant database's own, not the operator's to drain or remove.
+    server = session.scalar(
+        select(DbServer).where(DbServer.name == name, DbServer.state != DEDICATED)
+    )
     if server is None:
         raise NotFound(f"database server {name!r} not found", code="db_server_not_found")
     return server
@@ -164,7 +168,9 @@ def _counts(session: Session) -> dict[str, tuple[int, int]]:
 
 def list_servers(session: Session) -> list[ServerLoad]:
     counts = _counts(session)
-    servers = session.scalars(select(DbServer).order_by(DbServer.engine, DbServer.name))
+    servers = session.scalars(
+        select(DbServer).where(DbServer.state != DEDICATED).order_by(DbServer.engine, DbServer.name)
+    )
     return [ServerLoad(s, *counts.get(s.id, (0, 0))) for s in servers]
 
 

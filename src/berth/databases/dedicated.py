@@ -1,0 +1,117 @@
+"""Dedicated databases: a server Berth runs for exactly one tenant database.
+
+Shared databases are accounts on a server the operator registered (``db-servers add``); a
+dedicated one is its own server, which Berth starts on the tenant's own network and nowhere
+else. The seam has two halves:
+
+- ``DedicatedSpec`` (pure): what the server is, from the image to the limits and the labels. It
+  is the same whatever runs it.
+- ``DedicatedRunner``: what runs it. ``berth.databases.dedicated_local.LocalDedicatedRunner``
+  runs it as one hardened container on the tenant's bridge (the local backend). A Swarm runner
+  would run the same spec as a one-replica service on the tenant's overlay (``berth-o-<tenant>``,
+  the alias as the service's network alias, the spec's limits as the task's resources,
+  ``cap_drop``/read-only/``no-new-privileges`` in the task template, placement on any node);
+  what it still lacks is listed in ``SWARM_GAPS``.
+
+In the store a dedicated database is a ``DbServer`` row in state ``dedicated`` (capacity one,
+never chosen for shared placement, not listed among the operator's servers) and its
+``ManagedDatabase`` row on it. So every path that reaches "the database's server" works
+unchanged, and the engine's ``Provider`` for that server is what differs:
+
+- Memcached (``memcached_dedicated.MemcachedProvider``): it has no users, so the provider's
+  ``create`` is the runner starting the container and ``drop`` removing it.
+- PostgreSQL/MariaDB/Redis would fit the same way: a spec with the distro's server image, a
+  volume for the data and an admin password generated into the ``DbServer`` row's admin URL
+  (pointing at the alias); the provider's ``create`` runs the spec, waits until it answers, then
+  hands the account to the shared provider of the engine (``PostgresProvider`` and so on) over
+  that admin URL, unchanged. Backups, rotation, quotas and usage then work as on a shared
+  server; only ``drop`` also removes the container and its volume.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from berth.databases.names import Engine
+
+# Server state of a DbServer row that is one database's own server.
+DEDICATED: Final = "dedicated"
+NAME_PREFIX: Final = "berth-db-"
+LABEL_DATABASE_SERVER: Final = "berth.database-server"  # the engine, e.g. "memcached"
+LABEL_DATABASE: Final = "berth.database"  # the ManagedDatabase id
+_NAME: Final = re.compile(r"berth-db-[0-9a-f]{24}")
+
+SWARM_GAPS: Final = (
+    "a SwarmDedicatedRunner creating the spec as a service on the tenant's overlay",
+    "an address the Berth server reaches the service at for check() and usage() "
+    "(the overlay is not attachable from the host: an admin-side attachable network, or "
+    "stats read through a task)",
+    "the service's own memory reservation counted by the Swarm scheduler",
+)
+
+
+def server_name(server_database: str) -> str:
+    """The container (and alias) name from the database's hashed server name (``bd<hex>``):
+    nothing of the tenant's text, the same on every node."""
+    digest = server_database.removeprefix("bd")
+    name = f"{NAME_PREFIX}{digest}"
+    if _NAME.fullmatch(name) is None:
+        raise ValueError("a server database name is bd and 24 hex digits")
+    return name
+
+
+def is_server_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class DedicatedSpec:
+    """A one-database server. ``memory_bytes`` is the container's hard limit (the engine's own
+    limit sits below it); the server listens on ``port`` inside ``network`` only, reached by
+    ``alias`` there; nothing is published on the host."""
+
+    engine: Engine
+    name: str
+    image: str
+    command: tuple[str, ...]
+    network: str
+    alias: str
+    port: int
+    memory_bytes: int
+    pids_limit: int
+    nano_cpus: int
+    user: str
+    tenant_id: str
+    database_id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    name: str
+    address: str  # where the Berth server reaches it (never handed to tenants)
+    memory_limit: int  # bytes, as the engine reports it
+
+
+class DedicatedRunner(Protocol):
+    """Runs dedicated servers. Raises ``DatabaseServerUnavailable`` when its engine cannot be
+    reached and ``DatabaseServerError`` when it refuses; nothing else escapes."""
+
+    def run(self, spec: DedicatedSpec) -> RunningServer:
+        """Create and start the server; ``DatabaseExists`` if one of that name is there."""
+        ...
+
+    def find(self, name: str) -> RunningServer | None:
+        """The running server of that name, None when it is missing or stopped."""
+        ...
+
+    def remove(self, name: str) -> None:
+        """Stop and remove it; a missing one is not an error."""
+        ...
+
+    def names(self) -> list[str]:
+        """Every dedicated server of this installation (to find leftovers)."""
+        ...

@@ -1,0 +1,74 @@
+"""How the services reach a dedicated database's server: the provider factory that knows both
+kinds, shared servers (``real_provider``) and the servers Berth runs itself.
+
+A dedicated server's ``DbServer`` row is in state ``dedicated``; its engine decides the
+provider. Only Memcached is dedicated today, and only on the local backend: a Swarm runner is
+the missing piece for many machines (``berth.databases.dedicated.SWARM_GAPS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from berth.databases.dedicated import DedicatedRunner
+from berth.databases.memcached_dedicated import MemcachedProvider
+from berth.databases.provider import Provider
+from berth.errors import InvalidInput
+from berth.runtime.protocol import Runtime
+from berth.services.databases_access import ProviderFactory, ServerAddress, real_provider
+
+
+class DedicatedNotAvailable(InvalidInput):
+    code = "not_available"
+
+
+def memcached_image(client: Callable[[], object], cache_dir: Path) -> Callable[[], str]:
+    """The image's tag, made on first use if ``berth images bootstrap`` has not made it."""
+
+    def image() -> str:
+        from berth.databases.errors import DatabaseServerError
+        from berth.images.bootstrap import BootstrapError
+        from berth.images.memcached_image import ensure_memcached_image
+
+        try:
+            return ensure_memcached_image(client(), cache_dir).tag
+        except BootstrapError as exc:
+            raise DatabaseServerError(f"the memcached image is missing: {exc.message}") from exc
+
+    return image
+
+
+def with_dedicated(
+    runner: DedicatedRunner | None,
+    image: Callable[[], str],
+    shared: ProviderFactory = real_provider,
+) -> ProviderFactory:
+    """``shared`` for the operator's servers; a dedicated server's provider through ``runner``
+    (None: this backend cannot run them, and creating one says so)."""
+
+    def factory(address: ServerAddress) -> Provider:
+        if address.engine != "memcached":
+            return shared(address)
+        if runner is None:
+            raise DedicatedNotAvailable(
+                "dedicated Memcached runs on the single-machine backend only for now"
+            )
+        return MemcachedProvider(runner, image)
+
+    return factory
+
+
+def local_factory(
+    runtime: Runtime | None,
+    docker_url: str,
+    cache_dir: Path,
+    network_ready: Callable[[str], None] = lambda network: None,
+) -> ProviderFactory:
+    """The factory of a platform whose apps run on this machine's engine (``runtime``)."""
+    if runtime is None:
+        return with_dedicated(None, lambda: "")
+    from berth.databases.dedicated_local import LocalDedicatedRunner
+
+    runner = LocalDedicatedRunner(runtime, docker_url, network_ready)
+    return with_dedicated(runner, memcached_image(lambda: runner.client, cache_dir))
