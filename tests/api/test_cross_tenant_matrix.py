@@ -313,6 +313,8 @@ TABLE: dict[tuple[str, str], Route] = {
         lambda r: Req("/admin/db-servers/shared-1")),)),
     ("POST", "/admin/databases/purge"): Route("operator", (operator(
         lambda r: Req("/admin/databases/purge")),)),
+    ("POST", "/admin/databases/usage"): Route("operator", (operator(
+        lambda r: Req("/admin/databases/usage")),)),
     # -- operators
     ("POST", "/admin/plans"): Route("operator", (operator(
         lambda r: Req("/admin/plans", json={"name": "b-free", "price_per_gb_hour": "0"})),)),

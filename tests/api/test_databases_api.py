@@ -271,6 +271,7 @@ def test_only_operators_reach_the_servers(env: Env, fake: Servers) -> None:
         ("POST", "/admin/db-servers/pg-op/drain", None),
         ("DELETE", "/admin/db-servers/pg-op", None),
         ("POST", "/admin/databases/purge", None),
+        ("POST", "/admin/databases/usage", None),
     ):
         assert_error(env.call(method, path, user.session, json=payload), 403, "operator_only")
     assert [s["state"] for s in env.ok("GET", "/admin/db-servers", env.admin)] == ["active"]
