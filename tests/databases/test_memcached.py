@@ -28,11 +28,12 @@ from berth.databases import memcached_dedicated as memcached
 from berth.databases.dedicated import LABEL_DATABASE_SERVER
 from berth.databases.dedicated_local import LocalDedicatedRunner
 from berth.databases.memcached_dedicated import container_memory_bytes, parse_stats
+from berth.databases.provider import Account
 from berth.images.memcached_image import ensure_memcached_image
 from berth.runtime.docker_driver import DockerRuntime
 from berth.runtime.protocol import LABEL_INSTALLATION, LABEL_TENANT, ContainerSpec
-from berth.services.databases_dedicated import with_dedicated
-from berth.store.tables import App, ManagedDatabase, Release
+from berth.services.databases_dedicated import sweep_leftovers, with_dedicated
+from berth.store.tables import App, ManagedDatabase, Release, new_id
 from berth.workloads.local import tenant_network
 from tests.api.conftest import Env, assert_error, build_env
 from tests.databases.hostile import HOSTILE_NAMES
@@ -48,6 +49,7 @@ class World:
     runtime: DockerRuntime
     runner: LocalDedicatedRunner
     docker: docker.DockerClient
+    image: str
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     runner = LocalDedicatedRunner(runtime)
     env.app.dependency_overrides[database_providers] = lambda: with_dedicated(runner, lambda: image)
     try:
-        yield World(env, runtime, runner, client)
+        yield World(env, runtime, runner, client, image)
     finally:
         # Everything this installation made on the engine, whatever a test left.
         for found in client.api.containers(
@@ -369,3 +371,20 @@ def test_hostile_input_starts_nothing(world: World) -> None:
     assert_error(peek, 404, "database_not_found")
     env.ok("DELETE", "/databases/private", alice.session)
     assert _our_containers(world) == before
+
+
+def test_leftovers_are_swept_and_the_network_a_server_holds_is_known(world: World) -> None:
+    """A container with no row (Berth stopped between its start and its row's commit) goes
+    with the sweep at start; a database's own stays, and its network is held."""
+    user = world.env.signup("mc-sweep")
+    kept = _create(world, user.session, "kept")
+    tenant = _tenant_id(world, "kept", user.session)
+    stray = memcached.spec_for(Account(tenant, new_id(), "stray", "memcached", 5, 16), world.image)
+    world.runner.run(stray)
+    assert {kept["host"], stray.name} <= set(world.runner.names())
+    assert tenant_network(tenant) in world.runner.held_networks()
+    with world.env.db() as session:
+        assert sweep_leftovers(session, world.runner) == [stray.name]
+    assert kept["host"] in _our_containers(world) and stray.name not in _our_containers(world)
+    world.env.ok("DELETE", "/databases/kept", user.session)
+    assert tenant_network(tenant) not in world.runner.held_networks()

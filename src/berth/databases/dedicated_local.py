@@ -167,6 +167,20 @@ class LocalDedicatedRunner:
             n.lstrip("/") for c in found for n in c.get("Names") or [] if is_server_name(n[1:])
         )
 
+    def held_networks(self) -> set[str]:
+        """The tenant networks this installation's dedicated servers are on (the local
+        backend's ``held_networks``: it must not remove them as idle)."""
+        with _engine_errors("list dedicated database servers"):
+            found = self._api().containers(
+                all=True,
+                filters={
+                    "label": [f"{LABEL_INSTALLATION}={self.installation}", LABEL_DATABASE_SERVER]
+                },
+            )
+        return {
+            name for c in found for name in ((c.get("NetworkSettings") or {}).get("Networks") or {})
+        }
+
     def _inspect(self, name: str) -> dict[str, Any] | None:
         """The container of that name if it is this installation's dedicated server; one of
         that name that is not is refused (never touched)."""

@@ -8,15 +8,21 @@ the missing piece for many machines (``berth.databases.dedicated.SWARM_GAPS``).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from berth.databases.dedicated import DedicatedRunner
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from berth.databases.dedicated import DEDICATED, DedicatedRunner
+from berth.databases.dedicated_local import LocalDedicatedRunner
 from berth.databases.memcached_dedicated import MemcachedProvider
 from berth.databases.provider import Provider
 from berth.errors import InvalidInput
 from berth.runtime.protocol import Runtime
 from berth.services.databases_access import ProviderFactory, ServerAddress, real_provider
+from berth.store.tables import DbServer
 
 
 class DedicatedNotAvailable(InvalidInput):
@@ -59,6 +65,26 @@ def with_dedicated(
     return factory
 
 
+_RUNNERS: dict[int, tuple[Runtime, LocalDedicatedRunner]] = {}
+_RUNNERS_LOCK = threading.Lock()
+
+
+def local_runner(
+    runtime: Runtime,
+    docker_url: str,
+    network_ready: Callable[[str], None] = lambda network: None,
+) -> LocalDedicatedRunner:
+    """One runner (one engine connection) per runtime, for every request and for the local
+    backend's ``held_networks``."""
+    with _RUNNERS_LOCK:
+        found = _RUNNERS.get(id(runtime))
+        if found is not None and found[0] is runtime:
+            return found[1]
+        runner = LocalDedicatedRunner(runtime, docker_url, network_ready)
+        _RUNNERS[id(runtime)] = (runtime, runner)
+        return runner
+
+
 def local_factory(
     runtime: Runtime | None,
     docker_url: str,
@@ -68,7 +94,17 @@ def local_factory(
     """The factory of a platform whose apps run on this machine's engine (``runtime``)."""
     if runtime is None:
         return with_dedicated(None, lambda: "")
-    from berth.databases.dedicated_local import LocalDedicatedRunner
-
-    runner = LocalDedicatedRunner(runtime, docker_url, network_ready)
+    runner = local_runner(runtime, docker_url, network_ready)
     return with_dedicated(runner, memcached_image(lambda: runner.client, cache_dir))
+
+
+def sweep_leftovers(session: Session, runner: DedicatedRunner) -> list[str]:
+    """Remove the dedicated servers on the engine that no store row names: what a Berth
+    stopped between starting a container and storing its row left behind. Run it when the
+    server starts, before the API serves: a create in flight has its container before its row.
+    Returns the names removed."""
+    known = set(session.scalars(select(DbServer.name).where(DbServer.state == DEDICATED)))
+    leftovers = [name for name in runner.names() if name not in known]
+    for name in leftovers:
+        runner.remove(name)
+    return leftovers

@@ -109,6 +109,9 @@ class LocalWorkloads:
     seed: Callable[[], Mapping[str, tuple[int, int]]] = dict
     # This node's labels (the node_labels setting): a group's constraints must hold on them.
     node_labels: Mapping[str, str] = field(default_factory=dict)
+    # Tenant networks something other than an app holds (a tenant's dedicated database
+    # servers, berth.databases.dedicated_local): never removed as idle.
+    held_networks: Callable[[], set[str]] = lambda: set()
     kind: BackendKind = field(default="local", init=False)
 
     def __post_init__(self) -> None:
@@ -533,6 +536,11 @@ class LocalWorkloads:
     ) -> None:
         in_use = {g.network for g in groups}
         in_use |= {tenant_network(c.labels.get(LABEL_TENANT, "")) for c in containers}
+        try:
+            in_use |= self.held_networks()
+        except Exception as exc:  # not knowing what is held, remove nothing this pass
+            log.warning("cannot tell which networks dedicated databases hold: %s", exc)
+            return
         now = self.clock()
         listed = self.runtime.list_networks()
         self._ready_networks &= set(listed)
