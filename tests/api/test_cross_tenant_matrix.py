@@ -34,7 +34,9 @@ from fastapi.routing import APIRoute
 from sqlalchemy import select
 
 from berth.api import deps
+from berth.billing.watermark import Watermark
 from berth.controllers.billing import BillingController
+from berth.controllers.metering import record_watermark
 from berth.store.tables import (
     Deployment,
     Invitation,
@@ -330,6 +332,8 @@ TABLE: dict[tuple[str, str], Route] = {
     ("DELETE", "/admin/tenants/{tenant}"): Route("operator", (operator(
         lambda r: Req(f"/admin/tenants/{r.tenant}", params={"confirm": r.tenant})),)),
     ("GET", "/admin/webhooks"): Route("operator", (operator(lambda r: Req("/admin/webhooks")),)),
+    ("GET", "/admin/billing/status"): Route("operator", (operator(
+        lambda r: Req("/admin/billing/status")),)),
     ("POST", "/admin/domains/{hostname}/approve"): Route("operator", (operator(
         lambda r: Req(f"/admin/domains/{r.domain}/approve")),)),
     ("GET", "/admin/cluster"): Route("operator", (operator(lambda r: Req("/admin/cluster")),)),
@@ -450,6 +454,7 @@ def meter_usage(env: Env, tenant: str, app_id: str) -> None:
                 stopped_at=hour - 3600,
             )
         )
+        record_watermark(session, Watermark(now, now))  # a reconciler's pass saw it all
         session.commit()
     settings = env.settings.model_copy(update={"billing_webhook_url": "http://127.0.0.1:9/hook"})
     stats = BillingController(settings, env.platform.sessions, clock=lambda: now).run_once()

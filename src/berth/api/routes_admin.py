@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -17,6 +18,7 @@ from berth.errors import Forbidden, InvalidInput
 from berth.services import billing as bsvc
 from berth.services import databases as dbsvc
 from berth.services import domains as dsvc
+from berth.services.billing_status import billing_status
 from berth.store.tables import (
     ApiToken,
     App,
@@ -113,6 +115,27 @@ class CreditResult(BaseModel):
     created: bool
     balance_minor: int
     balance: str
+
+
+class NodeHoldPublic(BaseModel):
+    node: str
+    state: str
+    since: float | None = Field(description="when the node was last known good")
+
+
+class BillingStatusPublic(BaseModel):
+    metered_until: int | None = Field(description="every hour before this is metered")
+    reported_through: float | None = Field(
+        description="every node's reports are in up to at least here (stored at each hour "
+        "boundary); null before the reconciler's first pass: nothing is billed"
+    )
+    closable_until: int | None = Field(description="hours before this may close now")
+    hours_waiting: int = Field(description="hours ended by the clock that wait for reports")
+    node_wait_seconds: float
+    held_by: list[NodeHoldPublic] = Field(description="neither ready nor down: waited for")
+    not_waited_for: list[NodeHoldPublic] = Field(
+        description="silent longer than node_wait_seconds: hours close without their reports"
+    )
 
 
 class AuditPublic(BaseModel):
@@ -273,6 +296,15 @@ def all_deliveries(session: SessionDep, who: Operator) -> list[DeliveryPublic]:
         select(WebhookDelivery).order_by(WebhookDelivery.created_at.desc()).limit(200)
     )
     return [delivery_public(d) for d in rows]
+
+
+@router.get("/admin/billing/status")
+def get_billing_status(
+    session: SessionDep, settings: SettingsDep, now: ClockDep, who: Operator
+) -> BillingStatusPublic:
+    """Where metering stands, and which nodes' reports an hour still waits for."""
+    status = billing_status(session, settings, now())
+    return BillingStatusPublic.model_validate(dataclasses.asdict(status))
 
 
 @router.get("/audit")

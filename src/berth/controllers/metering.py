@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -123,40 +124,45 @@ def pass_watermark(
 
 def record_watermark(session: Session, mark: Watermark) -> float | None:
     """Store a pass's watermark in the pass's transaction (with its intervals); it never moves
-    back. Nodes newly given up on (not waited for any more) are logged once, here, as the
-    previous pass's detail in the store says who was given up on already."""
+    back. Billing closes whole hours, so the store learns a new value when it passes an hour
+    boundary (the pass after every boundary writes it): a pass with nothing else changed writes
+    nothing. Who holds it back is written when that changes; a node newly given up on (no
+    longer waited for) is logged then, once."""
     row = session.get(Meta, REPORTED_THROUGH)
     previous = float(row.value) if row is not None else None
     value = advance(previous, mark.reported_through)
-    if value is not None and value != previous:
+    if value is not None and (previous is None or _hour(value) > _hour(previous)):
         if row is None:
             session.add(Meta(key=REPORTED_THROUGH, value=repr(value)))
         else:
             row.value = repr(value)
-    before = {h["node"] for h in watermark_detail(session).get("not_waited_for", [])}
-    for holder in mark.not_waited_for:
-        if holder.node not in before:
-            log.warning(
-                "billing: node %s is %s since %s: hours close without its late reports",
-                holder.node,
-                holder.state,
-                holder.since,
-            )
-    detail = json.dumps(
-        {
-            "observed_at": mark.observed_at,
-            "pass_reported_through": mark.reported_through,
-            "held_by": [asdict(h) for h in mark.held_by],
-            "not_waited_for": [asdict(h) for h in mark.not_waited_for],
-        }
-    )
-    detail_row = session.get(Meta, REPORTED_THROUGH_DETAIL)
-    if detail_row is None:
-        session.add(Meta(key=REPORTED_THROUGH_DETAIL, value=detail))
-    elif detail_row.value != detail:
-        detail_row.value = detail
+    detail = {
+        "held_by": [asdict(h) for h in mark.held_by],
+        "not_waited_for": [asdict(h) for h in mark.not_waited_for],
+    }
+    before = watermark_detail(session)
+    if before != detail:
+        given_up = {h["node"] for h in before.get("not_waited_for", [])}
+        for holder in mark.not_waited_for:
+            if holder.node not in given_up:
+                log.warning(
+                    "billing: node %s is %s since %s: hours close without its late reports",
+                    holder.node,
+                    holder.state,
+                    holder.since,
+                )
+        text = json.dumps(detail)
+        detail_row = session.get(Meta, REPORTED_THROUGH_DETAIL)
+        if detail_row is None:
+            session.add(Meta(key=REPORTED_THROUGH_DETAIL, value=text))
+        else:
+            detail_row.value = text
     session.flush()
     return value
+
+
+def _hour(t: float) -> int:
+    return math.floor(t / 3600)
 
 
 def stored_watermark(session: Session) -> float | None:
