@@ -68,8 +68,8 @@ def test_the_spec_holds_nothing_of_the_tenants_text_and_its_limits_come_from_the
     assert spec.command == (
         "-p", "11211", "-U", "0", "-l", "0.0.0.0", "-m", "128", "-c", "15", "-t", "2",
     )  # fmt: skip
-    # Above -m by an eighth and 32 MB: the hash table, threads and buffers fit beside it.
-    assert spec.memory_bytes == (128 + 16 + 32) * MB
+    # Above -m by a quarter and 32 MB: the hash table, threads and buffers fit beside it.
+    assert spec.memory_bytes == (128 + 32 + 32) * MB
     assert memcached.spec_for(account(size_mb=None), "i").command[7] == "64"  # the default
 
 
