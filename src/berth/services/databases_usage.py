@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -58,7 +57,6 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 REFUSED, RESUMED = "database.writes_refused", "database.writes_resumed"
-T = TypeVar("T")
 
 
 def limit_bytes(db: ManagedDatabase) -> int:
@@ -96,75 +94,96 @@ class UsagePassResult:
     charges: int = 0  # storage charges posted to the ledger
 
 
-class _Late:
-    """A server's answer that did not come in time."""
+class _Progress:
+    """What one server's thread has done so far: read by the pass once the server's time is
+    up, whether or not the thread has finished (a late one keeps running, daemon, until the
+    providers' own timeouts end it, and what it does after is dropped)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: dict[str, Usage | None] = {}  # database id -> usage (None: applied)
+        self._failed: dict[str, str] = {}  # database id -> why
+        self._unreachable = ""
+        self._finished = False
+
+    def ok(self, database_id: str, usage: Usage | None = None) -> None:
+        with self._lock:
+            self._done[database_id] = usage
+
+    def fail(self, database_id: str, why: str) -> None:
+        with self._lock:
+            self._failed[database_id] = why
+
+    def down(self, why: str) -> None:
+        with self._lock:
+            self._unreachable = why
+
+    def finish(self) -> None:
+        with self._lock:
+            self._finished = True
+
+    def snapshot(self) -> tuple[dict[str, Usage | None], dict[str, str], str, bool]:
+        with self._lock:
+            return dict(self._done), dict(self._failed), self._unreachable, self._finished
 
 
-def _per_server(jobs: dict[str, Callable[[], T]], timeout: float) -> dict[str, T | _Late]:
-    """Each job in a thread of its own, each waited for at most ``timeout`` from the start.
-    A job that overruns keeps running (daemon thread; the providers' own timeouts end it) and
-    its answer is dropped."""
-    results: dict[str, T | _Late] = {}
-    lock = threading.Lock()
+def _per_server(
+    jobs: dict[str, Callable[[_Progress], None]], timeout: float
+) -> dict[str, _Progress]:
+    """Each server's job in a thread of its own; each waited for at most ``timeout`` from the
+    start of the pass."""
+    progress = {key: _Progress() for key in jobs}
 
-    def run(key: str, job: Callable[[], T]) -> None:
-        value = job()
-        with lock:
-            results.setdefault(key, value)
+    def run(key: str) -> None:
+        try:
+            jobs[key](progress[key])
+        finally:
+            progress[key].finish()
 
-    threads = []
-    for key, job in jobs.items():
-        thread = threading.Thread(target=run, args=(key, job), name=f"db-usage-{key}", daemon=True)
+    threads = [
+        threading.Thread(target=run, args=(key,), name=f"db-usage-{key}", daemon=True)
+        for key in jobs
+    ]
+    for thread in threads:
         thread.start()
-        threads.append((key, thread))
     deadline = time.monotonic() + timeout
-    for key, thread in threads:
+    for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-        with lock:
-            results.setdefault(key, _Late())
-    return results
-
-
-@dataclass
-class _Measured:
-    usage: dict[str, Usage] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)  # database id -> why
-    unreachable: str = ""  # the server did not answer: why
+    return progress
 
 
 def _measure(
-    factory: ProviderFactory, address: ServerAddress, accounts: list[Account]
-) -> _Measured:
-    out = _Measured()
+    factory: ProviderFactory, address: ServerAddress, accounts: list[Account], out: _Progress
+) -> None:
     try:
         p = provider(factory, address)
         for account in accounts:
             try:
-                out.usage[account.database_id] = p.usage(account)
+                out.ok(account.database_id, p.usage(account))
             except DatabaseServerUnavailable:
                 raise
             except BerthError as exc:
-                out.failed[account.database_id] = scrub(exc.message, address.admin_url)
+                out.fail(account.database_id, scrub(exc.message, address.admin_url))
     except DatabaseServerUnavailable as exc:
-        out.unreachable = scrub(exc.message, address.admin_url)
+        out.down(scrub(exc.message, address.admin_url))
     except Exception as exc:  # a provider's bug must not end every server's pass
         log.exception("measuring a %s server failed", address.engine)
-        out.unreachable = scrub(f"unexpected error: {exc}", address.admin_url)
-    return out
+        out.down(scrub(f"unexpected error: {exc}", address.admin_url))
 
 
 def _apply(
-    factory: ProviderFactory, address: ServerAddress, changes: list[tuple[Account, bool]]
-) -> dict[str, str]:
-    """Apply each pending decision; returns the failures (database id -> why)."""
-    failed: dict[str, str] = {}
+    factory: ProviderFactory,
+    address: ServerAddress,
+    changes: list[tuple[Account, bool]],
+    out: _Progress,
+) -> None:
     for account, allowed in changes:
         try:
             provider(factory, address).set_write_allowed(account, allowed)
+            out.ok(account.database_id)
         except Exception as exc:
             message = exc.message if isinstance(exc, BerthError) else f"unexpected error: {exc}"
-            failed[account.database_id] = scrub(message, address.admin_url)
-    return failed
+            out.fail(account.database_id, scrub(message, address.admin_url))
 
 
 def _notify(
@@ -228,33 +247,35 @@ def measure_and_enforce(
     accounts = {db.id: account_of(db) for db in dbs}
     timeout = settings.database_usage_timeout_seconds
 
-    def measure_job(sid: str) -> Callable[[], _Measured]:
+    def measure_job(sid: str) -> Callable[[_Progress], None]:
         listed = [accounts[db.id] for db in by_server[sid]]
-        return lambda: _measure(factory, addresses[sid], listed)
+        return lambda out: _measure(factory, addresses[sid], listed, out)
 
     answers = _per_server({sid: measure_job(sid) for sid in by_server}, timeout)
     down: set[str] = set()
     changed: list[ManagedDatabase] = []
-    for sid, answer in answers.items():
+    for sid, progress in answers.items():
+        done, failed, unreachable, finished = progress.snapshot()
         server_dbs = by_server[sid]
-        if isinstance(answer, _Late) or answer.unreachable:
-            why = (
-                f"did not answer within {timeout:g} s"
-                if isinstance(answer, _Late)
-                else answer.unreachable
-            )
+        late = f"did not answer within {timeout:g} s"
+        if unreachable or not finished:
             down.add(sid)
+            why = unreachable or (
+                late if not done else f"{late} (measured {len(done)} of {len(server_dbs)})"
+            )
             result.unreachable.append((servers[sid].name, why))
-            log.warning("database server %s not measured: %s", servers[sid].name, why)
-            for db in server_dbs:
-                db.usage_error = f"not measured: the server did not answer ({why})"
-            continue
+            log.warning("database server %s not (fully) measured: %s", servers[sid].name, why)
         for db in server_dbs:
-            if db.id in answer.failed:
-                db.usage_error = f"not measured: {answer.failed[db.id]}"
-                result.failed.append((db.id, answer.failed[db.id]))
+            usage = done.get(db.id)
+            if usage is None:
+                if db.id in failed:
+                    result.failed.append((db.id, failed[db.id]))
+                    db.usage_error = f"not measured: {failed[db.id]}"
+                else:
+                    db.usage_error = (
+                        f"not measured: the server did not answer ({unreachable or late})"
+                    )
                 continue
-            usage = answer.usage[db.id]
             measurement = DatabaseMeasurement(
                 id=new_id(),
                 database_id=db.id,
@@ -284,30 +305,26 @@ def measure_and_enforce(
     if not pending:
         return
 
-    def apply_job(sid: str) -> Callable[[], dict[str, str]]:
-        return lambda: _apply(factory, addresses[sid], pending[sid])
+    def apply_job(sid: str) -> Callable[[_Progress], None]:
+        return lambda out: _apply(factory, addresses[sid], pending[sid], out)
 
     applied = _per_server({sid: apply_job(sid) for sid in pending}, timeout)
     by_id = {db.id: db for db in dbs}
-    for sid, outcome in applied.items():
-        failures = (
-            {a.database_id: f"did not answer within {timeout:g} s" for a, _ in pending[sid]}
-            if isinstance(outcome, _Late)
-            else outcome
-        )
+    for sid, progress in applied.items():
+        done, failures, _, _ = progress.snapshot()
         for account, allowed in pending[sid]:
             db = by_id[account.database_id]
             session.refresh(db)
             if db.write_allowed != allowed:
                 continue  # decided again meanwhile: the next pass applies that
-            if account.database_id in failures:
-                why = failures[account.database_id]
-                state = "refusing writes" if not allowed else "allowing writes again"
-                db.usage_error = f"{state} is not applied on the server yet (retried): {why}"
-                result.failed.append((db.id, why))
-                log.warning("database %s: quota change not applied: %s", db.id, why)
-            else:
+            if account.database_id in done:
                 db.write_applied, db.usage_error = True, ""
+                continue
+            why = failures.get(account.database_id, f"did not answer within {timeout:g} s")
+            state = "refusing writes" if not allowed else "allowing writes again"
+            db.usage_error = f"{state} is not applied on the server yet (retried): {why}"
+            result.failed.append((db.id, why))
+            log.warning("database %s: quota change not applied: %s", db.id, why)
     fence(session)
     session.commit()
     _close_deleted(session, factory, [by_id[a.database_id] for a, ok in _flat(pending) if ok])
