@@ -399,3 +399,52 @@ def test_leftovers_are_swept_and_the_network_a_server_holds_is_known(world: Worl
     assert kept["host"] in _our_containers(world) and stray.name not in _our_containers(world)
     world.env.ok("DELETE", "/databases/kept", user.session)
     assert tenant_network(tenant) not in world.runner.held_networks()
+
+
+def test_the_cli(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`berth db create --engine memcached`, its credentials with the note, the refusals."""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from berth.cli import db_cmd
+    from berth.cli import main as cli_main
+    from berth.cli.client import ApiClient, CliConfig, CliError
+
+    user = world.env.signup("mc-cli")
+
+    def api_client() -> ApiClient:
+        api = ApiClient(CliConfig(api_url="http://testserver", token=user.session))
+        api.http = TestClient(
+            world.env.app,
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {user.session}"},
+            raise_server_exceptions=False,
+        )
+        return api
+
+    monkeypatch.setattr(db_cmd, "client", api_client)
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(cli_main.app, list(args), env={"COLUMNS": "250"})
+
+    before = _our_containers(world)
+    made = cli("db", "create", "cli-cache", "--engine", "memcached", "--size", "32M")
+    assert made.exit_code == 0, made.output
+    assert "Created memcached database cli-cache (32M" in made.output
+    creds = cli("db", "credentials", "cli-cache")
+    assert creds.exit_code == 0 and ":11211" in creds.output
+    assert "only protection is your own network" in creds.output
+    for args, words in [
+        (("db", "rotate", "cli-cache"), "no password to rotate"),
+        (("db", "backup", "cli-cache"), "no backups"),
+        (("db", "create", "x", "--engine", "memcached", "--plan", "shared"), "never on a shared"),
+        (("db", "create", "x", "--engine", "memcached", "--size", "8G"), "between 16 MB and"),
+    ]:
+        refused = cli(*args)
+        assert refused.exit_code == 1 and isinstance(refused.exception, CliError), refused.output
+        assert words in refused.exception.message
+    assert len(_our_containers(world)) == len(before) + 1
+    deleted = cli("db", "delete", "cli-cache", "--yes")
+    assert deleted.exit_code == 0 and "(nothing kept)" in deleted.output
+    assert _our_containers(world) == before
+    assert "deleted (nothing kept)" in cli("db", "info", "cli-cache").output

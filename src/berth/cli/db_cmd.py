@@ -37,6 +37,8 @@ def _when(ts: float | None) -> str:
 
 
 def _state(d: dict[str, Any]) -> str:
+    if d["state"] == "deleted" and d["engine"] == "memcached":
+        return "deleted (nothing kept)"
     if d["state"] == "deleted":
         return f"deleted, dropped after {_when(d['purge_after'])}"
     if d["state"] == "active" and not d["write_allowed"]:
@@ -238,15 +240,19 @@ def db_delete(
     if not yes and sys.stdin.isatty() and not typer.confirm(f"Delete database {name}?"):
         raise CliError("not deleted")
     data = _slow_client().delete(_db(name))  # a final backup is taken first
-    emit(
-        data,
-        as_json,
-        lambda d: console.print(
+
+    def human(d: dict[str, Any]) -> None:
+        if d["engine"] == "memcached":
+            # A cache keeps nothing: its container is gone, and the name is free again.
+            console.print(f"Deleted memcached database [bold]{escape(name)}[/] (nothing kept)")
+            return
+        console.print(
             f"Deleted database [bold]{escape(name)}[/]: closed now, its data and a verified "
             f"final backup (`berth db backups {escape(name)}`) are kept until "
             f"{_when(d['purge_after'])} and dropped then"
-        ),
-    )
+        )
+
+    emit(data, as_json, human)
 
 
 @db_app.command("attach")
