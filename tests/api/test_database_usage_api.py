@@ -1,0 +1,122 @@
+"""The usage pass through the API and the CLI on the fake provider (held to the real
+providers' contract in tests/databases/test_contract.py; the same quota on the real servers:
+tests/databases/test_usage_quota.py): a decision the server fails to apply is stored, shown
+pending in `db info` with why, retried by the next pass until applied; the tenant is notified
+and the webhook event queued once per change."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from berth.services.databases_usage import REFUSED, RESUMED, run_pass
+from berth.store.tables import DbServer, ManagedDatabase, Tenant, WebhookDelivery
+from tests.api.conftest import Env
+from tests.api.test_databases_api import FlakyProvider, Servers, cli, fake, url  # noqa: F401
+
+pytestmark = pytest.mark.store
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def pg(env: Env, fake: Servers) -> Iterator[FlakyProvider]:  # noqa: F811
+    body = {"name": "pg-usage", "engine": "postgres", "url": url("postgres", "s3cret")}
+    env.ok("POST", "/admin/db-servers", env.admin, json=body, status=201)
+    yield fake.by_url[body["url"]]
+
+
+def _db(env: Env, token: str, name: str) -> tuple[str, str]:
+    tenant = env.ok("GET", "/billing/balance", token)["tenant"]
+    with env.db() as session:
+        row = session.scalar(
+            select(ManagedDatabase)
+            .join(Tenant, Tenant.id == ManagedDatabase.tenant_id)
+            .where(Tenant.name == tenant, ManagedDatabase.name == name)
+        )
+        assert row is not None
+        return row.id, row.tenant_id
+
+
+def test_a_change_the_server_fails_is_pending_and_retried(
+    env: Env,
+    fake: Servers,  # noqa: F811
+    pg: FlakyProvider,
+    cli,  # noqa: F811
+) -> None:
+    user = env.signup("usage")
+    env.ok("POST", "/databases", user.session, json={"name": "app", "engine": "postgres",
+           "size_mb": 16}, status=201)  # fmt: skip
+    database_id, tenant_id = _db(env, user.session, "app")
+    (server_db,) = pg.databases.values()
+    server_db.bytes_used = 17 * MIB
+    pg.failing.add("set_write_allowed")
+    hooked = env.settings.model_copy(update={"billing_webhook_url": "http://127.0.0.1:9/h"})
+
+    with env.db() as session:
+        result = run_pass(session, hooked, fake, fake.now)
+    assert result.refused == [database_id] and [d for d, _ in result.failed] == [database_id]
+    info = env.ok("GET", "/databases/app", user.session)
+    assert info["writes_refused"] is True and info["quota_pending"] is True
+    assert "not applied on the server yet (retried)" in info["usage_error"]
+    assert server_db.write_allowed is True  # the server has not got it yet
+    shown = cli("db", "info", "app", token=user.session)
+    assert shown.exit_code == 0, shown.output
+    assert "17.0M / 16M" in shown.output and "not yet applied" in shown.output
+
+    fake.now += 300
+    with env.db() as session:
+        result = run_pass(session, hooked, fake, fake.now)  # still failing: still pending
+    assert result.refused == [] and [d for d, _ in result.failed] == [database_id]
+    assert env.ok("GET", "/databases/app", user.session)["quota_pending"] is True
+    pg.failing.clear()
+    fake.now += 300
+    with env.db() as session:
+        result = run_pass(session, hooked, fake, fake.now)
+    assert result.refused == [] and result.failed == []
+    assert server_db.write_allowed is False
+    info = env.ok("GET", "/databases/app", user.session)
+    assert info["quota_pending"] is False and info["usage_error"] == ""
+    assert info["measured_at"] == fake.now and info["bytes_used"] == 17 * MIB
+
+    server_db.bytes_used = 1 * MIB
+    fake.now += 300
+    with env.db() as session:
+        result = run_pass(session, hooked, fake, fake.now)
+    assert result.resumed == [database_id] and server_db.write_allowed is True
+    kinds = [n["kind"] for n in env.ok("GET", "/billing/notifications", user.session)]
+    assert sorted(kinds) == [REFUSED, RESUMED]
+    with env.db() as session:
+        events = session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.tenant_id == tenant_id)
+        ).all()
+        assert sorted(e.event for e in events) == [REFUSED, RESUMED]
+        payload = json.loads(next(e for e in events if e.event == REFUSED).payload_json)
+        assert payload["database"] == "app" and payload["bytes_used"] == 17 * MIB
+        assert payload["limit_bytes"] == 16 * MIB
+    env.ok("DELETE", "/databases/app", user.session)
+
+
+def test_a_server_down_keeps_its_databases_state(
+    env: Env,
+    fake: Servers,  # noqa: F811
+    pg: FlakyProvider,
+) -> None:
+    user = env.signup("usage")
+    env.ok("POST", "/databases", user.session, json={"name": "down", "engine": "postgres"},
+           status=201)  # fmt: skip
+    env.ok("POST", "/admin/databases/usage", env.admin)
+    before = env.ok("GET", "/databases/down", user.session)
+    pg.available = False
+    fake.now += 300
+    result = env.ok("POST", "/admin/databases/usage", env.admin)
+    assert result["unreachable"] == ["pg-usage: the fake server is down"]
+    after = env.ok("GET", "/databases/down", user.session)
+    assert after["measured_at"] == before["measured_at"] and not after["writes_refused"]
+    assert after["usage_error"].startswith("not measured: the server did not answer")
+    with env.db() as session:
+        assert session.scalar(select(DbServer).where(DbServer.name == "pg-usage")) is not None
+    pg.available = True
+    env.ok("DELETE", "/databases/down", user.session)
