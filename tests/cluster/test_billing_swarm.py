@@ -40,6 +40,12 @@ def _intervals(server: BerthServer) -> list[tuple[str, float, float | None]]:
     return [(str(c), float(s), None if e is None else float(e)) for c, s, e in rows]
 
 
+def _reported_through(server: BerthServer) -> float | None:
+    with contextlib.closing(sqlite3.connect(server.home / "berth.db")) as db:
+        row = db.execute("SELECT value FROM meta WHERE key = 'reported_through'").fetchone()
+    return None if row is None else float(row[0])
+
+
 def _swarm_times(cluster: Cluster, server: BerthServer) -> dict[str, tuple[str, float]]:
     """Task id -> (state, Swarm's timestamp of that state)."""
     client = cluster.manager_client()
@@ -67,6 +73,11 @@ def test_intervals_follow_swarm_task_times_across_restarts_and_crashes(
         state, since = swarm[task_id]
         assert state == "running" and stopped is None
         assert abs(started - since) < 1.0  # Swarm's own start time, not Berth's clock
+    # Every node's reports are in up to a pass's start minus Swarm's detection bound (7.6 s at
+    # the 2 s heartbeat); it is stored at each hour boundary, and by the first pass ever.
+    through = _reported_through(berth)
+    assert through is not None
+    assert time.time() - 3600 - 15 < through <= time.time() - 7.6, through
 
     # Killed and restarted: the same two intervals, nothing opened twice.
     assert berth.stop(signal.SIGKILL) == -signal.SIGKILL
