@@ -17,7 +17,9 @@ CREATE, ALTER, INDEX, CREATE VIEW, CREATE ROUTINE, ALTER ROUTINE, EVENT, TRIGGER
 TEMPORARY TABLES; it keeps SELECT, DELETE and DROP (to free space), EXECUTE and LOCK TABLES.
 Routines, triggers and events run with their definer's current privileges (the tenant's), so
 they cannot write either. Database-level privileges reach an open session only at its next
-``USE``, so the user's sessions are ended.
+``USE``, so the user's sessions are ended. A write then fails with ``INSERT command denied``
+(1142). DELETE does not shrink an InnoDB tablespace file: ``TRUNCATE TABLE`` (which needs
+DROP, kept) or DROP TABLE frees the space the quota measures.
 """
 
 from __future__ import annotations

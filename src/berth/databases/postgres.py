@@ -24,6 +24,13 @@ create large objects (which need no table privilege). The read-only default stay
 plain message. Under quota again, ownership returns to the tenant's role. The tenant's
 sessions are ended around the change (the role cannot log in meanwhile), so nothing created
 between the two steps keeps write rights.
+
+So over quota a write fails with ``permission denied`` (42501), or first with ``cannot execute
+... in a read-only transaction`` (25006); the tenant cannot undo either (``SET
+default_transaction_read_only = off`` lifts only the message, never the privileges). To free
+space it runs that SET and then ``TRUNCATE`` (DELETE needs the owner's VACUUM FULL to shrink
+files). The size measured is ``pg_database_size``: an empty database is already about 7.3 MB
+(its copy of template0's catalogs), which counts against the quota.
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ of other users' keys, channels or commands. What it shares: the server's memory 
 is the server's), and the script cache (SCRIPT LOAD), which the prefix does not bound.
 
 Usage is the memory of the prefix's keys (SCAN MATCH + MEMORY USAGE as the admin, bounded by
-``max_keys``). Over quota the user loses ``@write`` but the commands that free memory (DEL,
-UNLINK, the pops and removes, EXPIRE). A rule change applies at once to sessions already open.
+``max_keys``): Redis' memory is its storage, so that is what the size quota and the storage bill
+count. Over quota the user loses ``@write`` but the commands that free memory (DEL, UNLINK, the
+pops and removes, EXPIRE): a write fails with ``NOPERM``. A rule change applies at once to
+sessions already open.
 Passwords are sent as their SHA-256 (``#``), never in clear. Users live in the server's ACL
 file (``ACL SAVE`` after every change), so they survive a restart; ``check`` refuses a server
 that has none.
