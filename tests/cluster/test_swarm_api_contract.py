@@ -21,6 +21,7 @@ import pytest
 from berth.errors import EngineUnavailable, RuntimeFailure
 from berth.swarm.api import DockerSwarmAPI, SwarmAPI
 from berth.swarm.fake import FakeSwarmAPI
+from berth.swarm.tasks import parse_time
 from tests.cluster.nodes import Cluster
 from tests.cluster.services import HTTPD, IMAGE
 from tests.harness import wait_until
@@ -223,6 +224,18 @@ def test_a_drained_node_gets_no_task_and_loses_its_own(backend: Backend) -> None
     assert drained not in {t["NodeID"] for t in moved}
     other = backend.create(4)
     assert drained not in {t["NodeID"] for t in backend.wait_running(other, 4)}
+
+
+def test_every_node_has_an_updated_at_that_a_change_moves_on(backend: Backend) -> None:
+    """Billing's watermark waits for a node that is neither ready nor down from when its
+    status changed: Swarm keeps only the node's ``UpdatedAt`` for that."""
+    worker = backend.workers[0]
+    before = parse_time(worker.get("UpdatedAt"))
+    assert before is not None and all(parse_time(n.get("UpdatedAt")) for n in backend.api.nodes())
+    labels = dict(worker["Spec"].get("Labels") or {})
+    backend.set_spec(worker["ID"], Labels={**labels, "contract": backend.prefix})
+    after = parse_time(backend.node(worker["ID"]).get("UpdatedAt"))
+    assert after is not None and after > before
 
 
 def test_labels_filter_services_and_tasks(backend: Backend) -> None:
