@@ -27,6 +27,7 @@ from berth.billing.metering import RunInterval, hourly_usage
 from berth.billing.plans import InstanceSize
 from berth.billing.rating import charge_transaction, rate_hours
 from berth.controllers.billing import METERED_UNTIL, BillingController
+from berth.controllers.metering import REPORTED_THROUGH
 from berth.services import billing as bsvc
 from berth.settings import Settings
 from berth.store.db import make_engine, make_sessionmaker, migrate
@@ -89,6 +90,8 @@ def seed(sessions, tenants: list[str], intervals: list[RunInterval], hour: int) 
             for iv in intervals
         )
         s.add(Meta(key=METERED_UNTIL, value=str(hour)))
+        # The reconciler's pass after the hour: every node's reports for it are in.
+        s.add(Meta(key=REPORTED_THROUGH, value=repr(float(hour + HOUR + 5))))
         s.commit()
 
 
