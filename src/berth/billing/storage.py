@@ -63,6 +63,42 @@ def bytes_for_hour(
     return max(0, before.bytes_used) if before is not None else None
 
 
+def bytes_by_hour(
+    measurements: Iterable[Measurement], start: int, end: int, *, until: float | None = None
+) -> dict[int, int]:
+    """``bytes_for_hour`` for every hour of ``[start, end)`` that is billed, in one sweep of
+    the measurements (a pass catching up on weeks of hours reads each measurement once)."""
+    check_hour_aligned("start", start)
+    check_hour_aligned("end", end)
+    largest: dict[int, int] = {}
+    last_before: Measurement | None = None
+    for m in measurements:
+        if m.measured_at < start:
+            if last_before is None or m.measured_at > last_before.measured_at:
+                last_before = m
+        elif m.measured_at < end:
+            hour = int(m.measured_at) - int(m.measured_at) % HOUR_SECONDS
+            largest[hour] = max(largest.get(hour, m.bytes_used), m.bytes_used)
+    last_in: dict[int, Measurement] = {}
+    for m in measurements:
+        if start <= m.measured_at < end:
+            hour = int(m.measured_at) - int(m.measured_at) % HOUR_SECONDS
+            seen = last_in.get(hour)
+            if seen is None or m.measured_at > seen.measured_at:
+                last_in[hour] = m
+    out: dict[int, int] = {}
+    carried = last_before.bytes_used if last_before is not None else None
+    for hour in range(start, end, HOUR_SECONDS):
+        if until is not None and hour >= until:
+            break
+        if hour in largest:
+            out[hour] = max(0, largest[hour])
+            carried = last_in[hour].bytes_used
+        elif carried is not None:
+            out[hour] = max(0, carried)
+    return out
+
+
 def cost(price_per_gib_month_minor: int, byte_hours: int) -> Fraction:
     """Exact cost of ``byte_hours`` (bytes held times hours) at the price per GiB-month."""
     return Fraction(byte_hours * price_per_gib_month_minor, GIB * HOURS_PER_MONTH)

@@ -41,38 +41,54 @@ def storage_price(plan: Plan, settings: Settings) -> int:
     return settings.database_storage_price_per_gib_month_minor
 
 
+def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
 def _measurements(
-    session: Session, database_id: str, start: int, end: int
-) -> list[storage.Measurement]:
-    """The database's measurements in ``[start, end)`` and the last one before ``start``."""
-    inside = session.execute(
-        select(DatabaseMeasurement.measured_at, DatabaseMeasurement.bytes_used).where(
-            DatabaseMeasurement.database_id == database_id,
-            DatabaseMeasurement.measured_at >= start,
-            DatabaseMeasurement.measured_at < end,
+    session: Session, database_ids: list[str], start: int, end: int
+) -> dict[str, list[storage.Measurement]]:
+    """Each database's measurements in ``[start, end)`` and its last one before ``start``, in a
+    few statements whatever the number of databases."""
+    out: dict[str, list[storage.Measurement]] = defaultdict(list)
+    m = DatabaseMeasurement
+    for chunk in _chunks(database_ids):
+        inside = session.execute(
+            select(m.database_id, m.measured_at, m.bytes_used).where(
+                m.database_id.in_(chunk), m.measured_at >= start, m.measured_at < end
+            )
         )
-    ).all()
-    before = session.execute(
-        select(DatabaseMeasurement.measured_at, DatabaseMeasurement.bytes_used)
-        .where(
-            DatabaseMeasurement.database_id == database_id,
-            DatabaseMeasurement.measured_at < start,
+        last = (
+            select(m.database_id, func.max(m.measured_at).label("at"))
+            .where(m.database_id.in_(chunk), m.measured_at < start)
+            .group_by(m.database_id)
+            .subquery()
         )
-        .order_by(DatabaseMeasurement.measured_at.desc())
-        .limit(1)
-    ).all()
-    return [storage.Measurement(float(t), int(b)) for t, b in [*before, *inside]]
+        before = session.execute(
+            select(m.database_id, m.measured_at, m.bytes_used).join(
+                last, (last.c.database_id == m.database_id) & (last.c.at == m.measured_at)
+            )
+        )
+        for database_id, at, size in [*before, *inside]:
+            out[database_id].append(storage.Measurement(float(at), int(size)))
+    return out
 
 
-def _byte_hours(session: Session, database_id: str, start: int, end: int) -> int:
-    total = session.scalar(
-        select(func.coalesce(func.sum(StorageHourRow.bytes_billed), 0)).where(
-            StorageHourRow.database_id == database_id,
-            StorageHourRow.hour_start >= start,
-            StorageHourRow.hour_start < end,
+def _byte_hours(session: Session, database_ids: list[str], start: int, end: int) -> dict[str, int]:
+    """Each database's byte-hours billed in ``[start, end)``."""
+    out: dict[str, int] = {}
+    for chunk in _chunks(database_ids):
+        rows = session.execute(
+            select(StorageHourRow.database_id, func.sum(StorageHourRow.bytes_billed))
+            .where(
+                StorageHourRow.database_id.in_(chunk),
+                StorageHourRow.hour_start >= start,
+                StorageHourRow.hour_start < end,
+            )
+            .group_by(StorageHourRow.database_id)
         )
-    )
-    return int(total or 0)
+        out.update({database_id: int(total or 0) for database_id, total in rows})
+    return out
 
 
 def bill_storage(session: Session, settings: Settings, now: float) -> int:
@@ -106,25 +122,24 @@ def bill_storage(session: Session, settings: Settings, now: float) -> int:
     )
     rows: list[StorageHourRow] = []
     txs = []
+    ids = sorted(db.id for db in dbs)
+    measured = _measurements(session, ids, start, end)
+    # The month the window starts in may have hours billed by earlier passes; later months
+    # start inside the window.
+    first_month = month_of(start)
+    earlier = _byte_hours(session, ids, month_bounds(*first_month)[0], start)
     for db in sorted(dbs, key=lambda d: d.id):
         plan = plans.get(db.tenant_id)
         price = storage_price(plan, settings) if plan is not None else 0
         currency = plan.currency if plan is not None else get_currency(settings.currency)
-        measurements = _measurements(session, db.id, start, end)
+        measurements = measured.get(db.id, [])
         until = db.deleted_at if db.state != "active" else None
         before_by_month: dict[tuple[int, int], int] = defaultdict(int)
-        seeded: set[tuple[int, int]] = set()
-        for hour in range(start, end, HOUR_SECONDS):
-            billed = storage.bytes_for_hour(measurements, hour, until=until)
-            if billed is None:
-                continue
+        before_by_month[first_month] = earlier.get(db.id, 0)
+        for hour, billed in sorted(
+            storage.bytes_by_hour(measurements, start, end, until=until).items()
+        ):
             month = month_of(hour)
-            if month not in seeded:  # earlier hours of the month, billed in earlier passes
-                month_start, _ = month_bounds(*month)
-                before_by_month[month] = _byte_hours(
-                    session, db.id, month_start, max(start, month_start)
-                )
-                seeded.add(month)
             byte_hours_before = before_by_month[month]
             before_by_month[month] += billed
             key = storage.storage_key(db.tenant_id, db.id, hour)

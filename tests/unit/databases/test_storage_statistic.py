@@ -14,6 +14,7 @@ from berth.billing.storage import (
     GIB,
     HOURS_PER_MONTH,
     Measurement,
+    bytes_by_hour,
     bytes_for_hour,
     cost,
     hour_amount,
@@ -99,3 +100,19 @@ def test_invoice_lines_per_database() -> None:
         ("a", 2, 10, 2),
         ("b", 2, 12, 4),
     ]
+
+
+@given(
+    st.lists(st.tuples(st.integers(-3 * 3600, 6 * 3600), st.integers(-5, 10**9)), max_size=60),
+    st.one_of(st.none(), st.integers(-3600, 7 * 3600)),
+)
+def test_the_sweep_bills_every_hour_as_the_one_hour_rule(
+    points: list[tuple[int, int]], until_offset: int | None
+) -> None:
+    ms = [m(H + offset + 0.5, size) for offset, size in points]
+    until = None if until_offset is None else H + until_offset
+    swept = bytes_by_hour(ms, H, H + 4 * 3600, until=until)
+    one_by_one = {
+        hour: bytes_for_hour(ms, hour, until=until) for hour in range(H, H + 4 * 3600, 3600)
+    }
+    assert swept == {h: b for h, b in one_by_one.items() if b is not None}
