@@ -7,6 +7,7 @@ ledger took."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from sqlalchemy import select
 
 from berth.billing.storage import GIB, HOURS_PER_MONTH
 from berth.databases.names import Engine
+from berth.services import billing as bsvc
 from berth.store.tables import DatabaseMeasurement, ManagedDatabase, Tenant
 from tests.api.conftest import assert_error, charges_in_ledger
 from tests.databases.usage_world import HOUR, World, fill, world_on
@@ -128,6 +130,16 @@ def test_two_closed_hours_bill_exactly_what_was_measured(world: World) -> None:
     assert invoice["total_minor"] == sum(expected.values())
     assert sum(ln["amount_minor"] for ln in lines.values()) == sum(expected.values())
     assert all(ln["unit_price_minor"] == PRICE_MINOR for ln in lines.values())
+    # Frozen as the billing loop issues it (its webhook carries these lines too).
+    with env.db() as session:
+        issued = bsvc.issue_invoice(session, tenant_id, period)
+        assert issued is not None
+        frozen = [ln for ln in json.loads(issued.lines_json) if ln.get("kind") == "storage"]
+        assert issued.total_minor == sum(expected.values())
+        assert {ln["database"]: ln["amount_minor"] for ln in frozen} == {
+            name: ln["amount_minor"] for name, ln in lines.items()
+        }
+        session.rollback()
     for name in ids:
         env.ok("DELETE", f"/databases/{name}", token)
 
