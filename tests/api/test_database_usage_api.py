@@ -6,19 +6,22 @@ and the webhook event queued once per change."""
 
 from __future__ import annotations
 
+import calendar
 import json
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
 
+from berth.services import billing as bsvc
 from berth.services.databases_usage import REFUSED, RESUMED, run_pass
 from berth.store.tables import DbServer, ManagedDatabase, Tenant, WebhookDelivery
-from tests.api.conftest import Env
+from tests.api.conftest import Env, charges_in_ledger
 from tests.api.test_databases_api import FlakyProvider, Servers, cli, fake, url  # noqa: F401
 
 pytestmark = pytest.mark.store
 MIB = 1024 * 1024
+HOUR = 3600
 
 
 @pytest.fixture
@@ -120,3 +123,44 @@ def test_a_server_down_keeps_its_databases_state(
         assert session.scalar(select(DbServer).where(DbServer.name == "pg-usage")) is not None
     pg.available = True
     env.ok("DELETE", "/databases/down", user.session)
+
+
+def test_an_hour_billed_after_its_months_invoice_goes_on_the_next(
+    env: Env,
+    fake: Servers,  # noqa: F811
+    pg: FlakyProvider,
+) -> None:
+    user = env.signup("usage")
+    env.assign(user.tenant, env.plan(storage_price_per_gib_month="50000"))
+    env.ok("POST", "/databases", user.session, json={"name": "late", "engine": "postgres"},
+           status=201)  # fmt: skip
+    database_id, tenant_id = _db(env, user.session, "late")
+    for server_db in pg.databases.values():
+        server_db.bytes_used = 100 * MIB
+    february = calendar.timegm((2027, 2, 1, 0, 0, 0))
+    fake.now = february - 2 * HOUR + 60
+    env.ok("POST", "/admin/databases/usage", env.admin)  # measures 22:00-23:00
+    fake.now = february - HOUR + 60
+    env.ok("POST", "/admin/databases/usage", env.admin)  # bills 22:00, measures 23:00
+    with env.db() as session:  # the billing loop closes January first
+        issued = bsvc.issue_invoice(session, tenant_id, "2027-01")
+        assert issued is not None
+        session.commit()
+    fake.now = february + 60
+    env.ok("POST", "/admin/databases/usage", env.admin)  # bills 23:00, after the invoice
+    ledger = {k: a for k, _, a in charges_in_ledger(env, tenant_id) if database_id in k}
+    last = f"storage:{tenant_id}:{database_id}:{february - HOUR}"
+    before = f"storage:{tenant_id}:{database_id}:{february - 2 * HOUR}"
+    assert set(ledger) >= {last, before} and ledger[last] > 0
+    january = env.ok("GET", "/billing/invoices/2027-01", user.session)
+    assert january["status"] == "issued"
+    assert (
+        january["total_minor"]
+        == issued.total_minor
+        == sum(a for k, a in ledger.items() if k != last)
+    )
+    feb = env.ok("GET", "/billing/invoices/2027-02", user.session)
+    storage = [ln for ln in feb["lines"] if ln["kind"] == "storage"]
+    assert [ln["amount_minor"] for ln in storage] == [ledger[last]]
+    assert storage[0]["gib_hours"] == round(100 / 1024, 6)  # one hour of 100 MiB
+    env.ok("DELETE", "/databases/late", user.session)

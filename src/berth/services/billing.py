@@ -599,8 +599,14 @@ def storage_hours(session: Session, tenant_id: str, start: int, end: int) -> lis
 
 
 def storage_lines_of(session: Session, tenant_id: str, period: str) -> list[StorageLine]:
-    """The month's storage lines (one per database); the invoice's total includes them."""
-    start, end = month_bounds(*parse_period(period))
+    """The month's storage lines (one per database); the invoice's total includes them. An
+    hour billed after its month's invoice was issued is on the next month's."""
+    parse_period(period)
+    rows = session.scalars(
+        select(StorageHourRow)
+        .where(StorageHourRow.tenant_id == tenant_id, StorageHourRow.invoice_period == period)
+        .order_by(StorageHourRow.hour_start)
+    )
     return storage_lines(
         (
             r.database_id,
@@ -609,7 +615,7 @@ def storage_lines_of(session: Session, tenant_id: str, period: str) -> list[Stor
             r.price_per_gib_month_minor,
             r.amount_minor,
         )
-        for r in storage_hours(session, tenant_id, start, end)
+        for r in rows
     )
 
 

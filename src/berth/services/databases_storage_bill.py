@@ -25,6 +25,7 @@ from berth.services import billing as bsvc
 from berth.settings import Settings
 from berth.store.tables import (
     DatabaseMeasurement,
+    InvoiceRow,
     ManagedDatabase,
     Meta,
     StorageHourRow,
@@ -128,6 +129,15 @@ def bill_storage(session: Session, settings: Settings, now: float) -> int:
     # start inside the window.
     first_month = month_of(start)
     earlier = _byte_hours(session, ids, month_bounds(*first_month)[0], start)
+    issued = {
+        (tenant_id, period)
+        for tenant_id, period in session.execute(
+            select(InvoiceRow.tenant_id, InvoiceRow.period).where(
+                InvoiceRow.tenant_id.in_(sorted({db.tenant_id for db in dbs})),
+                InvoiceRow.period >= _period(first_month),
+            )
+        )
+    }
     for db in sorted(dbs, key=lambda d: d.id):
         plan = plans.get(db.tenant_id)
         price = storage_price(plan, settings) if plan is not None else 0
@@ -157,6 +167,7 @@ def bill_storage(session: Session, settings: Settings, now: float) -> int:
                     bytes_billed=billed,
                     price_per_gib_month_minor=price,
                     amount_minor=amount,
+                    invoice_period=_open_period(issued, db.tenant_id, month),
                     created_at=now,
                 )
             )
@@ -170,6 +181,20 @@ def bill_storage(session: Session, settings: Settings, now: float) -> int:
     cursor.value = str(end)
     session.flush()
     return charges
+
+
+def _period(month: tuple[int, int]) -> str:
+    return f"{month[0]:04d}-{month[1]:02d}"
+
+
+def _open_period(issued: set[tuple[str, str]], tenant_id: str, month: tuple[int, int]) -> str:
+    """The month's invoice, or the first later one not issued yet: an hour billed after its
+    month's invoice was frozen (the billing loop may close a month minutes before this pass
+    bills its last hour) is charged on the next invoice, never lost from one."""
+    year, number = month
+    while (tenant_id, _period((year, number))) in issued:
+        year, number = (year + 1, 1) if number == 12 else (year, number + 1)
+    return _period((year, number))
 
 
 def prune_measurements(session: Session, before: float) -> int:

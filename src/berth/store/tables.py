@@ -507,4 +507,7 @@ class StorageHourRow(Base):
     bytes_billed: Mapped[int] = mapped_column(BigInteger)
     price_per_gib_month_minor: Mapped[int] = mapped_column(Integer)  # the price it was billed at
     amount_minor: Mapped[int] = mapped_column(BigInteger)
+    # The invoice it is on: its hour's month, or the next open one when that month's invoice
+    # was issued before the hour was billed (its last hour, as a rule).
+    invoice_period: Mapped[str] = mapped_column(String(7), index=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)

@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("bytes_billed", sa.BigInteger(), nullable=False),
         sa.Column("price_per_gib_month_minor", sa.Integer(), nullable=False),
         sa.Column("amount_minor", sa.BigInteger(), nullable=False),
+        sa.Column("invoice_period", sa.String(length=7), nullable=False, index=True),
         sa.Column("created_at", sa.Float(), nullable=False),
     )
     with op.batch_alter_table("databases", schema=None) as batch_op:
