@@ -448,3 +448,27 @@ def test_the_cli(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     assert deleted.exit_code == 0 and "(nothing kept)" in deleted.output
     assert _our_containers(world) == before
     assert "deleted (nothing kept)" in cli("db", "info", "cli-cache").output
+
+
+def test_a_backend_that_cannot_run_it_says_so_and_keeps_nothing(world: World) -> None:
+    from berth.api.routes_databases import database_providers
+
+    env = world.env
+    user = env.signup("mc-swarm")
+    before = _our_containers(world)
+    overrides = env.app.dependency_overrides
+    kept = overrides[database_providers]
+    overrides[database_providers] = lambda: with_dedicated(None, lambda: "")
+    try:
+        resp = env.call(
+            "POST", "/databases", user.session, json={"name": "c", "engine": "memcached"}
+        )
+        err = assert_error(resp, 409, "dedicated_not_available")
+        assert "single-machine backend only" in err["message"]
+    finally:
+        overrides[database_providers] = kept
+    assert env.ok("GET", "/databases", user.session) == []
+    assert _our_containers(world) == before
+    made = _create(world, user.session, "c")  # the same name, once it can run
+    env.ok("DELETE", "/databases/c", user.session)
+    assert made["host"] not in _our_containers(world)

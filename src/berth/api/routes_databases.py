@@ -14,7 +14,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from sqlalchemy.orm import Session
 
 from berth.api import views
@@ -71,6 +71,31 @@ _RESERVED: list[JsonValue] = [*sorted(ALL_RESERVED)]
 class DatabaseCreate(Strict):
     # The constraints are documented, not enforced by the model: the service checks them and
     # answers with a precise code (invalid_database_name, unknown_engine, not_available, ...).
+    # Which plan and size go with which engine is a rule between fields: stated as the two
+    # shapes a valid request has.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "properties": {
+                        "engine": {"enum": ["postgres", "mariadb", "redis"]},
+                        "plan": {"enum": ["shared"]},
+                    }
+                },
+                {
+                    "properties": {
+                        "engine": {"enum": ["memcached"]},
+                        "plan": {"enum": ["dedicated"]},
+                        "size_mb": {
+                            "minimum": memcached.MIN_SIZE_MB,
+                            "maximum": memcached.MAX_SIZE_MB,
+                        },
+                    }
+                },
+            ]
+        },
+    )
     name: str = Field(
         max_length=100,
         description="the database's name in Berth (never sent to a server); some are reserved",

@@ -206,7 +206,6 @@ def create_database(
     database_id = new_id()
     if plan == "dedicated":
         server = _dedicated_server(engine, tenant_id, database_id)
-        session.add(server)
     else:
         server = least_loaded(session, engine)
     db = ManagedDatabase(
@@ -223,15 +222,17 @@ def create_database(
         created_at=time.time(),
     )
     account = account_of(db)
-    p = provider(factory, address_of(server))
     try:
+        p = provider(factory, address_of(server))
         with tenant_call(server, "create the database"):
             creds = p.create(account)
     except BaseException:
-        session.rollback()  # a dedicated server's row, added above, goes with it
+        session.rollback()  # with it, a deleted cache's rows forgotten above come back
         raise
     db.password = creds.password
     try:
+        if plan == "dedicated":
+            session.add(server)  # the server's row, new, goes with the database's
         session.add(db)
         session.commit()
     except BaseException:

@@ -19,14 +19,17 @@ from berth.databases.dedicated import DEDICATED, DedicatedRunner
 from berth.databases.dedicated_local import LocalDedicatedRunner
 from berth.databases.memcached_dedicated import MemcachedProvider
 from berth.databases.provider import Provider
-from berth.errors import InvalidInput
+from berth.errors import Conflict
 from berth.runtime.protocol import Runtime
 from berth.services.databases_access import ProviderFactory, ServerAddress, real_provider
 from berth.store.tables import DbServer
 
 
-class DedicatedNotAvailable(InvalidInput):
-    code = "not_available"
+class DedicatedNotAvailable(Conflict):
+    """The request is fine; this installation cannot run the server now (409, as when no
+    shared server of an engine is registered)."""
+
+    code = "dedicated_not_available"
 
 
 def memcached_image(client: Callable[[], object], cache_dir: Path) -> Callable[[], str]:
@@ -91,8 +94,11 @@ def local_factory(
     cache_dir: Path,
     network_ready: Callable[[str], None] = lambda network: None,
 ) -> ProviderFactory:
-    """The factory of a platform whose apps run on this machine's engine (``runtime``)."""
-    if runtime is None:
+    """The factory of a platform whose apps run on this machine's Docker Engine (``runtime``;
+    any other runtime, a test's fake, runs no dedicated server)."""
+    from berth.runtime.docker_driver import DockerRuntime
+
+    if not isinstance(runtime, DockerRuntime):
         return with_dedicated(None, lambda: "")
     runner = local_runner(runtime, docker_url, network_ready)
     return with_dedicated(runner, memcached_image(lambda: runner.client, cache_dir))
