@@ -33,7 +33,7 @@ from berth.images.memcached_image import ensure_memcached_image
 from berth.runtime.docker_driver import DockerRuntime
 from berth.runtime.protocol import LABEL_INSTALLATION, LABEL_TENANT, ContainerSpec
 from berth.services.databases_dedicated import sweep_leftovers, with_dedicated
-from berth.store.tables import App, ManagedDatabase, Release, new_id
+from berth.store.tables import App, DbServer, ManagedDatabase, Release, new_id
 from berth.workloads.local import tenant_network
 from tests.api.conftest import Env, assert_error, build_env
 from tests.databases.hostile import HOSTILE_NAMES
@@ -82,13 +82,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def _tenant_id(world: World, db_name: str, token: str) -> str:
+    """The tenant id of the caller's database (its server's row is named by its alias)."""
+    host = world.env.ok("GET", f"/databases/{db_name}", token)["host"]
     with world.env.db() as session:
-        rows = session.scalars(select(ManagedDatabase).where(ManagedDatabase.name == db_name))
-        me = world.env.ok("GET", f"/databases/{db_name}", token)
-        for row in rows:
-            if row.created_at == me["created_at"]:
-                return row.tenant_id
-    raise AssertionError(f"no row for {db_name}")
+        found = session.scalar(
+            select(ManagedDatabase.tenant_id)
+            .join(DbServer, DbServer.id == ManagedDatabase.server_id)
+            .where(DbServer.name == host, ManagedDatabase.name == db_name)
+        )
+    assert found is not None, f"no row for {db_name}"
+    return str(found)
 
 
 def _release_config(world: World, app: str) -> dict[str, str]:
@@ -472,3 +475,24 @@ def test_a_backend_that_cannot_run_it_says_so_and_keeps_nothing(world: World) ->
     made = _create(world, user.session, "c")  # the same name, once it can run
     env.ok("DELETE", "/databases/c", user.session)
     assert made["host"] not in _our_containers(world)
+
+
+def test_the_platforms_factory_runs_it_on_its_own_engine_only(world: World) -> None:
+    """What the API uses outside tests: the local runner on a platform of this machine's
+    engine; a platform on any other runtime (the tests' fake) runs no dedicated server."""
+    from berth.api.routes_databases import database_providers
+    from berth.platform import Platform
+    from berth.services.databases_access import ServerAddress
+
+    env = world.env
+    address = ServerAddress("memcached", "memcached://berth-db-x:11211", "berth-db-x", 11211)
+    real = Platform(env.settings, env.engine, env.platform.sessions, env.platform.installation,
+                    runtime=world.runtime)  # fmt: skip
+    provider = database_providers(real)(address)
+    assert isinstance(provider, memcached.MemcachedProvider)
+    assert isinstance(provider.runner, LocalDedicatedRunner)
+    assert provider.runner.runtime is world.runtime
+    assert database_providers(real)(address).runner is provider.runner  # one per runtime
+    with pytest.raises(Exception) as caught:
+        database_providers(env.platform)(address)
+    assert getattr(caught.value, "code", "") == "dedicated_not_available"
