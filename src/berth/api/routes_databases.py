@@ -298,7 +298,7 @@ def _public(session: Session, db: ManagedDatabase) -> DatabasePublic:
         connections=last.connections if last else None,
         measured_at=last.measured_at if last else None,
         writes_refused=db.state == "active" and not db.write_allowed,
-        quota_pending=not db.write_applied,
+        quota_pending=db.state == "active" and not db.write_applied,
         usage_error=db.usage_error,
     )
 

@@ -253,7 +253,6 @@ def measure_and_enforce(
 
     answers = _per_server({sid: measure_job(sid) for sid in by_server}, timeout)
     down: set[str] = set()
-    changed: list[ManagedDatabase] = []
     for sid, progress in answers.items():
         done, failed, unreachable, finished = progress.snapshot()
         server_dbs = by_server[sid]
@@ -294,7 +293,6 @@ def measure_and_enforce(
                 db.write_allowed, db.write_applied = decision, False
                 _notify(session, settings, db, usage.bytes_used, now, measurement.id)
                 (result.resumed if decision else result.refused).append(db.id)
-                changed.append(db)
     fence(session)
     session.commit()  # the decisions and notifications are kept before any server is asked
 
