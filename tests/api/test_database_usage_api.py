@@ -11,8 +11,13 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from berth.cli import accounts_cmd
+from berth.cli import main as cli_main
+from berth.cli.client import ApiClient, CliConfig, CliError
 from berth.services import billing as bsvc
 from berth.services.databases_usage import REFUSED, RESUMED, run_pass
 from berth.store.tables import DbServer, ManagedDatabase, Tenant, WebhookDelivery
@@ -164,3 +169,37 @@ def test_an_hour_billed_after_its_months_invoice_goes_on_the_next(
     assert [ln["amount_minor"] for ln in storage] == [ledger[last]]
     assert storage[0]["gib_hours"] == round(100 / 1024, 6)  # one hour of 100 MiB
     env.ok("DELETE", "/databases/late", user.session)
+
+
+def test_the_cli_sets_a_plans_storage_price_and_shows_storage(
+    env: Env,
+    fake: Servers,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def api_client() -> ApiClient:
+        api = ApiClient(CliConfig(api_url="http://testserver", token=env.admin))
+        api.http = TestClient(
+            env.app,
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {env.admin}"},
+            raise_server_exceptions=False,
+        )
+        return api
+
+    monkeypatch.setattr(accounts_cmd, "client", api_client)
+    runner = CliRunner()
+    name = env.unique("stored")
+    made = runner.invoke(
+        cli_main.app,
+        ["admin", "plan-create", name, "--storage-price", "0.25"],
+        env={"COLUMNS": "250"},
+    )
+    assert made.exit_code == 0, made.output
+    plans = {p["name"]: p for p in env.ok("GET", "/admin/plans", env.admin)}
+    assert plans[name]["storage_price_per_gib_month_minor"] == 25
+    shown = runner.invoke(cli_main.app, ["admin", "plans"], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and "STORAGE GIB-MONTH" in shown.output
+    bad = runner.invoke(
+        cli_main.app, ["admin", "plan-create", env.unique("bad"), "--storage-price", "-1"]
+    )
+    assert isinstance(bad.exception, CliError) and "invalid amount" in str(bad.exception)

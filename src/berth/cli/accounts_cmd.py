@@ -541,6 +541,10 @@ def admin_plan_create(
     internet: Annotated[
         bool, typer.Option(help="Outbound internet for the tenant's apps and builds.")
     ] = True,
+    storage_price: Annotated[
+        str | None,
+        typer.Option(help="Managed databases' storage per GiB-month, major units."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Define a plan: prices, included resources and limits (unset limits: the settings)."""
@@ -561,8 +565,14 @@ def admin_plan_create(
         "build_disk_mb": build_disk_mb,
         "egress_internet": internet,
     }
+    if storage_price is not None:
+        body["storage_price_per_gib_month"] = storage_price
     data = client().post("/admin/plans", json=body)
     emit(data, as_json, lambda d: console.print(f"Created plan {d['name']}", markup=False))
+
+
+def _or_setting(value: object) -> object:
+    return "setting" if value is None else value
 
 
 @admin_app.command("plans")
@@ -586,6 +596,7 @@ def admin_plans(as_json: JsonOpt = False) -> None:
                 "BUILDS",
                 "BUILD-MEM",
                 "INTERNET",
+                "STORAGE GIB-MONTH",
             ],
             [
                 (
@@ -600,6 +611,7 @@ def admin_plans(as_json: JsonOpt = False) -> None:
                     p.get("max_concurrent_builds"),
                     p.get("build_memory_mb"),
                     "yes" if p.get("egress_internet", True) else "no",
+                    _or_setting(p.get("storage_price_per_gib_month_minor")),
                 )
                 for p in d
             ],
