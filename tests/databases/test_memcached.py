@@ -496,3 +496,25 @@ def test_the_platforms_factory_runs_it_on_its_own_engine_only(world: World) -> N
     with pytest.raises(Exception) as caught:
         database_providers(env.platform)(address)
     assert getattr(caught.value, "code", "") == "dedicated_not_available"
+
+
+def test_its_memory_counts_against_the_plans_memory_quota(world: World) -> None:
+    """A cache holds the machine's memory as an instance does: the container's limit counts
+    in the plan's memory quota, for the next cache and for the tenant's apps."""
+    env = world.env
+    plan = env.plan(max_memory_mb=3072)
+    user = env.signup("mc-quota")
+    env.assign(user.tenant, plan)
+    before = _our_containers(world)
+    made = _create(world, user.session, "big", size_mb=2048)  # a 2592 MB container
+    second = env.call("POST", "/databases", user.session,
+                      json={"name": "more", "engine": "memcached", "size_mb": 512})  # fmt: skip
+    assert "memory 2592M/3072M" in assert_error(second, 403, "quota_exceeded")["message"]
+    env.create_app(user.session, "heavy", memory="512M")  # 2592 + 512 > 3072
+    env.runtime.add_image("registry.example/heavy:v1")
+    refused = env.call("POST", "/apps/heavy/releases", user.session,
+                       json={"image": "registry.example/heavy:v1"})  # fmt: skip
+    assert_error(refused, 403, "quota_exceeded")
+    assert set(_our_containers(world)) == {*before, made["host"]}
+    env.ok("DELETE", "/databases/big", user.session)
+    env.deploy(user.session, "heavy")  # the memory is free again

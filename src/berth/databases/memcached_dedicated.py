@@ -72,6 +72,11 @@ def container_memory_bytes(size_mb: int) -> int:
     return (size_mb + size_mb // 4 + 32) * 1024 * 1024
 
 
+def container_memory_mb(size_mb: int) -> int:
+    """The same limit in MB: what the tenant's memory quota counts for the database."""
+    return container_memory_bytes(size_mb) // (1024 * 1024)
+
+
 def command(size_mb: int, connections: int) -> tuple[str, ...]:
     return (
         "-p", str(PORT),

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from berth.billing.plans import QuotaDelta
 from berth.databases import memcached_dedicated as memcached
 from berth.databases.dedicated import DEDICATED, server_name
 from berth.databases.errors import DatabaseServerError
@@ -28,7 +29,7 @@ from berth.databases.provider import ENV_VARS, Credentials, Provider
 from berth.errors import BerthError, Conflict, InvalidInput, NotFound
 from berth.services import apps as app_svc
 from berth.services import validation as v
-from berth.services.billing import ensure_not_suspended
+from berth.services.billing import check_quota_for, ensure_not_suspended
 from berth.services.databases_access import (
     ProviderFactory,
     account_of,
@@ -191,6 +192,12 @@ def create_database(
         size_mb = _validate_size_mb(spec.size_mb)
     connections = _validate_connections(spec.connections)
     ensure_not_suspended(session, tenant_id)
+    if engine == "memcached":
+        # Its container holds the machine's memory as an instance does: the plan's memory
+        # quota counts it (QuotaExceeded, 403, when it would go past).
+        check_quota_for(
+            session, tenant_id, QuotaDelta(memory_mb=memcached.container_memory_mb(size_mb))
+        )
     existing = session.scalar(
         select(ManagedDatabase).where(
             ManagedDatabase.tenant_id == tenant_id, ManagedDatabase.name == name
