@@ -115,3 +115,7 @@ class DedicatedRunner(Protocol):
     def names(self) -> list[str]:
         """Every dedicated server of this installation (to find leftovers)."""
         ...
+
+    def created_at(self, name: str) -> float | None:
+        """When the server's container (or service) was created, unix seconds; None: missing."""
+        ...

@@ -167,6 +167,19 @@ class LocalDedicatedRunner:
             n.lstrip("/") for c in found for n in c.get("Names") or [] if is_server_name(n[1:])
         )
 
+    def created_at(self, name: str) -> float | None:
+        if not is_server_name(name):
+            raise ValueError(f"{name!r} is not a dedicated server's name")
+        with _engine_errors(f"look up {name}"):
+            found = self._api().containers(
+                all=True,
+                filters={
+                    "name": f"^/{name}$",
+                    "label": [f"{LABEL_INSTALLATION}={self.installation}", LABEL_DATABASE_SERVER],
+                },
+            )
+        return float(found[0]["Created"]) if found else None
+
     def held_networks(self) -> set[str]:
         """The tenant networks this installation's dedicated servers are on (the local
         backend's ``held_networks``: it must not remove them as idle)."""

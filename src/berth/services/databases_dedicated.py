@@ -24,6 +24,9 @@ from berth.runtime.protocol import Runtime
 from berth.services.databases_access import ProviderFactory, ServerAddress, real_provider
 from berth.store.tables import DbServer
 
+# A dedicated server younger than this with no row may be a create in flight.
+LEFTOVER_GRACE_SECONDS = 600.0
+
 
 class DedicatedNotAvailable(Conflict):
     """The request is fine; this installation cannot run the server now (409, as when no
@@ -104,13 +107,25 @@ def local_factory(
     return with_dedicated(runner, memcached_image(lambda: runner.client, cache_dir))
 
 
-def sweep_leftovers(session: Session, runner: DedicatedRunner) -> list[str]:
-    """Remove the dedicated servers on the engine that no store row names: what a Berth
-    stopped between starting a container and storing its row left behind. Run it when the
-    server starts, before the API serves: a create in flight has its container before its row.
-    Returns the names removed."""
+def sweep_leftovers(
+    session: Session,
+    runner: DedicatedRunner,
+    now: float,
+    grace_seconds: float = LEFTOVER_GRACE_SECONDS,
+) -> list[str]:
+    """Remove the dedicated servers on the engine that no store row names and that are older
+    than ``grace_seconds``: what a Berth stopped between starting a container and storing its
+    row left behind. A create in flight has its container before its row (for at most
+    ``memcached_dedicated.READY_SECONDS`` and a commit), so a young one is left alone and the
+    sweep may run at any time, on any server. Returns the names removed."""
     known = set(session.scalars(select(DbServer.name).where(DbServer.state == DEDICATED)))
-    leftovers = [name for name in runner.names() if name not in known]
-    for name in leftovers:
+    removed = []
+    for name in runner.names():
+        if name in known:
+            continue
+        created = runner.created_at(name)
+        if created is None or now - created < grace_seconds:
+            continue
         runner.remove(name)
-    return leftovers
+        removed.append(name)
+    return removed
