@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.databases.errors import DatabaseServerUnavailable
@@ -187,10 +187,16 @@ def _apply(
 
 
 def _notify(
-    session: Session, settings: Settings, db: ManagedDatabase, used: int, now: float, key: str
+    session: Session,
+    settings: Settings,
+    db: ManagedDatabase,
+    allowed: bool,
+    used: int,
+    now: float,
+    key: str,
 ) -> None:
     limit = limit_bytes(db)
-    if db.write_allowed:
+    if allowed:
         kind = RESUMED
         message = (
             f"Database {db.name!r} is under its size quota again ({used / MIB:.1f} MB of "
@@ -290,11 +296,24 @@ def measure_and_enforce(
                 usage.bytes_used, limit_bytes(db), currently_allowed=db.write_allowed
             )
             if decision != db.write_allowed:
-                db.write_allowed, db.write_applied = decision, False
-                _notify(session, settings, db, usage.bytes_used, now, measurement.id)
+                # Only if still so in the store: a delete that closed it meanwhile wins.
+                taken = session.execute(
+                    update(ManagedDatabase)
+                    .where(
+                        ManagedDatabase.id == db.id,
+                        ManagedDatabase.state == "active",
+                        ManagedDatabase.write_allowed.is_(db.write_allowed),
+                    )
+                    .values(write_allowed=decision, write_applied=False)
+                    .execution_options(synchronize_session=False)
+                )
+                if taken.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                _notify(session, settings, db, decision, usage.bytes_used, now, measurement.id)
                 (result.resumed if decision else result.refused).append(db.id)
     fence(session)
     session.commit()  # the decisions and notifications are kept before any server is asked
+    session.expire_all()  # the decisions were written past the objects: read them back
 
     pending: dict[str, list[tuple[Account, bool]]] = {}
     for db in dbs:
