@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,8 @@ from typer.testing import CliRunner
 from berth.cli import accounts_cmd
 from berth.cli import main as cli_main
 from berth.cli.client import ApiClient, CliConfig, CliError
+from berth.databases.provider import Account as DbAccount
+from berth.databases.provider import Usage
 from berth.services import billing as bsvc
 from berth.services.databases_usage import REFUSED, RESUMED, run_pass
 from berth.store.tables import DbServer, ManagedDatabase, Tenant, WebhookDelivery
@@ -203,3 +206,53 @@ def test_the_cli_sets_a_plans_storage_price_and_shows_storage(
         cli_main.app, ["admin", "plan-create", env.unique("bad"), "--storage-price", "-1"]
     )
     assert isinstance(bad.exception, CliError) and "invalid amount" in str(bad.exception)
+
+
+class AnswersThenHangs:
+    """A provider that measures ``answers`` databases per pass, then hangs until released (a
+    server too slow for all its databases within a pass's time)."""
+
+    def __init__(self, inner: FlakyProvider, answers: int, release: threading.Event) -> None:
+        self.inner, self.answers, self.release = inner, answers, release
+        self.engine = inner.engine
+
+    def usage(self, account: DbAccount) -> Usage:
+        if self.answers == 0:
+            self.release.wait(60)
+        self.answers -= 1
+        return self.inner.usage(account)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_a_slow_server_has_every_database_measured_over_passes(
+    env: Env,
+    fake: Servers,  # noqa: F811
+    pg: FlakyProvider,
+) -> None:
+    user = env.signup("usage")
+    names = [f"slow{i}" for i in range(5)]
+    for name in names:
+        env.ok("POST", "/databases", user.session, json={"name": name, "engine": "postgres"},
+               status=201)  # fmt: skip
+    ids = {_db(env, user.session, name)[0]: name for name in names}
+    quick = env.settings.model_copy(update={"database_usage_timeout_seconds": 0.5})
+    release = threading.Event()
+    seen: list[set[str]] = []
+    try:
+        for _ in range(3):
+            fake.now += 300
+            with env.db() as session:
+                result = run_pass(
+                    session, quick, lambda a: AnswersThenHangs(fake(a), 2, release), fake.now
+                )  # fmt: skip
+            assert result.unreachable == [("pg-usage", "did not answer within 0.5 s "
+                                           "(measured 2 of 5)")]  # fmt: skip
+            seen.append(set(result.measured) & set(ids))
+    finally:
+        release.set()
+    assert len(seen[0]) == len(seen[1]) == 2 and not seen[0] & seen[1]
+    assert seen[0] | seen[1] | seen[2] == set(ids)  # the longest unmeasured go first
+    for name in names:
+        env.ok("DELETE", f"/databases/{name}", user.session)

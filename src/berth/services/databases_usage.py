@@ -247,7 +247,9 @@ def measure_and_enforce(
     )
     servers = {s.id: s for s in session.scalars(select(DbServer))}
     by_server: dict[str, list[ManagedDatabase]] = {}
-    for db in dbs:
+    # The longest unmeasured first: a server too slow to answer for all its databases within
+    # the pass's time still has every one of them measured over a few passes.
+    for db in sorted(dbs, key=lambda d: (d.measured_at or 0.0, d.id)):
         by_server.setdefault(db.server_id, []).append(db)
     addresses = {sid: address_of(servers[sid]) for sid in by_server}
     accounts = {db.id: account_of(db) for db in dbs}
@@ -290,6 +292,7 @@ def measure_and_enforce(
                 connections=usage.connections,
             )
             session.add(measurement)
+            db.measured_at = now
             result.measured.append(db.id)
             db.usage_error = "" if db.write_applied else db.usage_error
             decision = write_allowed(

@@ -434,6 +434,8 @@ class ManagedDatabase(Base):
     # but not yet applied on the server (retried every pass); the last pass's failure, if any.
     write_applied: Mapped[bool] = mapped_column(default=True)
     usage_error: Mapped[str] = mapped_column(Text, default="")
+    # When the usage pass last measured it: a pass measures the longest unmeasured first.
+    measured_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class DatabaseAttachment(Base):

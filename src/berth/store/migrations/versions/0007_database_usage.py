@@ -49,6 +49,7 @@ def upgrade() -> None:
             sa.Column("write_applied", sa.Boolean(), nullable=False, server_default=sa.true())
         )
         batch_op.add_column(sa.Column("usage_error", sa.Text(), nullable=False, server_default=""))
+        batch_op.add_column(sa.Column("measured_at", sa.Float(), nullable=True))
     with op.batch_alter_table("plans", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("storage_price_per_gib_month_minor", sa.Integer(), nullable=True)
@@ -59,6 +60,7 @@ def downgrade() -> None:
     with op.batch_alter_table("plans", schema=None) as batch_op:
         batch_op.drop_column("storage_price_per_gib_month_minor")
     with op.batch_alter_table("databases", schema=None) as batch_op:
+        batch_op.drop_column("measured_at")
         batch_op.drop_column("usage_error")
         batch_op.drop_column("write_applied")
     op.drop_table("database_storage_hours")
