@@ -479,7 +479,20 @@ def test_a_backend_that_cannot_run_it_says_so_and_keeps_nothing(world: World) ->
     assert env.ok("GET", "/databases", user.session) == []
     assert _our_containers(world) == before
     made = _create(world, user.session, "c")  # the same name, once it can run
-    env.ok("DELETE", "/databases/c", user.session)
+    # Moved onto a Swarm: no new one starts, the one there still answers and can be deleted.
+    overrides[database_providers] = lambda: with_dedicated(
+        world.runner, lambda: world.image, refuse_create=lambda: "on a Swarm now"
+    )
+    try:
+        resp = env.call(
+            "POST", "/databases", user.session, json={"name": "d", "engine": "memcached"}
+        )
+        assert assert_error(resp, 409, "dedicated_not_available")["message"] == "on a Swarm now"
+        assert env.ok("GET", "/databases/c/credentials", user.session)["url"].endswith(":11211")
+        env.ok("DELETE", "/databases/c", user.session)
+    finally:
+        overrides[database_providers] = kept
+    assert _our_containers(world) == before
     assert made["host"] not in _our_containers(world)
 
 

@@ -30,7 +30,7 @@ from berth.services import databases_backups as backups_svc
 from berth.services import databases_dedicated as dedicated
 from berth.services import databases_servers as servers
 from berth.services import databases_usage as usage_svc
-from berth.services.databases_access import ProviderFactory, real_provider
+from berth.services.databases_access import ProviderFactory
 from berth.store.tables import DatabaseBackup, Deployment, ManagedDatabase, Release
 
 router = APIRouter(tags=["databases"])
@@ -39,12 +39,15 @@ router = APIRouter(tags=["databases"])
 def database_providers(platform: PlatformDep) -> ProviderFactory:
     """How Berth reaches a database server, shared or dedicated (tests override this with a
     fake provider)."""
-    s = platform.settings
-    workloads = platform.workloads
-    if workloads is None or workloads.kind != "local":
-        return dedicated.with_dedicated(None, lambda: "", real_provider)
+    s, workloads = platform.settings, platform.workloads
     hook = platform.netpolicy.ensure_filtered if platform.netpolicy else lambda network: None
-    return dedicated.local_factory(platform.runtime, s.docker_url, s.cache_dir, hook)
+
+    def refuse_create() -> str:
+        # The apps of an installation on a Swarm run on overlays a local container is not on.
+        local = workloads is not None and workloads.kind == "local"
+        return "" if local else dedicated.SWARM_REFUSAL
+
+    return dedicated.local_factory(platform.runtime, s.docker_url, s.cache_dir, hook, refuse_create)
 
 
 def clock() -> Callable[[], float]:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from berth.databases.names import Engine
+from berth.errors import Conflict
 
 # Server state of a DbServer row that is one database's own server.
 DEDICATED: Final = "dedicated"
@@ -43,6 +44,14 @@ NAME_PREFIX: Final = "berth-db-"
 LABEL_DATABASE_SERVER: Final = "berth.database-server"  # the engine, e.g. "memcached"
 LABEL_DATABASE: Final = "berth.database"  # the ManagedDatabase id
 _NAME: Final = re.compile(r"berth-db-[0-9a-f]{24}")
+
+
+class DedicatedNotAvailable(Conflict):
+    """The request is fine; this installation cannot start the server now (409, as when no
+    shared server of an engine is registered)."""
+
+    code = "dedicated_not_available"
+
 
 SWARM_GAPS: Final = (
     "a SwarmDedicatedRunner creating the spec as a service on the tenant's overlay",

@@ -24,7 +24,12 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from berth.databases.dedicated import DedicatedRunner, DedicatedSpec, server_name
+from berth.databases.dedicated import (
+    DedicatedNotAvailable,
+    DedicatedRunner,
+    DedicatedSpec,
+    server_name,
+)
 from berth.databases.errors import DatabaseServerError, DatabaseServerUnavailable
 from berth.databases.names import Engine
 from berth.databases.provider import Account, Credentials, Usage
@@ -155,7 +160,9 @@ def parse_stats(answer: bytes) -> dict[str, str]:
 
 class MemcachedProvider:
     """``Provider`` for a tenant's own memcached: ``create`` starts its container through the
-    runner, ``drop`` removes it. ``image`` gives the image reference (built on first use)."""
+    runner, ``drop`` removes it. ``image`` gives the image reference (built on first use);
+    ``refuse_create`` says why no new one may start now ("": it may), while the ones there
+    still work and can be deleted (an installation moved onto a Swarm keeps them)."""
 
     engine: Engine = "memcached"
 
@@ -164,8 +171,10 @@ class MemcachedProvider:
         runner: DedicatedRunner,
         image: Callable[[], str],
         clock: Callable[[], float] = time.monotonic,
+        refuse_create: Callable[[], str] = lambda: "",
     ) -> None:
         self.runner, self.image, self.clock = runner, image, clock
+        self.refuse_create = refuse_create
 
     def check(self) -> None:
         """Nothing to check before a database exists: the runner's engine answers."""
@@ -178,6 +187,9 @@ class MemcachedProvider:
         return server_name(account.names.database) in self.runner.names()
 
     def create(self, account: Account) -> Credentials:
+        why = self.refuse_create()
+        if why:
+            raise DedicatedNotAvailable(why)
         spec = spec_for(account, self.image())
         running = self.runner.run(spec)
         try:

@@ -392,9 +392,9 @@ def delete_database(
             code="database_attached",
         )
     server = server_of(session, db)
+    p, account = provider(factory, address_of(server)), account_of(db)
     db.state = "deleting"
     session.commit()
-    p, account = provider(factory, address_of(server)), account_of(db)
     if is_dedicated(server):
         return _delete_dedicated(session, p, server, db, now)
     try:

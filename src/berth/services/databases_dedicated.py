@@ -15,24 +15,17 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from berth.databases.dedicated import DEDICATED, DedicatedRunner
+from berth.databases.dedicated import DEDICATED, DedicatedNotAvailable, DedicatedRunner
 from berth.databases.dedicated_local import LocalDedicatedRunner
 from berth.databases.memcached_dedicated import MemcachedProvider
 from berth.databases.provider import Provider
-from berth.errors import Conflict
 from berth.runtime.protocol import Runtime
 from berth.services.databases_access import ProviderFactory, ServerAddress, real_provider
 from berth.store.tables import DbServer
 
 # A dedicated server younger than this with no row may be a create in flight.
 LEFTOVER_GRACE_SECONDS = 600.0
-
-
-class DedicatedNotAvailable(Conflict):
-    """The request is fine; this installation cannot run the server now (409, as when no
-    shared server of an engine is registered)."""
-
-    code = "dedicated_not_available"
+SWARM_REFUSAL = "dedicated Memcached runs on the single-machine backend only for now"
 
 
 def memcached_image(client: Callable[[], object], cache_dir: Path) -> Callable[[], str]:
@@ -55,18 +48,18 @@ def with_dedicated(
     runner: DedicatedRunner | None,
     image: Callable[[], str],
     shared: ProviderFactory = real_provider,
+    refuse_create: Callable[[], str] = lambda: "",
 ) -> ProviderFactory:
     """``shared`` for the operator's servers; a dedicated server's provider through ``runner``
-    (None: this backend cannot run them, and creating one says so)."""
+    (None: this installation has no engine to run them on). ``refuse_create``: why no new one
+    may start now ("": it may); the ones there still answer and can be deleted."""
 
     def factory(address: ServerAddress) -> Provider:
         if address.engine != "memcached":
             return shared(address)
         if runner is None:
-            raise DedicatedNotAvailable(
-                "dedicated Memcached runs on the single-machine backend only for now"
-            )
-        return MemcachedProvider(runner, image)
+            raise DedicatedNotAvailable(SWARM_REFUSAL)
+        return MemcachedProvider(runner, image, refuse_create=refuse_create)
 
     return factory
 
@@ -96,6 +89,7 @@ def local_factory(
     docker_url: str,
     cache_dir: Path,
     network_ready: Callable[[str], None] = lambda network: None,
+    refuse_create: Callable[[], str] = lambda: "",
 ) -> ProviderFactory:
     """The factory of a platform whose apps run on this machine's Docker Engine (``runtime``;
     any other runtime, a test's fake, runs no dedicated server)."""
@@ -104,7 +98,8 @@ def local_factory(
     if not isinstance(runtime, DockerRuntime):
         return with_dedicated(None, lambda: "")
     runner = local_runner(runtime, docker_url, network_ready)
-    return with_dedicated(runner, memcached_image(lambda: runner.client, cache_dir))
+    image = memcached_image(lambda: runner.client, cache_dir)
+    return with_dedicated(runner, image, refuse_create=refuse_create)
 
 
 def sweep_leftovers(
