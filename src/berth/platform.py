@@ -24,6 +24,7 @@ from berth.cluster.init import current_backend
 from berth.cluster.nodes import ManagerClient
 from berth.controllers.billing import BillingController
 from berth.controllers.engine_events import ControllerWaker, EngineEvents
+from berth.controllers.ingress_nodes_sync import IngressNodesSync
 from berth.controllers.ingress_sync import IngressSync
 from berth.controllers.lease import LeaderLease, Leadership, server_identity
 from berth.controllers.node_guard_sync import NodeGuardSync
@@ -81,6 +82,7 @@ class Platform:
     swarm_manager: ManagerClient | None = None  # the Swarm's nodes (None: one machine)
     registry: PlatformRegistry | None = None  # builds pushed for every node (swarm only)
     node_guard: NodeGuardSync | None = None  # every node's firewall, kept current (swarm only)
+    ingress_nodes: IngressNodesSync | None = None  # nginx on the ingress=true nodes (swarm only)
     database_purge: DatabasePurge | None = None  # drops deleted databases after retention
     database_backups: DatabaseBackupPass | None = None  # scheduled backups, verified, per plan
     database_usage: DatabaseUsagePass | None = None  # measured, size quota, storage billed
@@ -205,6 +207,8 @@ class Platform:
             self.swarm_watch.start()
         if self.node_guard is not None:
             self.node_guard.start()
+        if self.ingress_nodes is not None:
+            self.ingress_nodes.start()
 
     def stop_controllers(self) -> None:
         for loop in (
@@ -230,6 +234,8 @@ class Platform:
             self.swarm_watch.stop()
         if self.node_guard is not None:
             self.node_guard.stop()
+        if self.ingress_nodes is not None:
+            self.ingress_nodes.stop()
         self.started = False
 
 
@@ -417,11 +423,59 @@ def _start_swarm_backend(platform: Platform, reconciler: Reconciler) -> Workload
     platform.swarm_watch = SwarmWatch(api, platform.installation, reconciler.trigger)
     if platform.settings.node_guard:
         platform.node_guard = _node_guard_sync(platform, api)
+    if platform.settings.ingress_nodes and registry is not None:
+        platform.ingress_nodes = _ingress_nodes_sync(platform, api)
     if platform.started:
         platform.swarm_watch.start()
         if platform.node_guard is not None:
             platform.node_guard.start()
+        if platform.ingress_nodes is not None:
+            platform.ingress_nodes.start()
     return backend
+
+
+def _ingress_nodes_sync(platform: Platform, api: DockerSwarmAPI) -> IngressNodesSync:
+    """The leader keeps an nginx on every node labelled ingress=true; its image is built on
+    the engine Berth talks to and pushed to the platform registry the first time a pass needs
+    it."""
+    from berth.controllers.ingress_nodes_sync import agent_server_url
+    from berth.controllers.node_guard_sync import source_address_toward
+    from berth.images.ingress_image import ensure_ingress_image, push_ingress_image
+    from berth.swarm.guard_service import node_address
+
+    settings, registry = platform.settings, platform.registry
+    assert registry is not None
+
+    def image() -> str:
+        registry.ensure_running()
+        built = ensure_ingress_image(registry.client, settings.cache_dir)
+        return push_ingress_image(
+            registry.client, built, registry.address, registry.server.auth_config
+        )
+
+    def server_url() -> str:
+        source = ""
+        if not settings.ingress_server_url and settings.api_host in ("0.0.0.0", "::"):
+            managers = [n for n in api.nodes() if (n.get("Spec") or {}).get("Role") == "manager"]
+            for node in managers:
+                source = source_address_toward(node_address(node)) if node_address(node) else ""
+                if source and not source.startswith("127."):
+                    break
+        return agent_server_url(
+            settings.ingress_server_url, settings.api_host, settings.api_port, source
+        )
+
+    lease = platform.lease
+    return IngressNodesSync(
+        api,
+        platform.sessions,
+        platform.installation,
+        image,
+        server_url,
+        settings.ingress_node_port,
+        interval=settings.ingress_nodes_interval_seconds,
+        is_leader=lambda: lease is None or lease.holds(),
+    )
 
 
 def _node_guard_sync(platform: Platform, api: DockerSwarmAPI) -> NodeGuardSync:

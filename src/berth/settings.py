@@ -168,7 +168,15 @@ class Settings(BaseSettings):
     # Who may reach the managers' port 2377 (to join; the join token and mTLS guard it).
     node_guard_join_from: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"])
     node_guard_interval_seconds: float = Field(default=3.0, gt=0)
-    cache_dir: Path = Path("/var/cache/berth")  # the guard image's iptables .debs
+    cache_dir: Path = Path("/var/cache/berth")  # the .debs of the images Berth makes for nodes
+    # Ingress nodes (berth.controllers.ingress_nodes_sync): every node labelled ingress=true
+    # runs an nginx with the routes every server serves, on this port of its addresses. The
+    # agents there fetch their config from ingress_server_url (empty: this server's API at
+    # api_host, or at its address toward the manager when api_host is 0.0.0.0).
+    ingress_nodes: bool = True
+    ingress_node_port: int = Field(default=80, ge=1, le=65535)
+    ingress_server_url: str = Field(default="", max_length=512, pattern=r"^(https?://[^\s]+)?$")
+    ingress_nodes_interval_seconds: float = Field(default=3.0, gt=0)
 
     # -- several servers on one store (berth.controllers.lease): the lease's holder leads ---
     server_id: str = ""  # this server in the lease row; empty: hostname:pid:random

@@ -269,6 +269,9 @@ TABLE: dict[tuple[str, str], Route] = {
     ("GET", "/billing/webhooks"): Route("read", (own(lambda r: Req("/billing/webhooks")),)),
     ("POST", "/billing/payments/webhook"): Route("public", (
         foreign(_payment, "not_configured"),)),
+    # -- ingress nodes' agents: the ingress token only (no tenant's, no operator's)
+    ("POST", "/ingress/sync"): Route("public", (foreign(
+        lambda r: Req("/ingress/sync", json={"node": "w1"}), "unauthorized", 401),)),
     # -- managed databases ("a-db" is not B's: the same answer as for A's, which
     # tests/api/test_databases_api.py::test_roles_and_ownership holds against a real one)
     ("POST", "/databases"): Route("write", (own(

@@ -80,6 +80,8 @@ def berth_on_swarm(
             # The node guard's rules outlive its service by design: only the modules that test
             # it turn it on (tests/cluster/guarded.py), and remove it after them.
             "BERTH_NODE_GUARD": "false",
+            # Likewise the ingress nodes' service (tests/cluster/test_ingress_nodes.py).
+            "BERTH_INGRESS_NODES": "false",
             **(extra_env or {}),
         },
         **kwargs,

@@ -19,6 +19,7 @@ from berth.api import (
     routes_billing,
     routes_builds,
     routes_databases,
+    routes_ingress,
     routes_nodes,
     routes_system,
 )
@@ -71,6 +72,7 @@ def create_app(platform: Platform, run_loops: bool = False) -> FastAPI:
         routes_admin.router,
         routes_nodes.router,
         routes_databases.router,
+        routes_ingress.router,
     )
     for router in routers:
         app.include_router(router, prefix=API_PREFIX)

@@ -26,6 +26,7 @@ from berth.cluster.views import NodeRow, local_row
 from berth.errors import Conflict, NotFound
 from berth.platform import Platform
 from berth.registry.wiring import pin_releases
+from berth.services import ingress_nodes
 from berth.store.tables import Instance, NodeDrain
 
 router = APIRouter(tags=["nodes"])
@@ -73,6 +74,9 @@ class NodePublic(BaseModel):
     last_seen: float | None
     berth_tasks: list[TaskPublic] | None = None
     guard: str = ""  # the node guard's task state there; "" when none is meant to run
+    # Its ingress nginx (a node labelled ingress=true): "serving (generation N)", "behind ...",
+    # "running, error: ...", the task's state while it starts; "" when it is no ingress node.
+    ingress: str = ""
 
 
 class LabelChange(Strict):
@@ -126,8 +130,15 @@ class ClusterPublic(BaseModel):
     manager_node_id: str | None
 
 
-def _public(row: NodeRow, with_tasks: bool = False) -> NodePublic:
-    return NodePublic.model_validate(row.to_json(with_tasks=with_tasks))
+def _public(
+    row: NodeRow, with_tasks: bool = False, session: SessionDep | None = None
+) -> NodePublic:
+    public = NodePublic.model_validate(row.to_json(with_tasks=with_tasks))
+    if session is not None and row.ingress:
+        generation = ingress_nodes.current_generation(session)
+        report = ingress_nodes.reports(session).get(row.name)
+        public.ingress = ingress_nodes.describe(row.ingress, report, generation, time.time())
+    return public
 
 
 def _manager(platform: Platform) -> ManagerClient:
@@ -237,7 +248,7 @@ def join_command(
 def list_nodes(platform: PlatformDep, session: SessionDep, who: Operator) -> list[NodePublic]:
     if platform.swarm_manager is None:
         return [_public(_local_row(platform, session))]
-    return [_public(row) for row in platform.swarm_manager.list()]
+    return [_public(row, session=session) for row in platform.swarm_manager.list()]
 
 
 @router.get("/admin/nodes/{node}")
@@ -252,7 +263,7 @@ def node_info(
                 code="node_not_found",
             )
         return _public(row, with_tasks=True)
-    return _public(platform.swarm_manager.info(node), with_tasks=True)
+    return _public(platform.swarm_manager.info(node), with_tasks=True, session=session)
 
 
 @router.post("/admin/nodes/{node}/labels")

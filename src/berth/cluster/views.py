@@ -6,12 +6,13 @@ Nothing here talks to an engine; ``berth.cluster.nodes`` reads the JSON and hand
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from berth.cluster.labels import ZONE
 from berth.swarm.guard_service import LABEL_GUARD
+from berth.swarm.ingress_service import LABEL_SERVICE as LABEL_INGRESS_SERVICE
 from berth.workloads.protocol import LABEL_APP_NAME, LABEL_INSTALLATION, LABEL_TENANT
 
 # Task states in which a task holds (or is about to hold) its reservation on its node.
@@ -62,6 +63,9 @@ class NodeRow:
     # Berth's node guard there (berth.swarm.guard_service): its task's state ("running",
     # "starting", "failed", ...); "" when none is meant to run there (no guard, or drained).
     guard: str = ""
+    # Its ``berth-ingress`` task's state (berth.swarm.ingress_service); "" when it is no
+    # ingress node.
+    ingress: str = ""
 
     def to_json(self, with_tasks: bool = False) -> dict[str, Any]:
         out = asdict(self)
@@ -106,9 +110,24 @@ def is_guard(task: Mapping[str, Any]) -> bool:
     return _labels_of_task(task).get(LABEL_GUARD) == "true"
 
 
+def is_ingress_node_task(task: Mapping[str, Any]) -> bool:
+    return _labels_of_task(task).get(LABEL_INGRESS_SERVICE) == "true"
+
+
 def guard_state(tasks: Iterable[Mapping[str, Any]]) -> str:
     """The state of the newest guard task meant to run among ``tasks`` (one node's)."""
-    meant = [t for t in tasks if is_guard(t) and t.get("DesiredState") in ("running", "ready")]
+    return _newest_state(tasks, is_guard)
+
+
+def ingress_task_state(tasks: Iterable[Mapping[str, Any]]) -> str:
+    """The state of the newest ``berth-ingress`` task meant to run among ``tasks``."""
+    return _newest_state(tasks, is_ingress_node_task)
+
+
+def _newest_state(
+    tasks: Iterable[Mapping[str, Any]], kind: Callable[[Mapping[str, Any]], bool]
+) -> str:
+    meant = [t for t in tasks if kind(t) and t.get("DesiredState") in ("running", "ready")]
     if not meant:
         return ""
     newest = max(meant, key=lambda t: int((t.get("Version") or {}).get("Index") or 0))
@@ -205,6 +224,7 @@ def node_row(
         last_seen=now if state == "ready" else updated,
         berth_tasks=tuple(sorted(berth_tasks, key=lambda t: (t.app, t.id))),
         guard=guard_state(here),
+        ingress=ingress_task_state(here),
     )
 
 

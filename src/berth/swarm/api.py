@@ -190,6 +190,25 @@ class DockerSwarmAPI:
                 return []
             raise
 
+    # -- secrets (the platform's own: the ingress nodes' token) --------------------------------
+
+    def secrets(self, labels: Mapping[str, str] | None = None) -> list[Obj]:
+        with _swarm_errors("list secrets"):
+            return cast(list[Obj], self._api().secrets(filters=_label_filters(labels)))
+
+    def create_secret(self, name: str, data: bytes, labels: Mapping[str, str]) -> str:
+        with _swarm_errors(f"create secret {name}"):
+            created = self._api().create_secret(name, data, labels=dict(labels))
+            return str(created["ID"])
+
+    def remove_secret(self, secret_id: str) -> None:
+        try:
+            with _swarm_errors(f"remove secret {secret_id}"):
+                self._api().remove_secret(secret_id)
+        except RuntimeFailure as failure:
+            if not isinstance(failure.__cause__, docker.errors.NotFound):
+                raise
+
     # -- networks -----------------------------------------------------------------------------
 
     def networks(self, labels: Mapping[str, str] | None = None) -> list[Obj]:

@@ -1,0 +1,290 @@
+"""The ingress agent: the one process of a ``berth-ingress`` task on a node labelled
+``ingress=true``. It keeps that node's nginx serving what every Berth server's nginx serves.
+
+Standard library only: the image (berth.images.ingress_image) holds python3, the distro's nginx
+and this module, nothing else of Berth. The agent renders nothing: a Berth server renders the
+node's whole nginx.conf from the same routes as its own (berth.ingress.node_config), so there is
+one renderer and one validation of tenant text, on the server.
+
+Once a second it asks a server (``POST /api/v1/ingress/sync``, with the token Swarm mounted as a
+secret) for the config, telling it what this node serves now (the generation nginx answers
+at ``/__berth/generation``) and the last error. A new config is checked with ``nginx -t`` and
+only then installed and reloaded: a config nginx refuses, or a server that does not answer,
+leaves the node serving what it served. On SIGTERM (the task stops) nginx stops gracefully:
+requests in flight are answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+SYNC_PATH = "/api/v1/ingress/sync"
+MAX_CONF_BYTES = 64 * 1024 * 1024
+MAX_BACKOFF_SECONDS = 10.0
+ERROR_LIMIT = 500  # characters of an error sent back to the server
+
+
+class AgentError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class SyncAnswer:
+    etag: str
+    generation: int
+    conf: str | None  # None: what the agent has is current
+
+
+def parse_answer(body: bytes) -> SyncAnswer:
+    """The server's answer, checked: a broken answer changes nothing on the node."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise AgentError(f"the server's answer is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise AgentError("the server's answer is not an object")
+    etag, generation, conf = data.get("etag"), data.get("generation"), data.get("conf")
+    if not isinstance(etag, str) or not etag:
+        raise AgentError("the server's answer has no etag")
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise AgentError("the server's answer has no generation")
+    if conf is not None and not isinstance(conf, str):
+        raise AgentError("the server's config is not text")
+    return SyncAnswer(etag, generation, conf)
+
+
+class Nginx:
+    """The node's nginx, run by the agent (the config says ``daemon on``: the master forks)."""
+
+    def __init__(self, binary: str, state_dir: Path, port: int) -> None:
+        self.binary = binary
+        self.state_dir = state_dir
+        self.conf = state_dir / "nginx.conf"
+        self.pid_file = state_dir / "nginx.pid"
+        self.port = port
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # -e: the error log before the config is read (the compiled-in path is read-only here).
+        return subprocess.run(
+            [self.binary, "-e", "/dev/stderr", "-p", str(self.state_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def install(self, text: str) -> None:
+        """Check ``text`` with ``nginx -t``; only then make it the config. Raises AgentError
+        (nginx's words) and leaves the config as it was."""
+        # The config's temp paths live below tmp/ (nginx makes the rest).
+        (self.state_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        candidate = self.state_dir / "nginx.conf.new"
+        candidate.write_text(text)
+        checked = self._run("-t", "-q", "-c", str(candidate))
+        if checked.returncode != 0:
+            candidate.unlink(missing_ok=True)
+            raise AgentError(f"nginx refused the config: {checked.stderr.strip()[-400:]}")
+        os.replace(candidate, self.conf)
+
+    def pid(self) -> int | None:
+        reap()
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return None
+        return pid
+
+    def start(self) -> None:
+        # Not captured: the master it forks keeps stderr (its error log) open for good, so a
+        # pipe would never end; its words go to the task's log like every later line.
+        started = subprocess.run(
+            [self.binary, "-e", "/dev/stderr", "-p", str(self.state_dir), "-c", str(self.conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+        if started.returncode != 0:
+            raise AgentError(f"nginx did not start (exit {started.returncode}): see the task's log")
+
+    def reload(self, pid: int) -> None:
+        os.kill(pid, signal.SIGHUP)
+
+    def serve(self) -> None:
+        """Start nginx with the installed config, or make it reload it."""
+        pid = self.pid()
+        if pid is None:
+            self.start()
+        else:
+            self.reload(pid)
+
+    def live_generation(self) -> int | None:
+        """What nginx answers now (None: nothing listens)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as conn:
+                conn.sendall(
+                    b"GET /__berth/generation HTTP/1.0\r\nHost: berth-ingress-agent\r\n\r\n"
+                )
+                data = b""
+                while len(data) < 4096:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+        except OSError:
+            return None
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
+            return None
+        try:
+            return int(body.strip())
+        except ValueError:
+            return None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Graceful: the workers answer what they hold, then exit."""
+        pid = self.pid()
+        if pid is None:
+            return
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.1)
+
+
+def reap() -> None:
+    """The agent may be PID 1 (no init): collect nginx's exited master."""
+    with contextlib.suppress(ChildProcessError):
+        while True:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
+
+
+class Agent:
+    def __init__(
+        self, server: str, token: str, node: str, nginx: Nginx, interval: float = 1.0
+    ) -> None:
+        if not server.startswith(("http://", "https://")):
+            raise AgentError(f"the server's URL must be http(s): {server!r}")
+        self.url = server.rstrip("/") + SYNC_PATH
+        self.token = token
+        self.node = node
+        self.nginx = nginx
+        self.interval = interval
+        self.etag = ""
+        self.generation: int | None = None  # of the installed config
+        self.error = ""
+        self.stopping = threading.Event()
+
+    def sync(self) -> SyncAnswer:
+        body = json.dumps(
+            {
+                "node": self.node,
+                "etag": self.etag,
+                "live_generation": self.nginx.live_generation(),
+                "error": self.error[:ERROR_LIMIT],
+            }
+        ).encode()
+        request = urllib.request.Request(  # noqa: S310 (the operator's http(s) URL)
+            self.url,
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+                raw = answer.read(MAX_CONF_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            raise AgentError(f"the server answered {exc.code}: {exc.read(400)!r}") from None
+        except (OSError, urllib.error.URLError) as exc:
+            raise AgentError(f"cannot reach {self.url}: {exc}") from None
+        if len(raw) > MAX_CONF_BYTES:
+            raise AgentError("the server's config is larger than the agent accepts")
+        return parse_answer(raw)
+
+    def step(self) -> None:
+        """One round: ask, and apply what changed."""
+        answer = self.sync()
+        if answer.conf is not None:
+            self.nginx.install(answer.conf)
+            self.nginx.serve()
+            self.etag, self.generation = answer.etag, answer.generation
+            self._wait_live(answer.generation)
+        elif self.nginx.pid() is None and self.etag:
+            self.nginx.start()  # it died: serve what was installed
+
+    def _wait_live(self, generation: int, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.nginx.live_generation() == generation:
+                return
+            time.sleep(0.05)
+
+    def run(self) -> None:
+        delay = self.interval
+        while not self.stopping.is_set():
+            try:
+                self.step()
+            except (AgentError, OSError, subprocess.SubprocessError) as exc:
+                self.error = str(exc)
+                print(f"berth-ingress: {exc}", file=sys.stderr, flush=True)
+                delay = min(max(delay * 2, self.interval), MAX_BACKOFF_SECONDS)
+            else:
+                self.error = ""
+                delay = self.interval
+            self.stopping.wait(delay)
+        self.nginx.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="berth-ingress-agent")
+    parser.add_argument("--server", required=True, help="a Berth server's API URL")
+    parser.add_argument("--token-file", required=True, type=Path)
+    parser.add_argument("--node", default=os.environ.get("BERTH_NODE", socket.gethostname()))
+    parser.add_argument("--port", type=int, default=80)
+    parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/berth-ingress"))
+    parser.add_argument("--nginx", default="/usr/sbin/nginx")
+    parser.add_argument("--interval", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    try:
+        token = args.token_file.read_text().strip()
+    except OSError as exc:
+        print(f"berth-ingress: cannot read the token: {exc}", file=sys.stderr)
+        return 2
+    try:
+        nginx = Nginx(args.nginx, args.state_dir, args.port)
+        agent = Agent(args.server, token, args.node, nginx, args.interval)
+    except AgentError as exc:
+        print(f"berth-ingress: {exc}", file=sys.stderr)
+        return 2
+
+    def on_term(signum: int, frame: object) -> None:
+        agent.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
