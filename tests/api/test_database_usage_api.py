@@ -22,7 +22,7 @@ from berth.cli.client import ApiClient, CliConfig, CliError
 from berth.databases.provider import Account as DbAccount
 from berth.databases.provider import Usage
 from berth.services import billing as bsvc
-from berth.services.databases_usage import REFUSED, RESUMED, run_pass
+from berth.services.databases_usage import REFUSED, RESUMED, DatabaseUsagePass, run_pass
 from berth.store.tables import DbServer, ManagedDatabase, Tenant, WebhookDelivery
 from tests.api.conftest import Env, charges_in_ledger
 from tests.api.test_databases_api import FlakyProvider, Servers, cli, fake, url  # noqa: F401
@@ -256,3 +256,24 @@ def test_a_slow_server_has_every_database_measured_over_passes(
     assert seen[0] | seen[1] | seen[2] == set(ids)  # the longest unmeasured go first
     for name in names:
         env.ok("DELETE", f"/databases/{name}", user.session)
+
+
+def test_the_leaders_pass_runs_once_and_only_while_it_may(
+    env: Env,
+    fake: Servers,  # noqa: F811
+    pg: FlakyProvider,
+) -> None:
+    user = env.signup("usage")
+    env.ok("POST", "/databases", user.session, json={"name": "led", "engine": "postgres"},
+           status=201)  # fmt: skip
+    leading = [False]
+    loop = DatabaseUsagePass(
+        env.platform.sessions, env.settings, fake, clock=lambda: fake.now,
+        may_act=lambda: leading[0],
+    )  # fmt: skip
+    assert loop.run_once().measured == []  # not the leader: nothing
+    assert env.ok("GET", "/databases/led", user.session)["measured_at"] is None
+    leading[0] = True
+    assert len(loop.run_once().measured) == 1
+    assert env.ok("GET", "/databases/led", user.session)["measured_at"] == fake.now
+    env.ok("DELETE", "/databases/led", user.session)
