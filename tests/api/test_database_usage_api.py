@@ -75,7 +75,7 @@ def test_a_change_the_server_fails_is_pending_and_retried(
     assert server_db.write_allowed is True  # the server has not got it yet
     shown = cli("db", "info", "app", token=user.session)
     assert shown.exit_code == 0, shown.output
-    assert "17.0M / 16M" in shown.output and "not yet applied" in shown.output
+    assert "17.0M / 16M" in shown.output and "not applied on the server yet" in shown.output
 
     fake.now += 300
     with env.db() as session:

@@ -71,11 +71,9 @@ def _used(d: dict[str, Any]) -> str:
 
 def _writes(d: dict[str, Any]) -> str:
     text = "refused (over its size quota)" if d.get("writes_refused") else "allowed"
-    if d.get("quota_pending"):
-        text += ", not yet applied on the server"
-    if d.get("usage_error"):
-        text += f" - {d['usage_error']}"
-    return text
+    if d.get("usage_error"):  # says what is pending, or what could not be measured, and why
+        return f"{text} - {d['usage_error']}"
+    return f"{text}, not yet applied on the server" if d.get("quota_pending") else text
 
 
 def _connections(d: dict[str, Any]) -> str:
