@@ -42,6 +42,8 @@ MB = 1024 * 1024
 APP_SECONDS = 60.0  # an app container's whole run, bounded
 PROBE_TIMEOUT = 3.0  # B's connect attempt: refused or timed out within this
 
+pytestmark = [pytest.mark.docker, pytest.mark.store]
+
 
 @dataclass
 class World:

@@ -20,6 +20,8 @@ from berth.images.memcached_image import BINARY, RECIPE, ensure_memcached_image
 
 CACHE = Path(os.environ.get("BERTH_CACHE_DIR", "/var/cache/berth"))
 
+pytestmark = pytest.mark.docker
+
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[docker.DockerClient]:
