@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -229,6 +230,17 @@ def test_reachable_from_its_tenant_only(world: World) -> None:
     assert not attrs["NetworkSettings"].get("Ports")
     assert set(attrs["NetworkSettings"]["Networks"]) == {tenant_network(tenant_a)}
     assert attrs["NetworkSettings"]["Networks"][tenant_network(tenant_a)]["Aliases"][0] == alias
+    # Nor does the host forward to it: no NAT rule (a published port) names its address, and
+    # no docker-proxy process does.
+    nat = subprocess.run(
+        ["iptables-save", "-t", "nat"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    assert running.address not in nat
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            words = cmdline.read_bytes().split(b"\0")
+            if words and words[0].endswith(b"docker-proxy"):
+                assert running.address.encode() not in words
 
     env.ok("DELETE", "/databases/cache/attachments/web", alice.session)
     env.ok("DELETE", "/databases/cache", alice.session)
