@@ -11,7 +11,7 @@ from typing import Final
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from berth.databases.dedicated import DEDICATED
+from berth.databases.dedicated import DEDICATED, NAME_PREFIX
 from berth.databases.errors import (
     DatabaseNotFound,
     DatabaseServerError,
@@ -57,6 +57,11 @@ def validate_server_name(name: object) -> str:
         raise InvalidInput(
             "a server name is 1-40 lowercase letters, digits and hyphens, starting with a letter",
             code="invalid_name",
+        )
+    if name.startswith(NAME_PREFIX):
+        # The names of the servers Berth runs for one database each (berth.databases.dedicated).
+        raise InvalidInput(
+            f"server names starting {NAME_PREFIX!r} are Berth's", code="invalid_name"
         )
     return name
 

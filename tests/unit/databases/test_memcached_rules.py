@@ -130,3 +130,12 @@ def test_a_backend_that_cannot_tell_what_is_held_removes_nothing() -> None:
         assert runtime.list_networks() == ["berth-t-t1"]
     finally:
         workloads.close()
+
+
+def test_an_operators_server_cannot_take_a_dedicated_servers_name() -> None:
+    from berth.services.databases_servers import validate_server_name
+
+    assert validate_server_name("berth-dbx") == "berth-dbx"
+    with pytest.raises(InvalidInput) as caught:
+        validate_server_name(server_name(server_names("t", "d").database))
+    assert caught.value.code == "invalid_name"
