@@ -11,8 +11,11 @@ route is checked to point at the test's own veth before anything is sent).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import random
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -31,12 +34,14 @@ from berth.netpolicy.controller import EgressController
 from berth.netpolicy.events import NetworkCreations
 from berth.netpolicy.iptables import IptablesFirewall
 from berth.netpolicy.observe import DockerNetworks
-from berth.netpolicy.plan import parse_blocked_ranges
+from berth.netpolicy.plan import DatabaseEndpoint, parse_blocked_ranges
 from tests.harness import free_port, wait_until
 
 pytestmark = pytest.mark.docker
 
 IMAGE = "berth/busybox:latest"
+DB_PASSWORD = secrets.token_hex(12)
+REMOTE_DB_PORT = 6379  # in the test's own namespace: nothing else listens there
 SERVE = "mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 8080 -h /www"
 
 
@@ -66,6 +71,11 @@ class Site:
     link_local: str = ""
     blocked: str = ""
     internet: str = ""
+    db_port: int = 0
+    other: Any = None  # container on another tenant's app network
+    databases: list[DatabaseEndpoint] = field(default_factory=list)  # what the store would say
+    db_remote: str = ""  # a real redis-server on "another machine" (the namespace)
+    db_host_port: int = 0  # a real redis-server on the host, on the tenant's gateway
     cleanups: list[Any] = field(default_factory=list)
 
 
@@ -111,7 +121,9 @@ def site(client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site
         interval=3600,
     )
     s = Site(installation, tenant, controller, firewall, internet_off)
+    controller._databases = lambda: tuple(s.databases)
     s.link_local, s.blocked, s.internet = stand_ins
+    s.db_remote = f"192.0.2.{octet}"
     try:
         _set_up(s, client, tmp_path_factory.mktemp("egress"), tag)
         yield s
@@ -139,11 +151,23 @@ def _set_up(s: Site, client: Any, tmp: Path, tag: str) -> None:
     s.cleanups.append(s.build_net.remove)
     control_net = client.networks.create(f"berth-egress-control-{tag}", driver="bridge")
     s.cleanups.append(control_net.remove)
+    other_tenant = secrets.token_hex(8)
+    other_net = client.networks.create(
+        f"berth-t-{other_tenant}",
+        driver="bridge",
+        labels={**labels, "berth.tenant": other_tenant},
+    )
+    s.cleanups.append(other_net.remove)
     # Filtered before any container runs on them, as the reconciler and the builder do.
     s.controller.ensure_filtered(s.app_net.name)
     s.controller.ensure_filtered(s.build_net.name)
+    s.controller.ensure_filtered(other_net.name)
 
-    for attr, network in (("control", control_net), ("app", s.app_net), ("builder", s.build_net)):
+    containers = (
+        ("control", control_net), ("app", s.app_net), ("builder", s.build_net),
+        ("other", other_net),
+    )  # fmt: skip
+    for attr, network in containers:
         container = client.containers.run(
             IMAGE,
             ["sh", "-c", SERVE.format(text=attr)],
@@ -180,11 +204,11 @@ def _set_up(s: Site, client: Any, tmp: Path, tag: str) -> None:
     sh("ip", "link", "set", host_end, "up")
     in_ns = ["ip", "-n", netns]
     sh(*in_ns, "addr", "add", f"{ns_ip}/30", "dev", ns_end)
-    for address in (s.link_local, s.blocked, s.internet):
+    for address in (s.link_local, s.blocked, s.internet, s.db_remote):
         sh(*in_ns, "addr", "add", f"{address}/32", "dev", ns_end)
     sh(*in_ns, "link", "set", ns_end, "up")
     sh(*in_ns, "link", "set", "lo", "up")
-    for address in (s.link_local, s.blocked, s.internet):
+    for address in (s.link_local, s.blocked, s.internet, s.db_remote):
         sh("ip", "route", "add", f"{address}/32", "via", ns_ip, "dev", host_end)
         # Never send anything anywhere else: the route must be the test's own veth.
         assert f"dev {host_end} " in sh("ip", "route", "get", address), address
@@ -201,8 +225,49 @@ def _set_up(s: Site, client: Any, tmp: Path, tag: str) -> None:
     for url in [f"http://{a}:{s.port}/" for a in (s.link_local, s.blocked, s.internet)]:
         wait_until(partial(answers, url), 20, f"{url} answers")
     wait_until(partial(answers, f"http://{s.gateway}:{s.gateway_port}/"), 20, "the host answers")
-    for container in (s.control, s.app, s.builder):
+    for container in (s.control, s.app, s.builder, s.other):
         wait_until(partial(fetch, container, "http://127.0.0.1:8080/"), 20, "httpd is up")
+
+    # Real database servers (the distro's redis-server, a password of its own): one on
+    # "another machine" (the namespace, through FORWARD), one on the host itself, on the
+    # tenant bridge's gateway (through INPUT).
+    redis = shutil.which("redis-server")
+    assert redis, "redis-server is missing: scripts/ensure-system.sh --with-postgres installs it"
+    common = ["--save", "", "--appendonly", "no", "--requirepass", DB_PASSWORD]
+    remote = subprocess.Popen(
+        ["nsenter", f"--net=/var/run/netns/{netns}", redis, "--bind", s.db_remote,
+         "--port", str(REMOTE_DB_PORT), *common],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    s.db_port = REMOTE_DB_PORT
+    s.cleanups.insert(1, lambda: stop(remote))  # before the namespace goes
+    s.db_host_port = free_port()
+    local = subprocess.Popen(
+        [redis, "--bind", s.gateway, "--port", str(s.db_host_port), *common],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    s.cleanups.append(lambda: stop(local))
+    wait_until(lambda: redis_ping(s.db_remote, s.db_port), 20, "the remote redis answers")
+    wait_until(lambda: redis_ping(s.gateway, s.db_host_port), 20, "the host's redis answers")
+
+
+def redis_ping(address: str, port: int) -> bool:
+    """From the host: the server answers (the stand-in works)."""
+    try:
+        with socket.create_connection((address, port), timeout=2) as conn:
+            conn.sendall(f"AUTH {DB_PASSWORD}\r\nPING\r\nQUIT\r\n".encode())
+            return b"+PONG" in conn.recv(256)
+    except OSError:
+        return False
+
+
+def container_ping(container: Any, address: str, port: int) -> bool:
+    """Whether a container gets PONG from the redis at ``address:port`` (bounded: 5 s)."""
+    script = (
+        f"printf 'AUTH {DB_PASSWORD}\\r\\nPING\\r\\nQUIT\\r\\n' | timeout 5 nc {address} {port}"
+    )
+    result = container.exec_run(["sh", "-c", script])
+    return b"+PONG" in result.output
 
 
 def has_rule(rules: list[str], *parts: str) -> bool:
@@ -350,3 +415,43 @@ def test_a_new_network_is_filtered_as_soon_as_the_engine_creates_it(client: Any)
         firewall.remove()
     assert firewall.rules(firewall.chains.egress) is None
     assert not any(t.name == "berth-egress-events" for t in threading.enumerate())
+
+
+def test_a_database_server_answers_only_its_tenants_app_network(site: Site) -> None:
+    """From a container of another tenant, the database is unreachable at the network level
+    (as from the tenant's own builds); from the tenant's app network it works, on another
+    machine and on the host itself, whatever its plan's internet."""
+    remote = DatabaseEndpoint(ipaddress.IPv4Address(site.db_remote), site.db_port)
+    on_host = DatabaseEndpoint(ipaddress.IPv4Address(site.gateway), site.db_host_port)
+    servers = ((site.db_remote, site.db_port), (site.gateway, site.db_host_port))
+    try:
+        # No database of anyone there: refused to every tenant network.
+        site.databases[:] = [remote, on_host]
+        site.controller.sync()
+        assert container_ping(site.control, site.db_remote, site.db_port)  # the server works
+        for container in (site.app, site.builder, site.other):
+            for address, port in servers:
+                assert not container_ping(container, address, port), (container.name, address)
+
+        # The tenant has a database on both: its app network reaches them, nothing else does.
+        mine = frozenset({site.tenant})
+        site.databases[:] = [
+            DatabaseEndpoint(remote.address, remote.port, mine),
+            DatabaseEndpoint(on_host.address, on_host.port, mine),
+        ]
+        site.internet_off.add(site.tenant)  # a plan without internet still reaches them
+        assert site.controller.sync() is True
+        for address, port in servers:
+            assert container_ping(site.app, address, port), address
+            assert not container_ping(site.other, address, port), address
+            assert not container_ping(site.builder, address, port), address
+
+        # Its last database there deleted: refused again.
+        site.databases[:] = [remote, on_host]
+        site.controller.sync()
+        for address, port in servers:
+            assert not container_ping(site.app, address, port), address
+    finally:
+        site.internet_off.discard(site.tenant)
+        site.databases.clear()
+        site.controller.sync()

@@ -8,6 +8,7 @@ audited like a change.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Annotated
@@ -24,6 +25,7 @@ from berth.api.schemas import DeploymentPublic, ReleasePublic, Strict
 from berth.databases import memcached_dedicated as memcached
 from berth.databases.backup import BackupFailed
 from berth.databases.names import ALL_RESERVED, MAX_NAME_LENGTH, NAME_PATTERN
+from berth.platform import Platform
 from berth.services import apps as app_svc
 from berth.services import databases as svc
 from berth.services import databases_backups as backups_svc
@@ -34,6 +36,7 @@ from berth.services.databases_access import ProviderFactory
 from berth.store.tables import DatabaseBackup, Deployment, ManagedDatabase, Release
 
 router = APIRouter(tags=["databases"])
+log = logging.getLogger(__name__)
 
 
 def database_providers(platform: PlatformDep) -> ProviderFactory:
@@ -360,11 +363,29 @@ def _server_public(load: servers.ServerLoad) -> ServerPublic:
 
 @router.post("/databases", status_code=201)
 def create_database(
-    body: DatabaseCreate, session: SessionDep, providers: ProvidersDep, who: Writer
+    body: DatabaseCreate,
+    session: SessionDep,
+    platform: PlatformDep,
+    providers: ProvidersDep,
+    who: Writer,
 ) -> DatabasePublic:
     """A database on the least loaded active server of the engine (409 when none has room)."""
     spec = svc.NewDatabase(body.name, body.engine, body.plan, body.size_mb, body.connections)
-    return _public(session, svc.create_database(session, providers, who.tenant_id, spec))
+    created = _public(session, svc.create_database(session, providers, who.tenant_id, spec))
+    _refilter(platform)
+    return created
+
+
+def _refilter(platform: Platform) -> None:
+    """The tenant's app networks reach a server once it has a database there, and stop when
+    its last one there is gone: the egress filter's rules now, not at its next pass."""
+    if platform.netpolicy is None:
+        return
+    try:
+        platform.netpolicy.sync()
+    except Exception as exc:  # the filter's loop retries; the database itself is done
+        log.warning("egress filter: sync after a database change failed: %s", exc)
+        platform.netpolicy.wake()
 
 
 @router.get("/databases")
@@ -442,7 +463,9 @@ def delete_database(
     db = backups_svc.delete_with_final_backup(
         session, platform.settings, providers, backups, who.tenant_id, name, now()
     )
-    return _public(session, db)
+    deleted = _public(session, db)
+    _refilter(platform)
+    return deleted
 
 
 @router.post("/databases/{name}/backups", status_code=201)
@@ -520,6 +543,8 @@ def restore_backup(
         body.into,
     )  # fmt: skip
     source = svc.get_database(session, who.tenant_id, name)
+    if done.new:
+        _refilter(platform)
     return RestorePublic(
         database=_public(session, done.database),
         backup=_backup_public(source, done.backup),

@@ -16,7 +16,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 from berth.netpolicy.iptables import Firewall
-from berth.netpolicy.plan import BridgeNetwork, EgressSnapshot, NetPolicyError, render
+from berth.netpolicy.plan import (
+    BridgeNetwork,
+    DatabaseEndpoint,
+    EgressSnapshot,
+    NetPolicyError,
+    render,
+)
 from berth.periodic import PeriodicLoop
 
 log = logging.getLogger(__name__)
@@ -49,12 +55,14 @@ class EgressController:
         firewall: Firewall,
         blocked: tuple[ipaddress.IPv4Network, ...] = (),
         interval: float = SYNC_INTERVAL_SECONDS,
+        databases: Callable[[], tuple[DatabaseEndpoint, ...]] = tuple,
     ) -> None:
         self.installation = installation
         self._networks = networks
         self._internet_off = internet_off
         self._firewall = firewall
         self._blocked = blocked
+        self._databases = databases
         self._lock = threading.Lock()
         self._applied: str | None = None
         self._filtered_ids: frozenset[str] = frozenset()
@@ -78,6 +86,7 @@ class EgressController:
                 networks=tuple(networks),
                 internet_off=self._internet_off(),
                 blocked=self._blocked,
+                databases=self._databases(),
             )
             text = render(snapshot)
             changed = text != self._applied or not self._firewall.jumps_present()

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from berth.netpolicy.plan import BridgeNetwork, NetPolicyError, valid_interface, valid_subnet
+from berth.netpolicy.plan import (
+    BridgeNetwork,
+    DatabaseEndpoint,
+    NetPolicyError,
+    valid_interface,
+    valid_subnet,
+)
 from berth.runtime.protocol import LABEL_INSTALLATION, LABEL_MANAGED, LABEL_TENANT
-from berth.store.tables import PlanRow, Tenant
+from berth.store.tables import DbServer, ManagedDatabase, PlanRow, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +89,45 @@ def tenants_without_internet(sessions: sessionmaker[Session]) -> frozenset[str]:
             .where(PlanRow.egress_internet.is_(False))
         )
         return frozenset(rows)
+
+
+def database_endpoints(
+    sessions: sessionmaker[Session], resolve: Callable[[str], list[str]] | None = None
+) -> tuple[DatabaseEndpoint, ...]:
+    """Every registered database server's address and port as tenants' instances reach it,
+    with the tenants that have an active database there. A server whose host does not resolve
+    to IPv4 gets no rule (logged): its tenants cannot reach it through the filter."""
+    resolve = resolve or _ipv4_addresses
+    with sessions() as session:
+        servers = {s.id: (s.host, s.port) for s in session.scalars(select(DbServer))}
+        rows = session.execute(
+            select(ManagedDatabase.server_id, ManagedDatabase.tenant_id).where(
+                ManagedDatabase.state == "active"
+            )
+        ).all()
+    tenants: dict[str, set[str]] = {server_id: set() for server_id in servers}
+    for server_id, tenant_id in rows:
+        tenants.setdefault(server_id, set()).add(tenant_id)
+    out: list[DatabaseEndpoint] = []
+    for server_id, (host, port) in sorted(servers.items()):
+        try:
+            addresses = resolve(host)
+        except OSError as exc:
+            log.warning("egress filter: database server %s does not resolve: %s", host, exc)
+            continue
+        for address in addresses:
+            out.append(
+                DatabaseEndpoint(
+                    ipaddress.IPv4Address(address), port, frozenset(tenants.get(server_id, ()))
+                )
+            )
+    return tuple(out)
+
+
+def _ipv4_addresses(host: str) -> list[str]:
+    try:
+        return [str(ipaddress.IPv4Address(host))]
+    except ValueError:
+        pass
+    found = socket.getaddrinfo(host, None, family=socket.AF_INET, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in found})

@@ -12,6 +12,8 @@ reaching the containers. Traffic inside one tenant network always passes. Then, 
 packets with a source outside the bridge's subnet are dropped, DNAT-ed connections (ports the
 host publishes on its own addresses) are refused, link-local and the operator's blocked ranges
 are refused, and for a tenant whose plan has no internet, everything else new is refused too.
+A database server's port answers the app networks of the tenants with a database there (through
+the host or beyond it, whatever their plan's internet) and nobody else's.
 
 Only validated interface names, CIDRs and installation ids reach the text: nothing a tenant
 chose (network or tenant names) is ever written into it.
@@ -57,12 +59,24 @@ class BridgeNetwork:
     id: str = field(default="", compare=False)
 
 
+@dataclass(frozen=True, order=True)
+class DatabaseEndpoint:
+    """A database server's address as tenants' instances reach it, and the tenants that have
+    a database there: only their app networks reach it (not their builds, not other
+    tenants), through the host or to another machine, whatever their plan's internet."""
+
+    address: ipaddress.IPv4Address
+    port: int
+    tenants: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True)
 class EgressSnapshot:
     installation: str
     networks: tuple[BridgeNetwork, ...] = ()
     internet_off: frozenset[str] = frozenset()  # tenant ids whose plan has egress_internet off
     blocked: tuple[ipaddress.IPv4Network, ...] = ()  # the operator's internal ranges
+    databases: tuple[DatabaseEndpoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,14 +137,23 @@ def render(snapshot: EgressSnapshot) -> str:
         {LINK_LOCAL, *snapshot.blocked}, key=lambda n: (int(n.network_address), n.prefixlen)
     )
     bridges = _bridges(snapshot)
+    databases = _databases(snapshot.databases)
     egress = [f"-A {chains.egress} {_REPLIES}"]
     inbound = [f"-A {chains.input} {_REPLIES}"]
-    for interface, (subnet, internet_off) in sorted(bridges.items()):
+    for interface, (subnet, internet_off, app_of) in sorted(bridges.items()):
         rule = f"-A {chains.egress} -i {interface}"
         egress.append(f"{rule} -o {interface} -j RETURN")  # inside the tenant's own network
         if subnet:
             egress.append(f"{rule} ! -s {subnet} -j DROP")  # spoofed source
         egress.append(f"{rule} -m conntrack --ctstate DNAT -j {_REFUSE}")  # host's published ports
+        # Database servers: their tenants' app networks in (before any range is refused),
+        # everyone else refused (before the internet is let through).
+        for endpoint in databases:
+            target = f"-d {endpoint.address}/32 -p tcp -m tcp --dport {endpoint.port}"
+            verdict = "RETURN" if app_of & endpoint.tenants else _REFUSE
+            egress.append(f"{rule} {target} -j {verdict}")
+            if verdict == "RETURN":  # a server on this host itself
+                inbound.append(f"-A {chains.input} -i {interface} {target} -j RETURN")
         egress.extend(f"{rule} -d {network} -j {_REFUSE}" for network in blocked)
         if internet_off:
             egress.append(f"{rule} -j {_REFUSE}")
@@ -146,19 +169,44 @@ def render(snapshot: EgressSnapshot) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _bridges(snapshot: EgressSnapshot) -> dict[str, tuple[str, bool]]:
-    """interface -> (subnet, internet off), validated; one bridge seen twice merges strictly."""
-    bridges: dict[str, tuple[str, bool]] = {}
+def _bridges(snapshot: EgressSnapshot) -> dict[str, tuple[str, bool, frozenset[str]]]:
+    """interface -> (subnet, internet off, the tenant whose app network it is, if one),
+    validated; one bridge seen twice merges strictly (and is nobody's app network if it is
+    reported as two tenants' or as a build network too)."""
+    bridges: dict[str, tuple[str, bool, frozenset[str]]] = {}
+    conflicted: set[str] = set()
     for network in snapshot.networks:
         interface = valid_interface(network.interface)
         subnet = valid_subnet(network.subnet)
         if network.purpose not in PURPOSES:
             raise NetPolicyError(f"network purpose {network.purpose!r} is not app or build")
         off = network.tenant in snapshot.internet_off
+        app_of = frozenset({network.tenant}) if network.purpose == "app" else frozenset()
         if interface in bridges:
-            seen_subnet, seen_off = bridges[interface]
+            seen_subnet, seen_off, seen_app = bridges[interface]
             if seen_subnet != subnet:
                 raise NetPolicyError(f"bridge {interface} is reported with two subnets")
             off = off or seen_off
-        bridges[interface] = (subnet, off)
+            if app_of != seen_app:
+                conflicted.add(interface)
+        bridges[interface] = (subnet, off, app_of)
+    for interface in conflicted:
+        subnet, off, _ = bridges[interface]
+        bridges[interface] = (subnet, off, frozenset())
     return bridges
+
+
+def _databases(endpoints: Iterable[DatabaseEndpoint]) -> list[DatabaseEndpoint]:
+    """Checked, one per address and port (the tenants of both merged), in a stable order."""
+    merged: dict[tuple[ipaddress.IPv4Address, int], frozenset[str]] = {}
+    for endpoint in endpoints:
+        if not isinstance(endpoint.address, ipaddress.IPv4Address):
+            raise NetPolicyError(f"database address {endpoint.address!r} is not IPv4")
+        if endpoint.address.is_unspecified or endpoint.address.is_multicast:
+            raise NetPolicyError(f"database address {endpoint.address} is not a host")
+        port = endpoint.port
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise NetPolicyError(f"database port {port!r} is not a TCP port")
+        key = (endpoint.address, port)
+        merged[key] = merged.get(key, frozenset()) | frozenset(endpoint.tenants)
+    return [DatabaseEndpoint(a, p, t) for (a, p), t in sorted(merged.items())]

@@ -9,7 +9,7 @@ from berth.controllers.engine_events import EngineEvents
 from berth.netpolicy.controller import EgressController
 from berth.netpolicy.events import NetworkCreations
 from berth.netpolicy.iptables import IptablesFirewall
-from berth.netpolicy.observe import DockerNetworks, tenants_without_internet
+from berth.netpolicy.observe import DockerNetworks, database_endpoints, tenants_without_internet
 from berth.netpolicy.plan import parse_blocked_ranges
 from berth.settings import Settings
 
@@ -36,6 +36,7 @@ def build_egress_controller(
         lambda: tenants_without_internet(sessions),
         firewall,
         blocked,
+        databases=lambda: database_endpoints(sessions),
     )
     # The server's one engine event stream when given; else a stream of its own.
     controller.set_watcher(NetworkCreations(events or client.api, controller.sync))
