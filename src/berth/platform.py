@@ -35,6 +35,7 @@ from berth.netpolicy.setup import build_egress_controller
 from berth.proxy.nginx import NginxManager
 from berth.registry.wiring import PlatformRegistry, platform_registry
 from berth.runtime.protocol import Runtime
+from berth.services import databases_dedicated
 from berth.services.accounts import LoginLimiter
 from berth.services.bootstrap import ensure_admin, installation_id
 from berth.services.databases_backup_pass import DatabaseBackupPass
@@ -355,6 +356,11 @@ def _build_controllers(
     if platform.netpolicy is not None:
         local.network_ready = platform.netpolicy.ensure_filtered
         builder.network_ready = platform.netpolicy.ensure_filtered  # build networks too
+    # A tenant's network stays while a dedicated database (Memcached) is on it, apps or not.
+    dedicated_runner = databases_dedicated.local_runner(
+        runtime, settings.docker_url, local.network_ready
+    )
+    local.held_networks = dedicated_runner.held_networks
     health.on_change = reconciler.trigger
     platform.health, platform.reconciler = health, reconciler
     platform.workloads = workloads
@@ -365,7 +371,12 @@ def _build_controllers(
         settings, sessions, on_suspension_change=reconciler.trigger
     )
     platform.webhooks = WebhookSender(settings, sessions)
-    platform.database_purge = DatabasePurge(sessions)
+    platform.database_purge = DatabasePurge(
+        sessions,
+        sweep=lambda session, now: databases_dedicated.sweep_leftovers(
+            session, dedicated_runner, now
+        ),
+    )
     platform.database_backups = DatabaseBackupPass(sessions, settings, interval=BACKUP_PASS_SECONDS)
     platform.database_usage = DatabaseUsagePass(sessions, settings)
     return platform

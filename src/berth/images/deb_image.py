@@ -16,6 +16,7 @@ goes in, so an unchanged Berth reuses the image and the registry already holds i
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import shutil
 import subprocess
@@ -85,6 +86,8 @@ def content_version(
 ) -> str:
     """A hash of every file that goes into the image (and of the Dockerfile's shape)."""
     digest = hashlib.sha256(dockerfile(recipe, "").encode())
+    if recipe.fixup is not None:  # a changed fixup is a changed image
+        digest.update(inspect.getsource(recipe.fixup).encode())
     for deb in sorted(debs, key=lambda p: p.name):
         digest.update(deb.name.encode() + b"\0" + hashlib.sha256(deb.read_bytes()).digest())
     for name, body in sorted(modules.items()):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from berth.errors import BerthError
 from berth.periodic import PeriodicLoop
 from berth.services.databases import PurgeResult, purge_due
 from berth.services.databases_access import ProviderFactory, real_provider
@@ -31,8 +32,11 @@ class DatabasePurge:
         interval: float = DEFAULT_INTERVAL,
         clock: Callable[[], float] = time.time,
         may_act: Callable[[], bool] = lambda: True,
+        sweep: Callable[[Session, float], object] | None = None,
     ) -> None:
         self.sessions, self.factory, self.clock, self.may_act = sessions, factory, clock, may_act
+        # Dedicated servers' containers no row names (a create cut short): removed each pass.
+        self.sweep = sweep
         self._loop = PeriodicLoop("database-purge", self.run_once, interval)
 
     def run_once(self) -> PurgeResult:
@@ -40,6 +44,11 @@ class DatabasePurge:
             return PurgeResult([], [])
         with self.sessions() as session:
             result = purge_due(session, self.factory, self.clock())
+            if self.sweep is not None:
+                try:
+                    self.sweep(session, self.clock())
+                except BerthError as exc:
+                    log.warning("dedicated database leftovers stay until the next pass: %s", exc)
         for database_id, why in result.failed:
             log.warning("database %s stays until the next purge pass: %s", database_id, why)
         return result
