@@ -11,10 +11,12 @@ their tags too), then runs ``docker-registry garbage-collect`` with the registry
 keep working; see RegistryServer.garbage_collect), and reports the bytes its storage lost.
 
 Nodes: the plan (pure, :func:`plan_node_images`) picks this installation's images on one engine
-(built by it: its build label; or pulled from its registry: the ``ADDR/t-`` prefix) that no
-release keeps, no container uses and that are older than the grace. Base images (``berth/*``)
-are never touched. The engine refuses to remove an image that a container or a child image
-still needs (409); such an image is reported as skipped and tried again next time.
+(built by it: its build label; or pulled from its registry: the ``ADDR/t-`` prefix, and the
+platform's own images pulled from there, ``ADDR/berth/``: an upgraded node guard or ingress
+leaves its old one unused) that no release keeps, no container uses and that are older than the
+grace. Base images (``berth/*`` tags) are never touched. The engine refuses to remove an
+image that a container or a child image still needs (409); such an image is reported as
+skipped and tried again next time.
 """
 
 from __future__ import annotations
@@ -334,6 +336,8 @@ def collect_registry(
 
 # -- nodes: pure planning --------------------------------------------------------------------
 
+PLATFORM_PREFIX = "berth/"  # berth/node-guard, berth/ingress in the platform registry
+
 
 @dataclass(frozen=True)
 class EngineImage:
@@ -354,7 +358,9 @@ def is_installations_image(image: EngineImage, installation: str, registry_addre
         return False
     if image.labels.get(LABEL_BUILD_INSTALLATION) == installation:
         return True
-    ours = f"{registry_address}/{REPOSITORY_PREFIX}"
+    # Apps' images from this registry, and the platform's own (the node guard, the ingress
+    # node) pulled from it: an older one stays only while a container uses it.
+    ours = (f"{registry_address}/{REPOSITORY_PREFIX}", f"{registry_address}/{PLATFORM_PREFIX}")
     return any(ref.startswith(ours) for ref in (*image.repo_tags, *image.repo_digests))
 
 

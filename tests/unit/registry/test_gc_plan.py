@@ -90,10 +90,14 @@ def test_node_plan_removes_only_this_installations_unkept_images() -> None:
         _image("sha256:built-on-base", labels={**ours, "berth.base": "busybox"}),
         _image("sha256:foreign", repo_tags=("nginx:latest",)),
         _image("sha256:other-registry", repo_digests=(f"10.0.0.9:5000/t-0a/web@{D2}",)),
+        # The platform's own images pulled from its registry: the one a guard runs stays.
+        _image("sha256:guard-old", repo_digests=(f"{ADDR}/berth/node-guard@{D2}",)),
+        _image("sha256:used", repo_digests=(f"{ADDR}/berth/ingress@{D1}",)),
     ]
     assert sorted(_plan(images)) == [
         "sha256:built-old",
         "sha256:built-on-base",
+        "sha256:guard-old",
         "sha256:pulled-old",
     ]
 
