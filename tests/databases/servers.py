@@ -65,10 +65,11 @@ def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_server(host: str = "127.0.0.1") -> Iterator[str]:
     """A PostgreSQL 15 cluster of its own (initdb + postgres), run as the ``postgres`` user when
     the tests run as root (postgres refuses root), password authentication only. Yields the
-    admin's URL."""
+    admin's URL. ``host``: the address it listens on (another than loopback: every client
+    address may try a password, as on a real shared server)."""
     initdb = _require(str(PG_BIN / "initdb"), "postgresql")
     postgres = _require(str(PG_BIN / "postgres"), "postgresql")
     root = Path(tempfile.mkdtemp(prefix="berth-pg-"))
@@ -89,14 +90,17 @@ def postgres_server() -> Iterator[str]:
              "-E", "UTF8", "--no-sync", "--no-instructions"],
             user=user, check=True, capture_output=True, timeout=120,
         )  # fmt: skip
+        if host != "127.0.0.1":
+            with open(data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [postgres, "-D", str(data), "-c", f"port={port}",
-                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}",
+                 "-c", f"listen_addresses={host}", "-c", f"unix_socket_directories={root}",
                  "-c", "fsync=off", "-c", "max_connections=60", "-c", "shared_buffers=16MB"],
                 user=user, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        url = f"postgresql://{ADMIN}:{password}@127.0.0.1:{port}/postgres"
+        url = f"postgresql://{ADMIN}:{password}@{host}:{port}/postgres"
 
         def ready() -> bool:
             import psycopg
@@ -116,7 +120,7 @@ def postgres_server() -> Iterator[str]:
 
 
 @contextmanager
-def redis_server(root: Path | None = None) -> Iterator[str]:
+def redis_server(root: Path | None = None, host: str = "127.0.0.1") -> Iterator[str]:
     """redis-server without data persistence, protected mode on, its users in an ACL file (the
     ``default`` user off, an admin with a password). Yields the admin's URL.
 
@@ -138,7 +142,7 @@ def redis_server(root: Path | None = None) -> Iterator[str]:
         password = secret.read_text()
         conf = root / "redis.conf"
         conf.write_text(
-            f'port {port}\nbind 127.0.0.1\nprotected-mode yes\nsave ""\nappendonly no\n'
+            f'port {port}\nbind {host}\nprotected-mode yes\nsave ""\nappendonly no\n'
             f"dir {root}\ndaemonize no\naclfile {users}\n"
         )
         conf.chmod(0o600)
@@ -146,7 +150,7 @@ def redis_server(root: Path | None = None) -> Iterator[str]:
             proc = subprocess.Popen(
                 [binary, str(conf)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        url = f"redis://{ADMIN}:{password}@127.0.0.1:{port}/0"
+        url = f"redis://{ADMIN}:{password}@{host}:{port}/0"
 
         def ready() -> bool:
             import redis
@@ -166,7 +170,7 @@ def redis_server(root: Path | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def mariadb_server() -> Iterator[str]:
+def mariadb_server(host: str = "127.0.0.1") -> Iterator[str]:
     """mariadbd with a data directory of its own (mariadb-install-db), TCP on 127.0.0.1 and its
     socket in the temporary directory; an admin user made by an init file. Yields its URL."""
     install = _require("mariadb-install-db", "mariadb-server")
@@ -183,28 +187,28 @@ def mariadb_server() -> Iterator[str]:
         )  # fmt: skip
         init = root / "init.sql"
         init.write_text(
-            f"CREATE USER IF NOT EXISTS '{ADMIN}'@'127.0.0.1' IDENTIFIED BY '{password}';\n"
-            f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN}'@'127.0.0.1' WITH GRANT OPTION;\n"
+            f"CREATE USER IF NOT EXISTS '{ADMIN}'@'{host}' IDENTIFIED BY '{password}';\n"
+            f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN}'@'{host}' WITH GRANT OPTION;\n"
         )
         init.chmod(0o600)
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [binary, "--no-defaults", f"--datadir={data}", "--user=root",
-                 "--skip-networking=0", "--bind-address=127.0.0.1", f"--port={port}",
+                 "--skip-networking=0", f"--bind-address={host}", f"--port={port}",
                  f"--socket={root / 'sock'}", f"--pid-file={root / 'pid'}",
                  f"--init-file={init}", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
                  "--innodb-flush-log-at-trx-commit=0", "--max-connections=100",
                  f"--tmpdir={root}"],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        url = f"mysql://{ADMIN}:{password}@127.0.0.1:{port}/"
+        url = f"mysql://{ADMIN}:{password}@{host}:{port}/"
 
         def ready() -> bool:
             import pymysql
 
             try:
                 pymysql.connect(
-                    host="127.0.0.1", port=port, user=ADMIN, password=password, connect_timeout=2
+                    host=host, port=port, user=ADMIN, password=password, connect_timeout=2
                 ).close()
             except pymysql.MySQLError:
                 return False
