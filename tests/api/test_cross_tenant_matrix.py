@@ -306,6 +306,9 @@ TABLE: dict[tuple[str, str], Route] = {
     ("POST", "/admin/db-servers"): Route("operator", (operator(lambda r: Req(
         "/admin/db-servers",
         json={"name": "b-pg", "engine": "postgres", "url": "postgresql://b:pw@127.0.0.1/"})),)),
+    ("POST", "/admin/db-servers/launch"): Route("operator", (operator(lambda r: Req(
+        "/admin/db-servers/launch",
+        json={"name": "b-launch", "engine": "redis", "listen": "127.0.0.1"})),)),
     ("GET", "/admin/db-servers"): Route("operator", (operator(
         lambda r: Req("/admin/db-servers")),)),
     ("GET", "/admin/db-servers/{name}"): Route("operator", (operator(

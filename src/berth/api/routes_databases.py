@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
@@ -30,6 +30,7 @@ from berth.services import apps as app_svc
 from berth.services import databases as svc
 from berth.services import databases_backups as backups_svc
 from berth.services import databases_dedicated as dedicated
+from berth.services import databases_launch as launch_svc
 from berth.services import databases_servers as servers
 from berth.services import databases_usage as usage_svc
 from berth.services.databases_access import ProviderFactory
@@ -634,10 +635,60 @@ def activate_server(name: str, session: SessionDep, who: Operator) -> ServerPubl
     return _server_public(servers.server_load(session, server))
 
 
+class ServerLaunch(Strict):
+    name: str = Field(max_length=40)
+    engine: str = Field(max_length=32, description="redis (PostgreSQL and MariaDB: not yet)")
+    listen: str = Field(max_length=64, description="an IPv4 address of this machine")
+    port: int | None = Field(default=None, description="default: the engine's")
+    memory_mb: int | None = Field(default=None, description="the container's memory limit")
+    capacity: int = Field(default=servers.DEFAULT_CAPACITY, description="databases it may hold")
+
+
+def _engine_client(platform: Platform) -> Any:
+    import docker
+
+    url = platform.settings.docker_url
+    try:
+        return docker.DockerClient(base_url=url) if url else docker.from_env()
+    except docker.errors.DockerException as exc:
+        raise launch_svc.LaunchFailed(f"the container engine cannot be reached: {exc}") from None
+
+
+@router.post("/admin/db-servers/launch", status_code=201)
+def launch_server(
+    body: ServerLaunch,
+    session: SessionDep,
+    platform: PlatformDep,
+    providers: ProvidersDep,
+    who: Operator,
+) -> ServerPublic:
+    """Berth runs the server itself (a container of an image made offline from the distro's
+    packages, its data on a volume that outlives the container) and registers it."""
+    client = _engine_client(platform)
+    try:
+        server = launch_svc.launch_server(
+            session, providers, client, platform.settings, platform.installation,
+            name=body.name, engine=body.engine, listen=body.listen, port=body.port,
+            memory_mb=body.memory_mb, capacity=body.capacity,
+        )  # fmt: skip
+    finally:
+        client.close()
+    _refilter(platform)
+    return _server_public(servers.server_load(session, server))
+
+
 @router.delete("/admin/db-servers/{name}", status_code=204)
-def remove_server(name: str, session: SessionDep, who: Operator) -> None:
-    """Refused (409) while it holds any database, a deleted one kept for retention included."""
+def remove_server(name: str, session: SessionDep, platform: PlatformDep, who: Operator) -> None:
+    """Refused (409) while it holds any database, a deleted one kept for retention included.
+    A server Berth launched loses its container; its data volume is kept."""
     servers.remove_server(session, name)
+    if launch_svc.LAUNCH_NAME.fullmatch(name):
+        client = _engine_client(platform)
+        try:
+            launch_svc.remove_launched(client, name, keep_data=True)
+        finally:
+            client.close()
+    _refilter(platform)
 
 
 @router.post("/admin/databases/purge")

@@ -46,13 +46,13 @@ def _state(d: dict[str, Any]) -> str:
     return str(d["state"])
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, option: str = "--size") -> int:
     """'512M', '2G' or a number of MB, as MB (the server checks the range)."""
     value = text.strip().upper().removesuffix("B")
     scale = 1024 if value.endswith("G") else 1
     digits = value.removesuffix("G").removesuffix("M")
     if not digits.isdigit() or not digits.isascii() or len(digits) > 9:
-        raise CliError(f"--size is like 512M or 2G, not {text!r}")
+        raise CliError(f"{option} is like 512M or 2G, not {text!r}")
     return int(digits) * scale
 
 
@@ -340,6 +340,44 @@ def servers_add(
         lambda s: console.print(
             f"Added {escape(s['engine'])} server [bold]{escape(s['name'])}[/] at "
             f"{escape(s['host'])}:{s['port']} (capacity {s['capacity']})"
+        ),
+    )
+
+
+@db_servers_app.command("launch")
+def servers_launch(
+    name: str,
+    engine: Annotated[str, typer.Option(help="redis (PostgreSQL and MariaDB: not yet).")],
+    listen: Annotated[
+        str,
+        typer.Option(
+            help="An IPv4 address of this machine that tenants' instances reach (never all "
+            "addresses: the server listens there only)."
+        ),
+    ],
+    port: Annotated[int | None, typer.Option(help="Default: the engine's (6379).")] = None,
+    memory: Annotated[
+        str | None, typer.Option(help="The container's memory limit, like 512M or 2G.")
+    ] = None,
+    capacity: Annotated[int, typer.Option(help="Databases it may hold.")] = 500,
+    as_json: JsonOpt = False,
+) -> None:
+    """Berth runs the server itself: a container of an image made offline from the distro's
+    packages, its data on a volume that outlives restarts and upgrades; then it is registered
+    like `db-servers add` (and its admin password stays on the Berth server)."""
+    body: dict[str, Any] = {"name": name, "engine": engine, "listen": listen, "capacity": capacity}
+    if port is not None:
+        body["port"] = port
+    if memory is not None:
+        body["memory_mb"] = parse_size(memory, option="--memory")
+    data = _slow_client().post("/admin/db-servers/launch", json=body)
+    emit(
+        data,
+        as_json,
+        lambda s: console.print(
+            f"Launched {escape(s['engine'])} server [bold]{escape(s['name'])}[/] at "
+            f"{escape(s['host'])}:{s['port']} (container berth-dbs-{escape(s['name'])}, data on "
+            f"volume berth-dbs-{escape(s['name'])}-data)"
         ),
     )
 

@@ -52,6 +52,9 @@ class DebImageRecipe:
     cmd: tuple[str, ...] = ()
     dropped: tuple[str, ...] = DROPPED
     fixup: Callable[[Path], None] | None = field(default=None, compare=False)
+    # Empty directories owned by nobody (65534): a new volume mounted there takes the image's
+    # ownership, so a server running as nobody can write its data without a chown.
+    data_dirs: tuple[str, ...] = ()
 
     @property
     def cache_name(self) -> str:
@@ -72,6 +75,7 @@ def dockerfile(recipe: DebImageRecipe, version: str) -> str:
     lines = [
         f"FROM {PYTHON_TAG}",
         "COPY rootfs/ /",
+        *(f"COPY --chown=65534:65534 empty/ {d}/" for d in recipe.data_dirs),
         f"ENV PYTHONPATH={CODE_DIR} PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
         f"LABEL {recipe.repository.replace('/', '.')}.version={version}",
         f"ENTRYPOINT {exec_form(recipe.entrypoint)}",
@@ -86,8 +90,9 @@ def content_version(
 ) -> str:
     """A hash of every file that goes into the image (and of the Dockerfile's shape)."""
     digest = hashlib.sha256(dockerfile(recipe, "").encode())
-    if recipe.fixup is not None:  # a changed fixup is a changed image
-        digest.update(inspect.getsource(recipe.fixup).encode())
+    # How the tree is made is part of what goes in: a changed fixup or unpacking is a new image.
+    for step in (make_rootfs, _merge_usr, *((recipe.fixup,) if recipe.fixup else ())):
+        digest.update(inspect.getsource(step).encode())
     for deb in sorted(debs, key=lambda p: p.name):
         digest.update(deb.name.encode() + b"\0" + hashlib.sha256(deb.read_bytes()).digest())
     for name, body in sorted(modules.items()):
@@ -166,6 +171,7 @@ def make_rootfs(
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
+    _merge_usr(root)
     if recipe.fixup is not None:
         recipe.fixup(root)
     code = root / CODE_DIR.lstrip("/") / "berth"
@@ -173,6 +179,23 @@ def make_rootfs(
         path = code / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(body)
+
+
+# In berth/python:3 (Debian 12, merged /usr) these are symlinks into /usr: a real directory of
+# the same name in the layer would replace the link and hide every library below it (the
+# loader among them: "exec ...: no such file or directory").
+MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+def _merge_usr(root: Path) -> None:
+    """Move what the packages put in /lib, /bin, ... to /usr/lib, /usr/bin, ... (where the
+    base's symlinks point), so that the layer holds no such top-level directory."""
+    for name in MERGED_USR:
+        top = root / name
+        if top.is_symlink() or not top.is_dir():
+            continue
+        shutil.copytree(top, root / "usr" / name, symlinks=True, dirs_exist_ok=True)
+        shutil.rmtree(top)
 
 
 def build_context(recipe: DebImageRecipe, root: Path, version: str) -> bytes:
@@ -184,6 +207,10 @@ def build_context(recipe: DebImageRecipe, root: Path, version: str) -> bytes:
         info.size = len(text)
         archive.addfile(info, io.BytesIO(text))
         archive.add(root, arcname="rootfs", filter=_as_root)
+        if recipe.data_dirs:
+            empty = tarfile.TarInfo("empty")
+            empty.type, empty.mode = tarfile.DIRTYPE, 0o700
+            archive.addfile(empty)
     return buffer.getvalue()
 
 

@@ -1,0 +1,30 @@
+"""Images of the database servers Berth launches itself (``berth admin db-servers launch``),
+made offline from the distro's packages (berth.images.deb_image) like the node guard's.
+
+Redis: the distro's redis-server and the libraries it links that ``berth/python:3`` lacks
+(found with ldd against the base image's packages: libatomic1, libjemalloc2, liblzf1). Its data
+lives in ``/data``, a volume owned by nobody, which the server runs as.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from berth.images import deb_image
+from berth.images.deb_image import BuiltImage, DebImageRecipe
+
+REDIS = DebImageRecipe(
+    repository="berth/db-redis",
+    packages=("redis-server", "redis-tools", "libatomic1", "libjemalloc2", "liblzf1"),
+    modules=("__init__.py",),
+    entrypoint=("/usr/bin/redis-server",),
+    # The distro's config and service files: the server is configured by its arguments.
+    dropped=(*deb_image.DROPPED, "etc/redis", "etc/init.d", "lib/systemd", "usr/lib/systemd"),
+    data_dirs=("/data",),
+)
+RECIPES = {"redis": REDIS}
+
+
+def ensure_db_server_image(client: Any, cache_dir: Path, engine: str) -> BuiltImage:
+    return deb_image.ensure_image(client, cache_dir, RECIPES[engine])
