@@ -213,9 +213,13 @@ TABLE: dict[tuple[str, str], Route] = {
         foreign(lambda r: Req(f"/apps/{r.app}"), "app_not_found"),)),
     ("DELETE", "/apps/{name}"): Route("write", (
         foreign(lambda r: Req(f"/apps/{r.app}"), "app_not_found"),)),
-    ("PATCH", "/apps/{name}"): Route("write", (foreign(
-        lambda r: Req(f"/apps/{r.app}", json={"constraints": ["zone==nowhere"]}),
-        "app_not_found"),)),
+    ("PATCH", "/apps/{name}"): Route("write", (
+        foreign(lambda r: Req(f"/apps/{r.app}", json={"constraints": ["zone==nowhere"]}),
+                "app_not_found"),
+        foreign(lambda r: Req(f"/apps/{r.app}", json={"traffic": {
+            "maintenance": True, "allow": ["10.0.0.0/8"], "rate_limit": {"per_second": 1},
+            "basic_auth": [{"user": "b", "password": "taken-over"}]}}), "app_not_found"),
+    )),
     ("GET", "/apps/{name}/releases"): Route("read", (
         foreign(lambda r: Req(f"/apps/{r.app}/releases"), "app_not_found"),)),
     ("POST", "/apps/{name}/releases"): Route("write", (foreign(

@@ -30,13 +30,16 @@ from berth.api.schemas import (
     ReleasePublic,
     RollbackRequest,
     ScaleRequest,
+    TrafficUpdate,
 )
 from berth.builds import image_policy
 from berth.builds.image_stores import RuntimeImageStore
+from berth.domain import placement, traffic
 from berth.errors import EngineError, EngineUnavailable, RuntimeFailure
 from berth.runtime.logbuffer import LineBuffer
 from berth.services import apps as svc
 from berth.services import domains as dsvc
+from berth.services import traffic as tsvc
 from berth.services.dns_txt import DnsTxtResolver
 from berth.services.domains import TxtResolver
 from berth.services.ratelimit import RateLimited, Rule, SlidingWindow
@@ -70,9 +73,19 @@ def get_app(
 def update_app(
     name: str, body: AppUpdate, session: SessionDep, platform: PlatformDep, who: Writer
 ) -> AppUpdated:
-    """Change an app's settings: today its placement constraints. A change of constraints is
-    a new revision rolled out start-first (``deployment``); the same ones again change nothing."""
+    """Change an app's settings: its placement constraints and its traffic controls. A change
+    of constraints is a new revision rolled out start-first (``deployment``); the same ones
+    again change nothing. Traffic controls change what the ingress serves within a routing
+    pass, with no rollout; refused ones (422, a precise code) change nothing."""
     app, dep = svc.get_app(session, who.tenant_id, name), None
+    if body.constraints is not None:
+        placement.normalized(body.constraints)  # refused before the traffic controls change
+    if body.traffic is not None:
+        app, changed = tsvc.update_traffic(
+            session, platform.settings, who.tenant_id, name, _traffic_change(body.traffic)
+        )
+        if changed:
+            platform.trigger()
     if body.constraints is not None:
         app, dep = svc.set_constraints(
             session, platform.settings, who.tenant_id, name, body.constraints
@@ -81,6 +94,27 @@ def update_app(
     return AppUpdated(
         app=views.app_public(session, platform.settings, app),
         deployment=views.deployment_public(session, dep),
+    )
+
+
+def _traffic_change(body: TrafficUpdate) -> traffic.TrafficChange:
+    """The API's partial update as the domain's; passwords are hashed here, so no plain
+    password goes further."""
+    users = None
+    if body.basic_auth is not None:
+        users = tuple(traffic.user_with_password(u.user, u.password) for u in body.basic_auth)
+    limit = body.rate_limit
+    return traffic.TrafficChange(
+        redirects=None
+        if body.redirects is None
+        else tuple(traffic.Redirect(r.source, r.target, r.code) for r in body.redirects),
+        basic_auth=users,
+        maintenance=body.maintenance,
+        maintenance_message=body.maintenance_message,
+        allow=None if body.allow is None else tuple(body.allow),
+        deny=None if body.deny is None else tuple(body.deny),
+        rate_limit=None if limit is None else traffic.RateLimit(limit.per_second, limit.burst),
+        remove_rate_limit=limit is None and "rate_limit" in body.model_fields_set,
     )
 
 

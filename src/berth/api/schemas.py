@@ -58,6 +58,99 @@ CONSTRAINT_PATTERN = (
 )
 
 
+TRAFFIC_USER_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+class RedirectIn(Strict):
+    source: str = Field(
+        max_length=253, description="one of the app's hostnames (platform or custom domain)"
+    )
+    target: str = Field(max_length=253, description="another of the app's hostnames")
+    code: Literal[301, 308] = 301
+
+
+class BasicAuthUserIn(Strict):
+    user: str = Field(
+        max_length=64,
+        description="1-64 of letters, digits, '.', '_' and '-'",
+        json_schema_extra={"pattern": TRAFFIC_USER_PATTERN},
+    )
+    password: str = Field(
+        min_length=1, max_length=128, description="stored as a bcrypt hash only, never shown"
+    )
+
+
+class RateLimitIn(Strict):
+    per_second: int = Field(
+        description="requests per second per client address",
+        json_schema_extra={"minimum": 1, "maximum": 10000},
+    )
+    burst: int = Field(
+        default=0,
+        description="requests above the rate let through at once",
+        json_schema_extra={"minimum": 0, "maximum": 10000},
+    )
+
+
+class TrafficUpdate(Strict):
+    """Each part given replaces that part; absent (or null, except rate_limit) keeps it."""
+
+    redirects: list[RedirectIn] | None = Field(
+        default=None,
+        description="redirects between the app's own hostnames (like www to apex), at most 20; "
+        "[] removes them. A loop (a -> b -> a) is refused.",
+    )
+    basic_auth: list[BasicAuthUserIn] | None = Field(
+        default=None,
+        description="the users HTTP basic auth lets in, at most 20; [] turns it off",
+    )
+    maintenance: bool | None = Field(
+        default=None, description="on: every request gets the 503 maintenance page"
+    )
+    maintenance_message: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="one line of plain text on the maintenance page (HTML-escaped)",
+    )
+    allow: list[str] | None = Field(
+        default=None,
+        description="IPv4/IPv6 CIDRs let in, at most 100; when any, every other address gets "
+        "403; [] allows all",
+    )
+    deny: list[str] | None = Field(
+        default=None,
+        description="CIDRs refused with 403 (before allow), at most 100; [] removes them",
+    )
+    rate_limit: RateLimitIn | None = Field(
+        default=None,
+        description="a request rate limit per client address (beyond it: 429); null removes "
+        "it, absent keeps it",
+    )
+
+
+class RedirectPublic(BaseModel):
+    source: str
+    target: str
+    code: int
+
+
+class RateLimitPublic(BaseModel):
+    per_second: int
+    burst: int
+
+
+class TrafficPublic(BaseModel):
+    redirects: list[RedirectPublic] = Field(default_factory=list)
+    basic_auth_users: list[str] = Field(
+        default_factory=list, description="the user names (passwords are never shown)"
+    )
+    maintenance: bool = False
+    maintenance_message: str = ""
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+    rate_limit: RateLimitPublic | None = None
+
+
 class AppUpdate(Strict):
     constraints: list[str] | None = Field(
         default=None,
@@ -76,6 +169,11 @@ class AppUpdate(Strict):
                 {"type": "null"},
             ]
         },
+    )
+    traffic: TrafficUpdate | None = Field(
+        default=None,
+        description="traffic controls at the ingress; only the parts given change (see "
+        "TrafficUpdate). The whole result is validated: one bad part changes nothing.",
     )
 
 
@@ -136,6 +234,9 @@ class AppPublic(BaseModel):
     )
     constraints: list[str] = Field(
         default_factory=list, description="placement constraints over node labels"
+    )
+    traffic: TrafficPublic = Field(
+        default_factory=lambda: TrafficPublic(), description="traffic controls at the ingress"
     )
 
 

@@ -15,10 +15,15 @@ from berth.api.schemas import (
     DomainPublic,
     InstanceCounts,
     InstancePublic,
+    RateLimitPublic,
+    RedirectPublic,
     ReleasePublic,
+    TrafficPublic,
 )
+from berth.domain.traffic import TrafficControls
 from berth.services import apps as svc
 from berth.services import domains as dsvc
+from berth.services import traffic as tsvc
 from berth.settings import Settings
 from berth.store.tables import App, Deployment, Domain, Instance, Release
 
@@ -94,6 +99,26 @@ def app_public(session: Session, settings: Settings, app: App) -> AppPublic:
         created_at=app.created_at,
         state="deleting" if app.deleting_at is not None else "active",
         constraints=svc.app_constraints(app),
+        traffic=traffic_public(tsvc.app_traffic(app)),
+    )
+
+
+def traffic_public(controls: TrafficControls) -> TrafficPublic:
+    """The controls as a tenant sees them: user names only, never a password hash."""
+    limit = controls.rate_limit
+    return TrafficPublic(
+        redirects=[
+            RedirectPublic(source=r.source, target=r.target, code=r.code)
+            for r in controls.redirects
+        ],
+        basic_auth_users=[u.user for u in controls.basic_auth],
+        maintenance=controls.maintenance,
+        maintenance_message=controls.maintenance_message,
+        allow=list(controls.allow),
+        deny=list(controls.deny),
+        rate_limit=RateLimitPublic(per_second=limit.per_second, burst=limit.burst)
+        if limit
+        else None,
     )
 
 

@@ -46,6 +46,7 @@ def routed_apps(apps: Iterable[AppView], base_domain: str) -> list[RoutedApp]:
             (f"{app.name}.{base_domain}", *app.domains),
             frozenset(r.key for r in (app.desired.target, app.desired.serving) if r),
             app.suspended,
+            app.traffic,
         )
         for app in apps
     ]

@@ -507,6 +507,7 @@ class Reconciler:
                 (f"{app.name}.{self.settings.base_domain}", *app.domains),
                 frozenset(r.key for r in (app.desired.target, app.desired.serving) if r),
                 app.suspended,
+                app.traffic,
             )
             for app in apps
         ]

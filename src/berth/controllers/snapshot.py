@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
@@ -11,8 +12,12 @@ from typing import Any, NamedTuple
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from berth.domain import traffic
 from berth.domain.model import DesiredApp, Revision
+from berth.domain.traffic import TrafficControls
 from berth.store.tables import App, Deployment, Domain, Release, Tenant
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,7 @@ class AppView:
     # ``constraints``. A change of constraints is a new revision: the old keeps its own, so
     # Swarm never moves the serving revision's tasks in place (stop-first).
     revision_constraints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    traffic: TrafficControls | None = None  # redirects, basic auth, ... (None: none)
 
     def constraints_of(self, revision: str) -> tuple[str, ...]:
         return self.revision_constraints.get(revision, self.constraints)
@@ -66,6 +72,7 @@ class _AppRow(NamedTuple):
     serving_generation: int
     deployment_id: str | None
     constraints_json: str | None
+    traffic_json: str | None
 
 
 def load_apps(session: Session) -> list[AppView]:
@@ -137,6 +144,7 @@ def load_apps(session: Session) -> list[AppView]:
                 suspended=app.tenant_id in suspended,
                 constraints=_constraints(app.constraints_json),
                 revision_constraints=placed.get(app.id, {}),
+                traffic=_traffic(app.traffic_json),
             )
         )
     return views
@@ -181,6 +189,18 @@ def _revision_constraints(
 @functools.lru_cache(maxsize=1024)
 def _constraints(text: str | None) -> tuple[str, ...]:
     return tuple(json.loads(text or "[]"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _traffic(text: str | None) -> TrafficControls | None:
+    if not text or text == "{}":
+        return None
+    try:
+        return traffic.from_json(text)
+    except ValueError as exc:
+        # Written validated, so this is a damaged row: serve it closed, never open.
+        log.error("%s; the app answers its maintenance page", exc)
+        return traffic.UNREADABLE
 
 
 def release_env(release: Release | ReleaseView) -> dict[str, str]:

@@ -9,6 +9,7 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from berth.domain.traffic import TrafficControls, routable
 from berth.proxy.model import Route, RouteState, Upstream
 from berth.workloads.protocol import WorkloadInstance
 
@@ -23,6 +24,7 @@ class RoutedApp:
     hostnames: tuple[str, ...]
     revisions: frozenset[str]  # the revisions that may serve: target, and serving mid-rollout
     suspended: bool = False
+    controls: TrafficControls | None = None  # None or empty: no traffic controls
 
 
 def plan_routes(
@@ -50,8 +52,20 @@ def plan_routes(
             "suspended" if app.suspended else ("serving" if found else "no_instances")
         )
         # Sorted by (host, port): the same upstreams always render the same config.
+        # A redirect from or to a domain that does not route (yet) is left out until it does.
+        controls = routable(app.controls, app.hostnames) if app.controls is not None else None
+        if controls is not None and controls.empty:
+            controls = None
         routes.append(
-            _route(app.app_id, app.name, app.tenant_id, app.hostnames, tuple(sorted(found)), state)
+            _route(
+                app.app_id,
+                app.name,
+                app.tenant_id,
+                app.hostnames,
+                tuple(sorted(found)),
+                state,
+                controls,
+            )
         )
     return tuple(routes), frozenset(routed)
 
@@ -67,6 +81,7 @@ def _route(
     hostnames: tuple[str, ...],
     servers: tuple[tuple[str, int], ...],
     state: RouteState,
+    controls: TrafficControls | None = None,
 ) -> Route:
     upstreams = tuple(Upstream(host, port) for host, port in servers)
-    return Route(app_id, name, tenant_id, hostnames, upstreams, state)
+    return Route(app_id, name, tenant_id, hostnames, upstreams, state, controls)

@@ -34,7 +34,7 @@ import httpx
 
 from berth.errors import ProxyConfigError
 from berth.proxy.model import NginxPaths, ProxyConfig, Route
-from berth.proxy.render import render_nginx_conf
+from berth.proxy.render import AUTH_DIR, AUTH_FILE_NAME, auth_files, render_nginx_conf
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,9 @@ class NginxManager:
         with self._lock:
             self._prepare_dirs()
             text = self._render(cfg)
+            # The users files the new config names exist before it can go live; a file's
+            # name is its content's digest, so the live config's files are never rewritten.
+            files = self._write_auth_files(cfg)
             live = self._live_text()
             if text == live:
                 self._start_if_stopped()
@@ -106,8 +109,9 @@ class NginxManager:
                     self._start()
                 else:
                     self.reload()
-                return True
-            self._reload_while_checking(text, live, master)
+            else:
+                self._reload_while_checking(text, live, master)
+            self._prune_auth_files(set(files))
             return True
 
     def ensure_running(self) -> int:
@@ -200,6 +204,49 @@ class NginxManager:
             # nginx chowns the leaf temp dirs but cannot make their parents traversable.
             self.conf_dir.chmod(0o755)
             self.paths.temp_dir.chmod(0o755)
+
+    def _write_auth_files(self, cfg: ProxyConfig) -> dict[str, str]:
+        """Write each basic auth file the config names that is not there yet, atomically:
+        readable by nginx's workers only (they read it on every request)."""
+        try:
+            files = auth_files(cfg)
+        except ValueError as exc:
+            raise ProxyConfigError(f"cannot render nginx config: {exc}") from exc
+        if not files:
+            return files
+        directory = self.conf_dir / AUTH_DIR
+        directory.mkdir(mode=0o750, exist_ok=True)
+        gid = grp.getgrnam(self.paths.worker_group).gr_gid if self.paths.worker_group else -1
+        if gid != -1:
+            os.chown(directory, -1, gid)
+        for name, content in files.items():
+            path = directory / name
+            with contextlib.suppress(FileNotFoundError):
+                if path.read_text() == content:
+                    continue
+            fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".auth.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as tmp:
+                    tmp.write(content)
+                    tmp.flush()
+                    os.fsync(tmp.fileno())
+                if gid != -1:
+                    os.chown(tmp_name, -1, gid)
+                os.chmod(tmp_name, 0o640)
+                os.replace(tmp_name, path)
+            except BaseException:
+                Path(tmp_name).unlink(missing_ok=True)
+                raise
+        return files
+
+    def _prune_auth_files(self, keep: set[str]) -> None:
+        """Remove the users files no live config names any more (after a reload)."""
+        directory = self.conf_dir / AUTH_DIR
+        if not directory.is_dir():
+            return
+        for path in directory.iterdir():
+            if AUTH_FILE_NAME.fullmatch(path.name) and path.name not in keep:
+                path.unlink(missing_ok=True)
 
     def _live_text(self) -> str | None:
         try:
