@@ -10,9 +10,11 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from berth.controllers.reconciler import routes_digest
 from berth.domain import traffic as t
 from berth.domain.routing import RoutedApp, plan_routes
 from berth.errors import InvalidInput
+from berth.ingress.node_config import routes_digest as node_digest
 from berth.proxy.model import NginxPaths, ProxyConfig, Route, Upstream
 from berth.proxy.render import auth_files, render_nginx_conf
 from berth.workloads.protocol import WorkloadInstance
@@ -316,3 +318,12 @@ def test_the_planner_carries_the_controls_and_drops_redirects_that_do_not_route(
     plain = replace(app, controls=t.TrafficControls())
     (without,), _ = plan_routes([plain], [instance], lambda _: True)
     assert without.controls is None
+
+
+def test_a_change_of_controls_changes_the_digests_that_decide_a_reload() -> None:
+    # The leader reloads, and ingress nodes get a new generation, only when these change.
+    plain = _route_of(t.TrafficControls(rate_limit=t.RateLimit(5, 0)))
+    changed = replace(plain, controls=t.TrafficControls(rate_limit=t.RateLimit(6, 0)))
+    assert routes_digest((plain,)) != routes_digest((changed,))
+    assert node_digest((plain,), 80) != node_digest((changed,), 80)
+    assert routes_digest((plain,)) == routes_digest((replace(plain),))

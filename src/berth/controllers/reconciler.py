@@ -583,7 +583,8 @@ def _digest_line(r: Route) -> bytes:
     upstreams = ",".join(f"{u.host}:{u.port}" for u in r.upstreams)
     return (
         f"{r.app_id}\0{r.app_name}\0{r.tenant_id}\0{' '.join(r.hostnames)}\0{r.state}"
-        f"\0{upstreams}\n".encode()
+        # The controls are normalised values (sorted, validated): their repr is stable.
+        f"\0{upstreams}\0{r.controls!r}\n".encode()
     )
 
 

@@ -51,6 +51,7 @@ def routes_digest(routes: tuple[Route, ...], port: int) -> str:
                     r.state,
                     tuple(sorted(r.hostnames)),
                     tuple(sorted((u.host, u.port) for u in r.upstreams)),
+                    repr(r.controls),  # traffic controls: normalised, so a stable repr
                 )
                 for r in routes
             ),
