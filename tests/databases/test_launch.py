@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -128,7 +129,7 @@ def _wait_ping(url: str) -> None:
 @pytest.mark.parametrize(
     ("changes", "code"),
     [
-        ({"engine": "postgres"}, "engine_not_launchable"),
+        ({"engine": "mariadb"}, "engine_not_launchable"),
         ({"engine": "mongodb"}, "engine_not_launchable"),
         ({"listen": "0.0.0.0"}, "invalid_listen"),
         ({"listen": "not-an-address"}, "invalid_listen"),
@@ -173,3 +174,45 @@ def test_a_server_that_cannot_start_leaves_nothing(
         client.volumes.get(f"berth-dbs-{name}-data")
     with sessions() as session:
         assert servers.list_servers(session) == []
+
+
+def test_a_launched_postgres_keeps_a_tenants_rows_across_a_restart(
+    world: tuple[sessionmaker[Session], Any, Settings, str],
+) -> None:
+    import psycopg
+
+    sessions, client, settings, name = world
+    port = free_port()
+    with sessions() as session:
+        server = launch.launch_server(
+            session, real_provider, client, settings, "inst1",
+            name=name, engine="postgres", listen="127.0.0.1", port=port, memory_mb=256,
+        )  # fmt: skip
+        assert (server.engine, server.port) == ("postgres", port)
+        tenant = _tenant(sessions)
+        db = dbsvc.create_database(
+            session, real_provider, tenant, dbsvc.NewDatabase("main", "postgres", None, None, None)
+        )
+        creds = dbsvc.credentials(session, real_provider, db)
+    container = client.containers.get(f"berth-dbs-{name}")
+    assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
+    assert container.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    assert container.attrs["Config"]["User"] == "65534:65534"
+    # initdb ran in a container of its own, gone; its password file with it.
+    assert not client.containers.list(all=True, filters={"name": f"berth-dbs-{name}-initdb"})
+    with psycopg.connect(creds.url, connect_timeout=5, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (v text)")
+        conn.execute("INSERT INTO t VALUES ('kept')")
+    container.restart(timeout=20)
+
+    def rows() -> list[Any]:
+        with psycopg.connect(creds.url, connect_timeout=2) as conn:
+            return conn.execute("SELECT v FROM t").fetchall()
+
+    from tests.harness import wait_until
+
+    assert wait_until(rows, 60, "the tenant's rows after a restart") == [("kept",)]
+    # Trusted by nobody: the admin's password is needed from every address.
+    bad = creds.url.replace(urlsplit(creds.url).password or "", "wrong-password")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(bad, connect_timeout=5).close()

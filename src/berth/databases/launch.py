@@ -9,8 +9,11 @@ tenants' containers are (read-only root, every capability dropped, no-new-privil
 nobody, memory and pids limits), restarted by Docker unless stopped. Its admin credentials are
 made here and kept only in the store (the admin URL), as for a registered server.
 
-Only Redis is launched for now; PostgreSQL and MariaDB need their images (and an initdb or
-install-db step before the first start), which is the missing part.
+Redis and PostgreSQL are launched; MariaDB needs its image (and an install-db step) still.
+PostgreSQL's cluster is made once by ``initdb`` in a container of the same image, with the
+admin's password from a file on the volume (removed as soon as initdb ends) and SCRAM for every
+connection; its ``pg_hba.conf`` lets any address try a password (as a shared server must: the
+egress filter decides who reaches it) and trusts nobody.
 """
 
 from __future__ import annotations
@@ -23,15 +26,18 @@ from typing import Any
 from berth.databases.password_hashes import redis_password_hash
 from berth.errors import InvalidInput
 
-LAUNCHABLE = ("redis",)
+LAUNCHABLE = ("redis", "postgres")
 ADMIN_USER = "berthadmin"
-DEFAULT_PORTS = {"redis": 6379}
+DEFAULT_PORTS = {"redis": 6379, "postgres": 5432}
 MIN_MEMORY_MB, MAX_MEMORY_MB, DEFAULT_MEMORY_MB = 64, 65536, 512
 PIDS_LIMIT = 256
 LABEL_SERVER = "berth.db-server"  # the server's id, on its container and its volume
 LABEL_INSTALLATION = "berth.installation"
 DATA_DIR = "/data"
 ACL_FILE = f"{DATA_DIR}/users.acl"
+PG_DATA = f"{DATA_DIR}/pg"
+PG_PASSWORD_FILE = f"{DATA_DIR}/.admin-password"
+PG_BIN = "/usr/lib/postgresql/15/bin"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 
 
@@ -122,7 +128,45 @@ def redis_acl_file(admin_password: str) -> str:
     )
 
 
+def postgres_arguments(spec: LaunchSpec) -> list[str]:
+    """postgres's settings: its address and port only, the socket in the container's /tmp,
+    shared buffers a quarter of the memory, no JIT (LLVM is not in the image)."""
+    return [
+        "-D", PG_DATA,
+        "-c", f"listen_addresses={spec.listen}",
+        "-c", f"port={spec.port}",
+        "-c", "unix_socket_directories=/tmp",
+        "-c", f"shared_buffers={max(16, spec.memory_mb // 4)}MB",
+        "-c", "max_connections=200",
+        "-c", "jit=off",
+        "-c", "password_encryption=scram-sha-256",
+    ]  # fmt: skip
+
+
+def postgres_initdb_script() -> str:
+    """The one-shot initdb (a fixed text: nothing of the operator's input is in it)."""
+    return (
+        f"{PG_BIN}/initdb -D {PG_DATA} -U {ADMIN_USER} --pwfile={PG_PASSWORD_FILE}"
+        " --auth=scram-sha-256 -E UTF8 --no-instructions; rc=$?;"
+        f" rm -f {PG_PASSWORD_FILE}; exit $rc"
+    )
+
+
+PG_HBA = (
+    "# Berth: every connection by password (SCRAM), from anywhere the network lets through.\n"
+    "local all all scram-sha-256\n"
+    "host all all 0.0.0.0/0 scram-sha-256\n"
+    "host all all ::/0 scram-sha-256\n"
+)
+
+
+def server_arguments(spec: LaunchSpec) -> list[str]:
+    return redis_arguments(spec) if spec.engine == "redis" else postgres_arguments(spec)
+
+
 def admin_url(spec: LaunchSpec, password: str) -> str:
+    if spec.engine == "postgres":
+        return f"postgresql://{ADMIN_USER}:{password}@{spec.listen}:{spec.port}/postgres"
     return f"redis://{ADMIN_USER}:{password}@{spec.listen}:{spec.port}/0"
 
 
@@ -133,7 +177,7 @@ def container_options(
     labels = {LABEL_SERVER: server_id, LABEL_INSTALLATION: installation}
     return {
         "image": image,
-        "command": redis_arguments(spec),
+        "command": server_arguments(spec),
         "name": spec.container,
         "network_mode": "host",
         "user": "65534:65534",

@@ -22,10 +22,14 @@ from berth.databases.launch import (
     DATA_DIR,
     LABEL_INSTALLATION,
     LABEL_SERVER,
+    PG_DATA,
+    PG_HBA,
+    PG_PASSWORD_FILE,
     LaunchSpec,
     admin_url,
     container_options,
     launch_spec,
+    postgres_initdb_script,
     redis_acl_file,
 )
 from berth.databases.names import new_password
@@ -77,7 +81,7 @@ def launch_server(
     url = admin_url(spec, password)
     try:
         _run(client, spec, image.tag, installation, password)
-        _wait_ready(client, spec, url, ready or _redis_answers)
+        _wait_ready(client, spec, url, ready or _answers)
         return servers.add_server(session, factory, spec.name, spec.engine, url, capacity=capacity)
     except BaseException:
         remove_launched(client, spec.name, keep_data=False)
@@ -107,26 +111,72 @@ def _run(client: Any, spec: LaunchSpec, image: str, installation: str, password:
         container = client.containers.create(
             **container_options(spec, image, installation, spec.name)
         )
-        # The users file before the first start (Redis refuses a missing aclfile): into the
-        # new volume, owned by nobody, readable by nobody else.
-        if not container.put_archive(DATA_DIR, _acl_archive(redis_acl_file(password))):
-            raise LaunchFailed(f"the users file could not be written into {spec.volume}")
+        if spec.engine == "postgres":
+            _initdb(client, spec, image, labels, password)
+            files = {PG_DATA: {"pg_hba.conf": PG_HBA}}
+        else:
+            # The users file before the first start (Redis refuses a missing aclfile).
+            files = {DATA_DIR: {ACL_FILE.rsplit("/", 1)[1]: redis_acl_file(password)}}
+        for directory, content in files.items():
+            # Into the volume, owned by nobody (the server), readable by nobody else.
+            if not container.put_archive(directory, _archive(content)):
+                raise LaunchFailed(f"the server's files could not be written into {spec.volume}")
         container.start()
     except docker.errors.DockerException as exc:
         raise LaunchFailed(f"the server's container did not start: {exc}") from None
 
 
-def _acl_archive(text: str) -> bytes:
-    body = text.encode()
+def _archive(files: dict[str, str]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        info = tarfile.TarInfo(ACL_FILE.rsplit("/", 1)[1])
-        info.size, info.mode, info.uid, info.gid = len(body), 0o600, 65534, 65534
-        archive.addfile(info, io.BytesIO(body))
+        for name, text in files.items():
+            body = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = len(body), 0o600, 65534, 65534
+            archive.addfile(info, io.BytesIO(body))
     return buffer.getvalue()
 
 
-def _redis_answers(url: str) -> bool:
+def _initdb(
+    client: Any, spec: LaunchSpec, image: str, labels: dict[str, str], password: str
+) -> None:
+    """The cluster, once, in a container of the same image: no network, as nobody, read-only
+    root; the password file it reads is removed when it ends."""
+    init = client.containers.create(
+        image,
+        entrypoint=["/bin/sh", "-c", postgres_initdb_script()],
+        command=[],
+        name=f"{spec.container}-initdb",
+        user="65534:65534",
+        network_mode="none",
+        read_only=True,
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
+        tmpfs={"/tmp": "size=16m"},  # noqa: S108 (the container's own)
+        volumes={spec.volume: {"bind": DATA_DIR, "mode": "rw"}},
+        labels=labels,
+    )
+    try:
+        if not init.put_archive(DATA_DIR, _archive({PG_PASSWORD_FILE.rsplit("/", 1)[1]: password})):
+            raise LaunchFailed("the admin's password could not be handed to initdb")
+        init.start()
+        outcome = init.wait(timeout=120)
+        if outcome.get("StatusCode") != 0:
+            tail = init.logs(tail=5).decode(errors="replace").strip()
+            raise LaunchFailed(f"initdb failed: {tail[-600:]}")
+    finally:
+        init.remove(force=True)
+
+
+def _answers(url: str) -> bool:
+    if url.startswith("postgresql://"):
+        import psycopg
+
+        try:
+            psycopg.connect(url, connect_timeout=2).close()
+        except psycopg.Error:
+            return False
+        return True
     import redis
 
     try:
