@@ -129,7 +129,7 @@ def _wait_ping(url: str) -> None:
 @pytest.mark.parametrize(
     ("changes", "code"),
     [
-        ({"engine": "mariadb"}, "engine_not_launchable"),
+        ({"engine": "memcached"}, "engine_not_launchable"),
         ({"engine": "mongodb"}, "engine_not_launchable"),
         ({"listen": "0.0.0.0"}, "invalid_listen"),
         ({"listen": "not-an-address"}, "invalid_listen"),
@@ -216,3 +216,53 @@ def test_a_launched_postgres_keeps_a_tenants_rows_across_a_restart(
     bad = creds.url.replace(urlsplit(creds.url).password or "", "wrong-password")
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(bad, connect_timeout=5).close()
+
+
+def test_a_launched_mariadb_keeps_a_tenants_rows_and_its_admin_stays_local(
+    world: tuple[sessionmaker[Session], Any, Settings, str],
+) -> None:
+    import pymysql
+
+    sessions, client, settings, name = world
+    port = free_port()
+    with sessions() as session:
+        server = launch.launch_server(
+            session, real_provider, client, settings, "inst1",
+            name=name, engine="mariadb", listen="127.0.0.1", port=port, memory_mb=256,
+        )  # fmt: skip
+        tenant = _tenant(sessions)
+        db = dbsvc.create_database(
+            session, real_provider, tenant, dbsvc.NewDatabase("main", "mariadb", None, None, None)
+        )
+        creds = dbsvc.credentials(session, real_provider, db)
+    assert not client.containers.list(all=True, filters={"name": f"berth-dbs-{name}-initdb"})
+    u = urlsplit(creds.url)
+
+    def connect() -> Any:
+        return pymysql.connect(
+            host=u.hostname, port=u.port, user=u.username, password=u.password,
+            database=u.path.lstrip("/"), connect_timeout=3, autocommit=True,
+        )  # fmt: skip
+
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (v text)")
+        cur.execute("INSERT INTO t VALUES ('kept')")
+    client.containers.get(f"berth-dbs-{name}").restart(timeout=20)
+
+    def rows() -> Any:
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT v FROM t")
+            return cur.fetchall()
+
+    from tests.harness import wait_until
+
+    assert wait_until(rows, 60, "the tenant's rows after a restart") == (("kept",),)
+    # Berth's admin exists only for the address the server listens on (this machine).
+    admin = urlsplit(server.admin_url)
+    as_admin = pymysql.connect(
+        host=admin.hostname, port=admin.port, user=admin.username, password=admin.password,
+        connect_timeout=3,
+    )  # fmt: skip
+    with as_admin as conn, conn.cursor() as cur:
+        cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (admin.username,))
+        assert cur.fetchall() == (("127.0.0.1",),)

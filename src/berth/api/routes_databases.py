@@ -637,7 +637,7 @@ def activate_server(name: str, session: SessionDep, who: Operator) -> ServerPubl
 
 class ServerLaunch(Strict):
     name: str = Field(max_length=40)
-    engine: str = Field(max_length=32, description="redis or postgres (MariaDB: not yet)")
+    engine: str = Field(max_length=32, description="redis, postgres or mariadb")
     listen: str = Field(max_length=64, description="an IPv4 address of this machine")
     port: int | None = Field(default=None, description="default: the engine's")
     memory_mb: int | None = Field(default=None, description="the container's memory limit")

@@ -347,7 +347,7 @@ def servers_add(
 @db_servers_app.command("launch")
 def servers_launch(
     name: str,
-    engine: Annotated[str, typer.Option(help="redis or postgres (MariaDB: not yet).")],
+    engine: Annotated[str, typer.Option(help="redis, postgres or mariadb.")],
     listen: Annotated[
         str,
         typer.Option(

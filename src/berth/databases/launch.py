@@ -9,11 +9,14 @@ tenants' containers are (read-only root, every capability dropped, no-new-privil
 nobody, memory and pids limits), restarted by Docker unless stopped. Its admin credentials are
 made here and kept only in the store (the admin URL), as for a registered server.
 
-Redis and PostgreSQL are launched; MariaDB needs its image (and an install-db step) still.
+Redis, PostgreSQL and MariaDB are launched.
 PostgreSQL's cluster is made once by ``initdb`` in a container of the same image, with the
 admin's password from a file on the volume (removed as soon as initdb ends) and SCRAM for every
 connection; its ``pg_hba.conf`` lets any address try a password (as a shared server must: the
-egress filter decides who reaches it) and trusts nobody.
+egress filter decides who reaches it) and trusts nobody. MariaDB's data directory is made once by
+``mariadb-install-db`` the same way (root only through the container's own socket); Berth's
+admin exists through an init file of its password's hash, and only from the address the server
+listens on (the Berth machine itself).
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from berth.databases.password_hashes import redis_password_hash
+from berth.databases.password_hashes import mysql_native_password_hash, redis_password_hash
 from berth.errors import InvalidInput
 
-LAUNCHABLE = ("redis", "postgres")
+LAUNCHABLE = ("redis", "postgres", "mariadb")
 ADMIN_USER = "berthadmin"
-DEFAULT_PORTS = {"redis": 6379, "postgres": 5432}
+DEFAULT_PORTS = {"redis": 6379, "postgres": 5432, "mariadb": 3306}
 MIN_MEMORY_MB, MAX_MEMORY_MB, DEFAULT_MEMORY_MB = 64, 65536, 512
 PIDS_LIMIT = 256
 LABEL_SERVER = "berth.db-server"  # the server's id, on its container and its volume
@@ -38,6 +41,8 @@ ACL_FILE = f"{DATA_DIR}/users.acl"
 PG_DATA = f"{DATA_DIR}/pg"
 PG_PASSWORD_FILE = f"{DATA_DIR}/.admin-password"
 PG_BIN = "/usr/lib/postgresql/15/bin"
+MARIADB_DATA = f"{DATA_DIR}/db"
+MARIADB_INIT = f"{DATA_DIR}/init.sql"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 
 
@@ -160,13 +165,49 @@ PG_HBA = (
 )
 
 
+def mariadb_install_arguments() -> list[str]:
+    return [
+        "--no-defaults", f"--datadir={MARIADB_DATA}", "--auth-root-authentication-method=socket",
+        "--skip-test-db", "--skip-name-resolve", "--tmpdir=/tmp",
+    ]  # fmt: skip
+
+
+def mariadb_arguments(spec: LaunchSpec) -> list[str]:
+    return [
+        "--no-defaults", f"--datadir={MARIADB_DATA}", "--skip-networking=0",
+        f"--bind-address={spec.listen}", f"--port={spec.port}",
+        "--socket=/tmp/mysqld.sock", "--pid-file=/tmp/mysqld.pid", "--tmpdir=/tmp",
+        f"--init-file={MARIADB_INIT}", "--skip-log-bin", "--skip-name-resolve",
+        f"--innodb-buffer-pool-size={max(32, spec.memory_mb // 2)}M", "--max-connections=200",
+    ]  # fmt: skip
+
+
+def mariadb_init_sql(spec: LaunchSpec, password: str) -> str:
+    """Read at every start: Berth's admin, from the listen address only, by its hash. The
+    address is a validated IPv4 address, the hash hex: nothing else reaches the text."""
+    host = str(ipaddress.IPv4Address(spec.listen))
+    digest = mysql_native_password_hash(password)
+    if re.fullmatch(r"\*[0-9A-F]{40}", digest) is None:
+        raise ValueError("not a mysql_native_password hash")
+    return (
+        f"CREATE USER IF NOT EXISTS '{ADMIN_USER}'@'{host}' IDENTIFIED BY PASSWORD '{digest}';\n"
+        f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'{host}' WITH GRANT OPTION;\n"
+    )
+
+
 def server_arguments(spec: LaunchSpec) -> list[str]:
-    return redis_arguments(spec) if spec.engine == "redis" else postgres_arguments(spec)
+    if spec.engine == "redis":
+        return redis_arguments(spec)
+    if spec.engine == "mariadb":
+        return mariadb_arguments(spec)
+    return postgres_arguments(spec)
 
 
 def admin_url(spec: LaunchSpec, password: str) -> str:
     if spec.engine == "postgres":
         return f"postgresql://{ADMIN_USER}:{password}@{spec.listen}:{spec.port}/postgres"
+    if spec.engine == "mariadb":
+        return f"mysql://{ADMIN_USER}:{password}@{spec.listen}:{spec.port}/"
     return f"redis://{ADMIN_USER}:{password}@{spec.listen}:{spec.port}/0"
 
 

@@ -54,7 +54,17 @@ POSTGRES = DebImageRecipe(
     ),
     data_dirs=("/data",),
 )
-RECIPES = {"redis": REDIS, "postgres": POSTGRES}
+MARIADB = DebImageRecipe(
+    repository="berth/db-mariadb",
+    # mariadbd, mariadb-install-db (a shell script) and the my_print_defaults it calls, and the
+    # libraries mariadbd links that the base lacks.
+    packages=("mariadb-server-core", "mariadb-client-core", "libaio1", "libnuma1", "liburing2"),
+    modules=("__init__.py",),
+    entrypoint=("/usr/sbin/mariadbd",),
+    dropped=(*deb_image.DROPPED, "etc/init.d", "lib/systemd", "usr/lib/systemd"),
+    data_dirs=("/data",),
+)
+RECIPES = {"redis": REDIS, "postgres": POSTGRES, "mariadb": MARIADB}
 
 
 def ensure_db_server_image(client: Any, cache_dir: Path, engine: str) -> BuiltImage:

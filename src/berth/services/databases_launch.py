@@ -22,6 +22,7 @@ from berth.databases.launch import (
     DATA_DIR,
     LABEL_INSTALLATION,
     LABEL_SERVER,
+    MARIADB_INIT,
     PG_DATA,
     PG_HBA,
     PG_PASSWORD_FILE,
@@ -29,6 +30,8 @@ from berth.databases.launch import (
     admin_url,
     container_options,
     launch_spec,
+    mariadb_init_sql,
+    mariadb_install_arguments,
     postgres_initdb_script,
     redis_acl_file,
 )
@@ -114,6 +117,10 @@ def _run(client: Any, spec: LaunchSpec, image: str, installation: str, password:
         if spec.engine == "postgres":
             _initdb(client, spec, image, labels, password)
             files = {PG_DATA: {"pg_hba.conf": PG_HBA}}
+        elif spec.engine == "mariadb":
+            _once(client, spec, image, labels, ["/usr/bin/mariadb-install-db"],
+                  mariadb_install_arguments())  # fmt: skip
+            files = {DATA_DIR: {MARIADB_INIT.rsplit("/", 1)[1]: mariadb_init_sql(spec, password)}}
         else:
             # The users file before the first start (Redis refuses a missing aclfile).
             files = {DATA_DIR: {ACL_FILE.rsplit("/", 1)[1]: redis_acl_file(password)}}
@@ -140,12 +147,26 @@ def _archive(files: dict[str, str]) -> bytes:
 def _initdb(
     client: Any, spec: LaunchSpec, image: str, labels: dict[str, str], password: str
 ) -> None:
-    """The cluster, once, in a container of the same image: no network, as nobody, read-only
-    root; the password file it reads is removed when it ends."""
+    """The cluster, once; the password file initdb reads is removed when it ends."""
+    files = {PG_PASSWORD_FILE.rsplit("/", 1)[1]: password}
+    _once(client, spec, image, labels, ["/bin/sh", "-c", postgres_initdb_script()], [], files)
+
+
+def _once(
+    client: Any,
+    spec: LaunchSpec,
+    image: str,
+    labels: dict[str, str],
+    entrypoint: list[str],
+    command: list[str],
+    files: dict[str, str] | None = None,
+) -> None:
+    """A one-shot step on the volume (initdb, install-db) in a container of the same image: no
+    network, as nobody, read-only root, every capability dropped; it must end with 0."""
     init = client.containers.create(
         image,
-        entrypoint=["/bin/sh", "-c", postgres_initdb_script()],
-        command=[],
+        entrypoint=entrypoint,
+        command=command,
         name=f"{spec.container}-initdb",
         user="65534:65534",
         network_mode="none",
@@ -157,18 +178,32 @@ def _initdb(
         labels=labels,
     )
     try:
-        if not init.put_archive(DATA_DIR, _archive({PG_PASSWORD_FILE.rsplit("/", 1)[1]: password})):
-            raise LaunchFailed("the admin's password could not be handed to initdb")
+        if files and not init.put_archive(DATA_DIR, _archive(files)):
+            raise LaunchFailed("the first start's files could not be written")
         init.start()
-        outcome = init.wait(timeout=120)
+        outcome = init.wait(timeout=180)
         if outcome.get("StatusCode") != 0:
             tail = init.logs(tail=5).decode(errors="replace").strip()
-            raise LaunchFailed(f"initdb failed: {tail[-600:]}")
+            raise LaunchFailed(f"{entrypoint[-1][:40]} failed: {tail[-600:]}")
     finally:
         init.remove(force=True)
 
 
 def _answers(url: str) -> bool:
+    if url.startswith("mysql://"):
+        from urllib.parse import unquote, urlsplit
+
+        import pymysql
+
+        u = urlsplit(url)
+        try:
+            pymysql.connect(
+                host=u.hostname, port=u.port or 3306, user=unquote(u.username or ""),
+                password=unquote(u.password or ""), connect_timeout=2,
+            ).close()  # fmt: skip
+        except pymysql.MySQLError:
+            return False
+        return True
     if url.startswith("postgresql://"):
         import psycopg
 
