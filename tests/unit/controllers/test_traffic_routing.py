@@ -54,7 +54,7 @@ def test_controls_reach_the_leader_and_a_follower(world: World) -> None:
     follower_nginx = FakeNginx()
     follower = IngressSync(world.settings, world.reconciler.sessions, follower_nginx)  # type: ignore[arg-type]
     assert follower.run_once() is True
-    # (Its upstreams follow the health the leader records: tests/unit/controllers/test_ingress_sync.)
+    # Its upstreams follow the health the leader records (see test_ingress_sync).
     assert _route(follower_nginx, "guarded").controls == controls
 
     # The same value again changes nothing; a change does, on both.
