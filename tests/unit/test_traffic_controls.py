@@ -280,7 +280,7 @@ def test_every_control_renders_from_validated_values() -> None:
         OWN,
     )
     text = _render(controls)
-    assert "limit_req_zone $binary_remote_addr zone=a1_berth_rl:1m rate=7r/s;" in text
+    assert "limit_req_zone $binary_remote_addr zone=a1_berth_rl:128k rate=7r/s;" in text
     assert "limit_req zone=a1_berth_rl burst=3 nodelay;" in text
     assert text.index("deny 10.9.0.0/16;") < text.index("allow 10.0.0.0/8;")
     assert text.index("allow 10.0.0.0/8;") < text.index("deny all;")
