@@ -32,6 +32,11 @@ class PeriodicLoop:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the thread; a loop that runs already is left alone, and one that was stopped
+        starts again (a server that leads, follows and leads again)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
@@ -56,3 +61,23 @@ class PeriodicLoop:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("%s: pass failed", self.name)
             self._wake.wait(self.interval)
+
+
+class LoopOwner:
+    """``start``, ``stop``, ``wake`` and ``last_error`` of a controller whose one loop is
+    ``self._loop``."""
+
+    _loop: PeriodicLoop
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+    def wake(self) -> None:
+        self._loop.wake()
+
+    @property
+    def last_error(self) -> str:
+        return self._loop.last_error

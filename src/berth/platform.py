@@ -30,6 +30,7 @@ from berth.controllers.lease import LeaderLease, Leadership, server_identity
 from berth.controllers.node_guard_sync import NodeGuardSync
 from berth.controllers.reconciler import Reconciler, healthy_rows, instance_seed
 from berth.controllers.swarm_watch import SwarmWatch
+from berth.metrics.wiring import Collectors, build_collectors
 from berth.netpolicy.controller import EgressController
 from berth.netpolicy.setup import build_egress_controller
 from berth.proxy.nginx import NginxManager
@@ -87,6 +88,7 @@ class Platform:
     database_purge: DatabasePurge | None = None  # drops deleted databases after retention
     database_backups: DatabaseBackupPass | None = None  # scheduled backups, verified, per plan
     database_usage: DatabaseUsagePass | None = None  # measured, size quota, storage billed
+    metrics: Collectors | None = None  # this server's nginx traffic and containers' cgroups
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
     # Several servers on one store: the lease's holder runs the controllers, the others keep
@@ -118,6 +120,8 @@ class Platform:
 
     def start_loops(self) -> None:
         """Every server serves the API and the ingress; the leader also runs the controllers."""
+        if self.metrics is not None:
+            self.metrics.start()  # every server counts its own traffic, leader or not
         if self.leadership is None:
             self.start_controllers()
             return
@@ -129,6 +133,8 @@ class Platform:
 
     def stop_loops(self) -> None:
         """Stop Berth's own threads. Containers and nginx keep serving (the data plane)."""
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.leadership is None:
             self.stop_controllers()
             return
@@ -296,6 +302,9 @@ def build_platform(settings: Settings) -> Platform:
         renew_seconds=settings.lease_renew_seconds,
     )
     platform.ingress_sync = IngressSync(settings, sessions, nginx, interval=INGRESS_SYNC_SECONDS)
+    platform.metrics = build_collectors(
+        settings, sessions, platform.lease.holder, nginx, client.api
+    )
     platform.build_controllers = lambda: _build_controllers(
         platform, runtime, builder, nginx, client
     )

@@ -178,6 +178,15 @@ class Settings(BaseSettings):
     ingress_server_url: str = Field(default="", max_length=512, pattern=r"^(https?://[^\s]+)?$")
     ingress_nodes_interval_seconds: float = Field(default=3.0, gt=0)
 
+    # -- per-app metrics (berth.metrics): every server counts its own nginx's traffic and its
+    # engine's containers, in buckets of this many seconds, kept this long
+    metrics_enabled: bool = True
+    metrics_bucket_seconds: int = Field(default=60, ge=10, le=3600)
+    metrics_retention_hours: float = Field(default=24.0, gt=0, le=24 * 90)
+    metrics_flush_seconds: float = Field(default=10.0, gt=0, le=600)
+    metrics_engine_interval_seconds: float = Field(default=10.0, gt=0, le=600)
+    metrics_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+
     # -- several servers on one store (berth.controllers.lease): the lease's holder leads ---
     server_id: str = ""  # this server in the lease row; empty: hostname:pid:random
     lease_ttl_seconds: float = Field(default=10.0, gt=0, description="A leader's term")

@@ -28,3 +28,23 @@ def test_wake_runs_a_pass_and_errors_do_not_end_the_loop() -> None:
     finally:
         loop.stop(timeout=10)
     assert not any(t.name == "test-loop" for t in threading.enumerate())
+
+
+def test_a_stopped_loop_starts_again_and_a_running_one_is_left_alone() -> None:
+    """A server that leads, follows and leads again restarts its controllers' loops."""
+    import threading as _threading
+
+    from berth.periodic import PeriodicLoop as _Loop
+
+    passes = _threading.Semaphore(0)
+    loop = _Loop("restartable", passes.release, 0.01)
+    loop.start()
+    assert passes.acquire(timeout=5)
+    loop.start()  # running: no second thread
+    assert sum(t.name == "restartable" for t in _threading.enumerate()) == 1
+    loop.stop()
+    while passes.acquire(timeout=0.05):
+        pass  # drain what ran before the stop
+    loop.start()
+    assert passes.acquire(timeout=5)  # it runs again
+    loop.stop()

@@ -20,6 +20,7 @@ from berth.api import (
     routes_builds,
     routes_databases,
     routes_ingress,
+    routes_metrics,
     routes_nodes,
     routes_system,
 )
@@ -73,9 +74,12 @@ def create_app(platform: Platform, run_loops: bool = False) -> FastAPI:
         routes_nodes.router,
         routes_databases.router,
         routes_ingress.router,
+        routes_metrics.router,
     )
     for router in routers:
         app.include_router(router, prefix=API_PREFIX)
+    # Where Prometheus scrapes by default, outside the API prefix.
+    app.include_router(routes_metrics.prometheus_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -12,7 +12,15 @@ from urllib.parse import quote
 import typer
 from rich.markup import escape
 
-from berth.cli import accounts_cmd, billing_admin_cmd, cluster_cmd, db_cmd, nodes_cmd, server_cmd
+from berth.cli import (
+    accounts_cmd,
+    billing_admin_cmd,
+    cluster_cmd,
+    db_cmd,
+    metrics_cmd,
+    nodes_cmd,
+    server_cmd,
+)
 from berth.cli.client import ApiClient, CliError, client
 from berth.cli.output import JsonOpt, ago, console, emit, err_console, fail, print_json, table
 
@@ -39,6 +47,7 @@ app.add_typer(accounts_cmd.admin_app, name="admin")
 app.add_typer(cluster_cmd.cluster_app, name="cluster")
 app.add_typer(nodes_cmd.nodes_app, name="nodes")
 app.add_typer(db_cmd.db_app, name="db")
+app.command("metrics")(metrics_cmd.metrics)
 accounts_cmd.admin_app.add_typer(db_cmd.db_servers_app, name="db-servers")
 accounts_cmd.admin_app.add_typer(billing_admin_cmd.billing_admin_app, name="billing")
 for _cmd in (

@@ -21,9 +21,10 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from berth.controllers.platform_image import PlatformImage
 from berth.errors import BerthError
 from berth.ingress import tokens
-from berth.periodic import PeriodicLoop
+from berth.periodic import LoopOwner, PeriodicLoop
 from berth.swarm.ingress_service import (
     LABEL_INSTALLATION,
     LABEL_SERVICE,
@@ -34,7 +35,7 @@ from berth.swarm.ingress_service import (
 )
 
 log = logging.getLogger(__name__)
-IMAGE_RETRY_SECONDS = 30.0  # a failed build or push is tried again after this, not each pass
+IMAGE_WHAT = "the ingress nodes' image"
 
 
 class IngressSwarm(Protocol):
@@ -82,7 +83,7 @@ def agent_server_url(configured: str, api_host: str, api_port: int, source_addre
     return f"http://{host}:{api_port}"
 
 
-class IngressNodesSync:
+class IngressNodesSync(LoopOwner):
     def __init__(
         self,
         api: IngressSwarm,
@@ -99,31 +100,13 @@ class IngressNodesSync:
         self.api = api
         self.sessions = sessions
         self.installation = installation
-        self._image = image
         self._server_url = server_url
         self.port = port
         self._is_leader = is_leader
-        self._clock = clock
-        self._reference = ""
-        self._image_failed: tuple[float, str] | None = None
+        self._image = PlatformImage(image, IMAGE_WHAT, clock=clock)
         self._lock = threading.Lock()
         self.last: IngressOutcome | None = None
-        self.loop = PeriodicLoop("berth-ingress-nodes", self.pass_once, interval)
-        self._started = False
-
-    def start(self) -> None:
-        if not self._started:
-            self._started = True
-            self.loop.start()
-
-    def stop(self) -> None:
-        if self._started:
-            self.loop.stop()
-            self._started = False
-
-    @property
-    def last_error(self) -> str:
-        return self.loop.last_error
+        self._loop = PeriodicLoop("berth-ingress-nodes", self.pass_once, interval)
 
     def pass_once(self) -> IngressOutcome | None:
         if not self._is_leader():
@@ -133,10 +116,9 @@ class IngressNodesSync:
 
     def sync(self) -> IngressOutcome:
         url = self._server_url()
-        if not self._reference:
-            self._reference = self._make_image()
+        reference = self._image.get()
         secret = self._ensure_secret()
-        spec = ingress_spec(self._reference, url, self.port, secret, self.installation)
+        spec = ingress_spec(reference, url, self.port, secret, self.installation)
         action = plan_service(self.api.services(labels={LABEL_SERVICE: "true"}), spec)
         if action.kind == "create":
             self.api.create_service(spec)
@@ -145,7 +127,7 @@ class IngressNodesSync:
             self.api.update_service(action.service_id, action.version, spec)
             log.info("ingress nodes: service updated")
         self._remove_old_secrets(keep=secret[0])
-        self.last = IngressOutcome(action, self._reference, url, secret[1])
+        self.last = IngressOutcome(action, reference, url, secret[1])
         return self.last
 
     def _ensure_secret(self) -> tuple[str, str]:
@@ -177,13 +159,3 @@ class IngressNodesSync:
                 # Still mounted by a task the update has not replaced yet: next pass.
                 with contextlib.suppress(BerthError):
                     self.api.remove_secret(secret_id)
-
-    def _make_image(self) -> str:
-        now = self._clock()
-        if self._image_failed is not None and now - self._image_failed[0] < IMAGE_RETRY_SECONDS:
-            raise BerthError(f"the ingress nodes' image is not ready: {self._image_failed[1]}")
-        try:
-            return self._image()
-        except BerthError as failure:
-            self._image_failed = (now, failure.message)
-            raise

@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from berth.controllers.platform_image import PlatformImage
 from berth.errors import BerthError
 from berth.netpolicy.plan import NetPolicyError
-from berth.periodic import PeriodicLoop
+from berth.periodic import LoopOwner, PeriodicLoop
 from berth.swarm.api import SwarmAPI
 from berth.swarm.guard_service import (
     LABEL_GUARD,
@@ -41,9 +42,7 @@ from berth.swarm.guard_service import (
 )
 
 log = logging.getLogger(__name__)
-# A guard image that could not be made (no berth/python:3, no registry) is tried again after
-# this, not at every pass: each try builds or pushes, and logs why it failed.
-IMAGE_RETRY_SECONDS = 30.0
+IMAGE_WHAT = "the node guard's image"
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ def source_address_toward(address: str) -> str:
         return ""
 
 
-class NodeGuardSync:
+class NodeGuardSync(LoopOwner):
     """``image()`` returns the guard image's pinned reference (building and pushing it the
     first time; raising BerthError when it cannot)."""
 
@@ -127,31 +126,14 @@ class NodeGuardSync:
         self.api = api
         self.installation = installation
         self.settings = settings
-        self._image = image
         self._is_leader = is_leader
         self._wanted = wanted
         self._route_source = route_source
-        self._reference = ""
-        self._clock = clock
+        self._image = PlatformImage(image, IMAGE_WHAT, clock=clock)
         self._local = local
-        self._image_failed: tuple[float, str] | None = None  # when, why
         self._lock = threading.Lock()
         self.last: SyncOutcome | None = None
-        self.loop = PeriodicLoop("berth-node-guard", self.pass_once, interval)
-        self._started = False
-
-    def start(self) -> None:
-        if not self._started:
-            self._started = True
-            self.loop.start()
-
-    def stop(self) -> None:
-        if self._started:
-            self.loop.stop()
-            self._started = False
-
-    def wake(self) -> None:
-        self.loop.wake()
+        self._loop = PeriodicLoop("berth-node-guard", self.pass_once, interval)
 
     def pass_once(self) -> SyncOutcome | None:
         """One pass (the loop's body): nothing off the swarm backend or off the lease."""
@@ -169,9 +151,8 @@ class NodeGuardSync:
             check_facts(facts)
         except NetPolicyError as bad:
             raise BerthError(f"the node guard's facts are refused: {bad.message}") from None
-        if not self._reference:
-            self._reference = self._make_image()
-        spec = guard_spec(self._reference, facts, self.installation)
+        reference = self._image.get()
+        spec = guard_spec(reference, facts, self.installation)
         action = plan_service(self.api.services(labels={LABEL_GUARD: "true"}), spec)
         if action.kind == "create":
             self.api.create_service(spec)
@@ -190,18 +171,8 @@ class NodeGuardSync:
                 local = self._local.ensure(spec)
             else:
                 local = self._local.remove()
-        self.last = SyncOutcome(action, facts, self._reference, local)
+        self.last = SyncOutcome(action, facts, reference, local)
         return self.last
-
-    def _make_image(self) -> str:
-        now = self._clock()
-        if self._image_failed is not None and now - self._image_failed[0] < IMAGE_RETRY_SECONDS:
-            raise BerthError(f"the node guard's image is not ready: {self._image_failed[1]}")
-        try:
-            return self._image()
-        except BerthError as failure:
-            self._image_failed = (now, failure.message)
-            raise
 
     def server_addresses(self, nodes: Sequence[dict[str, Any]]) -> list[str]:
         if self.settings.server_addresses:

@@ -65,6 +65,8 @@ class NginxPaths:
     temp_dir: Path
     worker_user: str | None = None
     worker_group: str | None = None
+    # nginx's compact per-request log for berth.metrics; None: not written (ingress nodes).
+    metrics_log: Path | None = None
 
     @classmethod
     def in_dir(
@@ -84,4 +86,5 @@ class NginxPaths:
             temp_dir=conf_dir / "tmp",
             worker_user=worker_user,
             worker_group=worker_group,
+            metrics_log=conf_dir / "metrics.log",
         )

@@ -125,6 +125,8 @@ def _server_block(route: _RouteView, listen: str) -> str:
         "    server {\n"
         f"        listen {listen};\n"
         f"        server_name {' '.join(route.hostnames)};\n"
+        # The app this traffic counts for (berth.metrics): the route's id, never the Host.
+        f"        set $berth_app {route.app_id};\n"
         "\n"
         f"{locations}"
         "    }\n"
@@ -155,6 +157,8 @@ def _check_paths(paths: NginxPaths) -> None:
         paths.temp_dir,
     ):
         _check_path(path)
+    if paths.metrics_log is not None:
+        _check_path(paths.metrics_log)
     for name in (paths.worker_user, paths.worker_group):
         if name is not None and not _SYSTEM_NAME.fullmatch(name):
             raise ValueError(f"invalid worker user or group name {name!r}")

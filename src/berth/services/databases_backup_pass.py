@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from berth.periodic import PeriodicLoop
+from berth.periodic import LoopOwner, PeriodicLoop
 from berth.services.databases_backups import (
     BackupFactory,
     PassResult,
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERVAL = 300.0
 
 
-class DatabaseBackupPass:
+class DatabaseBackupPass(LoopOwner):
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -54,13 +54,3 @@ class DatabaseBackupPass:
         for backup_id, why in result.failed:
             log.error("scheduled backup %s failed: %s", backup_id, why)
         return result
-
-    def start(self) -> None:
-        self._loop.start()
-
-    def stop(self) -> None:
-        self._loop.stop()
-
-    @property
-    def last_error(self) -> str:
-        return self._loop.last_error

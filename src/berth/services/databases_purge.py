@@ -14,7 +14,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.errors import BerthError
-from berth.periodic import PeriodicLoop
+from berth.periodic import LoopOwner, PeriodicLoop
 from berth.services.databases import PurgeResult, purge_due
 from berth.services.databases_access import ProviderFactory, real_provider
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERVAL = 3600.0
 
 
-class DatabasePurge:
+class DatabasePurge(LoopOwner):
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -52,13 +52,3 @@ class DatabasePurge:
         for database_id, why in result.failed:
             log.warning("database %s stays until the next purge pass: %s", database_id, why)
         return result
-
-    def start(self) -> None:
-        self._loop.start()
-
-    def stop(self) -> None:
-        self._loop.stop()
-
-    @property
-    def last_error(self) -> str:
-        return self._loop.last_error

@@ -31,7 +31,7 @@ from berth.databases.errors import DatabaseServerUnavailable
 from berth.databases.provider import Account, Usage
 from berth.databases.quota import write_allowed
 from berth.errors import BerthError
-from berth.periodic import PeriodicLoop
+from berth.periodic import LoopOwner, PeriodicLoop
 from berth.services.databases_access import (
     ProviderFactory,
     ServerAddress,
@@ -388,7 +388,7 @@ def run_pass(
     return result
 
 
-class DatabaseUsagePass:
+class DatabaseUsagePass(LoopOwner):
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -418,13 +418,3 @@ class DatabaseUsagePass:
         for name, why in result.unreachable:
             log.error("database server %s was not measured: %s", name, why)
         return result
-
-    def start(self) -> None:
-        self._loop.start()
-
-    def stop(self) -> None:
-        self._loop.stop()
-
-    @property
-    def last_error(self) -> str:
-        return self._loop.last_error

@@ -513,3 +513,43 @@ class StorageHourRow(Base):
     # was issued before the hour was billed (its last hour, as a rule).
     invoice_period: Mapped[str] = mapped_column(String(7), index=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class AppMetricRow(Base):
+    """One app's traffic through one server's nginx in one time bucket (berth.metrics). Each
+    server writes only its own rows; readers sum over servers."""
+
+    __tablename__ = "app_metric_buckets"
+    __table_args__ = (UniqueConstraint("server_id", "app_id", "bucket_start"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    server_id: Mapped[str] = mapped_column(String(200))
+    app_id: Mapped[str] = mapped_column(String(32), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), index=True)
+    bucket_start: Mapped[int] = mapped_column(BigInteger, index=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    status_1xx: Mapped[int] = mapped_column(BigInteger, default=0)
+    status_2xx: Mapped[int] = mapped_column(BigInteger, default=0)
+    status_3xx: Mapped[int] = mapped_column(BigInteger, default=0)
+    status_4xx: Mapped[int] = mapped_column(BigInteger, default=0)
+    status_5xx: Mapped[int] = mapped_column(BigInteger, default=0)
+    body_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency: Mapped[str] = mapped_column(Text, default="")  # berth.metrics.histogram.encode
+
+
+class InstanceMetricRow(Base):
+    """One instance's cgroup readings in one time bucket, from the server whose engine runs it."""
+
+    __tablename__ = "instance_metric_buckets"
+    __table_args__ = (UniqueConstraint("server_id", "instance_id", "bucket_start"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    server_id: Mapped[str] = mapped_column(String(200))
+    instance_id: Mapped[str] = mapped_column(String(32), index=True)
+    app_id: Mapped[str] = mapped_column(String(32), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), index=True)
+    container_id: Mapped[str] = mapped_column(String(128))
+    bucket_start: Mapped[int] = mapped_column(BigInteger, index=True)
+    cpu_usec_delta: Mapped[int] = mapped_column(BigInteger, default=0)  # used in the bucket
+    memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # the last reading
+    memory_max_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    sampled_at: Mapped[float] = mapped_column(Float)
