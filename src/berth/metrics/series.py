@@ -20,7 +20,7 @@ QUANTILES = (0.5, 0.95, 0.99)
 
 def parse_duration(text: str, what: str) -> int:
     """``90s``, ``5m``, ``1h``, ``2d`` in seconds; anything else is a 422."""
-    match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
+    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise InvalidInput(
             f"{what} must be a number and a unit (s, m, h, d), like 1h; not {text!r}",

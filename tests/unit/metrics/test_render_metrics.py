@@ -27,8 +27,7 @@ def test_every_apps_server_block_sets_its_own_id() -> None:
     assert "access_log /var/lib/berth/nginx/metrics.log berth_metrics buffer=64k flush=1s;" in conf
     assert (
         "log_format berth_metrics "
-        "'$berth_app\\t$msec\\t$status\\t$body_bytes_sent\\t$request_time';"
-        in conf
+        "'$berth_app\\t$msec\\t$status\\t$body_bytes_sent\\t$request_time';" in conf
     )
     assert "$host" not in conf.split("log_format berth_metrics", 1)[1].split(";", 1)[0]
 
