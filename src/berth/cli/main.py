@@ -20,6 +20,7 @@ from berth.cli import (
     metrics_cmd,
     nodes_cmd,
     server_cmd,
+    traffic_opts,
 )
 from berth.cli.client import ApiClient, CliError, client
 from berth.cli.output import JsonOpt, ago, console, emit, err_console, fail, print_json, table
@@ -132,6 +133,7 @@ def apps_info(name: str, as_json: JsonOpt = False) -> None:
             ("constraints", ", ".join(a.get("constraints") or []) or "none"),
             ("urls", "\n".join(a["urls"])),
             ("last deployment", f"{dep.get('status', '-')} {dep.get('message', '')}"),
+            *traffic_opts.traffic_rows(a.get("traffic")),
         ]
         table(None, ["", ""], rows)
 
@@ -152,22 +154,97 @@ def apps_update(
     no_constraints: Annotated[
         bool, typer.Option("--no-constraints", help="Remove every placement constraint.")
     ] = False,
+    redirect: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--redirect",
+            help="Redirect one of the app's hostnames to another: FROM=TO (301) or FROM=TO:308, "
+            "like www.a.example=a.example (repeat; they replace the app's redirects).",
+        ),
+    ] = None,
+    no_redirects: Annotated[
+        bool, typer.Option("--no-redirects", help="Remove every redirect.")
+    ] = False,
+    basic_auth: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--basic-auth",
+            help="Require HTTP basic auth for USER (repeat for several; they replace the app's "
+            "users). The password is asked for, or read as one line of stdin.",
+        ),
+    ] = None,
+    no_basic_auth: Annotated[
+        bool, typer.Option("--no-basic-auth", help="Turn basic auth off.")
+    ] = False,
+    maintenance: Annotated[
+        str | None, typer.Option("--maintenance", help="on: every request gets a 503 page; off.")
+    ] = None,
+    maintenance_message: Annotated[
+        str | None,
+        typer.Option(
+            "--maintenance-message", help="One line of plain text on the maintenance page."
+        ),
+    ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow",
+            help="Let in only these client addresses (CIDR, IPv4 or IPv6; repeat; they replace "
+            "the allow list). Others get 403.",
+        ),
+    ] = None,
+    no_allow: Annotated[bool, typer.Option("--no-allow", help="Let every address in.")] = False,
+    deny: Annotated[
+        list[str] | None,
+        typer.Option("--deny", help="Refuse these client addresses with 403 (CIDR; repeat)."),
+    ] = None,
+    no_deny: Annotated[bool, typer.Option("--no-deny", help="Empty the deny list.")] = False,
+    rate_limit: Annotated[
+        str | None,
+        typer.Option("--rate-limit", help="Requests per second per client address, like 10/s."),
+    ] = None,
+    burst: Annotated[
+        int | None, typer.Option("--burst", help="Requests above the rate let through at once.")
+    ] = None,
+    no_rate_limit: Annotated[
+        bool, typer.Option("--no-rate-limit", help="Remove the rate limit.")
+    ] = False,
     wait: Annotated[bool, typer.Option(help="Wait until the rollout finishes.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change an app's placement constraints: a new revision rolled out start-first."""
+    """Change an app's placement constraints (a new revision rolled out start-first) and its
+    traffic controls at the ingress (no rollout: live within a routing pass)."""
     if constraint and no_constraints:
         raise CliError("give either --constraint (one or more) or --no-constraints, not both")
-    if not constraint and not no_constraints:
-        raise CliError("nothing to update: give --constraint LABEL==VALUE or --no-constraints")
     api = client()
-    result = api.patch(f"/apps/{name}", json={"constraints": list(constraint or [])})
+    flags = traffic_opts.TrafficFlags(
+        redirect, no_redirects, basic_auth, no_basic_auth, maintenance, maintenance_message,
+        allow, no_allow, deny, no_deny, rate_limit, burst, no_rate_limit,
+    )  # fmt: skip
+    traffic = traffic_opts.traffic_body(
+        flags, lambda: api.get(f"/apps/{name}").get("traffic", {}).get("rate_limit")
+    )
+    if not constraint and not no_constraints and traffic is None:
+        raise CliError(
+            "nothing to update: give --constraint LABEL==VALUE, --no-constraints or a traffic "
+            "control (see --help)"
+        )
+    body: dict[str, Any] = {}
+    if constraint or no_constraints:
+        body["constraints"] = list(constraint or [])
+    if traffic is not None:
+        body["traffic"] = traffic
+    result = api.patch(f"/apps/{name}", json=body)
     dep = result["deployment"]
     if dep is not None and wait:
         dep = result["deployment"] = _wait_for_deployment(api, name, dep["id"], quiet=as_json)
         result["app"] = api.get(f"/apps/{name}")
 
     def human(r: dict[str, Any]) -> None:
+        if traffic is not None:
+            table(None, ["", ""], traffic_opts.traffic_rows(r["app"].get("traffic")))
+            if "constraints" not in body:
+                return
         shown = ", ".join(r["app"]["constraints"]) or "none"
         console.print(f"Constraints of [bold]{escape(name)}[/]: {escape(shown)}")
         if dep is None:

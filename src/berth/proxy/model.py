@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from berth.domain.traffic import TrafficControls
+
 RouteState = Literal["serving", "no_instances", "suspended"]
 
 
@@ -26,7 +28,9 @@ class Route:
     """The domains of one app and where their traffic goes.
 
     ``state`` decides what nginx answers: ``serving`` proxies to ``upstreams``;
-    ``no_instances`` and ``suspended`` answer 503 with a page that says why.
+    ``no_instances`` and ``suspended`` answer 503 with a page that says why. ``controls``
+    are the app's traffic controls (redirects, basic auth, maintenance, allow/deny, rate
+    limit), or None for none.
     """
 
     app_id: str
@@ -35,6 +39,7 @@ class Route:
     hostnames: tuple[str, ...]
     upstreams: tuple[Upstream, ...]
     state: RouteState
+    controls: TrafficControls | None = None
 
 
 @dataclass(frozen=True, slots=True)

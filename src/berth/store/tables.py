@@ -276,6 +276,8 @@ class App(Base):
     deleting_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Placement rules over node labels, a JSON list like ["zone==b"] (berth.domain.placement).
     constraints_json: Mapped[str] = mapped_column(Text, default="[]")
+    # Traffic controls at the ingress, one validated value (berth.domain.traffic.to_json).
+    traffic_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
 
