@@ -253,3 +253,16 @@ def test_counts_survive_rotation_while_the_load_runs(world: World) -> None:
     old = world.manager.paths.metrics_log.with_name("metrics.log.1")  # type: ignore[union-attr]
     assert old.exists()  # one old file kept, never more
     assert not list(old.parent.glob("metrics.log.2*"))
+
+
+def test_a_server_without_any_app_starts(home: Path) -> None:
+    # The metrics log names $berth_app: the default server declares it, so nginx accepts a
+    # config without a single app's block (a fresh server's first config).
+    manager = NginxManager(
+        home / "empty", nginx_binary=NGINX, listen_host="127.0.0.1", listen_port=free_port()
+    )
+    try:
+        manager.ensure_running()
+        assert manager.wait_for_generation(0, timeout=10)
+    finally:
+        manager.stop()
