@@ -57,6 +57,7 @@ bench: system venv images
 	$(PY) bench/swarm_failures.py
 	$(PY) bench/cert_issuance.py
 	$(PY) bench/databases.py
+	$(PY) bench/metrics_collect.py
 	@bash scripts/ensure-edge-candidates.sh
 	$(PY) bench/edge_candidates.py
 
