@@ -243,6 +243,10 @@ TABLE: dict[tuple[str, str], Route] = {
         foreign(lambda r: Req(f"/apps/{r.app}/instances"), "app_not_found"),)),
     ("GET", "/apps/{name}/logs"): Route("read", (
         foreign(lambda r: Req(f"/apps/{r.app}/logs"), "app_not_found"),)),
+    ("GET", "/apps/{name}/metrics"): Route("read", (
+        foreign(lambda r: Req(f"/apps/{r.app}/metrics"), "app_not_found"),)),
+    # Served at /metrics too (Prometheus' default path); a tenant sees only its own apps.
+    ("GET", "/metrics"): Route("read", (own(lambda r: Req("/metrics")),)),
     ("GET", "/apps/{name}/domains"): Route("read", (
         foreign(lambda r: Req(f"/apps/{r.app}/domains"), "app_not_found"),)),
     ("POST", "/apps/{name}/domains"): Route("write", (

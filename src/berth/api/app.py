@@ -75,10 +75,11 @@ def create_app(platform: Platform, run_loops: bool = False) -> FastAPI:
         routes_databases.router,
         routes_ingress.router,
         routes_metrics.router,
+        routes_metrics.prometheus_router,
     )
     for router in routers:
         app.include_router(router, prefix=API_PREFIX)
-    # Where Prometheus scrapes by default, outside the API prefix.
+    # Also where Prometheus scrapes by default, outside the API prefix.
     app.include_router(routes_metrics.prometheus_router)
 
     @app.get("/healthz", include_in_schema=False)
