@@ -58,6 +58,7 @@ bench: system venv images
 	$(PY) bench/cert_issuance.py
 	$(PY) bench/databases.py
 	$(PY) bench/metrics_collect.py
+	$(PY) bench/metrics_nginx_log.py
 	@bash scripts/ensure-edge-candidates.sh
 	$(PY) bench/edge_candidates.py
 
