@@ -31,6 +31,8 @@ class SyncOut(BaseModel):
     etag: str
     generation: int
     conf: str | None  # None: the agent's config is current
+    # With ``conf``: the basic auth users files it names (name -> user:bcrypt lines).
+    files: dict[str, str] | None = None
 
 
 @router.post("/ingress/sync")
@@ -50,5 +52,8 @@ def sync(
     session.commit()
     current = body.etag == config.etag
     return SyncOut(
-        etag=config.etag, generation=config.generation, conf=None if current else config.text
+        etag=config.etag,
+        generation=config.generation,
+        conf=None if current else config.text,
+        files=None if current else config.auth_files,
     )

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import grp
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,7 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SYNC_PATH = "/api/v1/ingress/sync"
@@ -46,6 +48,16 @@ class SyncAnswer:
     etag: str
     generation: int
     conf: str | None  # None: what the agent has is current
+    files: dict[str, str] = field(default_factory=dict)  # basic auth users files
+
+
+# What a users file may be called and hold (berth.proxy.render names and fills them): checked
+# again here, so that a broken answer can neither write outside htpasswd/ nor a line nginx
+# would read as anything but one user and its bcrypt hash.
+AUTH_DIR = "htpasswd"
+AUTH_FILE_NAME = re.compile(r"[a-z0-9]{1,64}-[0-9a-f]{16}")
+AUTH_LINE = re.compile(r"[A-Za-z0-9._-]{1,64}:\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
+MAX_AUTH_FILES = 10000
 
 
 def parse_answer(body: bytes) -> SyncAnswer:
@@ -63,14 +75,28 @@ def parse_answer(body: bytes) -> SyncAnswer:
         raise AgentError("the server's answer has no generation")
     if conf is not None and not isinstance(conf, str):
         raise AgentError("the server's config is not text")
-    return SyncAnswer(etag, generation, conf)
+    files = data.get("files")
+    files = {} if files is None else files
+    if not isinstance(files, dict) or len(files) > MAX_AUTH_FILES:
+        raise AgentError("the server's users files are not a map")
+    for name, content in files.items():
+        if not isinstance(name, str) or not AUTH_FILE_NAME.fullmatch(name):
+            raise AgentError(f"the server named a users file {name!r}")
+        if not isinstance(content, str) or not all(
+            AUTH_LINE.fullmatch(line) for line in content.splitlines()
+        ):
+            raise AgentError(f"the users file {name} holds more than users and hashes")
+    return SyncAnswer(etag, generation, conf, dict(files))
 
 
 class Nginx:
     """The node's nginx, run by the agent (the config says ``daemon on``: the master forks)."""
 
-    def __init__(self, binary: str, state_dir: Path, port: int) -> None:
+    def __init__(
+        self, binary: str, state_dir: Path, port: int, worker_group: str = "www-data"
+    ) -> None:
         self.binary = binary
+        self.worker_group = worker_group  # the config's: its workers read the users files
         self.state_dir = state_dir
         self.conf = state_dir / "nginx.conf"
         self.pid_file = state_dir / "nginx.pid"
@@ -85,6 +111,34 @@ class Nginx:
             timeout=60,
             check=False,
         )
+
+    def write_auth_files(self, files: dict[str, str]) -> None:
+        """Each users file the next config names, atomically, readable by nginx's workers'
+        group (www-data) only; they are read on every request."""
+        directory = self.state_dir / AUTH_DIR
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        gid = _group_id(self.worker_group)
+        if gid is not None:
+            os.chown(directory, -1, gid)
+        for name, content in files.items():
+            path = directory / name
+            with contextlib.suppress(FileNotFoundError):
+                if path.read_text() == content:
+                    continue
+            tmp = directory / f".{name}.tmp"
+            tmp.write_text(content)
+            if gid is not None:
+                os.chown(tmp, -1, gid)
+            tmp.chmod(0o640)
+            os.replace(tmp, path)
+
+    def prune_auth_files(self, keep: set[str]) -> None:
+        """After a reload: the users files no live config names go."""
+        directory = self.state_dir / AUTH_DIR
+        if directory.is_dir():
+            for path in directory.iterdir():
+                if AUTH_FILE_NAME.fullmatch(path.name) and path.name not in keep:
+                    path.unlink(missing_ok=True)
 
     def install(self, text: str) -> None:
         """Check ``text`` with ``nginx -t``; only then make it the config. Raises AgentError
@@ -170,6 +224,13 @@ class Nginx:
             time.sleep(0.1)
 
 
+def _group_id(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
 def reap() -> None:
     """The agent may be PID 1 (no init): collect nginx's exited master."""
     with contextlib.suppress(ChildProcessError):
@@ -225,10 +286,12 @@ class Agent:
         """One round: ask, and apply what changed."""
         answer = self.sync()
         if answer.conf is not None:
+            self.nginx.write_auth_files(answer.files)  # before nginx -t reads their names
             self.nginx.install(answer.conf)
             self.nginx.serve()
             self.etag, self.generation = answer.etag, answer.generation
             self._wait_live(answer.generation)
+            self.nginx.prune_auth_files(set(answer.files))
         elif self.nginx.pid() is None and self.etag:
             self.nginx.start()  # it died: serve what was installed
 

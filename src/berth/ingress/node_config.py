@@ -10,11 +10,11 @@ workers as ``www-data``.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from berth.proxy.model import NginxPaths, ProxyConfig, Route
-from berth.proxy.render import render_nginx_conf
+from berth.proxy.render import auth_files, render_nginx_conf
 
 STATE_DIR = Path("/var/lib/berth-ingress")
 WORKER_USER = "www-data"
@@ -36,6 +36,9 @@ class NodeConfig:
     etag: str
     generation: int
     text: str
+    # The basic auth users files the config names (berth.proxy.render.auth_files): file name
+    # in ``htpasswd/`` -> ``user:bcrypt`` lines. The agent writes them before ``nginx -t``.
+    auth_files: dict[str, str] = field(default_factory=dict)
 
 
 def routes_digest(routes: tuple[Route, ...], port: int) -> str:
@@ -65,6 +68,10 @@ def node_config(
 ) -> NodeConfig:
     """The whole config of an ingress node listening on ``port`` of every address of the node.
     Raises ValueError (the renderer's) on anything it refuses."""
-    text = render_nginx_conf(ProxyConfig("0.0.0.0", port, routes, generation), paths)
-    etag = hashlib.sha256(text.encode()).hexdigest()[:24]
-    return NodeConfig(etag, generation, text)
+    cfg = ProxyConfig("0.0.0.0", port, routes, generation)
+    text = render_nginx_conf(cfg, paths)
+    files = auth_files(cfg)
+    digest = hashlib.sha256(text.encode())
+    for name, content in sorted(files.items()):  # a changed password is a new config
+        digest.update(b"\0" + name.encode() + b"\0" + content.encode())
+    return NodeConfig(digest.hexdigest()[:24], generation, text, files)

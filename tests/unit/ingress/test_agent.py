@@ -6,6 +6,8 @@ answer, leaves nginx serving what it served; SIGTERM's path stops nginx."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from berth.domain.traffic import TrafficControls, user_with_password
 from berth.ingress.agent import SYNC_PATH, Agent, AgentError, Nginx, parse_answer
 from berth.ingress.node_config import node_config
 from berth.proxy.model import NginxPaths, Route, Upstream
@@ -84,14 +87,21 @@ class Rig:
     port: int
     backends: dict[str, int]
 
+    controls: dict[str, TrafficControls] = field(default_factory=dict)
+
     def answer(self, generation: int, text: str | None = None) -> dict[str, Any]:
         routes = tuple(
             Route(f"app{i}", name, "t1", (f"{name}.edge.test",),
-                  (Upstream("127.0.0.1", port),), "serving")
+                  (Upstream("127.0.0.1", port),), "serving", self.controls.get(name))
             for i, (name, port) in enumerate(sorted(self.backends.items()))
         )  # fmt: skip
         config = node_config(routes, generation, self.port, self.paths)
-        return {"etag": config.etag, "generation": generation, "conf": text or config.text}
+        return {
+            "etag": config.etag,
+            "generation": generation,
+            "conf": text or config.text,
+            "files": config.auth_files,
+        }
 
     def get(self, host: str) -> httpx.Response:
         with httpx.Client(timeout=5, trust_env=False) as client:
@@ -101,16 +111,19 @@ class Rig:
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     user, group = _worker_identity()
-    state = tmp_path / "state"
+    # nginx's workers read the users files on every request: every directory above them must
+    # let them through (pytest's own tmp_path parents do not), as /var/lib/berth-ingress does.
+    base = Path(tempfile.mkdtemp(prefix="berth-agent-", dir="/tmp"))
+    base.chmod(0o711)
+    state = base / "state"
     state.mkdir()
-    tmp_path.chmod(0o755)
     paths = NginxPaths.in_dir(state, worker_user=user, worker_group=group)
     port = free_port()
     stand_in = StandIn()
     server = _server(stand_in)
     backend = _backend("hello from shop")
     token_url = f"http://127.0.0.1:{server.server_address[1]}"
-    nginx = Nginx("/usr/sbin/nginx", state, port)
+    nginx = Nginx("/usr/sbin/nginx", state, port, worker_group=group or "root")
     agent = Agent(token_url, TOKEN, "w1", nginx, interval=0.05)
     try:
         yield Rig(agent, stand_in, paths, port, {"shop": backend.server_address[1]})
@@ -120,6 +133,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         backend.shutdown()
         server.server_close()
         backend.server_close()
+        shutil.rmtree(base, ignore_errors=True)
     assert nginx.pid() is None
 
 
@@ -154,6 +168,26 @@ def test_the_agent_serves_what_it_is_sent_and_keeps_it_through_failures(rig: Rig
     assert rig.agent.nginx.live_generation() == 3
     assert rig.get("cart.edge.test").text == "hello from cart"
     assert rig.agent.nginx.pid() == master
+
+
+def test_basic_auth_users_files_reach_the_node(rig: Rig) -> None:
+    """The users files come with the config, are written before nginx checks it, and go once
+    no config names them."""
+    rig.controls["shop"] = TrafficControls(basic_auth=(user_with_password("ann", "s3cret-pass"),))
+    rig.stand_in.answers = [rig.answer(1)]
+    rig.agent.step()
+    assert rig.get("shop.edge.test").status_code == 401
+    with httpx.Client(timeout=5, trust_env=False, auth=("ann", "s3cret-pass")) as client:
+        resp = client.get(f"http://127.0.0.1:{rig.port}/", headers={"Host": "shop.edge.test"})
+    assert resp.status_code == 200 and resp.text == "hello from shop"
+    users = rig.agent.nginx.state_dir / "htpasswd"
+    (written,) = list(users.iterdir())
+    assert oct(written.stat().st_mode & 0o777) == "0o640"
+    rig.controls.clear()
+    rig.stand_in.answers = [rig.answer(2)]
+    rig.agent.step()
+    assert rig.get("shop.edge.test").status_code == 200
+    assert list(users.iterdir()) == []
 
 
 def test_a_server_that_does_not_answer_changes_nothing(rig: Rig) -> None:
@@ -203,6 +237,10 @@ def test_the_run_loop_reports_errors_and_stops_nginx_on_term(rig: Rig) -> None:
         b'{"etag": "ab", "generation": true}',
         b'{"etag": "ab", "generation": -1}',
         b'{"etag": "ab", "generation": 1, "conf": 5}',
+        b'{"etag": "ab", "generation": 1, "conf": "", "files": {"../../etc/passwd": "x"}}',
+        b'{"etag": "ab", "generation": 1, "conf": "", "files": {"a1-0123456789abcdef": '
+        b'"ann:plain\\nevil"}}',
+        b'{"etag": "ab", "generation": 1, "conf": "", "files": []}',
     ],
 )
 def test_a_broken_answer_is_refused(body: bytes) -> None:
