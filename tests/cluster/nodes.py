@@ -743,11 +743,17 @@ class Cluster:
     def wait_states(self, wanted: dict[str, str], timeout: float = 30.0) -> float:
         """Wait until the manager reports these node states; return the seconds it took."""
         started = time.monotonic()
-        wait_until(
-            lambda: all(self.node_states().get(s) == st for s, st in wanted.items()),
-            timeout,
-            f"the swarm reports {wanted}",
-        )
+        seen: list[dict[str, str]] = [{}]
+
+        def reached() -> bool:
+            seen[0] = self.node_states()
+            return all(seen[0].get(s) == st for s, st in wanted.items())
+
+        try:
+            wait_until(reached, timeout, f"the swarm reports {wanted}")
+        except AssertionError as exc:
+            alive = {s: n.engine_alive() for s, n in self.nodes.items()}
+            raise AssertionError(f"{exc}; it reports {seen[0]}; engines alive: {alive}") from None
         return time.monotonic() - started
 
     def form(
