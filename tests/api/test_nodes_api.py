@@ -310,3 +310,23 @@ def test_cli_cluster_init_twice(cli: Callable[..., Result], local: Env) -> None:
     again = cli("cluster", "init")
     assert "nothing changed" in again.output and len(engine.init_calls) == 1
     assert "backend: swarm" in cli("cluster", "status").output
+
+
+def test_a_labelled_node_says_why_no_ingress_runs_there(local: Env, fake: FakeSwarm) -> None:
+    """Labelled ingress=true, but the leader cannot keep the ingress service (its API on
+    loopback, say): `nodes list` says why, not nothing; an unlabelled node says nothing."""
+
+    class Failing:
+        last_error = "BerthError: ingress nodes cannot reach this server's API on 127.0.0.1"
+
+    fake.add_node("w4", labels={"ingress": "true"})
+    assert local.platform.ingress_nodes is None
+    rows = {r["name"]: r["ingress"] for r in local.ok("GET", "/admin/nodes", local.admin)}
+    assert rows["w4"] == "not started: ingress nodes are off (BERTH_INGRESS_NODES=false)"
+    assert rows["w1"] == ""
+    local.platform.ingress_nodes = Failing()  # type: ignore[assignment]
+    try:
+        info = local.ok("GET", "/admin/nodes/w4", local.admin)
+        assert info["ingress"] == f"not started: {Failing.last_error}"
+    finally:
+        local.platform.ingress_nodes = None

@@ -21,6 +21,7 @@ from berth.api.deps import Operator, PlatformDep, SessionDep
 from berth.api.schemas import Strict
 from berth.cluster import init as cluster_init
 from berth.cluster.init import EngineApi
+from berth.cluster.labels import INGRESS
 from berth.cluster.nodes import ENGINE_API_VERSION, ManagerClient, engine_call
 from berth.cluster.views import NodeRow, local_row
 from berth.errors import Conflict, NotFound
@@ -131,14 +132,27 @@ class ClusterPublic(BaseModel):
 
 
 def _public(
-    row: NodeRow, with_tasks: bool = False, session: SessionDep | None = None
+    row: NodeRow,
+    with_tasks: bool = False,
+    session: SessionDep | None = None,
+    ingress_down: str = "",
 ) -> NodePublic:
     public = NodePublic.model_validate(row.to_json(with_tasks=with_tasks))
     if session is not None and row.ingress:
         generation = ingress_nodes.current_generation(session)
         report = ingress_nodes.reports(session).get(row.name)
         public.ingress = ingress_nodes.describe(row.ingress, report, generation, time.time())
+    elif ingress_down and row.labels.get(INGRESS) == "true":
+        # Labelled, but the leader cannot run the ingress service: say why, not nothing.
+        public.ingress = f"not started: {ingress_down}"
     return public
+
+
+def _ingress_down(platform: Platform) -> str:
+    """Why the ingress nodes' service is not kept here, if it is not (the leader's last error)."""
+    if platform.ingress_nodes is None:
+        return "ingress nodes are off (BERTH_INGRESS_NODES=false)"
+    return platform.ingress_nodes.last_error
 
 
 def _manager(platform: Platform) -> ManagerClient:
@@ -248,7 +262,10 @@ def join_command(
 def list_nodes(platform: PlatformDep, session: SessionDep, who: Operator) -> list[NodePublic]:
     if platform.swarm_manager is None:
         return [_public(_local_row(platform, session))]
-    return [_public(row, session=session) for row in platform.swarm_manager.list()]
+    down = _ingress_down(platform)
+    return [
+        _public(row, session=session, ingress_down=down) for row in platform.swarm_manager.list()
+    ]
 
 
 @router.get("/admin/nodes/{node}")
@@ -263,7 +280,8 @@ def node_info(
                 code="node_not_found",
             )
         return _public(row, with_tasks=True)
-    return _public(platform.swarm_manager.info(node), with_tasks=True, session=session)
+    row = platform.swarm_manager.info(node)
+    return _public(row, with_tasks=True, session=session, ingress_down=_ingress_down(platform))
 
 
 @router.post("/admin/nodes/{node}/labels")
