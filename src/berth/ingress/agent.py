@@ -30,6 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,6 +225,31 @@ class Nginx:
             time.sleep(0.1)
 
 
+def workers_of(master: int) -> set[int]:
+    """The pids whose parent is ``master`` (nginx's workers and cache processes), from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after it.
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 1 and fields[1] == str(master):
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited (its parent reaps it)
+
+
 def _group_id(name: str) -> int | None:
     try:
         return grp.getgrnam(name).gr_gid
@@ -288,17 +314,29 @@ class Agent:
         if answer.conf is not None:
             self.nginx.write_auth_files(answer.files)  # before nginx -t reads their names
             self.nginx.install(answer.conf)
+            master = self.nginx.pid()
+            old_workers = workers_of(master) if master is not None else set()
             self.nginx.serve()
             self.etag, self.generation = answer.etag, answer.generation
-            self._wait_live(answer.generation)
+            self._wait_live(answer.generation, old_workers)
             self.nginx.prune_auth_files(set(answer.files))
         elif self.nginx.pid() is None and self.etag:
             self.nginx.start()  # it died: serve what was installed
 
-    def _wait_live(self, generation: int, timeout: float = 5.0) -> None:
+    def _wait_live(
+        self,
+        generation: int,
+        old_workers: AbstractSet[int] = frozenset(),
+        timeout: float = 10.0,
+    ) -> None:
+        """Until the new config answers and the workers of the old one are gone: until then an
+        old worker may still take a new connection and answer it with the old config (what
+        the server is told this node serves must be all it serves)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.nginx.live_generation() == generation:
+            if self.nginx.live_generation() == generation and not any(
+                _alive(pid) for pid in old_workers
+            ):
                 return
             time.sleep(0.05)
 

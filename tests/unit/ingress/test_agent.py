@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from berth.domain.traffic import TrafficControls, user_with_password
-from berth.ingress.agent import SYNC_PATH, Agent, AgentError, Nginx, parse_answer
+from berth.ingress.agent import SYNC_PATH, Agent, AgentError, Nginx, parse_answer, workers_of
 from berth.ingress.node_config import node_config
 from berth.proxy.model import NginxPaths, Route, Upstream
 from berth.proxy.nginx import _worker_identity
@@ -161,10 +161,15 @@ def test_the_agent_serves_what_it_is_sent_and_keeps_it_through_failures(rig: Rig
     assert rig.agent.nginx.live_generation() == 1
     assert rig.get("shop.edge.test").text == "hello from shop"
 
-    # A new app: reloaded, live at once.
+    # A new app: reloaded, live at once, and no worker of the old config left to answer a new
+    # connection with it.
     rig.backends["cart"] = _backend("hello from cart").server_address[1]
     rig.stand_in.answers = [rig.answer(3)]
+    assert master is not None
+    before = workers_of(master)
+    assert before
     rig.agent.step()
+    assert not before & workers_of(master)
     assert rig.agent.nginx.live_generation() == 3
     assert rig.get("cart.edge.test").text == "hello from cart"
     assert rig.agent.nginx.pid() == master
