@@ -17,7 +17,7 @@ from berth.images import deb_image
 from berth.images.deb_image import BuiltImage, DebImageRecipe
 
 REPOSITORY = "berth/ingress"
-AGENT_MODULES = ("__init__.py", "ingress/__init__.py", "ingress/agent.py")
+AGENT_MODULES = ("__init__.py", "procfs.py", "ingress/__init__.py", "ingress/agent.py")
 RECIPE = DebImageRecipe(
     repository=REPOSITORY,
     packages=("nginx",),

@@ -2,9 +2,10 @@
 ``ingress=true``. It keeps that node's nginx serving what every Berth server's nginx serves.
 
 Standard library only: the image (berth.images.ingress_image) holds python3, the distro's nginx
-and this module, nothing else of Berth. The agent renders nothing: a Berth server renders the
-node's whole nginx.conf from the same routes as its own (berth.ingress.node_config), so there is
-one renderer and one validation of tenant text, on the server.
+and this module (with berth.procfs), nothing else of Berth. The agent renders nothing: a Berth
+server renders the node's whole nginx.conf from the same routes as its own
+(berth.ingress.node_config), so there is one renderer and one validation of tenant text, on the
+server.
 
 Once a second it asks a server (``POST /api/v1/ingress/sync``, with the token Swarm mounted as a
 secret) for the config, telling it what this node serves now (the generation nginx answers
@@ -33,6 +34,8 @@ import urllib.request
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from berth.procfs import alive, children
 
 SYNC_PATH = "/api/v1/ingress/sync"
 MAX_CONF_BYTES = 64 * 1024 * 1024
@@ -226,28 +229,8 @@ class Nginx:
 
 
 def workers_of(master: int) -> set[int]:
-    """The pids whose parent is ``master`` (nginx's workers and cache processes), from /proc."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after it.
-        fields = stat.rpartition(")")[2].split()
-        if len(fields) > 1 and fields[1] == str(master):
-            found.add(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"  # a zombie has exited (its parent reaps it)
+    """nginx's workers (and cache processes): the master's children."""
+    return children(master)
 
 
 def _group_id(name: str) -> int | None:
@@ -335,7 +318,7 @@ class Agent:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.nginx.live_generation() == generation and not any(
-                _alive(pid) for pid in old_workers
+                alive(pid) for pid in old_workers
             ):
                 return
             time.sleep(0.05)

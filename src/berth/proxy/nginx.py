@@ -33,6 +33,7 @@ from pathlib import Path
 import httpx
 
 from berth.errors import ProxyConfigError
+from berth.procfs import children
 from berth.proxy.model import NginxPaths, ProxyConfig, Route
 from berth.proxy.render import AUTH_DIR, AUTH_FILE_NAME, auth_files, render_nginx_conf
 
@@ -437,26 +438,11 @@ def _collect(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, errors or ""
 
 
-def _children(pid: int) -> set[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:  # a kernel without the children file: every process's parent
-        found = set()
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                with contextlib.suppress(OSError, IndexError):
-                    stat = (proc / "stat").read_text().rpartition(")")[2].split()
-                    if int(stat[1]) == pid:
-                        found.add(int(proc.name))
-        return found
-    return {int(p) for p in text.split()}
-
-
 def _workers_of(master: int) -> set[int]:
     """The master's serving workers: a forked child takes the worker title once it is set up
     (its listening sockets in its event loop), so a new one counts only when it can accept; a
     stopping one is titled "... is shutting down"."""
-    return {p for p in _children(master) if _cmdline(str(p)).strip() == _WORKER_TITLE}
+    return {p for p in children(master) if _cmdline(str(p)).strip() == _WORKER_TITLE}
 
 
 def _retire_old_workers(

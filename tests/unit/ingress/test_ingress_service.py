@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from berth.controllers.ingress_nodes_sync import agent_server_url
@@ -67,3 +71,23 @@ def test_the_agents_url() -> None:
         with pytest.raises(BerthError) as refused:
             agent_server_url("", host, 8700, source)
         assert refused.value.code == "ingress_unreachable_api"
+
+
+def test_the_images_modules_alone_run_the_agent(tmp_path: Path) -> None:
+    """The ingress image holds python3, nginx and these modules only: they must be enough."""
+    from berth.images.deb_image import read_modules
+    from berth.images.ingress_image import AGENT_MODULES
+
+    code = tmp_path / "berth"
+    for relative, body in read_modules(AGENT_MODULES).items():
+        (code / relative).parent.mkdir(parents=True, exist_ok=True)
+        (code / relative).write_bytes(body)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]); sys.argv = ['agent', '--help']; "
+         "import runpy; runpy.run_module('berth.ingress.agent', run_name='__main__')",
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--token-file" in result.stdout
