@@ -176,24 +176,32 @@ def test_a_server_that_cannot_start_leaves_nothing(
         assert servers.list_servers(session) == []
 
 
-def test_a_launched_postgres_keeps_a_tenants_rows_across_a_restart(
-    world: tuple[sessionmaker[Session], Any, Settings, str],
-) -> None:
-    import psycopg
-
+def _launch_with_database(
+    world: tuple[sessionmaker[Session], Any, Settings, str], engine: str
+) -> tuple[Any, Any]:
+    """A launched server of ``engine`` and a tenant's database on it: (server row, creds)."""
     sessions, client, settings, name = world
     port = free_port()
     with sessions() as session:
         server = launch.launch_server(
             session, real_provider, client, settings, "inst1",
-            name=name, engine="postgres", listen="127.0.0.1", port=port, memory_mb=256,
+            name=name, engine=engine, listen="127.0.0.1", port=port, memory_mb=256,
         )  # fmt: skip
-        assert (server.engine, server.port) == ("postgres", port)
+        assert (server.engine, server.port) == (engine, port)
         tenant = _tenant(sessions)
         db = dbsvc.create_database(
-            session, real_provider, tenant, dbsvc.NewDatabase("main", "postgres", None, None, None)
+            session, real_provider, tenant, dbsvc.NewDatabase("main", engine, None, None, None)
         )
-        creds = dbsvc.credentials(session, real_provider, db)
+        return server, dbsvc.credentials(session, real_provider, db)
+
+
+def test_a_launched_postgres_keeps_a_tenants_rows_across_a_restart(
+    world: tuple[sessionmaker[Session], Any, Settings, str],
+) -> None:
+    import psycopg
+
+    _, client, _, name = world
+    _, creds = _launch_with_database(world, "postgres")
     container = client.containers.get(f"berth-dbs-{name}")
     assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
     assert container.attrs["HostConfig"]["CapDrop"] == ["ALL"]
@@ -223,18 +231,8 @@ def test_a_launched_mariadb_keeps_a_tenants_rows_and_its_admin_stays_local(
 ) -> None:
     import pymysql
 
-    sessions, client, settings, name = world
-    port = free_port()
-    with sessions() as session:
-        server = launch.launch_server(
-            session, real_provider, client, settings, "inst1",
-            name=name, engine="mariadb", listen="127.0.0.1", port=port, memory_mb=256,
-        )  # fmt: skip
-        tenant = _tenant(sessions)
-        db = dbsvc.create_database(
-            session, real_provider, tenant, dbsvc.NewDatabase("main", "mariadb", None, None, None)
-        )
-        creds = dbsvc.credentials(session, real_provider, db)
+    _, client, _, name = world
+    server, creds = _launch_with_database(world, "mariadb")
     assert not client.containers.list(all=True, filters={"name": f"berth-dbs-{name}-initdb"})
     u = urlsplit(creds.url)
 
