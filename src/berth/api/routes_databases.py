@@ -61,7 +61,9 @@ def clock() -> Callable[[], float]:
 
 def database_backups(platform: PlatformDep) -> backups_svc.BackupFactory:
     """How Berth backs up a database server's databases (tests override it with the fake)."""
-    return backups_svc.backups_with(platform.settings)
+    return dedicated.local_backups(
+        platform.runtime, platform.settings.docker_url, platform.settings
+    )
 
 
 ProvidersDep = Annotated[ProviderFactory, Depends(database_providers)]
@@ -87,7 +89,7 @@ class DatabaseCreate(Strict):
                 {
                     "properties": {
                         "engine": {"enum": ["postgres", "mariadb", "redis"]},
-                        "plan": {"enum": ["shared"]},
+                        "plan": {"enum": ["shared", "dedicated"]},
                     }
                 },
                 {
@@ -121,7 +123,8 @@ class DatabaseCreate(Strict):
         default=None,
         max_length=32,
         description="default: dedicated for memcached (its only plan), shared for the others "
-        "(their only plan for now)",
+        "(dedicated: a server of the database's own on your network; for redis, size_mb is "
+        "its memory, 16-4096 MB)",
         json_schema_extra={"enum": list(svc.PLANS)},
     )
     size_mb: int | None = Field(

@@ -20,12 +20,15 @@ unchanged, and the engine's ``Provider`` for that server is what differs:
 
 - Memcached (``memcached_dedicated.MemcachedProvider``): it has no users, so the provider's
   ``create`` is the runner starting the container and ``drop`` removing it.
-- PostgreSQL/MariaDB/Redis would fit the same way: a spec with the distro's server image, a
-  volume for the data and an admin password generated into the ``DbServer`` row's admin URL
-  (pointing at the alias); the provider's ``create`` runs the spec, waits until it answers, then
-  hands the account to the shared provider of the engine (``PostgresProvider`` and so on) over
-  that admin URL, unchanged. Backups, rotation, quotas and usage then work as on a shared
-  server; only ``drop`` also removes the container and its volume.
+- PostgreSQL, MariaDB and Redis (``dedicated_servers.DedicatedServerProvider``): a spec of the
+  distro's server image (the ones ``db-servers launch`` runs, started the same way), a volume
+  for the data and an admin password generated into the ``DbServer`` row's admin URL, which
+  names the alias; the provider's ``create`` runs the spec, waits until it answers, then hands
+  the account to the shared provider of the engine (``PostgresProvider`` and so on) over that
+  admin URL with the alias replaced by the container's address (``RunningServer.address``, on
+  the tenant's bridge, which the Berth machine reaches and nothing of another tenant's does).
+  Backups, rotation, quotas and usage then work as on a shared server; ``drop`` removes the
+  container and its volume.
 """
 
 from __future__ import annotations
@@ -55,10 +58,15 @@ class DedicatedNotAvailable(Conflict):
 
 SWARM_GAPS: Final = (
     "a SwarmDedicatedRunner creating the spec as a service on the tenant's overlay",
-    "an address the Berth server reaches the service at for check() and usage() "
-    "(the overlay is not attachable from the host: an admin-side attachable network, or "
-    "stats read through a task)",
+    "an address the Berth server reaches the service at for check(), usage(), backups and "
+    "the admin's statements (the overlay is not attachable from the host: an admin-side "
+    "attachable network, or the statements run through a task)",
     "the service's own memory reservation counted by the Swarm scheduler",
+    "a volume that follows the server's task to another node (a local volume stays on the "
+    "node it was made on: the service pinned to that node, or a volume driver shared by the "
+    "nodes) and the one-shot init step (initdb, install-db) run as a task before the service",
+    "MariaDB's admin host: the Berth server reaches the service from an address of the "
+    "admin network, not the bridge's gateway",
 )
 
 
@@ -74,6 +82,29 @@ def server_name(server_database: str) -> str:
 
 def is_server_name(name: str) -> bool:
     return _NAME.fullmatch(name) is not None
+
+
+def volume_name(name: str) -> str:
+    """The named volume of a dedicated server's data (labelled as its container is)."""
+    if not is_server_name(name):
+        raise ValueError(f"{name!r} is not a dedicated server's name")
+    return f"{name}-data"
+
+
+def server_of_volume(volume: str) -> str | None:
+    name = volume.removesuffix("-data")
+    return name if volume.endswith("-data") and is_server_name(name) else None
+
+
+@dataclass(frozen=True)
+class InitStep:
+    """A one-shot step on the new volume before the server's first start (``initdb``,
+    ``mariadb-install-db``): a container of the same image, with no network, hardened as the
+    server; ``files`` (name: text) are written into ``data_dir`` first. It must exit with 0."""
+
+    entrypoint: tuple[str, ...]
+    command: tuple[str, ...] = ()
+    files: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,6 +127,16 @@ class DedicatedSpec:
     tenant_id: str
     database_id: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    # The data: a named volume (``volume_name``) mounted at ``data_dir``; "" for none (a cache).
+    volume: str = ""
+    data_dir: str = ""
+    # Writable scratch on a read-only root (path: tmpfs options), e.g. the server's socket.
+    tmpfs: Mapping[str, str] = field(default_factory=dict)
+    init: InitStep | None = None
+    # Written into the volume before the first start: {directory: {name: text}}, each file
+    # owned by nobody and readable by nobody else.
+    files: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    stop_signal: str = ""  # "": the image's (SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -109,8 +150,15 @@ class DedicatedRunner(Protocol):
     """Runs dedicated servers. Raises ``DatabaseServerUnavailable`` when its engine cannot be
     reached and ``DatabaseServerError`` when it refuses; nothing else escapes."""
 
+    def network_gateway(self, network: str, tenant_id: str) -> str:
+        """Make the tenant's network ready (as for its apps) and return its IPv4 gateway: the
+        address the Berth machine's connections to a server on it come from."""
+        ...
+
     def run(self, spec: DedicatedSpec) -> RunningServer:
-        """Create and start the server; ``DatabaseExists`` if one of that name is there."""
+        """Create and start the server (its volume, init step and files first);
+        ``DatabaseExists`` if one of that name is there. A run that fails removes what it
+        made."""
         ...
 
     def find(self, name: str) -> RunningServer | None:
@@ -118,13 +166,24 @@ class DedicatedRunner(Protocol):
         ...
 
     def remove(self, name: str) -> None:
-        """Stop and remove it; a missing one is not an error."""
+        """Stop and remove it and its volume; a missing one is not an error."""
         ...
 
     def names(self) -> list[str]:
-        """Every dedicated server of this installation (to find leftovers)."""
+        """Every dedicated server of this installation, a container or only its volume (to
+        find leftovers)."""
+        ...
+
+    def exited(self, name: str) -> bool:
+        """Whether the server is missing or has stopped for good (not starting, not being
+        restarted): it will not answer."""
+        ...
+
+    def tail(self, name: str) -> str:
+        """The last lines it logged, for the operator's log (never a tenant's answer)."""
         ...
 
     def created_at(self, name: str) -> float | None:
-        """When the server's container (or service) was created, unix seconds; None: missing."""
+        """When the server's container (or, with none, its volume) was created, unix seconds;
+        None: missing."""
         ...

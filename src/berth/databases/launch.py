@@ -106,11 +106,11 @@ def launch_spec(
     return LaunchSpec(name, engine, str(address), chosen_port, memory)
 
 
-def redis_arguments(spec: LaunchSpec) -> list[str]:
+def redis_arguments(spec: LaunchSpec, maxmemory_mb: int | None = None) -> list[str]:
     """redis-server's arguments: its address, its data and users on the volume, persistence
     (append-only file), protected mode, and ``maxmemory`` below the container's limit so Redis
-    refuses writes before the kernel kills it."""
-    maxmemory = max(16, spec.memory_mb * 3 // 4)
+    refuses writes before the kernel kills it (a quarter below it unless ``maxmemory_mb``)."""
+    maxmemory = max(16, spec.memory_mb * 3 // 4) if maxmemory_mb is None else maxmemory_mb
     return [
         "--bind", spec.listen,
         "--port", str(spec.port),
@@ -185,7 +185,12 @@ def mariadb_arguments(spec: LaunchSpec) -> list[str]:
 def mariadb_init_sql(spec: LaunchSpec, password: str) -> str:
     """Read at every start: Berth's admin, from the listen address only, by its hash. The
     address is a validated IPv4 address, the hash hex: nothing else reaches the text."""
-    host = str(ipaddress.IPv4Address(spec.listen))
+    return mariadb_admin_sql(spec.listen, password)
+
+
+def mariadb_admin_sql(admin_host: str, password: str) -> str:
+    """Berth's admin from ``admin_host`` only (an IPv4 address), by its password's hash."""
+    host = str(ipaddress.IPv4Address(admin_host))
     digest = mysql_native_password_hash(password)
     if re.fullmatch(r"\*[0-9A-F]{40}", digest) is None:
         raise ValueError("not a mysql_native_password hash")
