@@ -41,6 +41,7 @@ from berth.services.accounts import LoginLimiter
 from berth.services.bootstrap import ensure_admin, installation_id
 from berth.services.databases_backup_pass import DatabaseBackupPass
 from berth.services.databases_purge import DatabasePurge
+from berth.services.databases_rotation import DatabaseRotationPass
 from berth.services.databases_usage import DatabaseUsagePass
 from berth.services.webhooks import WebhookSender
 from berth.settings import Settings
@@ -88,6 +89,7 @@ class Platform:
     database_purge: DatabasePurge | None = None  # drops deleted databases after retention
     database_backups: DatabaseBackupPass | None = None  # scheduled backups, verified, per plan
     database_usage: DatabaseUsagePass | None = None  # measured, size quota, storage billed
+    database_rotation: DatabaseRotationPass | None = None  # a rotation's old credential revoked
     metrics: Collectors | None = None  # this server's nginx traffic and containers' cgroups
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
@@ -162,6 +164,7 @@ class Platform:
                 self.database_purge,
                 self.database_backups,
                 self.database_usage,
+                self.database_rotation,
             ):
                 if actor is not None:
                     actor.may_act = lambda: lease.holds() and lease.token == term
@@ -206,6 +209,8 @@ class Platform:
             self.database_backups.start()
         if self.database_usage is not None:
             self.database_usage.start()
+        if self.database_rotation is not None:
+            self.database_rotation.start()
         if self.registry is not None:
             # Collects on a swarm only, and only while this server's term lasts.
             self.registry.start_gc(self.sessions, lambda: self.lease is None or self.lease.holds())
@@ -224,6 +229,7 @@ class Platform:
             self.database_purge,
             self.database_backups,
             self.database_usage,
+            self.database_rotation,
         ):
             if loop is not None:
                 loop.stop()
@@ -388,6 +394,7 @@ def _build_controllers(
     )
     platform.database_backups = DatabaseBackupPass(sessions, settings, interval=BACKUP_PASS_SECONDS)
     platform.database_usage = DatabaseUsagePass(sessions, settings)
+    platform.database_rotation = DatabaseRotationPass(sessions, settings)
     return platform
 
 

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     database_usage_interval_seconds: float = Field(default=300.0, gt=0)
     database_usage_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     database_measurement_retention_days: float = Field(default=35.0, ge=1, le=3650)
+    # db rotate (berth.services.databases_rotation): the old credential stays valid until every
+    # attached app serves the new URL, or this long at most (a stuck deploy); how often the
+    # pending revocations are looked at.
+    database_rotation_grace_seconds: float = Field(default=3600.0, gt=0, le=30 * 86400)
+    database_rotation_check_seconds: float = Field(default=5.0, gt=0, le=3600)
     # Storage of managed databases, per GiB-month in minor units, for plans that set none.
     database_storage_price_per_gib_month_minor: int = Field(default=10, ge=0)
     reserved_app_names: list[str] = Field(

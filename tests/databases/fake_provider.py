@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from berth.databases.backup import BackupFailed, Fingerprint
 from berth.databases.errors import DatabaseExists, DatabaseNotFound, DatabaseServerUnavailable
 from berth.databases.names import Engine, new_password
-from berth.databases.provider import Account, Credentials, Usage
+from berth.databases.provider import Account, Credentials, Rotated, Usage
+from berth.databases.rotation import current_login, next_login
 
 
 @dataclass
@@ -22,6 +23,8 @@ class FakeDatabase:
     connections: int = 0
     # What the fake database holds: table -> rows (its backups dump and restore these).
     tables: dict[str, list[str]] = field(default_factory=dict)
+    # Every credential that logs in now, as (login, password): a rotation's two overlap.
+    valid: set[tuple[str, str]] = field(default_factory=set)
 
 
 FORMAT = "berth-fake-backup-1"
@@ -69,7 +72,7 @@ class FakeProvider:
             host=self.host,
             port=self.port,
             database=account.names.database,
-            username=account.names.user,
+            username=self._login(account),
             password=password,
             key_prefix=account.names.key_prefix if self.engine == "redis" else "",
         )
@@ -78,17 +81,44 @@ class FakeProvider:
         if self.exists(account):
             raise DatabaseExists("the database already exists on its server")
         password = new_password()
-        self.databases[account.names.database] = FakeDatabase(password)
+        self.databases[account.names.database] = FakeDatabase(
+            password, valid={(account.names.user, password)}
+        )
         return self.credentials(account, password)
 
     def drop(self, account: Account) -> None:
         self._up()
         self.databases.pop(account.names.database, None)
 
+    def _login(self, account: Account) -> str:
+        if self.engine in ("postgres", "mariadb"):
+            return current_login(account.names, account.login)
+        return account.names.user
+
     def rotate_password(self, account: Account) -> Credentials:
         db = self._get(account)
         db.password = new_password()
+        db.valid = {(self._login(account), db.password)}
         return self.credentials(account, db.password)
+
+    def add_credential(self, account: Account) -> Rotated:
+        db = self._get(account)
+        old = (self._login(account), db.password)
+        if self.engine in ("postgres", "mariadb"):
+            account = replace(account, login=next_login(account.names, account.login))
+        db.password = new_password()
+        db.valid.add((self._login(account), db.password))
+        retiring = old[0] if self.engine in ("postgres", "mariadb") else old[1]
+        return Rotated(self.credentials(account, db.password), retiring=retiring)
+
+    def revoke_credential(self, account: Account, retiring: str) -> None:
+        db = self._get(account)
+        db.valid = {(login, pw) for login, pw in db.valid if retiring not in (login, pw)}
+
+    def logs_in(self, account: Account, login: str, password: str) -> bool:
+        """Whether ``login``/``password`` opens the database now (the fake's own check)."""
+        found = self.databases.get(account.names.database)
+        return found is not None and (login, password) in found.valid
 
     def usage(self, account: Account) -> Usage:
         db = self._get(account)

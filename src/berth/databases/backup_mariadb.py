@@ -32,6 +32,7 @@ from berth.databases.backup import BackupFailed, Fingerprint, Tools, run_tool, s
 from berth.databases.mariadb import quote_ident
 from berth.databases.names import Engine
 from berth.databases.provider import Account
+from berth.databases.rotation import logins
 
 LOCK_WAIT_SECONDS = 30
 
@@ -105,7 +106,7 @@ class MariaDBBackups:
             try:
                 cur.execute(f"DROP DATABASE IF EXISTS {scratch}")
                 cur.execute(f"CREATE DATABASE {scratch} CHARACTER SET utf8mb4")
-                self._load(path, scratch_names(account).database, None)
+                self._load(path, scratch_names(account).database, [])
                 name = scratch_names(account).database
                 return _fingerprint(cur, name, _tables(cur, name))
             finally:
@@ -125,13 +126,18 @@ class MariaDBBackups:
             # Grants live in mysql.db, not in the database: they outlive its re-creation.
             cur.execute(f"DROP DATABASE {quote_ident(db)}")
             cur.execute(f"CREATE DATABASE {quote_ident(db)} CHARACTER SET utf8mb4")
-        rewrite = (source.names.user, target.names.user)
+        # Routines' definers may be any of the source's logins (a rotation's pair too).
+        rewrite = [
+            (old, new)
+            for old, new in zip(logins(source.names), logins(target.names), strict=True)
+            if old != new
+        ]
         try:
-            self._load(path, db, rewrite if rewrite[0] != rewrite[1] else None)
+            self._load(path, db, rewrite)
         except BackupFailed as exc:
             raise BackupFailed(f"{exc.message} (the database is only partly restored)") from None
 
-    def _load(self, path: Path, database: str, rewrite: tuple[str, str] | None) -> None:
+    def _load(self, path: Path, database: str, rewrite: list[tuple[str, str]]) -> None:
         run_tool(
             [self._tools.path(self._tools.mariadb), *self._client(), "--batch",
              "--default-character-set=utf8mb4", f"--database={database}"],
@@ -140,15 +146,15 @@ class MariaDBBackups:
         )  # fmt: skip
 
 
-def _lines(path: Path, rewrite: tuple[str, str] | None) -> Iterator[bytes]:
-    old, new = (
-        (f"DEFINER=`{rewrite[0]}`@`%`".encode(), f"DEFINER=`{rewrite[1]}`@`%`".encode())
-        if rewrite
-        else (b"", b"")
-    )
+def _lines(path: Path, rewrite: list[tuple[str, str]]) -> Iterator[bytes]:
+    pairs = [
+        (f"DEFINER=`{old}`@`%`".encode(), f"DEFINER=`{new}`@`%`".encode()) for old, new in rewrite
+    ]
     with open(path, "rb") as f:
         for line in f:
-            yield line.replace(old, new) if old else line
+            for old, new in pairs:
+                line = line.replace(old, new)
+            yield line
 
 
 def _tables(cur: pymysql.cursors.Cursor, database: str) -> list[str]:

@@ -29,6 +29,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from berth.databases.backup import BackupFailed, Fingerprint, Tools, run_tool, scratch_names
 from berth.databases.names import Engine, server_names
+from berth.databases.postgres import lock_logins, set_login
 from berth.databases.provider import Account
 
 _TABLES = """
@@ -121,7 +122,8 @@ class PostgresBackups:
                 self._new_database(conn, staging.database, n.user)
                 self._pg_restore(conn, path, staging.database, n.user)
                 # Apps lose their sessions for the rename; they reconnect to the restored one.
-                conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(n.user)))
+                # Every login of the account (a rotation's pair too) waits meanwhile.
+                locked = lock_logins(conn, target)
                 try:
                     self._end_sessions(conn, n.database)
                     self._drop(conn, old.database, None)
@@ -136,7 +138,7 @@ class PostgresBackups:
                         )
                     )
                 finally:
-                    conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(n.user)))
+                    set_login(conn, locked, True)
                 self._drop(conn, old.database, None)
             finally:
                 self._drop(conn, staging.database, None)

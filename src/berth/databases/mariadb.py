@@ -20,6 +20,13 @@ they cannot write either. Database-level privileges reach an open session only a
 ``USE``, so the user's sessions are ended. A write then fails with ``INSERT command denied``
 (1142). DELETE does not shrink an InnoDB tablespace file: ``TRUNCATE TABLE`` (which needs
 DROP, kept) or DROP TABLE frees the space the quota measures.
+
+Rotation without a failed login (``berth.databases.rotation``): a user has one password, so the
+first rotation adds a user ``<user>a`` (then ``<user>b``, taking turns) with the same grants
+and ``MAX_USER_CONNECTIONS``; the new password is on the other user of the pair before any app
+has it, and the old user keeps its own until it is revoked (``ACCOUNT LOCK``, its sessions
+ended). Every quota change applies to all of the account's users. While two credentials
+overlap the account may hold up to twice its connection limit.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -42,7 +50,8 @@ from berth.databases.errors import (
 )
 from berth.databases.names import Engine, new_password
 from berth.databases.password_hashes import mysql_native_password_hash
-from berth.databases.provider import Account, Credentials, Usage
+from berth.databases.provider import Account, Credentials, Rotated, Usage
+from berth.databases.rotation import current_login, logins, next_login
 
 _SAFE_NAME = re.compile(r"[a-z0-9]{1,64}")
 _ALWAYS = ("SELECT", "DELETE", "DROP", "EXECUTE", "LOCK TABLES", "SHOW VIEW", "REFERENCES")
@@ -131,8 +140,8 @@ class MariaDBProvider:
             count = self._one(
                 cur,
                 "SELECT (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s)"
-                " + (SELECT COUNT(*) FROM mysql.user WHERE User = %s)",
-                (n.database, n.user),
+                " + (SELECT COUNT(*) FROM mysql.user WHERE User IN %s)",
+                (n.database, logins(n)),
             )
         return bool(count)
 
@@ -142,7 +151,7 @@ class MariaDBProvider:
             host=self._tenant_host,
             port=self._tenant_port,
             database=account.names.database,
-            username=account.names.user,
+            username=current_login(account.names, account.login),
             password=password,
         )
 
@@ -167,8 +176,8 @@ class MariaDBProvider:
             raise
         return self.credentials(account, password)
 
-    def _end_sessions(self, cur: pymysql.cursors.Cursor, user: str) -> None:
-        cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (user,))
+    def _end_sessions(self, cur: pymysql.cursors.Cursor, users: tuple[str, ...]) -> None:
+        cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN %s", (users,))
         for (session_id,) in cur.fetchall():
             try:
                 cur.execute("KILL CONNECTION %s", (int(session_id),))
@@ -180,22 +189,86 @@ class MariaDBProvider:
     def drop(self, account: Account) -> None:
         n = account.names
         with self._admin() as cur:
-            cur.execute("DROP USER IF EXISTS %s@'%%'", (n.user,))
-            self._end_sessions(cur, n.user)
+            for user in logins(n):
+                cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
+            self._end_sessions(cur, logins(n))
             cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(n.database)}")
+
+    def _users(self, cur: pymysql.cursors.Cursor, account: Account) -> list[str]:
+        """The account's users on the server, its first one first."""
+        cur.execute(
+            "SELECT DISTINCT User FROM mysql.user WHERE User IN %s", (logins(account.names),)
+        )
+        found = {str(r[0]) for r in cur.fetchall()}
+        return [user for user in logins(account.names) if user in found]
+
+    def _held(self, cur: pymysql.cursors.Cursor, user: str, database: str) -> set[str]:
+        cur.execute(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES"
+            " WHERE GRANTEE = %s AND TABLE_SCHEMA = %s",
+            (f"'{user}'@'%'", database),
+        )
+        return {str(row[0]) for row in cur.fetchall()}
 
     def rotate_password(self, account: Account) -> Credentials:
         password = new_password()
+        login = current_login(account.names, account.login)
         with self._admin() as cur:
-            if not self._one(
-                cur, "SELECT COUNT(*) FROM mysql.user WHERE User = %s", (account.names.user,)
-            ):
+            users = self._users(cur, account)
+            if account.names.user not in users or login not in users:
                 raise DatabaseNotFound("the database's user is not on its server")
             cur.execute(
-                "ALTER USER %s@'%%' IDENTIFIED BY PASSWORD %s",
-                (account.names.user, mysql_native_password_hash(password)),
+                "ALTER USER %s@'%%' IDENTIFIED BY PASSWORD %s ACCOUNT UNLOCK",
+                (login, mysql_native_password_hash(password)),
             )
+            for other in users:
+                if other != login:
+                    cur.execute("ALTER USER %s@'%%' ACCOUNT LOCK", (other,))
         return self.credentials(account, password)
+
+    def add_credential(self, account: Account) -> Rotated:
+        n = account.names
+        old, new = current_login(n, account.login), next_login(n, account.login)
+        password = new_password()
+        digest = mysql_native_password_hash(password)
+        db = quote_ident(n.database)
+        limit = int(account.connection_limit)
+        with self._admin() as cur:
+            users = self._users(cur, account)
+            if n.user not in users or old not in users:
+                raise DatabaseNotFound("the database's user is not on its server")
+            if new in users:
+                cur.execute(
+                    "ALTER USER %s@'%%' IDENTIFIED BY PASSWORD %s"
+                    f" WITH MAX_USER_CONNECTIONS {limit} ACCOUNT UNLOCK",
+                    (new, digest),
+                )
+            else:
+                cur.execute(
+                    "CREATE USER %s@'%%' IDENTIFIED BY PASSWORD %s"
+                    f" WITH MAX_USER_CONNECTIONS {limit}",
+                    (new, digest),
+                )
+            # The same rights as the login it takes over from (writes may be refused now).
+            wanted = self._held(cur, old, n.database) & set(_ALWAYS + _WRITES)
+            extra = self._held(cur, new, n.database) - wanted
+            if wanted:
+                cur.execute(f"GRANT {', '.join(sorted(wanted))} ON {db}.* TO %s@'%%'", (new,))
+            if extra:
+                cur.execute(f"REVOKE {', '.join(sorted(extra))} ON {db}.* FROM %s@'%%'", (new,))
+        return Rotated(self.credentials(replace(account, login=new), password), retiring=old)
+
+    def revoke_credential(self, account: Account, retiring: str) -> None:
+        n = account.names
+        if retiring not in logins(n):
+            raise ValueError("only one of the account's own users is revoked")
+        if retiring == current_login(n, account.login):
+            raise ValueError("the user the URL names is never revoked")
+        with self._admin() as cur:
+            if retiring not in self._users(cur, account):
+                return
+            cur.execute("ALTER USER %s@'%%' ACCOUNT LOCK", (retiring,))
+            self._end_sessions(cur, (retiring,))
 
     def usage(self, account: Account) -> Usage:
         n = account.names
@@ -220,8 +293,8 @@ class MariaDBProvider:
             )
             connections = self._one(
                 cur,
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
-                (n.user,),
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER IN %s",
+                (logins(n),),
             )
         return Usage(bytes_used=int(innodb) + int(others), connections=int(connections))
 
@@ -229,21 +302,17 @@ class MariaDBProvider:
         n = account.names
         db = quote_ident(n.database)
         with self._admin() as cur:
-            if not self._one(cur, "SELECT COUNT(*) FROM mysql.user WHERE User = %s", (n.user,)):
+            users = self._users(cur, account)
+            if n.user not in users:
                 raise DatabaseNotFound("the database's user is not on its server")
             privileges = ", ".join(_WRITES)
-            if allowed:
-                cur.execute(f"GRANT {privileges} ON {db}.* TO %s@'%%'", (n.user,))
-            else:
+            for user in users:  # every login of the account: the quota is the account's
+                if allowed:
+                    cur.execute(f"GRANT {privileges} ON {db}.* TO %s@'%%'", (user,))
+                    continue
                 # REVOKE of a privilege the user no longer has is an error: revoke what is held.
-                cur.execute(
-                    "SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES"
-                    " WHERE GRANTEE = %s AND TABLE_SCHEMA = %s",
-                    (f"'{n.user}'@'%'", n.database),
-                )
-                held = {row[0] for row in cur.fetchall()} & set(_WRITES)
+                held = self._held(cur, user, n.database) & set(_WRITES)
                 if held:
-                    cur.execute(
-                        f"REVOKE {', '.join(sorted(held))} ON {db}.* FROM %s@'%%'", (n.user,)
-                    )
-                self._end_sessions(cur, n.user)
+                    cur.execute(f"REVOKE {', '.join(sorted(held))} ON {db}.* FROM %s@'%%'", (user,))
+            if not allowed:
+                self._end_sessions(cur, tuple(users))

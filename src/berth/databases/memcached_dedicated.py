@@ -32,7 +32,7 @@ from berth.databases.dedicated import (
 )
 from berth.databases.errors import DatabaseServerError, DatabaseServerUnavailable
 from berth.databases.names import Engine
-from berth.databases.provider import Account, Credentials, Usage
+from berth.databases.provider import Account, Credentials, Rotated, Usage
 from berth.errors import InvalidInput
 from berth.workloads.local import tenant_network
 
@@ -220,6 +220,12 @@ class MemcachedProvider:
             "a Memcached database has no password to rotate: its only protection is the "
             "tenant's network (to empty it, delete it and create it again)"
         )
+
+    def add_credential(self, account: Account) -> Rotated:
+        return Rotated(self.rotate_password(account), retiring="")  # refused, as a rotate
+
+    def revoke_credential(self, account: Account, retiring: str) -> None:
+        return None  # nothing was ever added
 
     def credentials(self, account: Account, password: str) -> Credentials:
         return credentials_for(account)

@@ -12,6 +12,15 @@ user's query text, which only the same role or a superuser sees), tablespaces an
 settings. It sees no table, row or schema of another database: those catalogs live inside each
 database, and it cannot connect to any database but its own.
 
+Rotation without a failed login (``berth.databases.rotation``). A role has one password, so
+the first rotation adds a LOGIN role ``<user>a`` (then ``<user>b``, taking turns), a member of
+the account's role with ``ALTER ROLE ... SET role`` to it: its sessions act as the account's
+role, which owns the database and everything they create, so its rights are the account's.
+The new password is on the other role of the pair before any app has it; the old role keeps
+its own until it is revoked (NOLOGIN, PASSWORD NULL, its sessions ended). The account's role
+itself logs in only until the first rotation's revocation. Each login role has the plan's
+CONNECTION LIMIT: while two credentials overlap the account may hold up to twice as many.
+
 The size quota. ``ALTER DATABASE ... SET default_transaction_read_only = on`` alone would not
 hold: any session can ``SET transaction_read_only = off``, and the owner can even ``ALTER
 DATABASE ... RESET`` it. So over quota the database and everything in it change owner to a
@@ -35,8 +44,9 @@ files). The size measured is ``pg_database_size``: an empty database is already 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -52,7 +62,8 @@ from berth.databases.errors import (
 )
 from berth.databases.names import Engine, new_password
 from berth.databases.password_hashes import postgres_scram_verifier
-from berth.databases.provider import Account, Credentials, Usage
+from berth.databases.provider import Account, Credentials, Rotated, Usage
+from berth.databases.rotation import current_login, logins, next_login
 
 _MAINTENANCE_DATABASES = ("postgres", "template1")
 # The pg_catalog functions that create a large object: they check no table privilege, so over
@@ -145,8 +156,8 @@ class PostgresProvider:
         with self._admin() as conn:
             row = conn.execute(
                 "SELECT (SELECT count(*) FROM pg_database WHERE datname = %s)"
-                " + (SELECT count(*) FROM pg_roles WHERE rolname IN (%s, %s))",
-                (n.database, n.user, n.owner),
+                " + (SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s))",
+                (n.database, [*logins(n), n.owner]),
             ).fetchone()
         return bool(row and row[0])
 
@@ -156,7 +167,7 @@ class PostgresProvider:
             host=self._tenant_host,
             port=self._tenant_port,
             database=account.names.database,
-            username=account.names.user,
+            username=current_login(account.names, account.login),
             password=password,
         )
 
@@ -203,21 +214,68 @@ class PostgresProvider:
                     sql.Identifier(n.database)
                 )
             )
-            for role in (n.user, n.owner):
+            # The pair first: members of the account's role.
+            for role in (*logins(n)[1:], n.user, n.owner):
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
     def rotate_password(self, account: Account) -> Credentials:
         password = new_password()
+        login = current_login(account.names, account.login)
         with self._admin() as conn:
             if not self._role_exists(conn, account.names.user):
                 raise DatabaseNotFound("the database's role is not on its server")
             conn.execute(
                 sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(account.names.user),
-                    sql.Literal(postgres_scram_verifier(password)),
+                    sql.Identifier(login), sql.Literal(postgres_scram_verifier(password))
                 )
             )
+            for other in logins(account.names):
+                if other != login and self._role_exists(conn, other):
+                    conn.execute(
+                        sql.SQL("ALTER ROLE {} PASSWORD NULL").format(sql.Identifier(other))
+                    )
         return self.credentials(account, password)
+
+    def add_credential(self, account: Account) -> Rotated:
+        n = account.names
+        old, new = current_login(n, account.login), next_login(n, account.login)
+        password = new_password()
+        role, verifier = sql.Identifier(new), sql.Literal(postgres_scram_verifier(password))
+        limit = sql.Literal(int(account.connection_limit))
+        with self._admin() as conn:
+            if not self._role_exists(conn, n.user):
+                raise DatabaseNotFound("the database's role is not on its server")
+            if self._role_exists(conn, new):
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} LOGIN CONNECTION LIMIT {} PASSWORD {}").format(
+                        role, limit, verifier
+                    )
+                )
+            else:
+                conn.execute(
+                    sql.SQL(
+                        "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+                        " NOBYPASSRLS INHERIT CONNECTION LIMIT {} PASSWORD {} IN ROLE {}"
+                    ).format(role, limit, verifier, sql.Identifier(n.user))
+                )
+            # Its sessions act as the account's role, so what they create is the account's
+            # (the quota's REASSIGN and the backups' --role see one owner).
+            conn.execute(sql.SQL("ALTER ROLE {} SET role = {}").format(role, sql.Literal(n.user)))
+        return Rotated(self.credentials(replace(account, login=new), password), retiring=old)
+
+    def revoke_credential(self, account: Account, retiring: str) -> None:
+        n = account.names
+        if retiring not in logins(n):
+            raise ValueError("only one of the account's own logins is revoked")
+        if retiring == current_login(n, account.login):
+            raise ValueError("the login the URL names is never revoked")
+        with self._admin() as conn:
+            if not self._role_exists(conn, retiring):
+                return
+            conn.execute(
+                sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(sql.Identifier(retiring))
+            )
+            self._end_sessions(conn, [retiring])
 
     def usage(self, account: Account) -> Usage:
         n = account.names
@@ -234,7 +292,7 @@ class PostgresProvider:
 
     def set_write_allowed(self, account: Account, allowed: bool) -> None:
         n = account.names
-        role, owner, db = (sql.Identifier(x) for x in (n.user, n.owner, n.database))
+        owner, db = sql.Identifier(n.owner), sql.Identifier(n.database)
         with self._admin() as conn:
             if not self._role_exists(conn, n.user):
                 raise DatabaseNotFound("the database's role is not on its server")
@@ -245,15 +303,15 @@ class PostgresProvider:
             if current is None:
                 raise DatabaseNotFound("the database is not on its server")
             if (current[0] == n.user) == allowed:
-                # Already so; a run that died half-way may have left the role unable to log in.
-                conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(role))
+                # Already so; a run that died half-way may have left the logins unable to log in.
+                set_login(conn, usable_logins(conn, account), True)
                 return
             if not allowed and not self._role_exists(conn, n.owner):
                 conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(owner))
             # Nobody of the tenant's is connected while the owner changes.
-            conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
+            locked = lock_logins(conn, account)
             try:
-                self._end_sessions(conn, n.user)
+                self._end_sessions(conn, list(logins(n)))
                 with self._admin(n.database) as dbconn:
                     if allowed:
                         self._give_back(dbconn, account)
@@ -267,7 +325,7 @@ class PostgresProvider:
                     ).format(db)
                 )
             finally:
-                conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(role))
+                set_login(conn, locked, True)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -279,18 +337,20 @@ class PostgresProvider:
         )
 
     @staticmethod
-    def _end_sessions(conn: psycopg.Connection[Any], role: str) -> None:
+    def _end_sessions(conn: psycopg.Connection[Any], roles: list[str]) -> None:
         conn.execute(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s",
-            (role,),
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = ANY(%s)",
+            (roles,),
         )
 
     @staticmethod
     def _take_writes(conn: psycopg.Connection[Any], account: Account) -> None:
         n = account.names
         role, owner = sql.Identifier(n.user), sql.Identifier(n.owner)
+        # A session of the pair may have RESET its role and own objects itself.
+        tenants = sql.SQL(", ").join(sql.Identifier(r) for r in existing_roles(conn, logins(n)))
         with conn.transaction():
-            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(role, owner))
+            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(tenants, owner))
             # The role's own CONNECT went with its ownership.
             conn.execute(
                 sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
@@ -331,3 +391,39 @@ class PostgresProvider:
                 conn.execute(statement)
             for fn in _LARGE_OBJECT_CREATORS:
                 conn.execute(sql.SQL(f"GRANT EXECUTE ON FUNCTION {fn} TO PUBLIC"))
+
+
+# -- the account's login roles, for the quota's and the restore's lock-outs --------------------
+
+
+def existing_roles(conn: psycopg.Connection[Any], names: Iterable[str]) -> list[str]:
+    wanted = list(names)
+    rows = conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (wanted,))
+    found = {str(r[0]) for r in rows.fetchall()}
+    return [name for name in wanted if name in found]
+
+
+def set_login(conn: psycopg.Connection[Any], roles: Iterable[str], allowed: bool) -> None:
+    verb = "LOGIN" if allowed else "NOLOGIN"
+    for role in roles:
+        conn.execute(sql.SQL(f"ALTER ROLE {{}} {verb}").format(sql.Identifier(role)))
+
+
+def usable_logins(conn: psycopg.Connection[Any], account: Account) -> list[str]:
+    """The logins that should be able to log in, when nothing says otherwise (after a run that
+    died half-way): the pair once there is one (a revoked one has no password), else the first."""
+    n = account.names
+    pair = existing_roles(conn, logins(n)[1:])
+    return pair or [n.user]
+
+
+def lock_logins(conn: psycopg.Connection[Any], account: Account) -> list[str]:
+    """Every login of the account that can log in is made NOLOGIN; returns them, for
+    ``set_login(..., True)`` afterwards (a revoked one stays revoked)."""
+    rows = conn.execute(
+        "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin",
+        (list(logins(account.names)),),
+    )
+    locked = [str(r[0]) for r in rows.fetchall()]
+    set_login(conn, locked, False)
+    return locked

@@ -40,6 +40,9 @@ class Account:
     # The plan's size in MB: a dedicated server's memory (Memcached's -m); shared servers'
     # providers measure against it elsewhere and ignore it here. None: the engine's default.
     size_mb: int | None = None
+    # The login the URL names (PostgreSQL, MariaDB: berth.databases.rotation); empty: the
+    # account's first (``names.user``), as before its first rotation.
+    login: str = ""
     names: ServerNames = field(init=False)
 
     def __post_init__(self) -> None:
@@ -100,6 +103,15 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class Rotated:
+    """A second credential, valid already, and what ``revoke_credential`` takes to refuse the
+    one before it (the old login's name, or the old passwords' hashes for Redis)."""
+
+    credentials: Credentials
+    retiring: str
+
+
+@dataclass(frozen=True)
 class Usage:
     bytes_used: int
     connections: int
@@ -134,8 +146,17 @@ class Provider(Protocol):
         Sessions still connected are ended."""
 
     def rotate_password(self, account: Account) -> Credentials:
-        """A new password: new connections need it, sessions already open keep running (apps
-        are re-released start-first with the new URL, then the old instances stop)."""
+        """A new password for the account's current login, every other one refused at once
+        (a delete closes a database with it); sessions already open keep running."""
+
+    def add_credential(self, account: Account) -> Rotated:
+        """A new password, valid at once, while the current one keeps working too (a lossless
+        rotation: apps that open a connection per request go on with the old one until their
+        new release serves). The old one goes with ``revoke_credential``."""
+
+    def revoke_credential(self, account: Account, retiring: str) -> None:
+        """The credential ``add_credential`` set aside is refused from now on (idempotent);
+        sessions opened with it are ended where the engine can tell them apart."""
 
     def credentials(self, account: Account, password: str) -> Credentials:
         """The credentials for ``password`` (which Berth keeps; servers store only hashes)."""

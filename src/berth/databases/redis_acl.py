@@ -19,6 +19,11 @@ Usage is the memory of the prefix's keys (SCAN MATCH + MEMORY USAGE as the admin
 count. Over quota the user loses ``@write`` but the commands that free memory (DEL, UNLINK, the
 pops and removes, EXPIRE): a write fails with ``NOPERM``. A rule change applies at once to
 sessions already open.
+Rotation without a failed login: a Redis user takes several passwords, so the new one is
+added (``#<new>``) before any app has it and the old ones are removed later (``!<old>``).
+Redis does not say which password a connection authenticated with, so a revocation cannot end
+the sessions opened with the old one (deleting the user, or ``CLIENT KILL USER``, would end the
+new ones too): they go when the old release's instances stop.
 Passwords are sent as their SHA-256 (``#``), never in clear. Users live in the server's ACL
 file (``ACL SAVE`` after every change), so they survive a restart; ``check`` refuses a server
 that has none.
@@ -26,6 +31,7 @@ that has none.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,7 +48,7 @@ from berth.databases.errors import (
 )
 from berth.databases.names import Engine, new_password
 from berth.databases.password_hashes import redis_password_hash
-from berth.databases.provider import Account, Credentials, Usage
+from berth.databases.provider import Account, Credentials, Rotated, Usage
 
 _DENIED = (
     "-@dangerous",
@@ -98,6 +104,9 @@ _FREEING = (
     "+expireat",
     "+pexpireat",
 )
+
+
+_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 def acl_rule(
@@ -251,6 +260,33 @@ class RedisProvider:
             )
             self._save(r)
         return self.credentials(account, password)
+
+    def add_credential(self, account: Account) -> Rotated:
+        password = new_password()
+        digest = redis_password_hash(password)
+        with self._admin() as r:
+            user = self._user(r, account.names.user)
+            if user is None:
+                raise DatabaseNotFound("the database's user is not on its server")
+            old = [h for h in user.get("passwords", []) if h != digest]
+            _command(r, "ACL", "SETUSER", account.names.user, f"#{digest}")
+            self._save(r)
+        return Rotated(self.credentials(account, password), retiring=",".join(old))
+
+    def revoke_credential(self, account: Account, retiring: str) -> None:
+        hashes = [h for h in retiring.split(",") if h]
+        if not all(_HASH.fullmatch(h) for h in hashes):
+            raise ValueError("a retiring Redis credential is SHA-256 hex hashes")
+        with self._admin() as r:
+            user = self._user(r, account.names.user)
+            if user is None:
+                return
+            held = set(user.get("passwords", []))
+            # Never the last one: the user would be left with no password (a bug elsewhere).
+            gone = [h for h in hashes if h in held]
+            if gone and len(held) > len(gone):
+                _command(r, "ACL", "SETUSER", account.names.user, *(f"!{h}" for h in gone))
+                self._save(r)
 
     def usage(self, account: Account) -> Usage:
         with self._admin() as r:

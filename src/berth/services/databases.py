@@ -21,13 +21,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from berth.billing.plans import QuotaDelta
+from berth.databases import dedicated_servers as servers_dedicated
 from berth.databases import memcached_dedicated as memcached
 from berth.databases.dedicated import DEDICATED, server_name
 from berth.databases.errors import DatabaseServerError
-from berth.databases.names import Engine, parse_engine, server_names, validate_name
+from berth.databases.names import Engine, new_password, parse_engine, server_names, validate_name
 from berth.databases.provider import ENV_VARS, Credentials, Provider
 from berth.errors import BerthError, Conflict, InvalidInput, NotFound
 from berth.services import apps as app_svc
+from berth.services import databases_rotation as rotation
 from berth.services import validation as v
 from berth.services.billing import check_quota_for, ensure_not_suspended
 from berth.services.databases_access import (
@@ -56,11 +58,13 @@ PLANS: Final = ("shared", "dedicated")
 # Engines that are only ever dedicated (a server of their own per database) and those that
 # may be. Memcached has no users, so on a shared server nothing would keep tenants apart.
 DEDICATED_ONLY: Final[frozenset[Engine]] = frozenset({"memcached"})
-DEDICATED_ENGINES: Final[frozenset[Engine]] = DEDICATED_ONLY
+DEDICATED_ENGINES: Final[frozenset[Engine]] = DEDICATED_ONLY | servers_dedicated.ENGINES
 DEFAULT_SIZE_MB: Final = 1024
 MIN_SIZE_MB, MAX_SIZE_MB = 16, 1024 * 1024
 DEFAULT_CONNECTIONS: Final = 20
 MAX_CONNECTIONS: Final = 500
+# Engines whose rotations alternate two logins (the URL's user changes); Redis adds passwords.
+_PAIRED_LOGINS: Final = frozenset({"postgres", "mariadb"})
 # A config key short enough that its Redis key-prefix companion (KEY_KEY_PREFIX) is one too.
 ATTACH_KEY_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
 
@@ -188,16 +192,27 @@ def create_database(
         size_mb = memcached.validate_size_mb(
             memcached.DEFAULT_SIZE_MB if spec.size_mb is None else spec.size_mb
         )
+    elif plan == "dedicated":
+        size_mb = servers_dedicated.validate_size_mb(
+            engine,
+            servers_dedicated.default_size_mb(engine, DEFAULT_SIZE_MB)
+            if spec.size_mb is None
+            else spec.size_mb,
+            shared_range=(MIN_SIZE_MB, MAX_SIZE_MB),
+        )
     else:
         size_mb = _validate_size_mb(spec.size_mb)
     connections = _validate_connections(spec.connections)
     ensure_not_suspended(session, tenant_id)
-    if engine == "memcached":
+    if plan == "dedicated":
         # Its container holds the machine's memory as an instance does: the plan's memory
         # quota counts it (QuotaExceeded, 403, when it would go past).
-        check_quota_for(
-            session, tenant_id, QuotaDelta(memory_mb=memcached.container_memory_mb(size_mb))
+        memory_mb = (
+            memcached.container_memory_mb(size_mb)
+            if engine == "memcached"
+            else servers_dedicated.container_memory_mb(engine, size_mb)
         )
+        check_quota_for(session, tenant_id, QuotaDelta(memory_mb=memory_mb))
     existing = session.scalar(
         select(ManagedDatabase).where(
             ManagedDatabase.tenant_id == tenant_id, ManagedDatabase.name == name
@@ -258,15 +273,21 @@ def create_database(
 def _dedicated_server(engine: Engine, tenant_id: str, database_id: str) -> DbServer:
     """The row of the server Berth runs for this one database: its address is the alias on the
     tenant's network (the URL's host), never chosen for shared placement (capacity one, state
-    ``dedicated``). Its admin URL holds no secret: Memcached has none."""
+    ``dedicated``). Memcached's admin URL holds no secret (it has none); the others' has the
+    admin password made here, kept on the Berth server only, as a shared server's."""
     alias = server_name(server_names(tenant_id, database_id).database)
+    if engine == "memcached":
+        port, url = memcached.PORT, f"memcached://{alias}:{memcached.PORT}"
+    else:
+        port = servers_dedicated.PORTS[engine]
+        url = servers_dedicated.admin_url(engine, alias, new_password())
     return DbServer(
         id=new_id(),
         name=alias,
         engine=engine,
-        admin_url=f"{engine}://{alias}:{memcached.PORT}",
+        admin_url=url,
         host=alias,
-        port=memcached.PORT,
+        port=port,
         capacity=1,
         state=DEDICATED,
         created_at=time.time(),
@@ -274,7 +295,13 @@ def _dedicated_server(engine: Engine, tenant_id: str, database_id: str) -> DbSer
 
 
 def _is_gone_dedicated(session: Session, db: ManagedDatabase) -> bool:
-    return db.state == "deleted" and is_dedicated(server_of(session, db))
+    """A deleted dedicated database past its retention (a cache's ends at its delete): its
+    server went at the delete, and now its final backup may go too."""
+    return (
+        db.state == "deleted"
+        and (db.purge_after or 0) <= time.time()
+        and is_dedicated(server_of(session, db))
+    )
 
 
 def _forget_dedicated(session: Session, db: ManagedDatabase) -> None:
@@ -323,21 +350,40 @@ def rotate(
     factory: ProviderFactory,
     tenant_id: str,
     name: str,
+    now: float | None = None,
 ) -> tuple[ManagedDatabase, list[Rereleased]]:
-    """A new password, then every attached app re-released with the new URL (start-first, as
-    any config change). Sessions already open keep running until their instances stop."""
+    """A second credential, valid at once, then every attached app re-released with its URL
+    (start-first, as any config change). The old credential keeps working until every attached
+    app serves the new URL, or the grace period ends (berth.services.databases_rotation), so
+    an app that opens a connection per request never fails to log in."""
+    now = time.time() if now is None else now
     db = _live(get_database(session, tenant_id, name))
     _refuse_rotate(db)
     ensure_not_suspended(session, tenant_id)
     server = server_of(session, db)
+    if not rotation.settle(session, factory, db, now):
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(db.retire_after or now))
+        raise Conflict(
+            f"the last rotation of {name!r} is still pending: its old credential is revoked "
+            f"once every attached app serves the new URL (at the latest at {when}); rotate "
+            "again after that",
+            code="rotation_pending",
+        )
     with tenant_call(server, "rotate the password"):
-        creds = provider(factory, address_of(server)).rotate_password(account_of(db))
+        rotated = provider(factory, address_of(server)).add_credential(account_of(db))
+    creds = rotated.credentials
     db.password = creds.password
+    db.login = creds.username if db.engine in _PAIRED_LOGINS else ""
+    db.retiring = rotated.retiring
+    db.retire_after = now + settings.database_rotation_grace_seconds
+    db.rotated_at = now
+    if not db.retiring:
+        db.retired_at = now  # nothing to set aside
     try:
         session.commit()
     except SQLAlchemyError:
-        # The server has a password the store could not keep: only another rotate gives the
-        # tenant a working one (the interface sets no chosen password), so say exactly that.
+        # The server took a second credential the store could not keep; the old one still
+        # works (it is the one stored), so another rotate is all it takes.
         session.rollback()
         log.exception("database %s: rotated on the server, not stored", db.id)
         raise DatabaseServerError(
@@ -396,7 +442,8 @@ def delete_database(
     db.state = "deleting"
     session.commit()
     if is_dedicated(server):
-        return _delete_dedicated(session, p, server, db, now)
+        kept = 0 if db.engine in DEDICATED_ONLY else settings.database_retention_days * 86400
+        return _delete_dedicated(session, p, server, db, now, kept)
     try:
         with tenant_call(server, "close the database"):
             p.set_write_allowed(account, False)
@@ -412,6 +459,7 @@ def delete_database(
         raise
     db.state = "deleted"
     db.password = ""  # the server's new one was never kept: nobody knows it
+    db.retiring, db.retire_after = "", None  # the rotate above refused every other one
     db.deleted_at = now
     db.purge_after = now + settings.database_retention_days * 86400
     db.write_allowed = False
@@ -420,10 +468,13 @@ def delete_database(
 
 
 def _delete_dedicated(
-    session: Session, p: Provider, server: DbServer, db: ManagedDatabase, now: float
-) -> ManagedDatabase:
-    """A dedicated server is removed at once: it is a cache (no backup, nothing to keep), so
-    its name is free again straight away. A server that fails leaves the database as it was."""
+    session: Session, p: Provider, server: DbServer, db: ManagedDatabase, now: float,
+    kept_seconds: float,
+) -> ManagedDatabase:  # fmt: skip
+    """A dedicated server is removed at once, with its volume. A cache keeps nothing, so its
+    name is free again straight away; a database's final backup (taken before) is kept for
+    ``kept_seconds``, and its name with it, as a shared one's. A server that fails leaves the
+    database as it was."""
     try:
         with tenant_call(server, "remove the database"):
             p.drop(account_of(db))
@@ -432,7 +483,7 @@ def _delete_dedicated(
         session.commit()
         raise
     db.state, db.password, db.write_allowed = "deleted", "", False
-    db.deleted_at = db.purge_after = now
+    db.deleted_at, db.purge_after = now, now + kept_seconds
     session.commit()
     return db
 

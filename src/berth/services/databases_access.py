@@ -75,6 +75,7 @@ def account_of(db: ManagedDatabase) -> Account:
         engine=parse_engine(db.engine),
         connection_limit=db.connection_limit,
         size_mb=db.size_mb,
+        login=db.login or "",
     )
 
 

@@ -438,6 +438,14 @@ class ManagedDatabase(Base):
     usage_error: Mapped[str] = mapped_column(Text, default="")
     # When the usage pass last measured it: a pass measures the longest unmeasured first.
     measured_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Rotation (berth.databases.rotation): the login the URL names (empty: the first), the
+    # credential the last rotation set aside until its apps serve the new URL or
+    # ``retire_after`` (empty: none pending), and when the previous one was revoked.
+    login: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    retiring: Mapped[str] = mapped_column(Text, default="", server_default="")
+    retire_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rotated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    retired_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class DatabaseAttachment(Base):
