@@ -30,7 +30,6 @@ from berth.databases.provider import ENV_VARS, Credentials, Provider
 from berth.errors import BerthError, Conflict, InvalidInput, NotFound
 from berth.services import apps as app_svc
 from berth.services import databases_rotation as rotation
-from berth.services import databases_rotation as rotation
 from berth.services import validation as v
 from berth.services.billing import check_quota_for, ensure_not_suspended
 from berth.services.databases_access import (
@@ -64,8 +63,6 @@ DEFAULT_SIZE_MB: Final = 1024
 MIN_SIZE_MB, MAX_SIZE_MB = 16, 1024 * 1024
 DEFAULT_CONNECTIONS: Final = 20
 MAX_CONNECTIONS: Final = 500
-# Engines whose rotations alternate two logins (the URL's user changes); Redis adds passwords.
-_PAIRED_LOGINS: Final = frozenset({"postgres", "mariadb"})
 # Engines whose rotations alternate two logins (the URL's user changes); Redis adds passwords.
 _PAIRED_LOGINS: Final = frozenset({"postgres", "mariadb"})
 # A config key short enough that its Redis key-prefix companion (KEY_KEY_PREFIX) is one too.
@@ -462,7 +459,6 @@ def delete_database(
         raise
     db.state = "deleted"
     db.password = ""  # the server's new one was never kept: nobody knows it
-    db.retiring, db.retire_after = "", None  # the rotate above refused every other one
     db.retiring, db.retire_after = "", None  # the rotate above refused every other one
     db.deleted_at = now
     db.purge_after = now + settings.database_retention_days * 86400
