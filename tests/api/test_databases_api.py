@@ -23,7 +23,7 @@ from berth.cli import main as cli_main
 from berth.cli.client import ApiClient, CliConfig, CliError
 from berth.databases.errors import DatabaseServerUnavailable, DatabaseServerUnsafe
 from berth.databases.provider import Account as DbAccount
-from berth.databases.provider import Credentials
+from berth.databases.provider import Credentials, Rotated
 from berth.services import databases as svc
 from berth.services.databases_access import ServerAddress
 from berth.store.tables import (
@@ -77,6 +77,14 @@ class FlakyProvider(FakeProvider):
     def rotate_password(self, account: DbAccount) -> Credentials:
         self._maybe_fail("rotate_password")
         return super().rotate_password(account)
+
+    def add_credential(self, account: DbAccount) -> Rotated:
+        self._maybe_fail("add_credential")
+        return super().add_credential(account)
+
+    def revoke_credential(self, account: DbAccount, retiring: str) -> None:
+        self._maybe_fail("revoke_credential")
+        super().revoke_credential(account, retiring)
 
     def set_write_allowed(self, account: DbAccount, allowed: bool) -> None:
         self._maybe_fail("set_write_allowed")
@@ -603,6 +611,7 @@ def test_a_server_failing_leaves_no_half_state(env: Env, fake: Servers) -> None:
     call_server_down(env, "DELETE", "/databases/x", user.session)
     assert env.ok("GET", "/databases/x", user.session)["state"] == "active"
     assert fake_db.write_allowed and fake_db.password == password
+    server.failing.add("add_credential")
     call_server_down(env, "POST", "/databases/x/rotate", user.session)
     assert env.ok("GET", "/databases/x/credentials", user.session)["password"] == password
     server.failing.clear()

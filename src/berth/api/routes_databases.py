@@ -170,6 +170,17 @@ class DatabasePublic(BaseModel):
         default=False, description="the quota's last change is not applied on the server yet"
     )
     usage_error: str = Field(default="", description="why the last pass could not measure or apply")
+    # db rotate (berth.services.databases_rotation): the credential before the last rotation.
+    rotated_at: float | None = Field(default=None, description="when it was last rotated")
+    old_credential: str = Field(
+        default="",
+        description="pending_revocation (until every attached app serves the new URL, or "
+        "old_credential_revoke_by) or revoked; empty: never rotated",
+    )
+    old_credential_revoke_by: float | None = Field(
+        default=None, description="pending: revoked at the latest then"
+    )
+    old_credential_revoked_at: float | None = Field(default=None, description="revoked: when")
 
 
 class CredentialsPublic(BaseModel):
@@ -310,6 +321,12 @@ def _public(session: Session, db: ManagedDatabase) -> DatabasePublic:
         writes_refused=db.state == "active" and not db.write_allowed,
         quota_pending=db.state == "active" and not db.write_applied,
         usage_error=db.usage_error,
+        rotated_at=db.rotated_at,
+        old_credential=(
+            "pending_revocation" if db.retiring else "revoked" if db.retired_at is not None else ""
+        ),
+        old_credential_revoke_by=db.retire_after if db.retiring else None,
+        old_credential_revoked_at=None if db.retiring else db.retired_at,
     )
 
 
@@ -431,10 +448,17 @@ def get_credentials(
 
 @router.post("/databases/{name}/rotate")
 def rotate(
-    name: str, session: SessionDep, platform: PlatformDep, providers: ProvidersDep, who: Writer
+    name: str,
+    session: SessionDep,
+    platform: PlatformDep,
+    providers: ProvidersDep,
+    now: ClockDep,
+    who: Writer,
 ) -> RotateResult:
-    """A new password; every attached app gets the new URL in a new release (start-first)."""
-    db, done = svc.rotate(session, platform.settings, providers, who.tenant_id, name)
+    """A new password; every attached app gets the new URL in a new release (start-first). The
+    old one keeps working until every attached app serves the new URL (or the grace period
+    ends): an app that connects per request never fails to log in."""
+    db, done = svc.rotate(session, platform.settings, providers, who.tenant_id, name, now())
     platform.trigger()
     releases = []
     for item in done:

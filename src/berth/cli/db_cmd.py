@@ -69,6 +69,15 @@ def _used(d: dict[str, Any]) -> str:
     return f"{used / (1024 * 1024):.1f}M / {limit}{percent}"
 
 
+def _old_credential(d: dict[str, Any]) -> str:
+    if d["old_credential"] == "pending_revocation":
+        return (
+            "pending revocation (once every attached app serves the new URL; at the latest "
+            f"{_when(d.get('old_credential_revoke_by'))})"
+        )
+    return f"revoked at {_when(d.get('old_credential_revoked_at'))}"
+
+
 def _writes(d: dict[str, Any]) -> str:
     text = "refused (over its size quota)" if d.get("writes_refused") else "allowed"
     if d.get("usage_error"):  # says what is pending, or what could not be measured, and why
@@ -183,6 +192,8 @@ def db_info(name: str, as_json: JsonOpt = False) -> None:
             ("connections", _connections(d)),
             ("address", f"{d['host']}:{d['port']}"),
             ("created", _when(d["created_at"])),
+            *([("rotated", _when(d["rotated_at"]))] if d.get("rotated_at") else []),
+            *([("old credential", _old_credential(d))] if d.get("old_credential") else []),
             (
                 "attached to",
                 ", ".join(f"{a['app']} ({a['var']})" for a in d["attached"]) or "-",
@@ -223,6 +234,10 @@ def db_rotate(name: str, as_json: JsonOpt = False) -> None:
 
     def human(d: dict[str, Any]) -> None:
         console.print(f"New password for [bold]{escape(name)}[/] (`berth db credentials {name}`)")
+        console.print(
+            "The old one keeps working until every attached app serves the new URL "
+            f"(`berth db info {name}` says when it is revoked)"
+        )
         _print_releases(d["releases"])
 
     emit(data, as_json, human)

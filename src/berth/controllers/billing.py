@@ -27,6 +27,7 @@ from berth.controllers.metering import stored_watermark
 from berth.periodic import PeriodicLoop
 from berth.services import billing as bsvc
 from berth.services.audit_log import prune_audit_events
+from berth.services.databases_storage_bill import bill_closed_storage
 from berth.services.webhooks import enqueue
 from berth.settings import Settings
 from berth.store.tables import Meta, Notification, RunIntervalRow, Tenant, UsageRow, new_id
@@ -43,6 +44,7 @@ class BillingStats:
     suspended: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     warned: list[str] = field(default_factory=list)
+    storage_charges: int = 0  # managed databases' storage hours (databases_storage_bill)
 
 
 @dataclass
@@ -78,6 +80,9 @@ class BillingController:
         with self._lock, self.sessions() as session:
             now = self.clock()
             stats = BillingStats()
+            # Storage first, committed on its own: the invoices cut below then hold every
+            # closed storage hour of their month, the last one too.
+            stats.storage_charges = bill_closed_storage(session, self.settings, now, self.fence)
             cursor = session.get(Meta, METERED_UNTIL)
             since = int(cursor.value) if cursor is not None else None
             hours = self.meter(session, now, stats)

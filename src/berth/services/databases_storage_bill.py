@@ -8,13 +8,22 @@ up to their deletion), at its tenant's plan's storage price (or the installation
 when not zero, a ledger charge under the same key ``storage:{tenant}:{database}:{hour}``: a
 rerun, or a pass that died before moving the cursor, posts nothing twice. Tenants without a plan
 get rows (what they held) but no charge, as instance usage is metered but not charged for them.
+
+Two paths bill: the usage pass after it measures, and the billing run before it meters and
+cuts invoices (so a month's last hour is on that month's invoice, not the next one's). Both
+go through ``bill_closed_storage``: one at a time in a process (a lock held until the commit),
+the cursor row locked (``FOR UPDATE``) against another server's pass, and the unique keys
+behind both: a path that loses a race rolls back and bills nothing twice.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
+from collections.abc import Callable
 
 from sqlalchemy import delete, exists, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from berth.billing import storage
@@ -94,7 +103,7 @@ def _byte_hours(session: Session, database_ids: list[str], start: int, end: int)
 
 def bill_storage(session: Session, settings: Settings, now: float) -> int:
     """Bill every closed hour since the cursor; returns how many ledger charges were new."""
-    cursor = session.get(Meta, BILLED_UNTIL)
+    cursor = session.get(Meta, BILLED_UNTIL, with_for_update=True)
     if cursor is None:
         first = session.scalar(select(func.min(DatabaseMeasurement.measured_at)))
         if first is None:
@@ -180,6 +189,33 @@ def bill_storage(session: Session, settings: Settings, now: float) -> int:
     session.add_all(rows)
     cursor.value = str(end)
     session.flush()
+    return charges
+
+
+_ONE_AT_A_TIME = threading.Lock()
+
+
+def bill_closed_storage(
+    session: Session,
+    settings: Settings,
+    now: float,
+    fence: Callable[[Session], None] = lambda session: None,
+) -> int:
+    """``bill_storage`` and its commit, as one step of its own: what the session held before
+    must be committed already. Returns the new ledger charges (0 when another path billed the
+    same hours first)."""
+    with _ONE_AT_A_TIME:
+        try:
+            charges = bill_storage(session, settings, now)
+            fence(session)
+            session.commit()
+        except IntegrityError:
+            # Another server's pass billed these hours meanwhile: its rows stand, ours go.
+            session.rollback()
+            return 0
+        except BaseException:
+            session.rollback()
+            raise
     return charges
 
 

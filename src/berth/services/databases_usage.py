@@ -41,7 +41,7 @@ from berth.services.databases_access import (
     real_provider,
     scrub,
 )
-from berth.services.databases_storage_bill import bill_storage, prune_measurements
+from berth.services.databases_storage_bill import bill_closed_storage, prune_measurements
 from berth.services.webhooks import enqueue
 from berth.settings import Settings
 from berth.store.tables import (
@@ -381,10 +381,11 @@ def run_pass(
 ) -> UsagePassResult:
     result = UsagePassResult()
     measure_and_enforce(session, settings, factory, now, result, fence=fence)
-    result.charges = bill_storage(session, settings, now)
     prune_measurements(session, now - settings.database_measurement_retention_days * 86400)
     fence(session)
     session.commit()
+    # Its own step, as the billing run's: the two never bill an hour twice.
+    result.charges = bill_closed_storage(session, settings, now, fence)
     return result
 
 
