@@ -403,3 +403,131 @@ def test_a_dedicated_database_does_what_a_shared_one_does(world: World, engine: 
     env.ok("DELETE", "/databases/copy", alice.session)
     env.ok("DELETE", "/databases/other", bob.session)
     assert copy_alias not in _ours(world)[0]
+
+
+def test_bad_input_and_a_server_that_cannot_start_leave_nothing(world: World) -> None:
+    from berth.api.routes_databases import database_providers
+
+    env = world.env
+    user = env.signup("k1-bad")
+    before = _ours(world)
+    for engine, size in [("postgres", 0), ("postgres", -1), ("mariadb", 2**40), ("redis", 0),
+                         ("redis", 4097), ("redis", 2**40), ("postgres", True)]:  # fmt: skip
+        resp = env.call("POST", "/databases", user.session,
+                        json={"name": "sized", "engine": engine, "plan": "dedicated",
+                              "size_mb": size})  # fmt: skip
+        assert_error(resp, 422, "invalid_size")
+    # An image that cannot be made: a 409 that says so; nothing runs, no row.
+    overrides = env.app.dependency_overrides
+    kept = overrides[database_providers]
+
+    def no_image(engine: str) -> str:
+        from berth.databases.dedicated import DedicatedNotAvailable
+
+        raise DedicatedNotAvailable(f"dedicated {engine} servers are not available here")
+
+    overrides[database_providers] = lambda: with_dedicated(
+        world.runner, lambda: "", server_image=no_image
+    )
+    try:
+        resp = env.call("POST", "/databases", user.session,
+                        json={"name": "pg", "engine": "postgres", "plan": "dedicated"})  # fmt: skip
+        assert "not available here" in assert_error(resp, 409, "dedicated_not_available")["message"]
+        # An image that runs but whose server cannot start (its entrypoint exits at once).
+        overrides[database_providers] = lambda: with_dedicated(
+            world.runner, lambda: "", server_image=lambda engine: "berth/python:3"
+        )
+        # (Straight to the client: Env.call refuses every 5xx, and this one is the answer.)
+        resp = env.client("testclient").post(
+            "/api/v1/databases",
+            headers={"Authorization": f"Bearer {user.session}"},
+            json={"name": "pg", "engine": "postgres", "plan": "dedicated"},
+        )
+        assert resp.status_code in (502, 503), resp.text
+        assert resp.json()["error"]["code"].startswith("database_server")
+        assert "berthadmin" not in resp.text and "postgresql://" not in resp.text
+    finally:
+        overrides[database_providers] = kept
+    assert env.ok("GET", "/databases", user.session) == []
+    assert _ours(world) == before
+
+
+def test_the_cli_shows_the_tenant_its_account_never_the_admins(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from berth.cli import db_cmd
+    from berth.cli import main as cli_main
+    from berth.cli.client import ApiClient, CliConfig
+
+    user = world.env.signup("k1-cli")
+
+    def api_client() -> ApiClient:
+        api = ApiClient(CliConfig(api_url="http://testserver", token=user.session))
+        api.http = TestClient(
+            world.env.app,
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {user.session}"},
+            raise_server_exceptions=False,
+        )
+        return api
+
+    monkeypatch.setattr(db_cmd, "client", api_client)
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(cli_main.app, list(args), env={"COLUMNS": "250"})
+
+    made = cli("db", "create", "cli-pg", "--engine", "postgres", "--plan", "dedicated",
+               "--size", "64M")  # fmt: skip
+    assert made.exit_code == 0, made.output
+    info = json.loads(cli("db", "info", "cli-pg", "--json").output)
+    creds = json.loads(cli("db", "credentials", "cli-pg", "--json").output)
+    assert info["plan"] == "dedicated" and info["size_mb"] == 64
+    admin_url = _admin_url(world, info["host"])
+    human = [cli("db", "info", "cli-pg").output, cli("db", "credentials", "cli-pg").output]
+    for text in (made.output, json.dumps(info), json.dumps(creds), *human):
+        assert ds.admin_password(admin_url) not in text and "berthadmin" not in text
+    assert creds["host"] == info["host"] and creds["url"].startswith("postgresql://")
+    refused = cli("db", "create", "x", "--engine", "redis", "--plan", "dedicated", "--size", "8G")
+    assert refused.exit_code == 1 and "between 16 MB and 4096 MB" in str(refused.exception)
+    deleted = cli("db", "delete", "cli-pg", "--yes")
+    assert deleted.exit_code == 0, deleted.output
+    assert info["host"] not in _ours(world)[0]
+
+
+FILL_SCRIPT = r"""
+import json, os, psycopg
+out = {}
+with psycopg.connect(os.environ["URL"], connect_timeout=5, autocommit=True) as conn:
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS fill (id serial, body text)")
+        conn.execute("INSERT INTO fill (body) SELECT md5(g::text) || repeat(md5(g::text), 30)"
+                     " FROM generate_series(1, int4(%s)) g", (int(os.environ["ROWS"]),))
+        out["written"] = True
+    except psycopg.Error as exc:
+        out["error"] = type(exc).__name__
+    out["rows"] = conn.execute("SELECT count(*) FROM fill").fetchone()[0]
+print(json.dumps(out))
+"""
+
+
+def test_the_size_quota_holds_on_a_dedicated_postgres(world: World) -> None:
+    """Over its size, the usage pass refuses its writes on its own server (as on a shared
+    one); the tenant's reads keep working."""
+    env = world.env
+    user = env.signup("k1-quota")
+    made = _create(world, user.session, "full", "postgres", size_mb=16)
+    tenant = _tenant_id(world, "full", user.session)
+    url = env.ok("GET", "/databases/full/credentials", user.session)["url"]
+    filled = _run_in(world, tenant, {"URL": url, "ROWS": "12000"}, [FILL_SCRIPT])
+    assert filled == {"written": True, "rows": 12000}, filled
+    passed = env.ok("POST", "/admin/databases/usage", env.admin)
+    assert passed["writes_refused"], passed
+    info = env.ok("GET", "/databases/full", user.session)
+    assert info["writes_refused"] and info["bytes_used"] > 16 * MB, info
+    refused = _run_in(world, tenant, {"URL": url, "ROWS": "10"}, [FILL_SCRIPT])
+    assert "error" in refused and refused["rows"] == 12000, refused
+    env.ok("DELETE", "/databases/full", user.session)
+    assert made["host"] not in _ours(world)[0]
