@@ -4,6 +4,7 @@ server, and against the fake provider the store and API tests will use."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -81,6 +82,15 @@ def test_the_lifecycle(engine_of: Engine, provider: Provider, account: Account) 
     assert caught.value.status == 409
     rotated = provider.rotate_password(account)
     assert rotated.password != creds.password and rotated.username == creds.username
+    # A lossless rotation: a second credential, then the first set aside is revoked (twice).
+    second = provider.add_credential(account)
+    assert second.credentials.password != rotated.password and second.retiring
+    assert second.credentials.engine == creds.engine and second.credentials.host == creds.host
+    if engine_of != "redis":
+        account = replace(account, login=second.credentials.username)
+    provider.revoke_credential(account, second.retiring)
+    provider.revoke_credential(account, second.retiring)
+    assert provider.credentials(account, second.credentials.password) == second.credentials
     usage = provider.usage(account)
     assert usage.bytes_used >= 0 and usage.connections == 0
     for allowed in (False, False, True, True):
@@ -93,6 +103,7 @@ def test_the_lifecycle(engine_of: Engine, provider: Provider, account: Account) 
 def test_a_missing_database_is_not_found(provider: Provider, account: Account) -> None:
     for call in (
         lambda: provider.rotate_password(account),
+        lambda: provider.add_credential(account),
         lambda: provider.usage(account),
         lambda: provider.set_write_allowed(account, False),
     ):

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,6 +20,7 @@ import pymysql
 import pytest
 import redis
 
+from berth.databases.backup_providers import backups_for
 from berth.databases.mariadb import MariaDBProvider
 from berth.databases.names import Engine
 from berth.databases.postgres import PostgresProvider
@@ -349,3 +351,40 @@ def request_once_read(creds: Credentials) -> None:
             client.get(f"{creds.key_prefix}k")
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("paired", ["postgres", "mariadb"])
+def test_a_restore_keeps_both_logins_out_meanwhile_and_working_after(
+    paired: Engine, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A backup restored into an account in the middle of a rotation: both logins work after
+    it, on the restored content (the restore locks and unlocks every login, not only the first)."""
+    url = str(request.getfixturevalue(f"{paired}_admin_url"))
+    provider, backups = PROVIDERS[paired](url), backups_for(paired, url)
+    account = Account(unique_id(), unique_id(), "restored", paired)
+    old = provider.create(account)
+    try:
+        prepare(old)
+        rotated = provider.add_credential(account)
+        after = _rotated_account(account, rotated.credentials)
+        for creds in (old, rotated.credentials):
+            request_once(creds)
+        path = tmp_path / "backup.dump"
+        backups.dump(after, path)
+        request_once(rotated.credentials)  # a third row, gone with the restore
+        backups.restore(after, after, path)
+        for creds in (old, rotated.credentials):
+            request_once(creds)  # both log in, write and read again
+        if paired == "postgres":
+            with _pg(rotated.credentials) as conn:
+                assert conn.execute("SELECT count(*) FROM hits").fetchone() == (4,)
+                owner = conn.execute(
+                    "SELECT tableowner FROM pg_tables WHERE tablename = 'hits'"
+                ).fetchone()
+                assert owner == (account.names.user,)
+        provider.revoke_credential(after, rotated.retiring)
+        assert refused(old)
+        request_once(rotated.credentials)
+    finally:
+        provider.drop(account)
+    assert not provider.exists(account)

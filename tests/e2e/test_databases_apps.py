@@ -6,9 +6,12 @@ an app built by Berth whose instances connect through the URLs `db attach` put i
 - Each engine answers the app's instances through the injected URL: they reach the servers
   only because the tenant has a database there (the egress filter's rule).
 - `db rotate` of each one under constant load through the ingress: the new URL arrives in a
-  new release, start-first, and no request fails (the app keeps one connection per engine, as
-  a connection pool does; connections open before the rotation stay valid).
-- The old password connects no more; the app keeps working with the new one.
+  new release, start-first, and no request fails. Every request uses each engine twice: on the
+  connection the app keeps (as a pool does) and on a NEW connection opened for that request,
+  which must log in: the old credential stays valid until every instance serves the new URL,
+  the new one is valid before any instance has it.
+- Then the old credentials are revoked (`db info`: revoked at ...), still under load, and
+  connect no more; the app keeps working with the new ones.
 """
 
 from __future__ import annotations
@@ -90,6 +93,34 @@ def rd():
     return int(answer[1:].strip())
 
 
+def pg_fresh():
+    with psycopg.connect(os.environ["PG_URL"], autocommit=True, connect_timeout=5) as conn:
+        return conn.execute("SELECT count(*) FROM hits").fetchone()[0]
+
+
+def my_fresh():
+    u = urlsplit(os.environ["MYSQL_URL"])
+    conn = pymysql.connect(
+        host=u.hostname, port=u.port, user=unquote(u.username), connect_timeout=5,
+        password=unquote(u.password), database=u.path.lstrip("/"), autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM hits")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def rd_fresh():
+    u = urlsplit(os.environ["REDIS_URL"])
+    with socket.create_connection((u.hostname, u.port), timeout=5) as conn:
+        conn.sendall(f"AUTH {unquote(u.username)} {unquote(u.password)}\r\n".encode())
+        if not conn.recv(64).startswith(b"+OK"):
+            raise RuntimeError("redis refused the URL's credentials on a new connection")
+        conn.sendall(f"GET {os.environ['REDIS_KEY_PREFIX']}hits\r\n".encode())
+        return int(conn.recv(64).split(b"\r\n")[1] or 0)
+
+
 def check(name, call):
     try:
         return call()
@@ -105,9 +136,11 @@ class Handler(BaseHTTPRequestHandler):
         try:
             with LOCK:
                 counts = [check("pg", pg), check("my", my), check("rd", rd)]
+            # New connections, no second try: each must log in with the URL this instance has.
+            fresh = [pg_fresh(), my_fresh(), rd_fresh()]
         except Exception as exc:
             return self.reply(500, f"{type(exc).__name__}: {exc}")
-        self.reply(200, "pg=%d my=%d rd=%d" % tuple(counts))
+        self.reply(200, "pg=%d my=%d rd=%d fresh=%d,%d,%d" % tuple(counts + fresh))
 
     def reply(self, status, text):
         body = text.encode()
@@ -242,10 +275,24 @@ def test_an_attached_app_works_through_its_urls_and_across_rotations(
             _wait_deployed(server, release)
             server.wait_converged(APP, 2, timeout=90)
             time.sleep(1)  # requests on the new release's instances too
+        # The old credentials go once the old instances are gone, while the load goes on.
+        for db in ("pgdb", "mydb", "rdb"):
+            wait_until(
+                lambda db=db: server.cli_json("db", "info", db)["old_credential"] == "revoked",
+                120,
+                f"{db}'s old credential revoked",
+            )
+        revoked_at = load.result.ok
+        time.sleep(2)  # requests after the revocations too
     result = load.stop()
-    print(f"3 rotations under load: {result.ok} requests, {len(result.failures)} failed")
+    print(
+        f"3 rotations under load, per-request connections to every engine: {result.ok} "
+        f"requests ({revoked_at} before the last revocation), {len(result.failures)} failed"
+    )
     assert result.ok > 50, result.ok
     assert result.failures == [], result.failures[:5]
+    info = server.cli_ok("db", "info", "pgdb").stdout
+    assert "revoked at" in info, info
     # Every request reached all three databases: the counts only grew.
     assert _check(server) != first
 
