@@ -29,6 +29,9 @@ def account(size_mb: int | None = 64, connections: int = 20) -> Account:
         ("dedicated", "memcached", "dedicated"),
         (None, "postgres", "shared"),
         ("shared", "redis", "shared"),
+        ("dedicated", "postgres", "dedicated"),
+        ("dedicated", "mariadb", "dedicated"),
+        ("dedicated", "redis", "dedicated"),
     ],
 )
 def test_each_engine_gets_its_plan(plan: str | None, engine: str, chosen: str) -> None:
@@ -39,8 +42,6 @@ def test_each_engine_gets_its_plan(plan: str | None, engine: str, chosen: str) -
     ("plan", "engine", "code"),
     [
         ("shared", "memcached", "plan_not_available"),
-        ("dedicated", "postgres", "not_available"),
-        ("dedicated", "mariadb", "not_available"),
         ("gold", "memcached", "invalid_plan"),
         ("", "memcached", "invalid_plan"),
         (1, "redis", "invalid_plan"),
