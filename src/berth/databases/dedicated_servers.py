@@ -95,6 +95,18 @@ def container_memory_mb(engine: Engine, size_mb: int) -> int:
     return MEMORY_MB[engine]
 
 
+def held_memory_mb(engine: str, size_mb: int) -> int:
+    """What a dedicated database of any engine holds of the machine's memory (its container's
+    limit), as the tenant's memory quota counts it."""
+    if engine == "memcached":
+        from berth.databases.memcached_dedicated import container_memory_mb as memcached_mb
+
+        return memcached_mb(size_mb)
+    if engine not in ENGINES:
+        raise ValueError(f"{engine} has no dedicated server")
+    return container_memory_mb(engine, size_mb)  # type: ignore[arg-type]
+
+
 def pids_limit(engine: Engine, connections: int) -> int:
     """PostgreSQL runs a process per connection, MariaDB a thread; both about 30 of their own."""
     return 32 if engine == "redis" else connections + 64

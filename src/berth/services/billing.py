@@ -24,7 +24,7 @@ from berth.billing.plans import InstanceSize, Plan, PlanLimits, QuotaDelta, Quot
 from berth.billing.rating import Invoice, ResourceUsage, invoice_for_month
 from berth.billing.storage import STORAGE_KEY_PREFIX, StorageLine, storage_lines
 from berth.billing.webhooks import verify
-from berth.databases.memcached_dedicated import container_memory_mb
+from berth.databases.dedicated_servers import held_memory_mb
 from berth.errors import BerthError, Conflict, InvalidInput, NotFound
 from berth.services.auth import Principal
 from berth.settings import Settings
@@ -146,15 +146,16 @@ def plan_row_of(session: Session, tenant_id: str) -> PlanRow | None:
 
 def quota_usage(session: Session, tenant_id: str) -> QuotaUsage:
     """Desired-state usage: apps, and instances and memory of apps that have a release; the
-    memory also counts the containers of the tenant's dedicated Memcached databases (they hold
-    the machine's memory as instances do)."""
+    memory also counts the containers of the tenant's dedicated databases (Memcached, and
+    PostgreSQL, MariaDB or Redis on the dedicated plan: they hold the machine's memory as
+    instances do)."""
     apps = session.scalars(select(App).where(App.tenant_id == tenant_id)).all()
     released = [a for a in apps if a.target_release_id or a.serving_release_id]
     domains = session.scalar(select(func.count(Domain.id)).where(Domain.tenant_id == tenant_id))
-    caches = session.scalars(
-        select(ManagedDatabase.size_mb).where(
+    servers = session.execute(
+        select(ManagedDatabase.engine, ManagedDatabase.size_mb).where(
             ManagedDatabase.tenant_id == tenant_id,
-            ManagedDatabase.engine == "memcached",
+            ManagedDatabase.plan == "dedicated",
             ManagedDatabase.state != "deleted",
         )
     ).all()
@@ -162,7 +163,7 @@ def quota_usage(session: Session, tenant_id: str) -> QuotaUsage:
         apps=len(apps),
         instances=sum(a.scale for a in released),
         memory_mb=sum(a.scale * a.memory_mb for a in released)
-        + sum(container_memory_mb(size) for size in caches),
+        + sum(held_memory_mb(engine, size) for engine, size in servers),
         domains=int(domains or 0),
     )
 

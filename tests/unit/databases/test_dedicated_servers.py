@@ -342,3 +342,34 @@ def test_no_runner_refuses_dedicated_servers_and_backups_say_why() -> None:
     )
     with_dedicated_backups(runner, seen.append)(shared)  # type: ignore[arg-type]
     assert seen == [shared]  # a shared server's address as it is
+
+
+def test_a_dedicated_server_counts_in_the_tenants_memory_quota(
+    sessions: sessionmaker[Session],
+) -> None:
+    from berth.errors import QuotaExceeded
+    from berth.services.billing import quota_usage
+    from berth.store.tables import PlanRow
+
+    with sessions() as session:
+        plan = PlanRow(name=f"small-{secrets.token_hex(3)}", currency="EUR",
+                       price_per_gb_hour_minor=0, price_per_cpu_hour_minor=0,
+                       max_memory_mb=ds.MEMORY_MB["postgres"] + 100)  # fmt: skip
+        session.add(plan)
+        session.flush()
+        tenant = Tenant(id=secrets.token_hex(8), name=f"t{secrets.token_hex(4)}", plan_id=plan.id)
+        session.add(tenant)
+        session.commit()
+        tenant_id = tenant.id
+    runner, shared = FakeDedicatedRunner(), Shared()
+    factory = with_dedicated(
+        runner, lambda: "", _shared_factory(shared), server_image=lambda e: "i"
+    )  # type: ignore[arg-type]
+    with sessions() as session:
+        svc.create_database(session, factory, tenant_id,
+                            svc.NewDatabase("pg", "postgres", "dedicated"))  # fmt: skip
+        assert quota_usage(session, tenant_id).memory_mb == ds.MEMORY_MB["postgres"]
+        with pytest.raises(QuotaExceeded):  # 64 MB of Redis: 64 + 21 + 32 MB more
+            svc.create_database(session, factory, tenant_id,
+                                svc.NewDatabase("r", "redis", "dedicated"))  # fmt: skip
+    assert len(runner.names()) == 1
