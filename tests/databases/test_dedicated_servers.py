@@ -494,6 +494,8 @@ def test_the_cli_shows_the_tenant_its_account_never_the_admins(
     assert refused.exit_code == 1 and "between 16 MB and 4096 MB" in str(refused.exception)
     deleted = cli("db", "delete", "cli-pg", "--yes")
     assert deleted.exit_code == 0, deleted.output
+    assert "its server and its volume are gone" in deleted.output
+    assert "final backup" in deleted.output
     assert info["host"] not in _ours(world)[0]
 
 

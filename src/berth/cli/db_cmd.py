@@ -116,12 +116,16 @@ def db_create(
     engine: Annotated[str, typer.Option(help="postgres, mariadb, redis or memcached.")],
     plan: Annotated[
         str | None,
-        typer.Option(help="shared (default) or, for memcached (its only plan), dedicated."),
+        typer.Option(
+            help="shared (default) or dedicated (a server of its own on your network; "
+            "memcached's only plan)."
+        ),
     ] = None,
     size: Annotated[
         str | None,
         typer.Option(
-            help="Storage quota, like 512M or 2G (default 1G); memcached's memory (default 64M)."
+            help="Storage quota, like 512M or 2G (default 1G); memcached's and a dedicated "
+            "redis's memory (default 64M)."
         ),
     ] = None,
     connections: Annotated[
@@ -258,6 +262,15 @@ def db_delete(
         if d["engine"] == "memcached":
             # A cache keeps nothing: its container is gone, and the name is free again.
             console.print(f"Deleted memcached database [bold]{escape(name)}[/] (nothing kept)")
+            return
+        if d.get("plan") == "dedicated":
+            # Its own server went with it; the final backup is what is kept.
+            console.print(
+                f"Deleted database [bold]{escape(name)}[/]: its server and its volume are gone; "
+                f"a verified final backup (`berth db backups {escape(name)}`) is kept until "
+                f"{_when(d['purge_after'])} (`berth db restore {escape(name)} BACKUP --into "
+                "NEW` brings it back)"
+            )
             return
         console.print(
             f"Deleted database [bold]{escape(name)}[/]: closed now, its data and a verified "
