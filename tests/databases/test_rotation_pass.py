@@ -7,10 +7,11 @@ that changes nothing; ``db info`` says pending (and until when) or revoked (and 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import select
+from typer.testing import Result
 
 from berth.api.routes_databases import clock, database_backups, database_providers
 from berth.databases.rotation import logins
@@ -18,7 +19,9 @@ from berth.services.databases_access import account_of
 from berth.services.databases_rotation import revoke_due
 from berth.store.tables import App, Instance, ManagedDatabase, new_id
 from tests.api.conftest import Env, assert_error, build_env
-from tests.api.test_databases_api import FlakyProvider, Servers, add_server, create_db
+from tests.api.test_databases_api import FlakyProvider, Servers, add_server, cli, create_db
+
+__all__ = ["cli"]  # the CLI fixture, over this module's env and ``fake``
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,11 @@ def servers(env: Env) -> Iterator[Servers]:
     finally:
         for dep in (database_providers, database_backups, clock):
             env.app.dependency_overrides.pop(dep, None)
+
+
+@pytest.fixture
+def fake(servers: Servers) -> Servers:
+    return servers
 
 
 def _serve(env: Env, app_name: str, *, release_id: str | None = None) -> str:
@@ -186,3 +194,32 @@ def test_a_deleted_database_has_nothing_pending(env: Env, servers: Servers) -> N
     assert not _logs_in(env, servers, "gone", first)
     assert not _logs_in(env, servers, "gone", second)
     assert _pass(env, servers) == ([], [])
+
+
+def test_db_info_in_the_cli_says_pending_then_revoked(
+    env: Env, servers: Servers, cli: Callable[..., Result]
+) -> None:
+    add_server(env, f"pg-cli-{new_id()[:6]}")
+    user = env.signup(f"rot{new_id()[:6]}")
+    app = f"rot-cli-{new_id()[:6]}"
+    env.create_app(user.session, app)
+    env.deploy(user.session, app)
+    create_db(env, user.session, "clidb")
+    env.ok("POST", "/databases/clidb/attachments", user.session, json={"app": app}, status=201)
+    old_release = _serve(env, app)
+    before = cli("db", "info", "clidb", token=user.session)
+    assert before.exit_code == 0 and "old credential" not in before.output
+    rotated = cli("db", "rotate", "clidb", token=user.session)
+    assert rotated.exit_code == 0, rotated.output
+    assert "old one keeps working until every attached app serves the new URL" in rotated.output
+    pending = cli("db", "info", "clidb", token=user.session)
+    assert "pending revocation" in pending.output and "at the latest" in pending.output
+    again = cli("db", "rotate", "clidb", token=user.session)
+    # A CliError (the CLI's entry point prints it as "error: ..."), not a crash.
+    assert again.exit_code != 0 and "still pending" in str(again.exception)
+    assert type(again.exception).__name__ == "CliError"
+    _serve(env, app)
+    assert _serve(env, app) != old_release
+    assert len(_pass(env, servers)[0]) == 1
+    revoked = cli("db", "info", "clidb", token=user.session)
+    assert "revoked at" in revoked.output, revoked.output

@@ -365,7 +365,7 @@ def rotate(
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(db.retire_after or now))
         raise Conflict(
             f"the last rotation of {name!r} is still pending: its old credential is revoked "
-            f"once every attached app serves the new URL (at the latest at {when}); rotate "
+            f"once every attached app serves the new URL ({when} at the latest); rotate "
             "again after that",
             code="rotation_pending",
         )
