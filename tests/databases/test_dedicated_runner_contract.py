@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,13 @@ import docker.errors
 import pytest
 
 from berth.databases import dedicated_servers as ds
-from berth.databases.dedicated import DedicatedRunner, DedicatedSpec, InitStep
+from berth.databases.dedicated import (
+    LABEL_DATABASE_SERVER,
+    DedicatedRunner,
+    DedicatedSpec,
+    InitStep,
+    volume_name,
+)
 from berth.databases.dedicated_local import LocalDedicatedRunner
 from berth.databases.errors import DatabaseExists, DatabaseServerError
 from berth.databases.provider import Account
@@ -97,3 +104,20 @@ def test_names_are_checked(runner: DedicatedRunner) -> None:
             runner.remove(bad)
         with pytest.raises(ValueError):
             runner.created_at(bad)
+
+
+def test_a_volume_alone_is_a_server_to_sweep(runner: DedicatedRunner) -> None:
+    """What a create cut short between its volume and its container leaves: listed, dated,
+    removed."""
+    name = "berth-db-" + secrets.token_hex(12)
+    if isinstance(runner, LocalDedicatedRunner):
+        labels = {LABEL_INSTALLATION: runner.installation, LABEL_DATABASE_SERVER: "postgres"}
+        runner.client.api.create_volume(name=volume_name(name), labels=labels)
+    else:
+        assert isinstance(runner, FakeDedicatedRunner)
+        runner.volumes[volume_name(name)] = time.time()
+    assert name in runner.names() and runner.find(name) is None
+    created = runner.created_at(name)
+    assert created is not None and abs(created - time.time()) < 600
+    runner.remove(name)
+    assert name not in runner.names() and runner.created_at(name) is None

@@ -373,3 +373,28 @@ def test_a_dedicated_server_counts_in_the_tenants_memory_quota(
             svc.create_database(session, factory, tenant_id,
                                 svc.NewDatabase("r", "redis", "dedicated"))  # fmt: skip
     assert len(runner.names()) == 1
+
+
+def test_the_sweep_removes_a_volume_a_create_cut_short_left(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Berth stopped between making a server's volume and its row: the volume alone is a
+    leftover too, removed once past the grace; a database's own server stays."""
+    from berth.services.databases_dedicated import sweep_leftovers
+
+    tenant = _tenant(sessions)
+    runner, shared = FakeDedicatedRunner(), Shared()
+    factory = with_dedicated(
+        runner, lambda: "", _shared_factory(shared), server_image=lambda e: "i"
+    )  # type: ignore[arg-type]
+    with sessions() as session:
+        kept = svc.create_database(session, factory, tenant,
+                                   svc.NewDatabase("kept", "postgres", "dedicated"))  # fmt: skip
+        kept_name = svc.server_of(session, kept).name
+    stray = "berth-db-" + "d" * 24
+    runner.volumes[f"{stray}-data"] = runner.clock
+    assert set(runner.names()) == {kept_name, stray}
+    with sessions() as session:
+        assert sweep_leftovers(session, runner, runner.clock + 10) == []  # young: in flight?
+        assert sweep_leftovers(session, runner, runner.clock + 601) == [stray]
+    assert runner.names() == [kept_name]
