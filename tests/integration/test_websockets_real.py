@@ -118,7 +118,7 @@ def with_config_line(monkeypatch: pytest.MonkeyPatch, line: str, replacement: st
     real = nginx_module.render_nginx_conf
 
     def render(cfg: ProxyConfig, paths: NginxPaths) -> str:
-        text = real(cfg, paths)
+        text: str = real(cfg, paths)
         assert line in text, f"the template no longer has {line!r}"
         return text.replace(line, replacement)
 

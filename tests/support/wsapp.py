@@ -31,7 +31,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
-from typing import BinaryIO, cast
+from typing import Protocol, cast
 from urllib.parse import parse_qs, urlsplit
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -41,6 +41,10 @@ MAX_EVENTS = 600
 INSTANCE = os.environ.get("INSTANCE") or socket.gethostname()
 RELEASE = os.environ.get("RELEASE", "1")
 SEEN_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-IP")
+
+
+class Readable(Protocol):
+    def read(self, n: int, /) -> bytes: ...
 
 
 class ProtocolError(Exception):
@@ -78,14 +82,14 @@ def apply_mask(payload: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
 
 
-def read_exact(stream: BinaryIO, n: int) -> bytes:
+def read_exact(stream: Readable, n: int) -> bytes:
     data = stream.read(n)
     if len(data) != n:
         raise ConnectionError("peer closed mid-frame")
     return data
 
 
-def read_frame(stream: BinaryIO, *, masked: bool, limit: int) -> tuple[bool, int, bytes]:
+def read_frame(stream: Readable, *, masked: bool, limit: int) -> tuple[bool, int, bytes]:
     """(fin, opcode, payload) of the next frame; the length is checked before the payload
     is read, so an oversized frame costs nothing."""
     b0, b1 = read_exact(stream, 2)
@@ -125,7 +129,7 @@ class Sessions:
 class WebSocket:
     """The server side of one session over an upgraded connection."""
 
-    def __init__(self, connection: socket.socket, reader: BinaryIO, sessions: Sessions) -> None:
+    def __init__(self, connection: socket.socket, reader: Readable, sessions: Sessions) -> None:
         self.connection, self.reader, self.sessions = connection, reader, sessions
         self.write_lock = threading.Lock()
         self.closed = threading.Event()

@@ -9,7 +9,7 @@ import base64
 import os
 import socket
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from tests.support.wsapp import (
@@ -222,7 +222,7 @@ class Event:
 
 def sse_events(
     host: str, port: int, path: str, *, host_header: str, timeout: float = 10.0
-) -> Iterator[Event]:
+) -> Generator[Event, None, None]:
     """The events of one text/event-stream response, as they arrive (a read waits at most
     ``timeout``). The response head must be 200 with that content type."""
     sock = socket.create_connection((host, port), timeout=timeout)
