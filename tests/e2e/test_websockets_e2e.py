@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -216,6 +217,34 @@ def test_its_own_rollout_ends_its_sessions_when_the_old_instance_stops(
     with session(berth) as fresh:
         assert fresh.handshake is not None and fresh.handshake["x-release"] == "2"
         assert fresh.echo("on the new release") == "on the new release"
+
+
+def test_an_app_that_ignores_sigterm_keeps_its_sessions_until_it_is_killed(
+    berth: BerthServer, echo_app: dict[str, Any]
+) -> None:
+    """Berth stops an old instance with SIGTERM and kills it 10 s later: sessions on an app
+    that ignores SIGTERM keep echoing next to the new release, then end without a close
+    frame (a browser sees 1006) when the old instance is killed."""
+    out = berth.cli_json("config", "set", ECHO, "WSAPP_ON_SIGTERM=ignore", "RELEASE=3")
+    assert out["deployment"]["status"] == "succeeded", out
+    berth.wait_converged(ECHO, 1)
+    with session(berth) as old:
+        assert old.handshake is not None and old.handshake["x-release"] == "3"
+        rollout = berth.cli_json("config", "set", ECHO, "RELEASE=4")
+        assert rollout["deployment"]["status"] == "succeeded", rollout
+        # The new release serves new sessions while the old instance still serves its own.
+        with session(berth) as new:
+            assert new.handshake is not None and new.handshake["x-release"] == "4"
+            assert old.echo("still on release 3") == "still on release 3"
+        echoes = 0
+        with pytest.raises(Closed) as closed:
+            while True:
+                old.echo(f"echo {echoes}")
+                echoes += 1
+                time.sleep(0.1)
+        assert closed.value.code is None, closed.value
+        print(f"the old session echoed {echoes} more times until the old instance was killed")
+    berth.wait_converged(ECHO, 1)
 
 
 def test_forwarded_headers_reach_the_app_as_the_ingress_sets_them(

@@ -15,7 +15,8 @@ same file runs in the test process and in a berth/python:3 container (``python3 
 
 A message or frame over WS_MAX_MESSAGE bytes (1 MiB) is refused with close code 1009 before
 its payload is read. On SIGTERM the app stops accepting, closes each open websocket with 1001
-("going away") and exits: what an instance that Berth replaces does to its sessions.
+("going away") and exits: what an instance that Berth replaces does to its sessions. With
+WSAPP_ON_SIGTERM=ignore it ignores SIGTERM, as a careless app does, and runs until killed.
 """
 
 from __future__ import annotations
@@ -370,7 +371,8 @@ def main() -> int:
     def stop(signum: int, _frame: FrameType | None) -> None:
         stopping.set()
 
-    signal.signal(signal.SIGTERM, stop)
+    ignore = os.environ.get("WSAPP_ON_SIGTERM") == "ignore"
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore else stop)
     signal.signal(signal.SIGINT, stop)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"wsapp {INSTANCE} release {RELEASE} on :{server.server_address[1]}", flush=True)
