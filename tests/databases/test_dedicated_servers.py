@@ -179,7 +179,7 @@ class Resp:
         return self.call("SET", key, value)
     def get(self, key):
         return self.call("GET", key)
-deadline, last = time.monotonic() + 60, ""
+deadline, last = time.monotonic() + float(os.environ.get("RETRY_SECONDS", "60")), ""
 while True:
     try:
         conn = connect()
@@ -331,6 +331,14 @@ def test_a_dedicated_database_does_what_a_shared_one_does(world: World, engine: 
     env.ok("POST", "/databases/main/attachments", alice.session, json={"app": web})
     config = _release_config(world, web, tenant_a)
     assert _app(world, tenant_a, engine, "write", config) == {"rows": 5}
+
+    # The admin's URL is no use from the tenant's network, even with its password: PostgreSQL
+    # and MariaDB take the admin from the bridge's gateway (the Berth machine) only.
+    if engine != "redis":
+        as_admin = _run_in(world, tenant_a, {"URL": admin_url, "RETRY_SECONDS": "0"},
+                           [APP_SCRIPT, engine, "read"])  # fmt: skip
+        refused = "pg_hba.conf rejects connection" if engine == "postgres" else "Access denied"
+        assert refused in as_admin.get("error", ""), as_admin
 
     # Another tenant's container, on its own network: neither the alias nor the address.
     # (Bob's tenant is on the engine as Berth makes it: his own network, with his cache.)
@@ -532,4 +540,32 @@ def test_the_size_quota_holds_on_a_dedicated_postgres(world: World) -> None:
     refused = _run_in(world, tenant, {"URL": url, "ROWS": "10"}, [FILL_SCRIPT])
     assert "error" in refused and refused["rows"] == 12000, refused
     env.ok("DELETE", "/databases/full", user.session)
+    assert made["host"] not in _ours(world)[0]
+
+
+def test_on_a_swarm_no_new_one_starts_and_the_ones_there_keep_working(world: World) -> None:
+    from berth.api.routes_databases import database_providers
+
+    env = world.env
+    user = env.signup("k1-swarm")
+    made = _create(world, user.session, "kept", "redis", size_mb=16)
+    overrides = env.app.dependency_overrides
+    kept = overrides[database_providers]
+    cache = Path(os.environ.get("BERTH_CACHE_DIR", "/var/cache/berth"))
+    overrides[database_providers] = lambda: with_dedicated(
+        world.runner, lambda: "", refuse_create=lambda: "on a Swarm now",
+        server_image=server_image(lambda: world.docker, cache),
+    )  # fmt: skip
+    try:
+        before = _ours(world)
+        body = {"name": "new", "engine": "postgres", "plan": "dedicated"}
+        resp = env.call("POST", "/databases", user.session, json=body)
+        assert assert_error(resp, 409, "dedicated_not_available")["message"] == "on a Swarm now"
+        assert _ours(world) == before
+        creds = env.ok("GET", "/databases/kept/credentials", user.session)
+        assert creds["host"] == made["host"]
+        env.ok("POST", "/databases/kept/rotate", user.session)
+        env.ok("DELETE", "/databases/kept", user.session)
+    finally:
+        overrides[database_providers] = kept
     assert made["host"] not in _ours(world)[0]

@@ -42,8 +42,8 @@ BackupFactory = Callable[[ServerAddress], Backups]
 
 # A dedicated server younger than this with no row may be a create in flight.
 LEFTOVER_GRACE_SECONDS = 600.0
-SWARM_REFUSAL = "dedicated Memcached runs on the single-machine backend only for now"
-SERVERS_REFUSAL = "dedicated database servers run on the single-machine backend only for now"
+# Why a new dedicated database (Memcached, or a server of its own) cannot start here.
+SWARM_REFUSAL = "dedicated databases run on the single-machine backend only for now"
 
 
 def memcached_image(client: Callable[[], object], cache_dir: Path) -> Callable[[], str]:
@@ -115,7 +115,7 @@ def with_dedicated(
                 raise DedicatedNotAvailable(SWARM_REFUSAL)
             return MemcachedProvider(runner, image, refuse_create=refuse_create)
         if runner is None:
-            raise DedicatedNotAvailable(SERVERS_REFUSAL)
+            raise DedicatedNotAvailable(SWARM_REFUSAL)
         return DedicatedServerProvider(
             address.engine,
             address.admin_url,
@@ -139,7 +139,7 @@ def with_dedicated_backups(runner: DedicatedRunner | None, inner: BackupFactory)
         if not is_dedicated_address(address) or address.engine == "memcached":
             return inner(address)
         if runner is None:
-            raise BackupFailed(f"the database's own server cannot be reached: {SERVERS_REFUSAL}")
+            raise BackupFailed(f"the database's own server cannot be reached: {SWARM_REFUSAL}")
         try:
             running = runner.find(address.host)
         except DatabaseServerError as exc:
