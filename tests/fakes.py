@@ -35,6 +35,9 @@ class FakeNginx:
     def is_running(self) -> bool:
         return True
 
+    def tls_version(self) -> int:
+        return 0  # no certificates: plain HTTP only
+
     def upstream_ports(self, app_name: str) -> set[int]:
         route = next(r for r in self.applied[-1].routes if r.app_name == app_name)
         return {u.port for u in route.upstreams}

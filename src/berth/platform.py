@@ -6,6 +6,7 @@ build it with a fake runtime and without loops.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from berth.builds.queue import BuildQueue
 from berth.cluster.init import current_backend
 from berth.cluster.nodes import ManagerClient
 from berth.controllers.billing import BillingController
+from berth.controllers.certificates import AcmePass
 from berth.controllers.engine_events import ControllerWaker, EngineEvents
 from berth.controllers.ingress_nodes_sync import IngressNodesSync
 from berth.controllers.ingress_sync import IngressSync
@@ -33,12 +35,14 @@ from berth.controllers.swarm_watch import SwarmWatch
 from berth.metrics.wiring import Collectors, build_collectors
 from berth.netpolicy.controller import EgressController
 from berth.netpolicy.setup import build_egress_controller
+from berth.proxy.model import Upstream
 from berth.proxy.nginx import NginxManager
 from berth.registry.wiring import PlatformRegistry, platform_registry
 from berth.runtime.protocol import Runtime
 from berth.services import databases_dedicated
 from berth.services.accounts import LoginLimiter
 from berth.services.bootstrap import ensure_admin, installation_id
+from berth.services.certificates import Certificates
 from berth.services.databases_backup_pass import DatabaseBackupPass
 from berth.services.databases_purge import DatabasePurge
 from berth.services.databases_rotation import DatabaseRotationPass
@@ -91,6 +95,8 @@ class Platform:
     database_usage: DatabaseUsagePass | None = None  # measured, size quota, storage billed
     database_rotation: DatabaseRotationPass | None = None  # a rotation's old credential revoked
     metrics: Collectors | None = None  # this server's nginx traffic and containers' cgroups
+    certificates: Certificates | None = None  # HTTPS: what is served, uploads, statuses
+    acme: AcmePass | None = None  # orders and renews certificates (leader only)
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: bool = field(default=False)
     # Several servers on one store: the lease's holder runs the controllers, the others keep
@@ -114,6 +120,8 @@ class Platform:
         """Wake the reconciler after an API write (no-op without loops)."""
         if self.reconciler is not None:
             self.reconciler.trigger()
+        if self.acme is not None:
+            self.acme.wake()  # a new app or a verified domain is ordered now, not in a minute
 
     def billing_kick(self) -> None:
         """Re-evaluate arrears soon after a top-up (resume without waiting for the next pass)."""
@@ -165,6 +173,7 @@ class Platform:
                 self.database_backups,
                 self.database_usage,
                 self.database_rotation,
+                self.acme,
             ):
                 if actor is not None:
                     actor.may_act = lambda: lease.holds() and lease.token == term
@@ -211,6 +220,8 @@ class Platform:
             self.database_usage.start()
         if self.database_rotation is not None:
             self.database_rotation.start()
+        if self.acme is not None:
+            self.acme.start()
         if self.registry is not None:
             # Collects on a swarm only, and only while this server's term lasts.
             self.registry.start_gc(self.sessions, lambda: self.lease is None or self.lease.holds())
@@ -230,6 +241,7 @@ class Platform:
             self.database_backups,
             self.database_usage,
             self.database_rotation,
+            self.acme,
         ):
             if loop is not None:
                 loop.stop()
@@ -308,6 +320,7 @@ def build_platform(settings: Settings) -> Platform:
         renew_seconds=settings.lease_renew_seconds,
     )
     platform.ingress_sync = IngressSync(settings, sessions, nginx, interval=INGRESS_SYNC_SECONDS)
+    platform.certificates = _certificates(settings, sessions, nginx, platform.trigger)
     platform.metrics = build_collectors(
         settings, sessions, platform.lease.holder, nginx, client.api
     )
@@ -395,7 +408,50 @@ def _build_controllers(
     platform.database_backups = DatabaseBackupPass(sessions, settings, interval=BACKUP_PASS_SECONDS)
     platform.database_usage = DatabaseUsagePass(sessions, settings)
     platform.database_rotation = DatabaseRotationPass(sessions, settings)
+    if platform.certificates is not None and platform.certificates.acme_on:
+        platform.acme = AcmePass(sessions, settings, platform.certificates)
     return platform
+
+
+def _certificates(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    nginx: NginxManager,
+    trigger: Callable[[], None],
+) -> Certificates:
+    """HTTPS on this server's nginx: certificates from the ACME CA (when one is configured)
+    and uploads, HTTP-01 answered by the API from the store."""
+    from berth.certs.acme_client import AcmeIssuer
+    from berth.certs.store_challenges import StoreChallenges
+
+    issuer = None
+    if settings.acme_directory_url:
+        issuer = AcmeIssuer(
+            settings.acme_directory_url,
+            settings.home / "certs" / "account.key",
+            StoreChallenges(sessions),
+            trust=Path(settings.acme_ca_bundle) if settings.acme_ca_bundle else None,
+            contact_email=settings.acme_email or None,
+        )
+    certificates = Certificates(settings, issuer)
+    certificates.on_change = trigger
+    nginx.tls = certificates.tls_config
+    nginx.tls_version = lambda: certificates.version
+    nginx.acme_upstream = api_upstream(settings)
+    return certificates
+
+
+def api_upstream(settings: Settings) -> Upstream | None:
+    """This server's API as nginx reaches it (an IP literal; a wildcard listen is reached on
+    loopback), or None when it listens on a name nginx would have to resolve."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+        settings.api_host, settings.api_host
+    )
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return Upstream(host, settings.api_port)
 
 
 def _recorded_backend(

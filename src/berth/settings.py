@@ -183,6 +183,20 @@ class Settings(BaseSettings):
     ingress_server_url: str = Field(default="", max_length=512, pattern=r"^(https?://[^\s]+)?$")
     ingress_nodes_interval_seconds: float = Field(default=3.0, gt=0)
 
+    # -- HTTPS (berth.services.certificates): served on this port for every hostname with a
+    # certificate (none yet: no HTTPS listener); 0 turns HTTPS off. Certificates come from an
+    # ACME CA at acme_directory_url (empty: none, uploads only; Let's Encrypt in production:
+    # https://acme-v02.api.letsencrypt.org/directory), by HTTP-01 through the ingress.
+    https_port: int = Field(default=443, ge=0, le=65535)
+    acme_directory_url: str = Field(default="", max_length=512, pattern=r"^(https?://[^\s]+)?$")
+    acme_email: str = Field(default="", max_length=254)  # the account's contact, optional
+    # A CA bundle the ACME client trusts instead of the system's (a private CA, pebble).
+    acme_ca_bundle: str = ""
+    acme_interval_seconds: float = Field(default=60.0, gt=0)
+    # At most this many orders an hour for the whole installation (Let's Encrypt allows 300
+    # new orders per account per 3 hours); a burst of new domains waits its turn.
+    acme_orders_per_hour: int = Field(default=50, ge=1, le=10000)
+
     # -- per-app metrics (berth.metrics): every server counts its own nginx's traffic and its
     # engine's containers, in buckets of this many seconds, kept this long
     metrics_enabled: bool = True

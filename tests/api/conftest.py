@@ -38,6 +38,7 @@ from berth.runtime.fake import FakeRuntime
 from berth.services import accounts
 from berth.services.bootstrap import ensure_admin
 from berth.services.domains import TxtLookupError
+from berth.services.certificates import Certificates
 from berth.settings import Settings
 from berth.store.tables import Base, LedgerEntryRow, LedgerTx, Tenant, User
 
@@ -417,6 +418,8 @@ def build_env(home: Path, **overrides: Any) -> Env:
     runtime = FakeRuntime(installation)
     builder = FakeBuilder(runtime)
     platform = Platform(settings, engine, sessions, installation, runtime=runtime, builder=builder)
+    # HTTPS without a CA (uploads only): the files under home/certs, no nginx to feed.
+    platform.certificates = Certificates(settings, None)
     return Env(settings, platform, engine, runtime, builder, admin)
 
 

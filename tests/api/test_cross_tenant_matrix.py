@@ -277,6 +277,17 @@ TABLE: dict[tuple[str, str], Route] = {
     ("GET", "/billing/webhooks"): Route("read", (own(lambda r: Req("/billing/webhooks")),)),
     ("POST", "/billing/payments/webhook"): Route("public", (
         foreign(_payment, "not_configured"),)),
+    # -- certificates: a hostname of another tenant's app is no hostname of the caller's
+    ("GET", "/certs"): Route("read", (own(lambda r: Req("/certs")),)),
+    ("POST", "/certs"): Route("write", (foreign(
+        lambda r: Req("/certs", json={"domain": r.domain, "cert": "-", "key": "-"}),
+        "domain_not_found"),
+        foreign(lambda r: Req("/certs", json={
+            "domain": f"{r.app}.berth.localhost", "cert": "-", "key": "-"}),
+            "domain_not_found"),)),
+    ("DELETE", "/certs/{domain}"): Route("write", (
+        foreign(lambda r: Req(f"/certs/{r.domain}"), "domain_not_found"),
+        foreign(lambda r: Req(f"/certs/{r.app}.berth.localhost"), "domain_not_found"),)),
     # -- ingress nodes' agents: the ingress token only (no tenant's, no operator's)
     ("POST", "/ingress/sync"): Route("public", (foreign(
         lambda r: Req("/ingress/sync", json={"node": "w1"}), "unauthorized", 401),)),

@@ -95,6 +95,7 @@ def test_every_control_is_set_shown_and_kept_apart(env: Env) -> None:
         "allow": ["10.0.0.0/8", "2001:db8::/32"],
         "deny": ["10.9.0.0/16"],
         "rate_limit": {"per_second": 10, "burst": 20},
+        "https_redirect": True,
     }
     # Neither the password nor its hash leaves the store.
     stored = _stored(env, name)

@@ -238,8 +238,12 @@ class Pebble:
         """The root pebble issues under (made anew at each start), from its management API."""
         return self._get(f"https://127.0.0.1:{self.management_port}/roots/0")
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the CA (a CA outage); its files stay, as a client's trust bundle would."""
         for proc in reversed(self._procs):
             _stop(proc)
         self._procs.clear()
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -285,7 +285,10 @@ def test_every_control_renders_from_validated_values() -> None:
     assert text.index("deny 10.9.0.0/16;") < text.index("allow 10.0.0.0/8;")
     assert text.index("allow 10.0.0.0/8;") < text.index("deny all;")
     assert "server_name a.example;" in text
-    assert "server_name www.a.example;\n        return 308 $scheme://a.example$request_uri;" in text
+    assert (
+        "server_name www.a.example;\n        location / {\n"
+        "            return 308 $scheme://a.example$request_uri;" in text
+    )
     (name,) = auth_files(ProxyConfig("127.0.0.1", 8080, (_route_of(controls),), 1))
     assert f"auth_basic_user_file /srv/berth/nginx/htpasswd/{name};" in text
 

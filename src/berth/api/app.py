@@ -18,6 +18,7 @@ from berth.api import (
     routes_apps,
     routes_billing,
     routes_builds,
+    routes_certs,
     routes_databases,
     routes_ingress,
     routes_metrics,
@@ -76,11 +77,14 @@ def create_app(platform: Platform, run_loops: bool = False) -> FastAPI:
         routes_ingress.router,
         routes_metrics.router,
         routes_metrics.prometheus_router,
+        routes_certs.router,
     )
     for router in routers:
         app.include_router(router, prefix=API_PREFIX)
     # Also where Prometheus scrapes by default, outside the API prefix.
     app.include_router(routes_metrics.prometheus_router)
+    # Where the ACME CA fetches HTTP-01 answers (nginx sends them here from every host).
+    app.include_router(routes_certs.challenge_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

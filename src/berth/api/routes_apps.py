@@ -115,6 +115,7 @@ def _traffic_change(body: TrafficUpdate) -> traffic.TrafficChange:
         deny=None if body.deny is None else tuple(body.deny),
         rate_limit=None if limit is None else traffic.RateLimit(limit.per_second, limit.burst),
         remove_rate_limit=limit is None and "rate_limit" in body.model_fields_set,
+        https_redirect=body.https_redirect,
     )
 
 
@@ -131,7 +132,12 @@ def delete_app(name: str, session: SessionDep, platform: PlatformDep, who: Write
     and a worker waiting for it is a worker other tenants lack). 202: the app is deleting, the
     controllers stop its instances and then its name is free; poll GET until it is 404. 204:
     it had no instances and is gone already."""
+    app = svc.get_app(session, who.tenant_id, name)
+    hostnames = [f"{app.name}.{platform.settings.base_domain}"]
+    hostnames += [d.hostname for d in dsvc.list_domains(session, app)]
     outcome = svc.delete_app(session, platform.settings, who.tenant_id, name)
+    if platform.certificates is not None:
+        platform.certificates.forget(hostnames)  # never served for the name's next owner
     platform.trigger()
     if outcome.gone:
         return Response(status_code=204)
@@ -377,9 +383,11 @@ def _admit_verification(tenant_id: str) -> None:
 
 
 @router.get("/{name}/domains")
-def list_domains(name: str, session: SessionDep, who: CurrentPrincipal) -> list[DomainPublic]:
+def list_domains(
+    name: str, session: SessionDep, platform: PlatformDep, who: CurrentPrincipal
+) -> list[DomainPublic]:
     app = svc.get_app(session, who.tenant_id, name)
-    return [views.domain_public(d) for d in dsvc.list_domains(session, app)]
+    return [views.domain_public(d, platform.certificates) for d in dsvc.list_domains(session, app)]
 
 
 @router.post("/{name}/domains", status_code=201)
@@ -389,7 +397,7 @@ def add_domain(
     """Claim a domain. It stays pending (and does not route) until proven: publish the
     answer's ``challenge`` TXT record, then POST .../verify."""
     domain = dsvc.add_domain(session, platform.settings, who.tenant_id, name, body.hostname)
-    return views.domain_public(domain)
+    return views.domain_public(domain, platform.certificates)
 
 
 @router.post("/{name}/domains/{hostname}/verify")
@@ -412,7 +420,7 @@ def verify_domain(
     finally:
         _verifying.release()
     platform.trigger()
-    return views.domain_public(domain)
+    return views.domain_public(domain, platform.certificates)
 
 
 @router.delete("/{name}/domains/{hostname}", status_code=204)
@@ -420,6 +428,8 @@ def remove_domain(
     name: str, hostname: str, session: SessionDep, platform: PlatformDep, who: Writer
 ) -> None:
     dsvc.remove_domain(session, who.tenant_id, name, hostname)
+    if platform.certificates is not None:
+        platform.certificates.forget([hostname])  # never served for the name's next owner
     platform.trigger()
 
 

@@ -126,6 +126,11 @@ class TrafficUpdate(Strict):
         description="a request rate limit per client address (beyond it: 429); null removes "
         "it, absent keeps it",
     )
+    https_redirect: bool | None = Field(
+        default=None,
+        description="on (the default): plain HTTP to a hostname with a certificate is "
+        "redirected to HTTPS (308); off: both are served",
+    )
 
 
 class RedirectPublic(BaseModel):
@@ -149,6 +154,7 @@ class TrafficPublic(BaseModel):
     allow: list[str] = Field(default_factory=list)
     deny: list[str] = Field(default_factory=list)
     rate_limit: RateLimitPublic | None = None
+    https_redirect: bool = True
 
 
 class AppUpdate(Strict):
@@ -344,6 +350,17 @@ class DomainChallenge(BaseModel):
     value: str
 
 
+class CertPublic(BaseModel):
+    """A hostname's HTTPS certificate."""
+
+    domain: str
+    state: str = Field(description="issued, pending, failed, or off (no CA can issue it)")
+    source: str = Field(description="acme, upload or wildcard")
+    not_after: str | None = None
+    reason: str | None = Field(default=None, description="why not issued (the CA's words)")
+    next_retry: str | None = None
+
+
 class DomainPublic(BaseModel):
     """A custom domain. It routes only once ``status`` is "verified"."""
 
@@ -355,6 +372,9 @@ class DomainPublic(BaseModel):
     verified_by: Literal["dns", "operator", "legacy"] | None
     challenge: DomainChallenge | None = Field(
         description="While pending: publish this record, then verify the domain"
+    )
+    certificate: CertPublic | None = Field(
+        default=None, description="its HTTPS certificate (None: HTTPS is off on this server)"
     )
 
 

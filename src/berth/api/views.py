@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from berth.api.schemas import (
     AppPublic,
+    CertPublic,
     DeploymentPublic,
     DomainChallenge,
     DomainPublic,
@@ -24,6 +25,7 @@ from berth.domain.traffic import TrafficControls
 from berth.services import apps as svc
 from berth.services import domains as dsvc
 from berth.services import traffic as tsvc
+from berth.services.certificates import Certificates
 from berth.settings import Settings
 from berth.store.tables import App, Deployment, Domain, Instance, Release
 
@@ -119,6 +121,7 @@ def traffic_public(controls: TrafficControls) -> TrafficPublic:
         rate_limit=RateLimitPublic(per_second=limit.per_second, burst=limit.burst)
         if limit
         else None,
+        https_redirect=controls.https_redirect,
     )
 
 
@@ -153,7 +156,12 @@ VerifiedBy = Literal["dns", "operator", "legacy"]
 _VERIFIED_BY: dict[str, VerifiedBy] = {"dns": "dns", "operator": "operator", "legacy": "legacy"}
 
 
-def domain_public(domain: Domain) -> DomainPublic:
+def domain_public(domain: Domain, certificates: Certificates | None = None) -> DomainPublic:
+    cert = (
+        CertPublic.model_validate(certificates.view(domain.hostname).to_json())
+        if certificates is not None
+        else None
+    )
     if domain.verified_at is not None:
         by = _VERIFIED_BY.get(domain.verified_by, "operator")
         return DomainPublic(
@@ -163,6 +171,7 @@ def domain_public(domain: Domain) -> DomainPublic:
             verified_at=domain.verified_at,
             verified_by=by,
             challenge=None,
+            certificate=cert,
         )
     record = dsvc.challenge_for(domain)
     return DomainPublic(
@@ -172,4 +181,5 @@ def domain_public(domain: Domain) -> DomainPublic:
         verified_at=None,
         verified_by=None,
         challenge=DomainChallenge(type="TXT", name=record.name, value=record.value),
+        certificate=cert,
     )

@@ -33,7 +33,7 @@ from josepy.errors import DeserializationError
 from josepy.jwa import RS256
 from josepy.jwk import JWKRSA
 
-from berth.certs.challenges import ChallengeStore
+from berth.certs.challenges import Challenges
 from berth.certs.names import normalize_domain
 
 _REASON_MAX = 500
@@ -127,7 +127,7 @@ class AcmeIssuer:
         self,
         directory_url: str,
         account_key_path: Path,
-        challenge_store: ChallengeStore,
+        challenge_store: Challenges,
         *,
         trust: Path | None = None,
         contact_email: str | None = None,
@@ -206,6 +206,9 @@ class AcmeIssuer:
         except requests.RequestException as exc:
             reason = f"the CA at {self.directory_url} cannot be reached: {type(exc).__name__}"
             return self._failed(name, reason, None, seen_retry_after)
+        except OSError as exc:  # the trusted CA bundle or the account key cannot be read
+            reason = f"cannot talk to the CA: {type(exc).__name__}: {exc.strerror or exc}"
+            return self._failed(name, _clip(reason), None, seen_retry_after)
         except (errors.Error, DeserializationError, ValueError) as exc:
             reason = f"unexpected answer from the CA: {type(exc).__name__}: {exc}"
             return self._failed(name, _clip(reason), None, seen_retry_after)

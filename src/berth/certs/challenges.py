@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import Protocol
 
 # RFC 8555 tokens are base64url; 128 characters is far above any CA's (Let's Encrypt: 43).
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -17,6 +18,21 @@ _KEY_AUTHZ_RE = re.compile(r"[A-Za-z0-9_-]{1,128}\.[A-Za-z0-9_-]{1,128}")
 
 def valid_token(token: str) -> bool:
     return bool(TOKEN_RE.fullmatch(token))
+
+
+def valid_key_authorization(text: str) -> bool:
+    return bool(_KEY_AUTHZ_RE.fullmatch(text))
+
+
+class Challenges(Protocol):
+    """Where the ACME client leaves its answers: this in-memory store (one process) or the
+    store's table (``berth.certs.store_challenges``: every Berth server answers)."""
+
+    def put(self, token: str, key_authorization: str) -> None: ...
+
+    def get(self, token: str) -> str | None: ...
+
+    def remove(self, token: str) -> None: ...
 
 
 class ChallengeStore:

@@ -15,6 +15,7 @@ from rich.markup import escape
 from berth.cli import (
     accounts_cmd,
     billing_admin_cmd,
+    certs_cmd,
     cluster_cmd,
     db_cmd,
     metrics_cmd,
@@ -48,6 +49,7 @@ app.add_typer(accounts_cmd.admin_app, name="admin")
 app.add_typer(cluster_cmd.cluster_app, name="cluster")
 app.add_typer(nodes_cmd.nodes_app, name="nodes")
 app.add_typer(db_cmd.db_app, name="db")
+app.add_typer(certs_cmd.certs_app, name="certs")
 app.command("metrics")(metrics_cmd.metrics)
 accounts_cmd.admin_app.add_typer(db_cmd.db_servers_app, name="db-servers")
 accounts_cmd.admin_app.add_typer(billing_admin_cmd.billing_admin_app, name="billing")
@@ -209,6 +211,14 @@ def apps_update(
     no_rate_limit: Annotated[
         bool, typer.Option("--no-rate-limit", help="Remove the rate limit.")
     ] = False,
+    https_redirect: Annotated[
+        str | None,
+        typer.Option(
+            "--https-redirect",
+            help="on (the default): plain HTTP to a hostname with a certificate is redirected "
+            "to HTTPS; off: both are served.",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the rollout finishes.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -219,7 +229,7 @@ def apps_update(
     api = client()
     flags = traffic_opts.TrafficFlags(
         redirect, no_redirects, basic_auth, no_basic_auth, maintenance, maintenance_message,
-        allow, no_allow, deny, no_deny, rate_limit, burst, no_rate_limit,
+        allow, no_allow, deny, no_deny, rate_limit, burst, no_rate_limit, https_redirect,
     )  # fmt: skip
     traffic = traffic_opts.traffic_body(
         flags, lambda: api.get(f"/apps/{name}").get("traffic", {}).get("rate_limit")
@@ -669,13 +679,14 @@ def domains_list(name: str, as_json: JsonOpt = False) -> None:
             challenge = x.get("challenge") or {}
             record = f"{challenge['name']} TXT {challenge['value']}" if challenge else ""
             status = x["status"] if x["status"] == "pending" else f"verified ({x['verified_by']})"
-            out.append((x["hostname"], status, record, ago(x["created_at"])))
+            cert = certs_cmd.cert_state(x.get("certificate"))
+            out.append((x["hostname"], status, cert, record, ago(x["created_at"])))
         return out
 
     emit(
         data,
         as_json,
-        lambda d: table(None, ["DOMAIN", "STATUS", "PUBLISH", "ADDED"], rows(d)),
+        lambda d: table(None, ["DOMAIN", "STATUS", "CERTIFICATE", "PUBLISH", "ADDED"], rows(d)),
     )
 
 

@@ -30,6 +30,7 @@ class TrafficFlags:
     rate_limit: str | None = None
     burst: int | None = None
     no_rate_limit: bool = False
+    https_redirect: str | None = None
 
 
 def read_password(user: str) -> str:
@@ -71,6 +72,11 @@ def traffic_body(
         body["allow"] = list(flags.allow or [])
     if flags.deny or flags.no_deny:
         body["deny"] = list(flags.deny or [])
+    if flags.https_redirect is not None:
+        state = flags.https_redirect.strip().lower()
+        if state not in ("on", "off"):
+            raise CliError(f"--https-redirect is on or off, not {flags.https_redirect!r}")
+        body["https_redirect"] = state == "on"
     if flags.no_rate_limit:
         body["rate_limit"] = None
     elif flags.rate_limit is not None or flags.burst is not None:

@@ -108,6 +108,7 @@ class Reconciler:
         self._routed_at: dict[str, float] = {}  # instance id -> when this server first routed it
         self._routes: tuple[Route, ...] | None = None  # as last applied
         self._generation = 0
+        self._tls_version = 0  # the certificates' version the live config carries
         self._seq = int(self.clock() * 1000)
         # The pass in progress: what the backend's before_stop hook routes from.
         self._pass_session: Session | None = None
@@ -522,11 +523,12 @@ class Reconciler:
     def _apply_routes(self, session: Session, routes: tuple[Route, ...]) -> None:
         # Unchanged routes still need a live nginx: apply() restarts one that died. Comparing
         # with the last routes first spares the digest (the repr of 10,000 routes) each pass.
-        if routes == self._routes and self.nginx.is_running():
+        tls_version = self.nginx.tls_version()
+        if routes == self._routes and tls_version == self._tls_version and self.nginx.is_running():
             return
-        digest = routes_digest(routes)
+        digest = f"{routes_digest(routes)}.{tls_version}"
         if digest == self._routes_hash and self.nginx.is_running():
-            self._routes = routes
+            self._routes, self._tls_version = routes, tls_version
             return
         stored = session.get(Meta, "proxy_generation")
         generation, stored_digest = (0, "")
@@ -541,7 +543,7 @@ class Reconciler:
             self.nginx.wait_for_generation(generation, timeout=10)
         session.merge(Meta(key="proxy_generation", value=f"{generation}:{digest}"))
         self._routes_hash = digest
-        self._routes = routes
+        self._routes, self._tls_version = routes, tls_version
         self._generation = generation
 
     # -- app deletion -----------------------------------------------------------------------

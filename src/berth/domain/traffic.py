@@ -71,6 +71,8 @@ class TrafficControls:
     allow: tuple[str, ...] = ()  # normalised CIDRs; when any, every other address is denied
     deny: tuple[str, ...] = ()  # checked before allow: a denied address is never let in
     rate_limit: RateLimit | None = None
+    # Plain HTTP on a hostname with a certificate redirects to HTTPS (on unless turned off).
+    https_redirect: bool = True
 
     @property
     def empty(self) -> bool:
@@ -95,12 +97,14 @@ class TrafficChange:
     deny: tuple[str, ...] | None = None
     rate_limit: RateLimit | None = None
     remove_rate_limit: bool = False
+    https_redirect: bool | None = None
 
 
 def apply_change(current: TrafficControls, change: TrafficChange) -> TrafficControls:
     """The controls after ``change``; not validated yet (``validate`` the result)."""
     updates: dict[str, Any] = {}
-    for name in ("redirects", "basic_auth", "maintenance", "maintenance_message", "allow", "deny"):
+    names = ("redirects", "basic_auth", "maintenance", "maintenance_message", "allow", "deny")
+    for name in (*names, "https_redirect"):
         value = getattr(change, name)
         if value is not None:
             updates[name] = value
@@ -127,6 +131,7 @@ def validate(controls: TrafficControls, own_hostnames: Iterable[str]) -> Traffic
         allow=check_cidrs(controls.allow, "allow"),
         deny=check_cidrs(controls.deny, "deny"),
         rate_limit=check_rate_limit(controls.rate_limit),
+        https_redirect=check_flag(controls.https_redirect),
     )
 
 
@@ -364,6 +369,8 @@ def to_json(controls: TrafficControls) -> str:
         data["deny"] = list(controls.deny)
     if controls.rate_limit is not None:
         data["rate_limit"] = [controls.rate_limit.per_second, controls.rate_limit.burst]
+    if not controls.https_redirect:
+        data["https_redirect"] = False
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
@@ -385,6 +392,7 @@ def from_json(text: str | None) -> TrafficControls:
             allow=tuple(data.get("allow", [])),
             deny=tuple(data.get("deny", [])),
             rate_limit=RateLimit(limit[0], limit[1]) if limit is not None else None,
+            https_redirect=data.get("https_redirect", True),
         )
         hostnames = {n for r in controls.redirects for n in (r.source, r.target)}
         return validate(controls, hostnames)

@@ -43,14 +43,41 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class ServedCertificate:
+    """A certificate and its key, served for ``hostnames`` (its own domain, or the platform
+    hostnames an operator's wildcard covers). The paths name one issued version, so a renewal
+    is a new config text and therefore a reload."""
+
+    hostnames: tuple[str, ...]
+    chain: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """HTTPS on ``port`` (HTTP/2 by ALPN) for the hostnames that have a certificate. An app
+    in ``redirect_apps`` answers plain HTTP on those hostnames with a redirect to HTTPS."""
+
+    port: int
+    certificates: tuple[ServedCertificate, ...] = ()
+    redirect_apps: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     """Everything nginx serves. ``generation`` is answered at ``/__berth/generation`` so a
-    caller can tell when a reload carrying this snapshot is live; it should only increase."""
+    caller can tell when a reload carrying this snapshot is live; it should only increase.
+
+    ``acme_upstream`` is where ``/.well-known/acme-challenge/`` of every plain-HTTP host goes
+    (a Berth API server, which answers a pending HTTP-01 challenge from the store); None: not
+    served. ``tls`` None: plain HTTP only."""
 
     listen_host: str
     listen_port: int
     routes: tuple[Route, ...]
     generation: int
+    tls: TlsConfig | None = None
+    acme_upstream: Upstream | None = None
 
 
 @dataclass(frozen=True, slots=True)

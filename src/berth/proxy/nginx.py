@@ -34,7 +34,7 @@ import httpx
 
 from berth.errors import ProxyConfigError
 from berth.procfs import children
-from berth.proxy.model import NginxPaths, ProxyConfig, Route
+from berth.proxy.model import NginxPaths, ProxyConfig, Route, TlsConfig, Upstream
 from berth.proxy.render import AUTH_DIR, AUTH_FILE_NAME, auth_files, render_nginx_conf
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,11 @@ class NginxManager:
             self.conf_dir, worker_user=worker_user, worker_group=worker_group
         )
         self.reload_count = 0
+        # HTTPS: the TLS part for a set of routes (certificates known to this server) and a
+        # number that grows whenever it would change; None: plain HTTP only.
+        self.tls: Callable[[tuple[Route, ...]], TlsConfig | None] | None = None
+        self.tls_version: Callable[[], int] = lambda: 0
+        self.acme_upstream: Upstream | None = None  # where HTTP-01 challenges are answered
         # Serialises apply/start/reload/stop between the syncer thread and direct callers.
         self._lock = threading.RLock()
 
@@ -84,6 +89,8 @@ class NginxManager:
             listen_port=self.listen_port,
             routes=routes,
             generation=generation,
+            tls=self.tls(routes) if self.tls is not None else None,
+            acme_upstream=self.acme_upstream,
         )
 
     # -- desired state ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ import jinja2
 from berth.domain import traffic
 from berth.domain.names import is_valid_domain
 from berth.errors import InvalidInput
-from berth.proxy.model import NginxPaths, ProxyConfig, Route, Upstream
+from berth.proxy.model import NginxPaths, ProxyConfig, Route, TlsConfig, Upstream
 
 __all__ = ["AUTH_DIR", "AUTH_FILE_NAME", "NginxPaths", "auth_files", "render_nginx_conf"]
 
@@ -84,13 +84,17 @@ def render_nginx_conf(cfg: ProxyConfig, paths: NginxPaths) -> str:
     hostname_count = sum(len(route.hostnames) for route in routes)
     listen = _listen_address(cfg.listen_host, cfg.listen_port)
     auth_dir = f"{paths.prefix}/{AUTH_DIR}"
+    tls = _tls_view(cfg.tls, cfg.listen_host)
+    challenge = _challenge_location(cfg.acme_upstream)
     return _template().render(
         generation=cfg.generation,
         paths=paths,
         listen=listen,
+        tls_listen=tls.listen if tls else "",
+        challenge_location=challenge,
         limit_zones="".join(_limit_zone(r) for r in routes if r.controls and r.controls.rate),
         upstream_blocks="".join(_upstream_block(r) for r in routes if r.state == "serving"),
-        server_blocks="".join([_server_block(r, listen, auth_dir) for r in routes]),
+        server_blocks="".join([_route_blocks(r, listen, auth_dir, tls, challenge) for r in routes]),
         # Generous so nginx can always build the hash; too small a size fails `nginx -t`.
         server_names_hash_max_size=max(1024, 4 * hostname_count),
         not_found_page=_nginx_quote(
@@ -144,8 +148,113 @@ def _upstream_block(route: _RouteView) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _TlsView:
+    """The validated TLS part: where HTTPS listens, each hostname's (chain, key) paths."""
+
+    listen: str
+    port: int
+    pairs: dict[str, tuple[str, str]]
+    redirect_apps: frozenset[str]
+
+
+def _tls_view(tls: TlsConfig | None, host: str) -> _TlsView | None:
+    if tls is None:
+        return None
+    if not isinstance(tls, TlsConfig):
+        raise ValueError("tls must be a TlsConfig")
+    # HTTP/2 is offered by ALPN; a client that asks for none gets HTTP/1.1.
+    listen = _listen_address(host, _check_port(tls.port)) + " ssl http2"
+    pairs: dict[str, tuple[str, str]] = {}
+    for served in tls.certificates:
+        _check_path(served.chain)
+        _check_path(served.key)
+        for hostname in _check_hostnames(served.hostnames, "certificate"):
+            if hostname in pairs:
+                raise ValueError(f"hostname {hostname!r} has more than one certificate")
+            pairs[hostname] = (str(served.chain), str(served.key))
+    for app_id in tls.redirect_apps:
+        _check_app_id(app_id)
+    return _TlsView(listen, tls.port, pairs, frozenset(tls.redirect_apps))
+
+
+def _challenge_location(upstream: Upstream | None) -> str:
+    """HTTP-01 answers come from a Berth API server (it reads pending challenges from the
+    store), for every host, before any of an app's controls: a CA is no client of the app."""
+    if upstream is None:
+        return ""
+    address = _format_address(upstream.host, upstream.port)
+    return (
+        "        location ^~ /.well-known/acme-challenge/ {\n"
+        "            auth_basic off;\n"
+        "            allow all;\n"
+        "            limit_except GET { deny all; }\n"
+        '            proxy_set_header Cookie "";\n'
+        '            proxy_set_header Authorization "";\n'
+        f"            proxy_pass http://{address};\n"
+        "        }\n"
+    )
+
+
+def _route_blocks(
+    route: _RouteView, listen: str, auth_dir: str, tls: _TlsView | None, challenge: str
+) -> str:
+    """The plain-HTTP server of a route and, for its hostnames with a certificate, HTTPS
+    servers (one per certificate) and the redirect from HTTP when the app wants it."""
+    served = route.hostnames if route.controls is None else route.controls.served
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    if tls is not None:
+        for hostname in served:
+            pair = tls.pairs.get(hostname)
+            if pair is not None:
+                by_pair.setdefault(pair, []).append(hostname)
+    covered = tuple(sorted(h for hosts in by_pair.values() for h in hosts))
+    redirect = tls is not None and bool(covered) and route.app_id in tls.redirect_apps
+    plain = tuple(h for h in served if h not in covered) if redirect else served
+    blocks = []
+    if plain:
+        blocks.append(_server_block(route, listen, auth_dir, plain, challenge))
+    if tls is not None and redirect:
+        blocks.append(_https_redirect_block(route, listen, covered, tls.port, challenge))
+    if tls is not None:
+        for (chain, key), hosts in sorted(by_pair.items()):
+            blocks.append(
+                _server_block(route, tls.listen, auth_dir, tuple(hosts), _ssl_lines(chain, key))
+            )
+    blocks.append(_redirect_blocks(route, listen, challenge))
+    if tls is not None:
+        blocks.append(_tls_redirect_blocks(route, tls))
+    return "".join(blocks)
+
+
+def _ssl_lines(chain: str, key: str) -> str:
+    return f"        ssl_certificate {chain};\n        ssl_certificate_key {key};\n"
+
+
 @lru_cache(maxsize=_ROUTE_CACHE_SIZE)
-def _server_block(route: _RouteView, listen: str, auth_dir: str) -> str:
+def _https_redirect_block(
+    route: _RouteView, listen: str, hostnames: tuple[str, ...], port: int, challenge: str
+) -> str:
+    authority = "$host" if port == 443 else f"$host:{port}"
+    # 308 keeps the method and body (a form posted to http:// is posted again to https://).
+    return (
+        f"\n    # app {route.app_name} ({route.app_id}): HTTP to HTTPS\n"
+        "    server {\n"
+        f"        listen {listen};\n"
+        f"        server_name {' '.join(hostnames)};\n"
+        f"        set $berth_app {route.app_id};\n"
+        f"{challenge}"
+        "        location / {\n"
+        f"            return 308 https://{authority}$request_uri;\n"
+        "        }\n"
+        "    }\n"
+    )
+
+
+@lru_cache(maxsize=_ROUTE_CACHE_SIZE)
+def _server_block(
+    route: _RouteView, listen: str, auth_dir: str, served: tuple[str, ...], extra: str
+) -> str:
     controls = route.controls
     if controls is not None and controls.maintenance_page and route.state != "suspended":
         # Like every `return`, answered before the access checks and the rate limit.
@@ -181,7 +290,6 @@ def _server_block(route: _RouteView, listen: str, auth_dir: str) -> str:
             f"            return 503 {route.page};\n"
             "        }\n"
         )
-    served = route.hostnames if controls is None else controls.served
     return (
         f"\n    # app {route.app_name} ({route.app_id}): {route.state}\n"
         "    server {\n"
@@ -190,10 +298,10 @@ def _server_block(route: _RouteView, listen: str, auth_dir: str) -> str:
         # The app this traffic counts for (berth.metrics): the route's id, never the Host.
         f"        set $berth_app {route.app_id};\n"
         f"{_control_lines(route, auth_dir)}"
+        f"{extra}"
         "\n"
         f"{locations}"
         "    }\n"
-        f"{_redirect_blocks(route, listen)}"
     )
 
 
@@ -213,7 +321,7 @@ def _control_lines(route: _RouteView, auth_dir: str) -> str:
     return "".join(lines)
 
 
-def _redirect_blocks(route: _RouteView, listen: str) -> str:
+def _redirect_blocks(route: _RouteView, listen: str, challenge: str) -> str:
     if route.controls is None:
         return ""
     return "".join(
@@ -221,10 +329,37 @@ def _redirect_blocks(route: _RouteView, listen: str) -> str:
         "    server {\n"
         f"        listen {listen};\n"
         f"        server_name {' '.join(sources)};\n"
-        f"        return {code} $scheme://{target}$request_uri;\n"
+        f"{challenge}"
+        "        location / {\n"
+        f"            return {code} $scheme://{target}$request_uri;\n"
+        "        }\n"
         "    }\n"
         for sources, target, code in route.controls.redirects
     )
+
+
+def _tls_redirect_blocks(route: _RouteView, tls: _TlsView) -> str:
+    """A redirect's source answers over HTTPS too when it has a certificate."""
+    if route.controls is None:
+        return ""
+    blocks = []
+    for sources, target, code in route.controls.redirects:
+        by_pair: dict[tuple[str, str], list[str]] = {}
+        for source in sources:
+            pair = tls.pairs.get(source)
+            if pair is not None:
+                by_pair.setdefault(pair, []).append(source)
+        for (chain, key), hosts in sorted(by_pair.items()):
+            blocks.append(
+                f"\n    # app {route.app_name} ({route.app_id}): redirect to {target} (HTTPS)\n"
+                "    server {\n"
+                f"        listen {tls.listen};\n"
+                f"        server_name {' '.join(hosts)};\n"
+                f"{_ssl_lines(chain, key)}"
+                f"        return {code} https://{target}$request_uri;\n"
+                "    }\n"
+            )
+    return "".join(blocks)
 
 
 @lru_cache(maxsize=1)
@@ -350,6 +485,7 @@ def _plain_controls(c: traffic.TrafficControls) -> bool:
             for u in c.basic_auth
         )
         and type(c.maintenance) is bool
+        and type(c.https_redirect) is bool
         and type(c.maintenance_message) is str
         and type(c.allow) is tuple
         and all(type(a) is str for a in c.allow)

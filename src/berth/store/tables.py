@@ -563,3 +563,14 @@ class InstanceMetricRow(Base):
     memory_max_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     sampled_at: Mapped[float] = mapped_column(Float)
+
+
+class AcmeChallenge(Base):
+    """An HTTP-01 answer while the CA validates it (berth.certs): every server's nginx sends
+    ``/.well-known/acme-challenge/TOKEN`` to a Berth API, which answers from this table, so the
+    CA may reach any ingress."""
+
+    __tablename__ = "acme_challenges"
+    token: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_authorization: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
