@@ -9,6 +9,7 @@ nodes get nothing, labels filter, removals are idempotent.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -70,9 +71,19 @@ class Backend:
         return service_id
 
     def scale(self, service_id: str, replicas: int) -> None:
-        (service,) = [s for s in self.api.services() if s["ID"] == service_id]
-        spec = dict(service["Spec"], Mode={"Replicated": {"Replicas": replicas}})
-        self.api.update_service(service_id, service["Version"]["Index"], spec)
+        # Right after a create, Swarm's allocator may still bump the service's version: a
+        # read-then-update can then be out of sequence, as for any writer (read again, retry).
+        for _ in range(10):
+            (service,) = [s for s in self.api.services() if s["ID"] == service_id]
+            spec = dict(service["Spec"], Mode={"Replicated": {"Replicas": replicas}})
+            try:
+                self.api.update_service(service_id, service["Version"]["Index"], spec)
+                return
+            except RuntimeFailure as exc:
+                if "out of sequence" not in str(exc):
+                    raise
+            time.sleep(0.2)
+        raise AssertionError(f"{service_id} kept changing under the scale")
 
     def running(self, service_id: str) -> list[dict[str, Any]]:
         return [
