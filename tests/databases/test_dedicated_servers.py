@@ -31,12 +31,14 @@ from berth.databases.dedicated_local import LocalDedicatedRunner
 from berth.images.memcached_image import ensure_memcached_image
 from berth.runtime.docker_driver import DockerRuntime
 from berth.runtime.protocol import LABEL_INSTALLATION, LABEL_TENANT
+from berth.services.databases_access import ProviderFactory
 from berth.services.databases_backups import backups_with
 from berth.services.databases_dedicated import (
     server_image,
     with_dedicated,
     with_dedicated_backups,
 )
+from berth.services.databases_rotation import revoke_due
 from berth.store.tables import App, DbServer, ManagedDatabase, Release
 from berth.workloads.local import tenant_network
 from tests.api.conftest import Env, assert_error, build_env
@@ -58,6 +60,7 @@ class World:
     runtime: DockerRuntime
     runner: LocalDedicatedRunner
     docker: docker.DockerClient
+    factory: ProviderFactory
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     backups = with_dedicated_backups(runner, backups_with(env.settings))
     env.app.dependency_overrides[database_backups] = lambda: backups
     try:
-        yield World(env, runtime, runner, client)
+        yield World(env, runtime, runner, client, factory)
     finally:
         label = f"{LABEL_INSTALLATION}={env.platform.installation}"
         for found in client.api.containers(all=True, filters={"label": label}):
@@ -263,6 +266,7 @@ def _run_in(world: World, tenant_id: str, env: dict[str, str], argv: list[str]) 
 def _app(world: World, tenant_id: str, engine: str, action: str, config: dict[str, str]) -> Any:
     var = "REDIS_URL" if engine == "redis" else "DATABASE_URL"
     env = {"URL": config[var], "PREFIX": config.get("REDIS_KEY_PREFIX", "")}
+    env["RETRY_SECONDS"] = config.get("RETRY_SECONDS", "60")
     return _run_in(world, tenant_id, env, [APP_SCRIPT, engine, action])
 
 
@@ -358,6 +362,14 @@ def test_a_dedicated_database_does_what_a_shared_one_does(world: World, engine: 
     rotated = _release_config(world, web, tenant_a)
     var = "REDIS_URL" if engine == "redis" else "DATABASE_URL"
     assert rotated[var] != config[var]
+    assert _app(world, tenant_a, engine, "read", rotated) == {"rows": 5}
+    # The rotation pass revokes the old credential on the dedicated server (here: its grace
+    # over); the new one still works, the old one no longer does.
+    later = time.time() + env.settings.database_rotation_grace_seconds + 1
+    with env.db() as session:
+        assert revoke_due(session, world.factory, later).failed == []
+    old = {**config, "RETRY_SECONDS": "0"}
+    assert "error" in _app(world, tenant_a, engine, "read", old)
     assert _app(world, tenant_a, engine, "read", rotated) == {"rows": 5}
 
     # Backup (dumped and verified over the admin URL at the container's address), restore
