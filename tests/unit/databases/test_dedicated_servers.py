@@ -6,6 +6,7 @@ The runner is tests/databases/dedicated_fakes.py's (its contract is the real run
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -398,3 +399,35 @@ def test_the_sweep_removes_a_volume_a_create_cut_short_left(
         assert sweep_leftovers(session, runner, runner.clock + 10) == []  # young: in flight?
         assert sweep_leftovers(session, runner, runner.clock + 601) == [stray]
     assert runner.names() == [kept_name]
+
+
+def test_a_deleted_dedicated_database_keeps_its_name_until_its_purge(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Its server and volume go at the delete; its row (and so its final backup and name)
+    stays for the retention, as a shared one's; the purge forgets it; a cache's name is free
+    at once."""
+    from berth.settings import Settings
+
+    settings = Settings(home=tmp_path / "home")
+    tenant = _tenant(sessions)
+    runner, shared = FakeDedicatedRunner(), Shared()
+    factory = with_dedicated(
+        runner, lambda: "", _shared_factory(shared), server_image=lambda e: "i"
+    )  # type: ignore[arg-type]
+    spec = svc.NewDatabase("main", "postgres", "dedicated")
+    with sessions() as session:
+        svc.create_database(session, factory, tenant, spec)
+        now = time.time()
+        deleted = svc.delete_database(session, settings, factory, tenant, "main", now)
+        assert deleted.state == "deleted"
+        assert deleted.purge_after == now + settings.database_retention_days * 86400
+        assert runner.names() == [] and not runner.volumes
+        with pytest.raises(BerthError) as taken:
+            svc.create_database(session, factory, tenant, spec)
+        assert taken.value.code == "database_deleted"
+        assert svc.purge_due(session, factory, now + 3600).purged == []
+        assert len(svc.purge_due(session, factory, deleted.purge_after + 1).purged) == 1
+        assert _rows(session) == (0, 0)
+        again = svc.create_database(session, factory, tenant, spec)
+        assert again.state == "active" and len(runner.names()) == 1
