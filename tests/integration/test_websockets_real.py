@@ -257,6 +257,47 @@ def test_a_session_stays_open_across_100_route_changes(
     assert manager.pid() == master
 
 
+def test_old_workers_live_exactly_as_long_as_their_sessions(
+    manager: NginxManager, apps: Callable[[str], wsapp.Server], port: int
+) -> None:
+    """A session opened after each of 5 configs: each older config keeps one worker (with
+    that config's memory) for its session, and it exits when the session ends. Frequent
+    reloads under long sessions pile workers up; nothing outlives its sessions."""
+    echo = apps("echo-1")
+
+    def routes(n: int) -> tuple[Route, ...]:
+        return (
+            route("e1", "echo", HOST, echo),
+            route(f"o{n}", "other", f"o{n}.example.test", echo),
+        )
+
+    sessions: list[WsClient] = []
+    try:
+        for n in range(1, 6):
+            apply(manager, routes(n), n)
+            sessions.append(client(port))
+            sessions[-1].connect()
+        master = manager.pid()
+        assert master is not None
+        serving = wait_until(lambda: nginx_module._workers_of(master), 10, "workers are up")
+        wait_until(
+            lambda: len(workers(master)) == len(serving) + 4,
+            10,
+            "one old worker per older config with a session",
+        )
+        for i, ws in enumerate(sessions):
+            assert ws.echo(f"session {i}") == f"session {i}"
+        for ws in sessions[:4]:
+            assert ws.close() == 1000
+        wait_until(
+            lambda: workers(master) == serving, 10, "the old workers exit with their sessions"
+        )
+        assert sessions[4].echo("the newest") == "the newest"
+    finally:
+        for ws in sessions:
+            ws.abort()
+
+
 def test_a_session_survives_its_own_app_gaining_and_losing_other_instances(
     manager: NginxManager, apps: Callable[[str], wsapp.Server], port: int
 ) -> None:
