@@ -307,6 +307,8 @@ def test_a_dedicated_database_does_what_a_shared_one_does(world: World, engine: 
         assert admin_password not in text and "berthadmin" not in text and admin_url not in text
     assert creds["host"] == alias and creds["port"] == ds.PORTS[engine]
     assert alias in creds["url"] and creds["username"] != "berthadmin"
+    # Not one of the operator's servers: never listed, never chosen for a shared database.
+    assert alias not in json.dumps(env.ok("GET", "/admin/db-servers", env.admin))
 
     # Its container: the tenant's network only, nothing published, hardened, its volume.
     attrs = world.docker.api.inspect_container(alias)
