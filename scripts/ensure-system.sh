@@ -19,6 +19,8 @@ log() { echo "==> $*"; }
 need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+# Apps' instances are set in nginx at run time, without a reload (berth.proxy.dynamic).
+dpkg -s libnginx-mod-http-lua >/dev/null 2>&1 || need+=(libnginx-mod-http-lua)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)

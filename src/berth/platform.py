@@ -298,7 +298,11 @@ def build_platform(settings: Settings) -> Platform:
     sweep_leftovers(client.api, inst, settings.builds_dir)
     builder = EngineBuilder(client, inst, network_pool=pool, network_prefix=prefix)
     nginx = NginxManager(
-        settings.nginx_dir, settings.nginx_binary, settings.ingress_listen, settings.ingress_port
+        settings.nginx_dir,
+        settings.nginx_binary,
+        settings.ingress_listen,
+        settings.ingress_port,
+        dynamic_upstreams=None if settings.proxy_dynamic_upstreams else False,
     )
     platform = Platform(
         settings=settings,
@@ -405,9 +409,18 @@ def _build_controllers(
             session, dedicated_runner, now
         ),
     )
-    platform.database_backups = DatabaseBackupPass(sessions, settings, interval=BACKUP_PASS_SECONDS)
-    platform.database_usage = DatabaseUsagePass(sessions, settings)
-    platform.database_rotation = DatabaseRotationPass(sessions, settings)
+    # Dedicated servers (berth-db-*) are reached at their container's address on its bridge.
+    platform.database_backups = DatabaseBackupPass(
+        sessions,
+        settings,
+        databases_dedicated.local_backups(runtime, settings.docker_url, settings),
+        interval=BACKUP_PASS_SECONDS,
+    )
+    admin = databases_dedicated.local_factory(
+        runtime, settings.docker_url, settings.cache_dir, local.network_ready
+    )
+    platform.database_usage = DatabaseUsagePass(sessions, settings, admin)
+    platform.database_rotation = DatabaseRotationPass(sessions, settings, admin)
     if platform.certificates is not None and platform.certificates.acme_on:
         platform.acme = AcmePass(sessions, settings, platform.certificates)
     return platform

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     rollout_delay_seconds: float = Field(default=0.0, ge=0, le=3600)
     health_interval_seconds: float = Field(default=1.0, gt=0)
     proxy_coalesce_seconds: float = Field(default=0.2, ge=0)
+    # Apps' instances set in nginx at run time, without a reload (berth.proxy.dynamic), when
+    # the distro's Lua module for nginx is installed; off: written into its config.
+    proxy_dynamic_upstreams: bool = True
     pids_limit: int = Field(default=256, ge=16)
     currency: str = "EUR"
     low_balance_threshold_minor: int = Field(default=500, ge=0)

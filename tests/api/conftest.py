@@ -37,8 +37,8 @@ from berth.platform import Platform, open_store
 from berth.runtime.fake import FakeRuntime
 from berth.services import accounts
 from berth.services.bootstrap import ensure_admin
-from berth.services.domains import TxtLookupError
 from berth.services.certificates import Certificates
+from berth.services.domains import TxtLookupError
 from berth.settings import Settings
 from berth.store.tables import Base, LedgerEntryRow, LedgerTx, Tenant, User
 

@@ -1,7 +1,7 @@
 """Managed databases end to end on the real servers (PostgreSQL 15, MariaDB 10.11, Redis 7
 started by tests/databases/servers.py): the operator registers each through the API, a tenant
-creates a database and connects with its credentials, rotates (the old password fails, the new
-one works), attaches it to an app (the release's config has the URL, and it connects), deletes
+creates a database and connects with its credentials, rotates (the new password works, the old
+one until revoked), attaches it to an app (the release's config has the URL, and it connects), deletes
 it (access closed: its password gone, writes refused even in a session opened before; the
 data still on the server) and, on a controlled clock, the purge pass drops it once its
 retention ends. Hostile names leave every server's catalog as it was; a server unfit for
@@ -274,12 +274,13 @@ def test_the_lifecycle_on_the_real_server(world: World, engine: Engine) -> None:
     as_app = _from_url(engine, config[var], config.get("REDIS_KEY_PREFIX", ""))
     assert read(engine, as_app) == ["before-rotate"]
 
-    # rotate -> the old password fails, the new one works, the app's release has the new URL
+    # rotate -> the new password works at once, the old one until it is revoked (after the
+    # app's new release serves: tests/databases/test_rotation.py), the release has the new URL
     rotated = env.ok("POST", "/databases/main/rotate", token)
     assert [r["app"] for r in rotated["releases"]] == [app]
     second = env.ok("GET", "/databases/main/credentials", token)
     assert second["password"] != first["password"]
-    refused(engine, first)
+    assert read(engine, first) == ["before-rotate"]
     write(engine, second, "after-rotate")
     assert read(engine, second) == ["after-rotate", "before-rotate"]
     assert _release_config(env, app)[var] == second["url"]
@@ -297,6 +298,7 @@ def test_the_lifecycle_on_the_real_server(world: World, engine: Engine) -> None:
         session.close()
     assert gone["state"] == "deleted" and gone["purge_after"] == world.now + 7 * DAY
     refused(engine, second)
+    refused(engine, first)  # the overlapping old credential is closed with the database
     assert admin_read(engine, admin_url, second) == ["after-rotate", "before-rotate"]
     with env.db() as session:
         row = session.scalar(

@@ -99,6 +99,10 @@ class NginxPaths:
     worker_group: str | None = None
     # nginx's compact per-request log for berth.metrics; None: not written (ingress nodes).
     metrics_log: Path | None = None
+    # Upstreams set at run time through this Unix socket (berth.proxy.dynamic), with the Lua
+    # modules in lua_modules; None: instances are written into the config (a reload each).
+    control_socket: Path | None = None
+    lua_modules: Path | None = None
 
     @classmethod
     def in_dir(
@@ -107,6 +111,7 @@ class NginxPaths:
         *,
         worker_user: str | None = None,
         worker_group: str | None = None,
+        lua_modules: Path | None = None,
     ) -> NginxPaths:
         return cls(
             prefix=conf_dir,
@@ -119,4 +124,6 @@ class NginxPaths:
             worker_user=worker_user,
             worker_group=worker_group,
             metrics_log=conf_dir / "metrics.log",
+            control_socket=conf_dir / "control.sock" if lua_modules is not None else None,
+            lua_modules=lua_modules,
         )

@@ -34,8 +34,9 @@ import httpx
 
 from berth.errors import ProxyConfigError
 from berth.procfs import children
+from berth.proxy import dynamic
 from berth.proxy.model import NginxPaths, ProxyConfig, Route, TlsConfig, Upstream
-from berth.proxy.render import AUTH_DIR, AUTH_FILE_NAME, auth_files, render_nginx_conf
+from berth.proxy.render import AUTH_DIR, AUTH_FILE_NAME, auth_files, peers, render_nginx_conf
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,23 @@ class NginxManager:
         nginx_binary: str = "/usr/sbin/nginx",
         listen_host: str = "0.0.0.0",
         listen_port: int = 80,
+        dynamic_upstreams: bool | None = None,
     ) -> None:
         self.conf_dir = Path(conf_dir).resolve()
         self.nginx_binary = nginx_binary
         self.listen_host = listen_host
         self.listen_port = listen_port
         worker_user, worker_group = _worker_identity()
+        # None: on when the distro's Lua module is installed (berth.proxy.dynamic).
+        self.dynamic = dynamic.available() if dynamic_upstreams is None else dynamic_upstreams
         self.paths = NginxPaths.in_dir(
-            self.conf_dir, worker_user=worker_user, worker_group=worker_group
+            self.conf_dir,
+            worker_user=worker_user,
+            worker_group=worker_group,
+            lua_modules=dynamic.MODULES_DIR if self.dynamic else None,
         )
+        # What nginx's shared dictionary was last told (pushed again after a (re)start).
+        self._peers: bytes | None = None
         self.reload_count = 0
         # HTTPS: the TLS part for a set of routes (certificates known to this server) and a
         # number that grows whenever it would change; None: plain HTTP only.
@@ -107,10 +116,23 @@ class NginxManager:
             # name is its content's digest, so the live config's files are never rewritten.
             files = self._write_auth_files(cfg)
             live = self._live_text()
-            if text == live:
+            body = self._peers_body(cfg) if self.dynamic else None
+            if text == live or (
+                body is not None
+                and live is not None
+                and dynamic.without_generation(text) == dynamic.without_generation(live)
+            ):
+                # Only instances (or the generation) changed: told at run time, no reload.
                 self._start_if_stopped()
-                return False
+                if body is None or body == self._peers:
+                    return False
+                self._push_peers(body)
+                return True
             master = self.pid()
+            if body is not None and master is not None:
+                # The new config's apps find their instances from its first request on; the
+                # entries of apps it drops go after the reload.
+                self._push_peers(body, keep_others=True)
             if master is None or live is None:
                 self._install(text)
                 if master is None:
@@ -119,6 +141,8 @@ class NginxManager:
                     self.reload()
             else:
                 self._reload_while_checking(text, live, master)
+            if body is not None:
+                self._push_peers(body)
             self._prune_auth_files(set(files))
             return True
 
@@ -188,6 +212,31 @@ class NginxManager:
                 time.sleep(0.01)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _peers_body(self, cfg: ProxyConfig) -> bytes:
+        try:
+            return dynamic.peers_body(cfg.generation, peers(cfg))
+        except ValueError as exc:
+            raise ProxyConfigError(f"cannot render nginx config: {exc}") from exc
+
+    def _push_peers(self, body: bytes, *, keep_others: bool = False) -> None:
+        """Tell nginx's shared dictionary every app's instances (and the generation), over
+        the control socket in nginx's own directory."""
+        socket_path = self.paths.control_socket
+        assert socket_path is not None
+        url = f"http://nginx{dynamic.PEERS_PATH}" + ("?keep=1" if keep_others else "")
+        try:
+            transport = httpx.HTTPTransport(uds=str(socket_path))
+            with httpx.Client(transport=transport, timeout=10.0, trust_env=False) as client:
+                answer = client.post(url, content=body)
+        except httpx.HTTPError as exc:
+            raise ProxyConfigError(f"cannot set the instances in nginx: {exc}") from exc
+        if answer.status_code != 200:
+            raise ProxyConfigError(
+                f"nginx refused the instances: HTTP {answer.status_code} {answer.text[:200]}"
+            )
+        if not keep_others:
+            self._peers = body
 
     def _check_listen(self, cfg: ProxyConfig) -> None:
         # wait_for_generation probes the manager's address, so a config listening
@@ -359,6 +408,9 @@ class NginxManager:
 
     def _start(self) -> int:
         self._stop_orphaned_workers()
+        if self.paths.control_socket is not None:
+            # A killed master leaves its socket file behind, and nginx would not bind over it.
+            self.paths.control_socket.unlink(missing_ok=True)
         result = self._run_nginx("-c", str(self.conf_path), "-p", f"{self.conf_dir}/")
         if result.returncode != 0:
             raise ProxyConfigError("nginx failed to start: " + result.stderr.strip())
@@ -371,6 +423,8 @@ class NginxManager:
         pid = self.pid()
         assert pid is not None
         log.info("started nginx master %d for %s", pid, self.conf_dir)
+        if self._peers is not None:
+            self._push_peers(self._peers)  # a new master's dictionary starts empty
         return pid
 
     def _stop_orphaned_workers(self) -> None:

@@ -19,9 +19,10 @@ import jinja2
 from berth.domain import traffic
 from berth.domain.names import is_valid_domain
 from berth.errors import InvalidInput
+from berth.proxy import dynamic
 from berth.proxy.model import NginxPaths, ProxyConfig, Route, TlsConfig, Upstream
 
-__all__ = ["AUTH_DIR", "AUTH_FILE_NAME", "NginxPaths", "auth_files", "render_nginx_conf"]
+__all__ = ["AUTH_DIR", "AUTH_FILE_NAME", "NginxPaths", "auth_files", "peers", "render_nginx_conf"]
 
 # fullmatch everywhere: with re.match, "$" also matches before a trailing newline.
 _APP_ID = re.compile(r"[a-z0-9]{1,64}")
@@ -86,14 +87,23 @@ def render_nginx_conf(cfg: ProxyConfig, paths: NginxPaths) -> str:
     auth_dir = f"{paths.prefix}/{AUTH_DIR}"
     tls = _tls_view(cfg.tls, cfg.listen_host)
     challenge = _challenge_location(cfg.acme_upstream)
+    is_dynamic = paths.control_socket is not None
+    upstream = _dynamic_upstream_block if is_dynamic else _upstream_block
     return _template().render(
         generation=cfg.generation,
         paths=paths,
+        dynamic=is_dynamic,
+        modules=dynamic.module_lines(paths.lua_modules) if paths.lua_modules else "",
+        lua_path=dynamic.LUA_PATH,
+        init_lua=dynamic.INIT_LUA,
+        control_lua=dynamic.CONTROL_LUA,
+        generation_lua=dynamic.GENERATION_LUA,
+        peers_path=dynamic.PEERS_PATH,
         listen=listen,
         tls_listen=tls.listen if tls else "",
         challenge_location=challenge,
         limit_zones="".join(_limit_zone(r) for r in routes if r.controls and r.controls.rate),
-        upstream_blocks="".join(_upstream_block(r) for r in routes if r.state == "serving"),
+        upstream_blocks="".join(upstream(r) for r in routes if r.state == "serving"),
         server_blocks="".join([_route_blocks(r, listen, auth_dir, tls, challenge) for r in routes]),
         # Generous so nginx can always build the hash; too small a size fails `nginx -t`.
         server_names_hash_max_size=max(1024, 4 * hostname_count),
@@ -101,6 +111,12 @@ def render_nginx_conf(cfg: ProxyConfig, paths: NginxPaths) -> str:
             _page("404 Not Found", "No app is configured for this host", "")
         ),
     )
+
+
+def peers(cfg: ProxyConfig) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each serving app's instances as ``host:port`` (validated like the config): what a
+    dynamic nginx is told at run time instead of reading them in its config."""
+    return tuple((r.app_id, r.servers) for r in _route_views(cfg.routes) if r.state == "serving")
 
 
 def auth_files(cfg: ProxyConfig) -> dict[str, str]:
@@ -252,6 +268,21 @@ def _https_redirect_block(
 
 
 @lru_cache(maxsize=_ROUTE_CACHE_SIZE)
+def _dynamic_upstream_block(route: _RouteView) -> str:
+    # No instance in the text: the balancer reads them from the shared dictionary, so a
+    # change of instances is no change of the config (no reload).
+    return (
+        f"\n    # app {route.app_name} ({route.app_id}): instances set at run time\n"
+        f"    upstream {route.upstream_name} {{\n"
+        "        server 0.0.0.1:1;  # never used: the balancer below picks the peer\n"
+        f'        balancer_by_lua_block {{ berth_balance("{route.app_id}") }}\n'
+        "        keepalive 16;\n"
+        "        keepalive_timeout 4s;\n"
+        "    }\n"
+    )
+
+
+@lru_cache(maxsize=_ROUTE_CACHE_SIZE)
 def _server_block(
     route: _RouteView, listen: str, auth_dir: str, served: tuple[str, ...], extra: str
 ) -> str:
@@ -386,8 +417,9 @@ def _check_paths(paths: NginxPaths) -> None:
         paths.temp_dir,
     ):
         _check_path(path)
-    if paths.metrics_log is not None:
-        _check_path(paths.metrics_log)
+    for optional in (paths.metrics_log, paths.control_socket, paths.lua_modules):
+        if optional is not None:
+            _check_path(optional)
     for name in (paths.worker_user, paths.worker_group):
         if name is not None and not _SYSTEM_NAME.fullmatch(name):
             raise ValueError(f"invalid worker user or group name {name!r}")
