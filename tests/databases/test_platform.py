@@ -1,8 +1,8 @@
 """Managed databases end to end on the real servers (PostgreSQL 15, MariaDB 10.11, Redis 7
 started by tests/databases/servers.py): the operator registers each through the API, a tenant
 creates a database and connects with its credentials, rotates (the new password works, the old
-one until revoked), attaches it to an app (the release's config has the URL, and it connects), deletes
-it (access closed: its password gone, writes refused even in a session opened before; the
+one until revoked), attaches it to an app (the release's config has the URL, and it connects),
+deletes it (access closed: its password gone, writes refused even in a session opened before; the
 data still on the server) and, on a controlled clock, the purge pass drops it once its
 retention ends. Hostile names leave every server's catalog as it was; a server unfit for
 tenants is refused with its reason."""

@@ -8,6 +8,8 @@ matches, it covers the name, it is valid now."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
@@ -105,7 +107,7 @@ def _check_owner(session: SessionDep, platform: Platform, who: Principal, domain
     return name
 
 
-_REFUSED = {
+_REFUSED: dict[int | str, dict[str, Any]] = {
     422: {
         "description": "not a hostname, or the certificate was refused (its key, its names, "
         "its dates): nothing changed"
