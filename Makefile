@@ -61,6 +61,7 @@ bench: system venv images
 	$(PY) bench/metrics_nginx_log.py
 	@bash scripts/ensure-edge-candidates.sh
 	$(PY) bench/edge_candidates.py
+	$(PY) bench/edge_https.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

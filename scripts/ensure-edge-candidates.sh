@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The proxies bench/edge_candidates.py compares with today's nginx: the distro's Lua module for
-# nginx, HAProxy and Caddy. Only `make bench` needs them (the unit tests of the bench are pure),
+# nginx, HAProxy and Caddy; and h2load (nghttp2-client), the HTTPS/HTTP/2 load driver of
+# bench/edge_https.py. Only `make bench` needs them (the unit tests of the bench are pure),
 # so they are not in ensure-system.sh. Idempotent; installs only what is missing.
 # Their packages would start a service of their own (Caddy's default config serves :80, which
 # Berth's ingress owns): policy-rc.d keeps them from starting, and on a systemd host the units
@@ -11,6 +12,7 @@ need=()
 dpkg -s libnginx-mod-http-lua >/dev/null 2>&1 || need+=(libnginx-mod-http-lua)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v caddy >/dev/null 2>&1 || need+=(caddy)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "edge candidates missing (${need[*]}): run as root to install them; the bench skips them" >&2
