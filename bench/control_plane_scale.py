@@ -229,7 +229,11 @@ class RenderingNginx(NginxManager):
     config. Reloading 10,000 domains is measured in bench/ingress_scale.py."""
 
     def __init__(self, conf_dir: Path, phases: Phases) -> None:
-        super().__init__(conf_dir, listen_host="127.0.0.1", listen_port=8080)
+        # Instances written into the text (no Lua dictionary without an nginx): the
+        # simulation reads what is routed from the config it rendered.
+        super().__init__(
+            conf_dir, listen_host="127.0.0.1", listen_port=8080, dynamic_upstreams=False
+        )
         self.phases = phases
         self.text = ""
         self.renders = 0

@@ -446,10 +446,13 @@ def _certificates(
             trust=Path(settings.acme_ca_bundle) if settings.acme_ca_bundle else None,
             contact_email=settings.acme_email or None,
         )
-    certificates = Certificates(settings, issuer)
+    certificates = Certificates(settings, issuer, sessions=sessions)
+    certificates.share_account_key()  # one ACME account, whichever server leads
     certificates.on_change = trigger
     nginx.tls = certificates.tls_config
-    nginx.tls_version = lambda: certificates.version
+    # Every routing pass (the leader's reconciler, a follower's ingress sync) asks: what the
+    # store holds (another server's upload, the leader's issuance) is served within a pass.
+    nginx.tls_version = certificates.refresh_if_changed
     nginx.acme_upstream = api_upstream(settings)
     return certificates
 

@@ -419,7 +419,7 @@ def build_env(home: Path, **overrides: Any) -> Env:
     builder = FakeBuilder(runtime)
     platform = Platform(settings, engine, sessions, installation, runtime=runtime, builder=builder)
     # HTTPS without a CA (uploads only): the files under home/certs, no nginx to feed.
-    platform.certificates = Certificates(settings, None)
+    platform.certificates = Certificates(settings, None, sessions=sessions)
     return Env(settings, platform, engine, runtime, builder, admin)
 
 

@@ -9,7 +9,9 @@ is a failed status with the reason and the next retry, and is not asked again be
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import ssl
 import time
 from collections.abc import Iterator
@@ -221,9 +223,12 @@ def test_an_unreachable_ca_shows_the_reason_and_backs_off(env: Env) -> None:
     assert berth.log_path.read_text(errors="replace").count("certificate for late.") == log_before
     table = berth.cli_ok("certs", "list").stdout
     assert "failed: " in table and "next try" in table
-    state = json.loads((berth.home / "certs" / "state.json").read_text())
-    (late,) = [s for s in state["statuses"] if s["domain"] == berth.host_of("late")]
-    assert late["failures"] == 1
+    # The status the leader keeps in the store (SQLite here): one failure, one order.
+    with contextlib.closing(sqlite3.connect(berth.home / "berth.db")) as db:
+        (text,) = db.execute(
+            "SELECT status_json FROM certificates WHERE name = ?", (berth.host_of("late"),)
+        ).fetchone()
+    assert json.loads(text)["failures"] == 1
 
 
 def _days(n: int) -> Any:

@@ -5,7 +5,8 @@ throwaway database of the distro's PostgreSQL, made the way `make test-postgres`
 dropped afterwards). Both run apps on the host's engine (the local backend): they share one
 installation, so whichever leads adopts what runs.
 
-- the follower's nginx serves the apps too (routes from the store's instance rows);
+- the follower's nginx serves the apps too (routes from the store's instance rows), and the
+  same certificates (from the store): one uploaded through the follower is served by both;
 - SIGTERM to the leader: the other takes over (a clean stop releases the lease) and heals;
 - SIGSTOP the leader past its lease: the other takes over with the next token; SIGCONT the old
   one: the pass it had in flight is fenced (a PostgreSQL trigger records every committed write
@@ -19,6 +20,7 @@ import contextlib
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -28,7 +30,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.harness import BUSYBOX_APP, REPO_ROOT, BerthServer, docker_client, wait_until
+from tests.certs import selfsigned
+from tests.certs.tls_client import tls_request
+from tests.harness import (
+    BUSYBOX_APP,
+    REPO_ROOT,
+    BerthServer,
+    docker_client,
+    free_port,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.nginx, pytest.mark.slow]
 
@@ -110,6 +121,7 @@ def _server(url: str, name: str, base_domain: str | None = None) -> BerthServer:
         # The application name tells the database's audit which server wrote what.
         "BERTH_DATABASE_URL": f"{url}?application_name=berth-{name}",
         "BERTH_SERVER_ID": f"server-{name}-{uuid.uuid4().hex[:6]}",
+        "BERTH_HTTPS_PORT": str(free_port()),
     }
     if base_domain:
         env["BERTH_BASE_DOMAIN"] = base_domain
@@ -302,3 +314,34 @@ def test_a_leader_paused_past_its_lease_is_fenced_and_follows(pair: Pair) -> Non
     assert {r["container_id"] for r in rows} == kept
     _kill_and_wait_healed(a, app, rows[0], 3)
     assert _serves(a, app)
+
+
+def test_a_certificate_uploaded_through_the_follower_is_served_by_both(
+    pair: Pair, tmp_path: Any
+) -> None:
+    _deploy(pair, "tlsboth", 1)
+    host = pair.a.host_of("tlsboth")
+    made = selfsigned.issue((host,))
+    (tmp_path / "cert.pem").write_text(made.chain_pem)
+    (tmp_path / "key.pem").write_text(made.key_pem)
+    pair.b.cli_ok(
+        "certs", "add", host, "--cert", str(tmp_path / "cert.pem"), "--key",
+        str(tmp_path / "key.pem"),
+    )  # fmt: skip
+
+    def serves(server: BerthServer) -> bool:
+        port = int(server.settings["BERTH_HTTPS_PORT"])
+        try:
+            answer = tls_request(port, host, ca_pem=made.ca_pem)
+        except (OSError, ssl.SSLError):
+            return False
+        return answer.fingerprint == made.fingerprint and PAGE_TEXT in answer.body.decode()
+
+    for server in (pair.a, pair.b):
+        wait_until(lambda s=server: serves(s), 30, "both servers serve the uploaded certificate")
+    listed = {c["domain"]: c for c in pair.a.cli_json("certs", "list")}
+    assert listed[host]["source"] == "upload"  # the leader sees the follower's upload
+
+    pair.a.cli_ok("certs", "remove", host)
+    for server in (pair.a, pair.b):
+        wait_until(lambda s=server: not serves(s), 30, "neither serves it after its removal")

@@ -1,6 +1,8 @@
-"""The certificate manager: the planner decides, this acts (orders, files, the state file).
+"""The certificate manager: the planner decides, this acts (orders, and what it keeps).
 
-Layout under ``directory``::
+What it keeps goes to a ``CertStore``: the store's tables in a Berth server
+(``berth.certs.store_certs``, shared by every server), or files (``FileCertStore``), whose
+layout under ``directory`` is::
 
     account.key                     the ACME account's key (0600)
     state.json                      every domain's status and the orders of the budget window
@@ -51,7 +53,21 @@ class Issuer(Protocol):
     def obtain(self, domain: str) -> IssueResult: ...
 
 
-def _dir_name(name: str) -> str:
+class CertStore(Protocol):
+    """Where statuses, the order budget and the certificates themselves are kept: files in
+    one directory (``FileCertStore``), or the store's tables, which every Berth server reads
+    (``berth.certs.store_certs.SqlCertStore``)."""
+
+    def load(self) -> tuple[list[CertStatus], list[datetime]]: ...
+
+    def save(self, statuses: Iterable[CertStatus], orders: Iterable[datetime]) -> None: ...
+
+    def install(self, name: str, chain_pem: bytes, key_pem: bytes) -> None: ...
+
+    def remove(self, name: str) -> None: ...
+
+
+def dir_name(name: str) -> str:
     # Names are normalised (a-z0-9.-), so only a wildcard's "*" needs a file-safe spelling.
     return "_wildcard" + name[1:] if name.startswith("*.") else name
 
@@ -72,12 +88,80 @@ def _write_json_atomically(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
+class FileCertStore:
+    """Statuses in ``state.json``, certificates under ``archive/`` with ``live/`` links (the
+    layout in this module's docstring)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        (directory / "archive").mkdir(exist_ok=True)
+        (directory / "live").mkdir(exist_ok=True)
+
+    @property
+    def _state_path(self) -> Path:
+        return self.directory / "state.json"
+
+    def load(self) -> tuple[list[CertStatus], list[datetime]]:
+        try:
+            data = json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            return [], []
+        except (OSError, ValueError):
+            # A damaged state file loses backoffs, not certificates: the files stay served.
+            return [], []
+        statuses = []
+        for item in data.get("statuses", []):
+            with contextlib.suppress(KeyError, ValueError, TypeError):
+                statuses.append(CertStatus.from_json(item))
+        placed = []
+        for value in data.get("orders", []):
+            with contextlib.suppress(TypeError, ValueError):
+                placed.append(datetime.fromisoformat(value))
+        return statuses, placed
+
+    def save(self, statuses: Iterable[CertStatus], orders: Iterable[datetime]) -> None:
+        data = {
+            "statuses": [s.to_json() for s in sorted(statuses, key=lambda s: s.domain)],
+            "orders": [t.isoformat() for t in orders],
+        }
+        _write_json_atomically(self._state_path, data)
+
+    def paths(self, name: str) -> tuple[Path, Path]:
+        live = self.directory / "live" / dir_name(name)
+        return live / "chain.pem", live / "key.pem"
+
+    def install(self, name: str, chain_pem: bytes, key_pem: bytes) -> None:
+        folder = dir_name(name)
+        archive = self.directory / "archive" / folder
+        archive.mkdir(parents=True, exist_ok=True)
+        version = archive / str(time.time_ns())
+        version.mkdir(mode=0o700)
+        _write_private(version / "key.pem", key_pem, 0o600)
+        _write_private(version / "chain.pem", chain_pem, 0o644)
+        live = self.directory / "live" / folder
+        tmp_link = live.with_name(f".{folder}.{time.time_ns()}.tmp")
+        os.symlink(os.path.relpath(version, live.parent), tmp_link)
+        os.replace(tmp_link, live)  # one rename: readers see the old pair or the new one
+        versions = sorted((p for p in archive.iterdir() if p.is_dir()), key=lambda p: p.name)
+        for old in versions[:-_KEEP_VERSIONS]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def remove(self, name: str) -> None:
+        live = self.directory / "live" / dir_name(name)
+        with contextlib.suppress(FileNotFoundError):
+            live.unlink()
+        shutil.rmtree(self.directory / "archive" / dir_name(name), ignore_errors=True)
+
+
 class CertManager:
     def __init__(
         self,
         issuer: Issuer,
         directory: Path,
         *,
+        store: CertStore | None = None,
         clock: Clock = utc_now,
         policy: RetryPolicy | None = None,
         orders_per_window: int = 50,
@@ -92,46 +176,27 @@ class CertManager:
         self._lock = threading.Lock()
         self._statuses: dict[str, CertStatus] = {}
         self._budget = OrderBudget(limit=orders_per_window, window=window)
-        directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
-        (directory / "archive").mkdir(exist_ok=True)
-        (directory / "live").mkdir(exist_ok=True)
+        self.files = FileCertStore(directory)
+        self.store: CertStore = store if store is not None else self.files
         self._load()
 
     # --- state ----------------------------------------------------------------------------
 
-    @property
-    def _state_path(self) -> Path:
-        return self.directory / "state.json"
-
     def _load(self) -> None:
-        try:
-            data = json.loads(self._state_path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError):
-            # A damaged state file loses backoffs, not certificates: the files stay served.
-            return
-        for item in data.get("statuses", []):
-            with contextlib.suppress(KeyError, ValueError, TypeError):
-                status = CertStatus.from_json(item)
-                self._statuses[status.domain] = status
-        placed = []
-        for value in data.get("orders", []):
-            with contextlib.suppress(TypeError, ValueError):
-                placed.append(datetime.fromisoformat(value))
+        """The statuses as the store has them now (another server may have uploaded or
+        forgotten one since): read again at every pass."""
+        statuses, placed = self.store.load()
+        self._statuses = {status.domain: status for status in statuses}
         self._budget = OrderBudget(
             limit=self._budget.limit, window=self._budget.window, placed=tuple(placed)
         )
 
     def _save(self) -> None:
-        data = {
-            "statuses": [
-                s.to_json() for s in sorted(self._statuses.values(), key=lambda s: s.domain)
-            ],
-            "orders": [t.isoformat() for t in self._budget.placed],
-        }
-        _write_json_atomically(self._state_path, data)
+        self.store.save(self._statuses.values(), self._budget.placed)
+
+    def reload(self) -> None:
+        with self._lock:
+            self._load()
 
     def statuses(self) -> dict[str, CertStatus]:
         with self._lock:
@@ -143,9 +208,9 @@ class CertManager:
             return self._statuses.get(name, CertStatus(domain=name))
 
     def paths(self, domain: str) -> tuple[Path, Path]:
-        """(chain.pem, key.pem) of ``domain``'s own certificate, through ``live/``."""
-        live = self.directory / "live" / _dir_name(normalize_pattern(domain))
-        return live / "chain.pem", live / "key.pem"
+        """(chain.pem, key.pem) of ``domain``'s own certificate, through ``live/`` (the file
+        store's layout)."""
+        return self.files.paths(normalize_pattern(domain))
 
     def serving(self, domain: str) -> tuple[Path, Path] | None:
         """The pair the ingress should serve for ``domain``: its own valid certificate, else a
@@ -177,6 +242,7 @@ class CertManager:
         names = list(dict.fromkeys(normalize_domain(d) for d in wanted))
         now = self.clock()
         with self._lock:
+            self._load()
             decided = plan(names, self._statuses, self._budget, now)
             to_order = decided.to_order
             self._budget = self._budget.spend([now] * len(to_order), now)
@@ -244,29 +310,13 @@ class CertManager:
         name = normalize_pattern(domain)
         with self._lock:
             self._statuses.pop(name, None)
-            live = self.directory / "live" / _dir_name(name)
-            with contextlib.suppress(FileNotFoundError):
-                live.unlink()
-            shutil.rmtree(self.directory / "archive" / _dir_name(name), ignore_errors=True)
+            self.store.remove(name)
             self._save()
 
     # --- files ----------------------------------------------------------------------------
 
     def _install(self, domain: str, chain_pem: bytes, key_pem: bytes) -> None:
-        name = _dir_name(domain)
-        archive = self.directory / "archive" / name
-        archive.mkdir(parents=True, exist_ok=True)
-        version = archive / str(time.time_ns())
-        version.mkdir(mode=0o700)
-        _write_private(version / "key.pem", key_pem, 0o600)
-        _write_private(version / "chain.pem", chain_pem, 0o644)
-        live = self.directory / "live" / name
-        tmp_link = live.with_name(f".{name}.{time.time_ns()}.tmp")
-        os.symlink(os.path.relpath(version, live.parent), tmp_link)
-        os.replace(tmp_link, live)  # one rename: readers see the old pair or the new one
-        versions = sorted((p for p in archive.iterdir() if p.is_dir()), key=lambda p: p.name)
-        for old in versions[:-_KEEP_VERSIONS]:
-            shutil.rmtree(old, ignore_errors=True)
+        self.store.install(domain, chain_pem, key_pem)
 
     def record(self, status: CertStatus) -> None:
         """Put a status as known (the store will own this next session; tests seed with it)."""

@@ -52,6 +52,7 @@ class AcmePass(LoopOwner):
                 claimed = claimed_hostnames(session, self.settings.base_domain)
             self.certificates.forget_unknown(claimed)
             statuses = self.certificates.reconcile(wanted)
+            self.certificates.share_account_key()  # made by the first order, if it was
         failed = [s for s in statuses.values() if s.state is CertState.FAILED]
         self._logged = {s.domain: self._logged.get(s.domain, 0) for s in failed}
         for status in failed:

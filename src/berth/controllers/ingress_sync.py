@@ -126,7 +126,8 @@ class IngressSync:
             rows = list(session.scalars(select(Instance)))
             stored = session.get(Meta, "proxy_generation")
         routes = plan_from_rows(apps, rows, self.settings.base_domain)
-        digest = hashlib.sha256(repr(routes).encode()).hexdigest()
+        # The certificates' version too: a follower serves the leader's new one within a pass.
+        digest = hashlib.sha256(repr(routes).encode()).hexdigest() + f".{self.nginx.tls_version()}"
         self.passes += 1
         if digest == self._digest and self.nginx.is_running():
             return False

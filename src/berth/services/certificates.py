@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from berth.certs.acme_client import Failed, IssueResult
-from berth.certs.manager import CertManager, Issuer
+from berth.certs.manager import CertManager, Issuer, dir_name
 from berth.certs.model import CertSource, CertState, CertStatus, utc_now
 from berth.certs.names import normalize_pattern, pattern_covers
+from berth.certs.store_certs import SqlCertStore
 from berth.certs.validate import validate_upload
 from berth.errors import NotFound
 from berth.proxy.model import Route, ServedCertificate, TlsConfig
@@ -33,6 +37,10 @@ from berth.store.tables import App, Domain
 log = logging.getLogger(__name__)
 
 Pair = tuple[Path, Path]  # (chain.pem, key.pem) of one issued version
+
+REFRESH_SECONDS = 60.0  # at least this often the served map is rebuilt (expiries)
+_KEEP_VERSIONS = 2  # the live config's pair and the one before, while a reload is in flight
+_VERSION = re.compile(r"[0-9a-z]{1,32}")
 
 # Names no public CA issues for (RFC 6761): never ordered, so a default install's
 # *.berth.localhost does not spend the account's order budget on refusals.
@@ -91,43 +99,85 @@ def wanted_hostnames(session: Session, base_domain: str) -> list[str]:
 
 
 class Certificates:
+    """``sessions`` given: statuses and pairs in the store (every server the same); else in
+    files under ``directory`` (one process, the unit tests)."""
+
     def __init__(
         self,
         settings: Settings,
         issuer: Issuer | None,
         *,
+        sessions: sessionmaker[Session] | None = None,
         directory: Path | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.settings = settings
         self.acme_on = issuer is not None
+        directory = directory or settings.home / "certs"
+        self.store = SqlCertStore(sessions) if sessions is not None else None
         self.manager = CertManager(
             issuer if issuer is not None else _NoIssuer(),
-            directory or settings.home / "certs",
+            directory,
+            store=self.store,
             clock=clock,
             orders_per_window=settings.acme_orders_per_hour,
         )
+        # Each server's own copy of the pairs it serves, one directory per issued version.
+        self.served_dir = directory / "served"
+        self.served_dir.mkdir(mode=0o700, exist_ok=True)
         self.clock = clock
         self.version = 0  # grows whenever what nginx should serve changes
+        self._store_version = -1
+        self._refreshed_at = 0.0
         self._lock = threading.Lock()
         self._own: dict[str, Pair] = {}
         self._wildcards: tuple[tuple[str, Pair], ...] = ()
         self.on_change: Callable[[], None] = lambda: None
         self.refresh()
 
+    def share_account_key(self) -> None:
+        """One ACME account for the installation: the key in the store is written to this
+        server's account key file, or this server's key is put in the store."""
+        if self.store is None:
+            return
+        path = self.manager.directory / "account.key"
+        stored = self.store.account_key()
+        if stored is not None:
+            if not path.exists() or path.read_text() != stored:
+                tmp = path.with_name(f".account.key.{os.getpid()}.tmp")
+                tmp.unlink(missing_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(stored)
+                os.replace(tmp, path)
+        elif path.exists():
+            self.store.keep_account_key(path.read_text())
+
     # -- what nginx serves -------------------------------------------------------------------
 
+    def refresh_if_changed(self) -> int:
+        """Refresh when the store says something changed (one small read), or a minute has
+        passed (expiries); the version afterwards. Cheap enough for every routing pass."""
+        stored = self.store.version() if self.store is not None else 0
+        now = time.monotonic()
+        if stored != self._store_version or now - self._refreshed_at >= REFRESH_SECONDS:
+            self.refresh()
+            self._store_version, self._refreshed_at = stored, now
+        return self.version
+
     def refresh(self) -> bool:
-        """Rebuild the served map from the manager's statuses; True when it changed."""
+        """Rebuild the served map from the statuses and pairs; True when it changed."""
+        self.manager.reload()
         now = self.clock()
+        material = self.store.material() if self.store is not None else self._file_material()
         own: dict[str, Pair] = {}
         wildcards: list[tuple[str, Pair]] = []
         for name, status in self.manager.statuses().items():
             if status.state is not CertState.ISSUED or status.not_after is None:
                 continue
-            if status.not_after <= now:
+            if status.not_after <= now or name not in material:
                 continue
-            pair = self._resolved(name)
+            pair = self._materialized(name, *material[name])
             if pair is None:
                 continue
             if name.startswith("*."):
@@ -143,14 +193,46 @@ class Certificates:
             self.on_change()
         return changed
 
-    def _resolved(self, name: str) -> Pair | None:
-        chain, _ = self.manager.paths(name)
-        try:
-            version = Path(os.path.realpath(chain.parent, strict=True))
-        except OSError:
+    def _file_material(self) -> dict[str, tuple[str, bytes, bytes]]:
+        found = {}
+        for name in self.manager.statuses():
+            chain, key = self.manager.paths(name)
+            try:
+                version = Path(os.path.realpath(chain.parent, strict=True)).name
+                found[name] = (version, chain.read_bytes(), key.read_bytes())
+            except OSError:
+                continue
+        return found
+
+    def _materialized(self, name: str, version: str, chain: bytes, key: bytes) -> Pair | None:
+        """This server's files of ``name``'s pair at ``version`` (written once, atomically:
+        a directory renamed into place), older versions but the last two removed."""
+        if not _VERSION.fullmatch(version):
+            log.error("certificate %s has a malformed version %r: not served", name, version)
             return None
-        pair = (version / "chain.pem", version / "key.pem")
-        return pair if pair[0].is_file() and pair[1].is_file() else None
+        home = self.served_dir / dir_name(name)
+        home.mkdir(mode=0o700, exist_ok=True)
+        target = home / version
+        if not (target / "key.pem").is_file():
+            tmp = home / f".{version}.{os.getpid()}.{threading.get_ident()}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(mode=0o700)
+            (tmp / "chain.pem").write_bytes(chain)
+            key_path = tmp / "key.pem"
+            key_path.touch(mode=0o600)
+            key_path.write_bytes(key)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another thread put the same version there first
+                shutil.rmtree(tmp, ignore_errors=True)
+        versions = sorted(
+            (p for p in home.iterdir() if p.is_dir() and not p.name.startswith(".")),
+            key=lambda p: p.stat().st_mtime,
+        )
+        for old in versions[:-_KEEP_VERSIONS]:
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+        return target / "chain.pem", target / "key.pem"
 
     def pair_for(self, hostname: str) -> Pair | None:
         with self._lock:

@@ -574,3 +574,17 @@ class AcmeChallenge(Base):
     token: Mapped[str] = mapped_column(String(128), primary_key=True)
     key_authorization: Mapped[str] = mapped_column(String(300))
     created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class CertificateRow(Base):
+    """One name's certificate (berth.certs.store_certs): its status as JSON (CertStatus), and
+    once issued or uploaded its chain and key, which every Berth server writes to its own
+    disk for its nginx. ``version`` names the issued pair (a digest of the chain)."""
+
+    __tablename__ = "certificates"
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    status_json: Mapped[str] = mapped_column(Text, default="")
+    chain_pem: Mapped[str] = mapped_column(Text, default="")
+    key_pem: Mapped[str] = mapped_column(Text, default="")
+    version: Mapped[str] = mapped_column(String(32), default="")
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
