@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # Apps' instances set in nginx at run time, without a reload (berth.proxy.dynamic), when
     # the distro's Lua module for nginx is installed; off: written into its config.
     proxy_dynamic_upstreams: bool = True
+    # The largest request body an app accepts at the ingress (MiB), for plans that set none
+    # (a plan's max_request_body_mb); nginx answers 413 above it, the app never sees it.
+    request_body_max_mb: int = Field(default=64, ge=1, le=10240)
     pids_limit: int = Field(default=256, ge=16)
     currency: str = "EUR"
     low_balance_threshold_minor: int = Field(default=500, ge=0)

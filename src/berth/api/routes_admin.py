@@ -14,6 +14,7 @@ from berth.api.deps import CurrentPrincipal, Operator, PlatformDep, SessionDep, 
 from berth.api.routes_billing import DeliveryPublic, delivery_public
 from berth.api.routes_databases import ClockDep, ProvidersDep
 from berth.api.schemas import DomainPublic, Strict
+from berth.billing.plans import REQUEST_BODY_MB_MAX, REQUEST_BODY_MB_MIN
 from berth.errors import Forbidden, InvalidInput
 from berth.services import billing as bsvc
 from berth.services import databases as dbsvc
@@ -61,6 +62,13 @@ class PlanCreate(Strict):
         max_length=32,
         description="managed databases' storage, major units per GiB-month; null: the setting",
     )
+    max_request_body_mb: int | None = Field(
+        default=None,
+        ge=REQUEST_BODY_MB_MIN,
+        le=REQUEST_BODY_MB_MAX,
+        strict=True,
+        description="largest request body at the ingress, MiB (413 above); null: the setting",
+    )
 
 
 class PlanPublic(BaseModel):
@@ -81,6 +89,7 @@ class PlanPublic(BaseModel):
     build_disk_mb: int | None
     egress_internet: bool
     storage_price_per_gib_month_minor: int | None = None
+    max_request_body_mb: int | None = None
 
 
 class TenantAdminPublic(BaseModel):

@@ -45,7 +45,9 @@ def sync(
     if creds is None or not tokens.verify(session, creds.credentials):
         raise Unauthorized("not the ingress nodes' token", code="unauthorized")
     settings = platform.settings
-    config = ingress_nodes.current_config(session, settings.base_domain, settings.ingress_node_port)
+    config = ingress_nodes.current_config(
+        session, settings.base_domain, settings.ingress_node_port, settings.request_body_max_mb
+    )
     ingress_nodes.record_report(
         session, body.node, body.live_generation, config.generation, body.error
     )

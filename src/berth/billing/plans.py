@@ -57,6 +57,32 @@ class InstanceSize:
         return size
 
 
+# Request bodies at the ingress, in MiB: at least 1 (0 would be nginx's "unlimited"), at most
+# 10 GiB (nginx buffers a larger body to disk; beyond that it is an upload service, not a limit).
+REQUEST_BODY_MB_MIN = 1
+REQUEST_BODY_MB_MAX = 10240
+
+
+def check_request_body_mb(value: object, name: str = "max_request_body_mb") -> int:
+    """``value`` as a request body limit in MiB, or InvalidInput (a bool, a string, 0, ...)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not REQUEST_BODY_MB_MIN <= value <= REQUEST_BODY_MB_MAX
+    ):
+        raise InvalidInput(
+            f"{name} must be an integer from {REQUEST_BODY_MB_MIN} to {REQUEST_BODY_MB_MAX} "
+            f"(MiB), got {value!r}",
+            code="invalid_plan",
+        )
+    return value
+
+
+def request_body_mb(plan_value: int | None, setting: int) -> int:
+    """The limit that applies: the plan's own, else the installation's setting."""
+    return check_request_body_mb(setting if plan_value is None else plan_value)
+
+
 QuotaName = Literal["apps", "instances", "memory_mb", "domains"]
 QUOTA_NAMES: tuple[QuotaName, ...] = ("apps", "instances", "memory_mb", "domains")
 
@@ -102,6 +128,8 @@ class Plan:
     included_cpu_hours: int = 0
     # Managed databases' storage per GiB-month (berth.billing.storage); None: the setting.
     storage_price_per_gib_month_minor: int | None = None
+    # The largest request body the ingress passes to the tenant's apps (MiB); None: the setting.
+    max_request_body_mb: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 100:
@@ -115,6 +143,8 @@ class Plan:
         storage_price = self.storage_price_per_gib_month_minor
         if storage_price is not None:
             _check_count("storage_price_per_gib_month_minor", storage_price)
+        if self.max_request_body_mb is not None:
+            check_request_body_mb(self.max_request_body_mb)
         if not isinstance(self.limits, PlanLimits):
             raise InvalidInput("plan limits must be PlanLimits", code="invalid_plan")
 

@@ -545,6 +545,10 @@ def admin_plan_create(
         str | None,
         typer.Option(help="Managed databases' storage per GiB-month, major units."),
     ] = None,
+    max_request_body_mb: Annotated[
+        int | None,
+        typer.Option(help="Largest request body at the ingress, MiB (413 above; 1-10240)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Define a plan: prices, included resources and limits (unset limits: the settings)."""
@@ -564,6 +568,7 @@ def admin_plan_create(
         "build_cpus_milli": round(build_cpus * 1000) if build_cpus is not None else None,
         "build_disk_mb": build_disk_mb,
         "egress_internet": internet,
+        "max_request_body_mb": max_request_body_mb,
     }
     if storage_price is not None:
         body["storage_price_per_gib_month"] = storage_price
@@ -597,6 +602,7 @@ def admin_plans(as_json: JsonOpt = False) -> None:
                 "BUILD-MEM",
                 "INTERNET",
                 "STORAGE GIB-MONTH",
+                "BODY",
             ],
             [
                 (
@@ -612,6 +618,7 @@ def admin_plans(as_json: JsonOpt = False) -> None:
                     p.get("build_memory_mb"),
                     "yes" if p.get("egress_internet", True) else "no",
                     _or_setting(p.get("storage_price_per_gib_month_minor")),
+                    _or_setting(p.get("max_request_body_mb")),
                 )
                 for p in d
             ],

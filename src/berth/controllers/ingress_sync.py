@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 SYNC_INTERVAL_SECONDS = 1.0
 
 
-def routed_apps(apps: Iterable[AppView], base_domain: str) -> list[RoutedApp]:
-    """What routing needs of each app: its hostnames and the revisions that may serve."""
+def routed_apps(
+    apps: Iterable[AppView], base_domain: str, body_mb: int | None = None
+) -> list[RoutedApp]:
+    """What routing needs of each app: its hostnames and the revisions that may serve.
+    ``body_mb``: the request body limit of apps whose plan sets none (the setting)."""
     return [
         RoutedApp(
             app.id,
@@ -47,6 +50,7 @@ def routed_apps(apps: Iterable[AppView], base_domain: str) -> list[RoutedApp]:
             frozenset(r.key for r in (app.desired.target, app.desired.serving) if r),
             app.suspended,
             app.traffic,
+            app.max_body_mb if app.max_body_mb is not None else body_mb,
         )
         for app in apps
     ]
@@ -74,13 +78,17 @@ _STATES = frozenset({"pending", "starting", "running", "stopping", "exited", "re
 
 
 def plan_from_rows(
-    apps: Sequence[AppView], rows: Iterable[Instance], base_domain: str
+    apps: Sequence[AppView],
+    rows: Iterable[Instance],
+    base_domain: str,
+    body_mb: int | None = None,
 ) -> tuple[Route, ...]:
     """The routes the leader's rows call for: pure. A row routes while the leader recorded it
     running and healthy."""
     instances = [i for i in (row_instance(r) for r in rows) if i is not None]
     healthy = {r.container_id for r in rows if r.healthy and r.container_id}
-    routes, _ = plan_routes(routed_apps(apps, base_domain), instances, healthy.__contains__)
+    routed = routed_apps(apps, base_domain, body_mb)
+    routes, _ = plan_routes(routed, instances, healthy.__contains__)
     return routes
 
 
@@ -125,7 +133,9 @@ class IngressSync:
             apps = load_apps(session)
             rows = list(session.scalars(select(Instance)))
             stored = session.get(Meta, "proxy_generation")
-        routes = plan_from_rows(apps, rows, self.settings.base_domain)
+        routes = plan_from_rows(
+            apps, rows, self.settings.base_domain, self.settings.request_body_max_mb
+        )
         # The certificates' version too: a follower serves the leader's new one within a pass.
         digest = hashlib.sha256(repr(routes).encode()).hexdigest() + f".{self.nginx.tls_version()}"
         self.passes += 1

@@ -509,6 +509,9 @@ class Reconciler:
                 frozenset(r.key for r in (app.desired.target, app.desired.serving) if r),
                 app.suspended,
                 app.traffic,
+                app.max_body_mb
+                if app.max_body_mb is not None
+                else self.settings.request_body_max_mb,
             )
             for app in apps
         ]

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from berth.domain import traffic
 from berth.domain.model import DesiredApp, Revision
 from berth.domain.traffic import TrafficControls
-from berth.store.tables import App, Deployment, Domain, Release, Tenant
+from berth.store.tables import App, Deployment, Domain, PlanRow, Release, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class AppView:
     # Swarm never moves the serving revision's tasks in place (stop-first).
     revision_constraints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     traffic: TrafficControls | None = None  # redirects, basic auth, ... (None: none)
+    # The tenant's plan's request body limit at the ingress, MiB (None: the setting).
+    max_body_mb: int | None = None
 
     def constraints_of(self, revision: str) -> tuple[str, ...]:
         return self.revision_constraints.get(revision, self.constraints)
@@ -105,6 +107,7 @@ def load_apps(session: Session) -> list[AppView]:
     releases = _releases(session, [r for r in release_ids if r])
     suspended = set(session.scalars(select(Tenant.id).where(Tenant.suspended_at.is_not(None))))
     placed = _revision_constraints(session, [r for r in release_ids if r])
+    body_mb = _body_mb_by_tenant(session)
     views = []
     for app in apps:
         deadline = deployments.get(app.deployment_id or "")
@@ -145,9 +148,20 @@ def load_apps(session: Session) -> list[AppView]:
                 constraints=_constraints(app.constraints_json),
                 revision_constraints=placed.get(app.id, {}),
                 traffic=_traffic(app.traffic_json),
+                max_body_mb=body_mb.get(app.tenant_id),
             )
         )
     return views
+
+
+def _body_mb_by_tenant(session: Session) -> dict[str, int]:
+    """Each tenant's plan's request body limit where the plan sets one (else the setting)."""
+    rows = session.execute(
+        select(Tenant.id, PlanRow.max_request_body_mb)
+        .join(PlanRow, PlanRow.id == Tenant.plan_id)
+        .where(PlanRow.max_request_body_mb.is_not(None))
+    )
+    return {tenant_id: mb for tenant_id, mb in rows if mb is not None}
 
 
 _IN_CHUNK = 500  # ids per IN (...): well under SQLite's limit on bound parameters

@@ -25,6 +25,7 @@ class RoutedApp:
     revisions: frozenset[str]  # the revisions that may serve: target, and serving mid-rollout
     suspended: bool = False
     controls: TrafficControls | None = None  # None or empty: no traffic controls
+    max_body_mb: int | None = None  # request bodies at the ingress, MiB; None: nginx's default
 
 
 def plan_routes(
@@ -65,6 +66,7 @@ def plan_routes(
                 tuple(sorted(found)),
                 state,
                 controls,
+                app.max_body_mb,
             )
         )
     return tuple(routes), frozenset(routed)
@@ -82,6 +84,7 @@ def _route(
     servers: tuple[tuple[str, int], ...],
     state: RouteState,
     controls: TrafficControls | None = None,
+    max_body_mb: int | None = None,
 ) -> Route:
     upstreams = tuple(Upstream(host, port) for host, port in servers)
-    return Route(app_id, name, tenant_id, hostnames, upstreams, state, controls)
+    return Route(app_id, name, tenant_id, hostnames, upstreams, state, controls, max_body_mb)

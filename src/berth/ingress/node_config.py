@@ -55,6 +55,7 @@ def routes_digest(routes: tuple[Route, ...], port: int) -> str:
                     tuple(sorted(r.hostnames)),
                     tuple(sorted((u.host, u.port) for u in r.upstreams)),
                     repr(r.controls),  # traffic controls: normalised, so a stable repr
+                    r.max_body_mb,
                 )
                 for r in routes
             ),

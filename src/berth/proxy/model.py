@@ -30,7 +30,8 @@ class Route:
     ``state`` decides what nginx answers: ``serving`` proxies to ``upstreams``;
     ``no_instances`` and ``suspended`` answer 503 with a page that says why. ``controls``
     are the app's traffic controls (redirects, basic auth, maintenance, allow/deny, rate
-    limit), or None for none.
+    limit), or None for none. ``max_body_mb`` is the largest request body nginx passes to
+    the app (MiB, 413 above it); None: the http-level default.
     """
 
     app_id: str
@@ -40,6 +41,7 @@ class Route:
     upstreams: tuple[Upstream, ...]
     state: RouteState
     controls: TrafficControls | None = None
+    max_body_mb: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

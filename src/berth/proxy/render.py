@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jinja2
 
+from berth.billing import plans
 from berth.domain import traffic
 from berth.domain.names import is_valid_domain
 from berth.errors import InvalidInput
@@ -73,6 +74,7 @@ class _RouteView:
     state: str
     page: str
     controls: _ControlsView | None = None
+    max_body_mb: int | None = None  # None: the http-level client_max_body_size
 
 
 def render_nginx_conf(cfg: ProxyConfig, paths: NginxPaths) -> str:
@@ -259,6 +261,7 @@ def _https_redirect_block(
         f"        listen {listen};\n"
         f"        server_name {' '.join(hostnames)};\n"
         f"        set $berth_app {route.app_id};\n"
+        f"{_body_line(route)}"
         f"{challenge}"
         "        location / {\n"
         f"            return 308 https://{authority}$request_uri;\n"
@@ -328,12 +331,20 @@ def _server_block(
         f"        server_name {' '.join(served)};\n"
         # The app this traffic counts for (berth.metrics): the route's id, never the Host.
         f"        set $berth_app {route.app_id};\n"
+        f"{_body_line(route)}"
         f"{_control_lines(route, auth_dir)}"
         f"{extra}"
         "\n"
         f"{locations}"
         "    }\n"
     )
+
+
+def _body_line(route: _RouteView) -> str:
+    # nginx answers 413 itself above it, and stops reading: the app never sees the body.
+    if route.max_body_mb is None:
+        return ""
+    return f"        client_max_body_size {route.max_body_mb}m;\n"
 
 
 def _control_lines(route: _RouteView, auth_dir: str) -> str:
@@ -360,6 +371,7 @@ def _redirect_blocks(route: _RouteView, listen: str, challenge: str) -> str:
         "    server {\n"
         f"        listen {listen};\n"
         f"        server_name {' '.join(sources)};\n"
+        f"{_body_line(route)}"
         f"{challenge}"
         "        location / {\n"
         f"            return {code} $scheme://{target}$request_uri;\n"
@@ -387,6 +399,7 @@ def _tls_redirect_blocks(route: _RouteView, tls: _TlsView) -> str:
                 f"        listen {tls.listen};\n"
                 f"        server_name {' '.join(hosts)};\n"
                 f"{_ssl_lines(chain, key)}"
+                f"{_body_line(route)}"
                 f"        return {code} https://{target}$request_uri;\n"
                 "    }\n"
             )
@@ -494,6 +507,7 @@ def _is_plain(route: Route) -> bool:
             for u in route.upstreams
         )
         and (route.controls is None or _plain_controls(route.controls))
+        and (route.max_body_mb is None or type(route.max_body_mb) is int)
     )
 
 
@@ -584,7 +598,17 @@ def _route_view(route: Route) -> _RouteView:
         state=state,
         page=_nginx_quote(_state_page(state, app_name)),
         controls=controls,
+        max_body_mb=_check_body_mb(route.max_body_mb, app_id),
     )
+
+
+def _check_body_mb(value: int | None, app_id: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return plans.check_request_body_mb(value)
+    except InvalidInput as exc:
+        raise ValueError(f"invalid request body limit for app {app_id!r}: {exc}") from None
 
 
 def _controls_view(

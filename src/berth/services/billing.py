@@ -69,6 +69,7 @@ class PlanInput:
     build_disk_mb: int | None = None
     egress_internet: bool = True
     storage_price_per_gib_month: str | None = None  # major units; None: the setting
+    max_request_body_mb: int | None = None  # MiB at the ingress; None: the setting
 
 
 def to_plan(row: PlanRow) -> Plan:
@@ -81,6 +82,7 @@ def to_plan(row: PlanRow) -> Plan:
         included_gb_hours=row.included_gb_hours,
         included_cpu_hours=row.included_cpu_hours,
         storage_price_per_gib_month_minor=row.storage_price_per_gib_month_minor,
+        max_request_body_mb=row.max_request_body_mb,
     )
 
 
@@ -104,6 +106,7 @@ def create_plan(session: Session, settings: Settings, body: PlanInput) -> PlanRo
         build_cpus_milli=body.build_cpus_milli,
         build_disk_mb=body.build_disk_mb,
         egress_internet=body.egress_internet,
+        max_request_body_mb=body.max_request_body_mb,
         storage_price_per_gib_month_minor=(
             None
             if body.storage_price_per_gib_month is None

@@ -40,10 +40,13 @@ class NodeReport:
     at: float
 
 
-def current_config(session: Session, base_domain: str, port: int) -> NodeConfig:
-    """The config for every ingress node now (the generation advanced if the routes changed)."""
+def current_config(
+    session: Session, base_domain: str, port: int, body_mb: int | None = None
+) -> NodeConfig:
+    """The config for every ingress node now (the generation advanced if the routes changed).
+    ``body_mb``: the request body limit of apps whose plan sets none (the setting)."""
     rows = list(session.scalars(select(Instance)))
-    routes = plan_from_rows(load_apps(session), rows, base_domain)
+    routes = plan_from_rows(load_apps(session), rows, base_domain, body_mb)
     digest = routes_digest(routes, port)
     row = session.scalars(
         select(Meta).where(Meta.key == GENERATION_KEY).with_for_update()

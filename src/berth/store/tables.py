@@ -126,6 +126,8 @@ class PlanRow(Base):
     egress_internet: Mapped[bool] = mapped_column(default=True)
     # Managed databases' storage per GiB-month; NULL: the installation's setting.
     storage_price_per_gib_month_minor: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Request bodies at the ingress (MiB); NULL: the installation's setting.
+    max_request_body_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
