@@ -44,6 +44,8 @@ def status(platform: PlatformDep, who: CurrentPrincipal) -> StatusPublic:
             "nginx_pid": nginx_pid,
             "installation": platform.installation,
             "reconciler": _reconciler(platform),
+            "nginx_upstreams": _upstreams(platform),
+            "acme": _acme(platform),
             **_lease(platform),
         }
     )
@@ -76,3 +78,18 @@ def _reconciler(platform: Platform) -> str:
         return "not running"
     err = platform.reconciler.last_error
     return f"error: {err}" if err else f"ok ({platform.reconciler.passes} passes)"
+
+
+def _upstreams(platform: Platform) -> str | None:
+    if platform.nginx is None:
+        return None
+    return "set at run time (no reload)" if platform.nginx.dynamic else "in the config (reload)"
+
+
+def _acme(platform: Platform) -> str:
+    if platform.certificates is None or not platform.certificates.acme_on:
+        return "off (no BERTH_ACME_DIRECTORY_URL: uploaded certificates only)"
+    if platform.acme is None or not platform.started:
+        return "not running on this server (the leader orders)"
+    err = platform.acme.last_error
+    return f"error: {err}" if err else f"ok ({platform.settings.acme_directory_url})"

@@ -399,6 +399,13 @@ class StatusPublic(BaseModel):
     )
     lease_holder: str | None = Field(default=None, description="operators only")
     lease_token: int | None = Field(default=None, description="operators only")
+    nginx_upstreams: str | None = Field(
+        default=None,
+        description="operators only: instances set at run time (no reload) or in the config",
+    )
+    acme: str | None = Field(
+        default=None, description="operators only: the ACME pass (off, ok, or its last error)"
+    )
 
 
 AppPublic.model_rebuild()

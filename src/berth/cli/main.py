@@ -670,7 +670,8 @@ def domains_verify(name: str, hostname: str, as_json: JsonOpt = False) -> None:
 
 @domains_app.command("list")
 def domains_list(name: str, as_json: JsonOpt = False) -> None:
-    """List the app's custom domains: verified, or pending with the TXT record to publish."""
+    """List the app's custom domains: verified, or pending with the TXT record to publish,
+    and each one's HTTPS certificate."""
     data = client().get(f"/apps/{quote(name, safe='')}/domains")
 
     def rows(domains: list[dict[str, Any]]) -> list[tuple[str, ...]]:
