@@ -18,11 +18,13 @@ from berth.billing.plans import (
     check_request_body_mb,
     request_body_mb,
 )
+from berth.controllers import reconciler
 from berth.controllers.ingress_sync import routed_apps
 from berth.controllers.snapshot import AppView
 from berth.domain.model import DesiredApp, Revision
 from berth.domain.routing import RoutedApp, plan_routes
 from berth.errors import InvalidInput
+from berth.ingress.node_config import routes_digest
 from berth.proxy.model import NginxPaths, ProxyConfig, Route, ServedCertificate, TlsConfig, Upstream
 from berth.proxy.render import render_nginx_conf
 from berth.settings import Settings
@@ -107,6 +109,14 @@ def test_each_route_carries_its_tenants_plan_limit_else_the_setting() -> None:
     # A change of plan is a different route (so a different config: a reload).
     changed, _ = plan_routes([replace(routed[0], max_body_mb=8)], [], lambda _: True)
     assert changed[0] != routes[0] and changed[0].max_body_mb == 8
+
+
+def test_a_change_of_limit_is_a_change_of_every_routes_digest() -> None:
+    # The leader, a follower and the ingress nodes each reload only when their digest moves.
+    one, two = route(max_body_mb=1), route(max_body_mb=2)
+    assert reconciler.routes_digest((one,)) != reconciler.routes_digest((two,))
+    assert routes_digest((one,), 80) != routes_digest((two,), 80)
+    assert repr((one,)) != repr((two,))  # berth.controllers.ingress_sync digests the repr
 
 
 def test_without_a_setting_given_a_route_keeps_the_http_level_default() -> None:

@@ -589,7 +589,7 @@ def _digest_line(r: Route) -> bytes:
     return (
         f"{r.app_id}\0{r.app_name}\0{r.tenant_id}\0{' '.join(r.hostnames)}\0{r.state}"
         # The controls are normalised values (sorted, validated): their repr is stable.
-        f"\0{upstreams}\0{r.controls!r}\n".encode()
+        f"\0{upstreams}\0{r.controls!r}\0{r.max_body_mb}\n".encode()
     )
 
 
