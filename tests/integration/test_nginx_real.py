@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -503,6 +504,8 @@ def test_instance_changes_close_no_connection_when_set_at_run_time(
         for t in threads:
             t.join(timeout=10)
     print(f"{done[0]} requests over 200 instance changes, {manager.reload_count} reloads")
+    assert manager.paths.control_socket is not None
+    assert stat.S_IMODE(manager.paths.control_socket.stat().st_mode) == 0o600  # Berth's alone
     assert failures == []
     assert manager.reload_count == 0
     assert seen == {"b0", "b1", "b2", "b3"}  # every instance served its share

@@ -120,6 +120,9 @@ def test_acme_challenges_go_to_the_api_before_any_control(
     assert get(client, port, HOST).status_code == 503  # the maintenance page, for anyone else
     posted = client.post(f"http://127.0.0.1:{port}{token_path}", headers={"Host": HOST})
     assert posted.status_code == 403  # GET (and HEAD) only
+    # Each answer is a read of Berth's store: a flood from one address is cut at nginx.
+    codes = [get(client, port, HOST, token_path).status_code for _ in range(60)]
+    assert 429 in codes and codes.count(200) >= 15  # a burst of 20 passes, less what came before
 
 
 def test_bad_tls_input_is_refused_and_the_old_config_keeps_serving(

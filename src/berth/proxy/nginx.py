@@ -423,6 +423,11 @@ class NginxManager:
         pid = self.pid()
         assert pid is not None
         log.info("started nginx master %d for %s", pid, self.conf_dir)
+        if self.paths.control_socket is not None:
+            # Only Berth (nginx's own user) may set instances: nobody else on the machine may
+            # connect to the socket (a reload inherits it, so this holds until the next start).
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(self.paths.control_socket, 0o600)
         if self._peers is not None:
             self._push_peers(self._peers)  # a new master's dictionary starts empty
         return pid

@@ -104,6 +104,7 @@ def render_nginx_conf(cfg: ProxyConfig, paths: NginxPaths) -> str:
         listen=listen,
         tls_listen=tls.listen if tls else "",
         challenge_location=challenge,
+        challenge_zone=bool(challenge),
         limit_zones="".join(_limit_zone(r) for r in routes if r.controls and r.controls.rate),
         upstream_blocks="".join(upstream(r) for r in routes if r.state == "serving"),
         server_blocks="".join([_route_blocks(r, listen, auth_dir, tls, challenge) for r in routes]),
@@ -207,6 +208,9 @@ def _challenge_location(upstream: Upstream | None) -> str:
         "            auth_basic off;\n"
         "            allow all;\n"
         "            limit_except GET { deny all; }\n"
+        # Anyone may ask: each answer is a read of the store, so a flood is cut here.
+        "            limit_req zone=berth_acme burst=20 nodelay;\n"
+        "            limit_req_status 429;\n"
         '            proxy_set_header Cookie "";\n'
         '            proxy_set_header Authorization "";\n'
         f"            proxy_pass http://{address};\n"
