@@ -1,7 +1,8 @@
 """Request bodies limited per plan, through the real nginx: a body up to an app's limit reaches
 the app, one byte more is a 413 from nginx that the app never sees; another app (another plan)
-keeps its own limit; a change of limit is live with the next config; and a client streaming a
-chunked body without end is cut at the limit (413, connection closed).
+keeps its own limit; the limit holds over HTTPS as over plain HTTP; a change of limit is live
+with the next config; and a client streaming a chunked body without end is cut at the limit
+(413, connection closed).
 
 Every test has its own conf dir and loopback port; the finalizer stops that nginx even when the
 test failed.
@@ -12,17 +13,20 @@ from __future__ import annotations
 import select
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
-from berth.proxy.model import Route, Upstream
+from berth.proxy.model import Route, ServedCertificate, TlsConfig, Upstream
 from berth.proxy.nginx import NginxManager
+from tests.certs import selfsigned
 from tests.integration.test_nginx_real import NGINX, free_port
 
 pytestmark = [pytest.mark.nginx]
@@ -164,6 +168,48 @@ def test_a_change_of_limit_is_live_with_the_next_config(
     serve(manager, routes(backend, small_mb=None), generation=3)  # the http level: 64 MiB
     assert post(client, port, SMALL, "/default", 5 * MIB).status_code == 200
     assert backend.paths() == {"/after", "/default"}
+
+
+def tls_post(port: int, sni: str, ca_pem: str, size: int) -> int:
+    """The status of a POST of ``size`` bytes over HTTPS to ``sni`` (SNI and Host)."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=sni) as tls,
+    ):
+        tls.sendall(
+            f"POST /tls HTTP/1.1\r\nHost: {sni}\r\nContent-Length: {size}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        try:
+            tls.sendall(b"z" * size)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            pass  # nginx answered and closed before the whole body was out
+        data = b""
+        try:
+            while chunk := tls.recv(65536):
+                data += chunk
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+    return int(data.split(b" ", 2)[1])
+
+
+def test_the_limit_holds_over_https_too(
+    manager: NginxManager, backend: Backend, client: httpx.Client, port: int, tmp_path: Path
+) -> None:
+    made = selfsigned.issue((SMALL, LARGE))
+    (tmp_path / "chain.pem").write_text(made.chain_pem)
+    (tmp_path / "key.pem").write_text(made.key_pem)
+    (tmp_path / "key.pem").chmod(0o600)
+    served = ServedCertificate((SMALL, LARGE), tmp_path / "chain.pem", tmp_path / "key.pem")
+    tls_port = free_port()
+    manager.apply(replace(manager.config(routes(backend), 1), tls=TlsConfig(tls_port, (served,))))
+    assert manager.wait_for_generation(1, timeout=5)
+    assert tls_post(tls_port, SMALL, made.ca_pem, MIB) == 200
+    assert tls_post(tls_port, SMALL, made.ca_pem, 2 * MIB) == 413
+    assert tls_post(tls_port, LARGE, made.ca_pem, 2 * MIB) == 200
+    assert post(client, port, SMALL, "/plain", 2 * MIB).status_code == 413  # and plain HTTP
+    assert sorted(backend.seen) == [("/tls", MIB), ("/tls", 2 * MIB)]
 
 
 @pytest.mark.parametrize("extra_mib", [1, 31])
