@@ -261,6 +261,7 @@ class Edge:
         backend_ports: list[int],
         cert: tuple[Path, Path],
         dynamic: bool | None,
+        https_hosts: int | None = None,
     ) -> None:
         from berth.proxy.model import ServedCertificate, TlsConfig
         from berth.proxy.nginx import NginxManager
@@ -276,19 +277,27 @@ class Edge:
         chain, key = cert
         tls_port = self.tls_port
 
-        def tls(routes: tuple[Any, ...]) -> TlsConfig:
-            # The operator's wildcard, served for every app's hostname.
-            names = tuple(h for r in routes for h in r.hostnames)
-            return TlsConfig(tls_port, (ServedCertificate(names, chain, key),))
-
-        self.manager.tls = tls
         self.backend_ports = backend_ports
         self.routes = {
             domain_name(i): make_route(i, domain_name(i), (backend_ports[i % len(backend_ports)],))
             for i in range(domains)
         }
+        # The hostnames served over HTTPS: every one, or the first ``https_hosts`` (the
+        # clients' apps among them), the last (the load's) and every domain added later.
+        names = list(self.routes)
+        limit = len(names) if https_hosts is None else max(https_hosts, BASE_HOSTS)
+        self.https = {*names[:limit], names[-1]}
+        https = self.https
+
+        def tls(routes: tuple[Any, ...]) -> TlsConfig:
+            # The operator's wildcard, served for the platform's hostnames.
+            served = tuple(h for r in routes for h in r.hostnames if h in https)
+            return TlsConfig(tls_port, (ServedCertificate(served, chain, key),))
+
+        self.manager.tls = tls
         self.next_app = domains
         self.generation = 0
+        self.master: int | None = None
 
     def apply(self) -> None:
         self.generation += 1
@@ -296,7 +305,10 @@ class Edge:
 
     def start(self) -> float:
         started = time.perf_counter()
-        self.apply()
+        try:
+            self.apply()
+        finally:
+            self.master = self.manager.pid()
         if not self.manager.wait_for_generation(self.generation, timeout=60):
             raise RuntimeError("Berth's nginx did not serve its first config in 60 s")
         return time.perf_counter() - started
@@ -316,13 +328,42 @@ class Edge:
             self.routes[domain] = replace(route, upstreams=kept)
         elif change.kind == "add_domain":
             self.routes[domain] = make_route(self.next_app, domain, change.ports)
+            self.https.add(domain)
             self.next_app += 1
         else:
             del self.routes[domain]
+            self.https.discard(domain)
         self.apply()
 
+    def config_check_s(self, timeout: float) -> float | None:
+        """How long ``nginx -t`` of the current routes' config takes (no time limit of
+        Berth's: after a start that ran into it); None when it rejects it or runs over."""
+        from berth.proxy.render import render_nginx_conf
+
+        self.manager._prepare_dirs()
+        conf = self.manager.conf_dir / "check-only.conf"
+        cfg = self.manager.config(tuple(self.routes.values()), self.generation)
+        conf.write_text(render_nginx_conf(cfg, self.manager.paths))
+        started = time.perf_counter()
+        try:
+            argv = [NGINX, "-t", "-q", "-c", str(conf), "-p", f"{self.manager.conf_dir}/"]
+            done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            conf.unlink(missing_ok=True)
+        return round(time.perf_counter() - started, 2) if done.returncode == 0 else None
+
     def stop(self) -> None:
-        self.manager.stop()
+        master = self.manager.pid() or self.master
+        try:
+            self.manager.stop()
+        finally:
+            if master is not None:
+                # A master killed while it loads a config (stop's last resort) leaves its
+                # workers behind, in its process group: they go too.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(master, signal.SIGKILL)
 
 
 def instance_plan(count: int, base_domains: list[str], extra_port: int) -> list[Change]:
@@ -590,8 +631,21 @@ def churn(
     }
 
 
+def parse_sizes(spec: str) -> list[tuple[int, int | None]]:
+    """``10,10000,10000:100``: domains, and after a colon how many of them have HTTPS
+    (none said: all)."""
+    sizes: list[tuple[int, int | None]] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        domains, _, https = part.partition(":")
+        sizes.append((int(domains), int(https) if https else None))
+    return sizes
+
+
 def run_size(
     domains: int,
+    https_hosts: int | None,
     top: Path,
     ports: list[int],
     extra: int,
@@ -600,17 +654,37 @@ def run_size(
 ) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for mode, dynamic in (("default", None), ("dynamic_upstreams=False", False)):
-        workdir = top / f"edge-{domains}-{'static' if dynamic is False else 'default'}"
+        if results and "start_until_serving_s" not in results[0]:
+            # The same config text but for the instances: it would not start either.
+            first = results[0]
+            results.append(
+                {
+                    "domains": domains,
+                    "https_hostnames": first["https_hostnames"],
+                    "mode": mode,
+                    "dynamic_upstreams": False,
+                    "skipped": "not run: the same config (but for the instances) did not start",
+                }
+            )
+            break
+        name = f"{domains}-{https_hosts or 'all'}-{'static' if dynamic is False else 'default'}"
+        workdir = top / f"edge-{name}"
         workdir.mkdir()
-        edge = Edge(workdir, domains, ports, cert, dynamic)
+        edge = Edge(workdir, domains, ports, cert, dynamic, https_hosts)
         result: dict[str, Any] = {
             "domains": domains,
+            "https_hostnames": len(edge.https),
             "mode": mode,
             "dynamic_upstreams": edge.manager.dynamic,
         }
         results.append(result)
         try:
-            result["start_until_serving_s"] = round(edge.start(), 3)
+            try:
+                result["start_until_serving_s"] = round(edge.start(), 3)
+            except Exception:
+                # What the config would need (the start's nginx -t has Berth's time limit).
+                result["nginx_t_seconds_unlimited"] = edge.config_check_s(args.check_timeout_s)
+                raise
             base = list(edge.routes)[:BASE_HOSTS]
             if dynamic is None:
                 if args.load_s > 0:
@@ -660,7 +734,7 @@ LOAD_LABELS = {
     "berth_https_http1_batches": "berth https, batches",
 }
 TABLE_COLUMNS = (
-    ("domains", 7),
+    ("domains/https", 13),
     ("run", 34),
     ("rps", 8),
     ("x direct", 8),
@@ -690,7 +764,7 @@ def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     blank = ["-"] * 8
     for r in results:
-        domains = str(r["domains"])
+        domains = f"{r['domains']}/{r.get('https_hostnames', '-')}"
         for name, p in ((r.get("load") or {}).get("paths") or {}).items():
             rows.append(
                 [
@@ -729,8 +803,9 @@ def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
                     _fmt(clients.get("closed_after_response")),
                 ]
             )
-        if r.get("error"):
-            rows.append([domains, f"{r['mode']}: error (see the JSON)", *(["-"] * 13)])
+        if r.get("error") or r.get("skipped"):
+            what = "error (see the JSON)" if r.get("error") else "skipped"
+            rows.append([domains, f"{r['mode']}: {what}", *(["-"] * 13)])
     return rows
 
 
@@ -774,7 +849,12 @@ def machine() -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--domains", default="10,10000")
+    parser.add_argument(
+        "--domains",
+        default="10,10000,10000:100",
+        help="sizes: domains[:how many with HTTPS (default all)], comma-separated",
+    )
+    parser.add_argument("--check-timeout-s", type=float, default=300.0)
     parser.add_argument("--load-s", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--instance-changes", type=int, default=1000)
@@ -785,12 +865,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     try:
-        sizes = [int(x) for x in args.domains.split(",") if x]
+        sizes = parse_sizes(args.domains)
     except ValueError:
         parser.error("--domains: comma-separated counts")
     if (
         not sizes
-        or min(sizes) < BASE_HOSTS
+        or min(d for d, _ in sizes) < BASE_HOSTS
         or args.backends < 2
         or args.rounds < 1
         or min(args.instance_changes, args.domain_changes) < 0
@@ -823,8 +903,8 @@ def main() -> int:
         )
         wait_until(lambda: http_get(extra, "x")[0] == 200, 30, "backends", backends)
         cert = wildcard_certificate(top / "cert")
-        for domains in sizes:
-            results.extend(run_size(domains, top, ports, extra, cert, args))
+        for domains, https_hosts in sizes:
+            results.extend(run_size(domains, https_hosts, top, ports, extra, cert, args))
     finally:
         if backends is not None:
             backends.stop()
