@@ -20,6 +20,8 @@ from typing import Any
 
 import docker.errors
 
+from berth.errors import ProxyConfigError
+from berth.proxy.nginx import NginxManager
 from tests.cluster.nodes import Cluster
 from tests.harness import BerthServer, docker_client
 
@@ -51,12 +53,20 @@ def web_image(prefix: str = "f1-web") -> Iterator[str]:
 
 
 def routed(server: BerthServer, app: str) -> set[str]:
-    """The ``address:port`` upstreams of ``app`` in the server's nginx.conf right now."""
+    """The ``address:port`` upstreams of ``app`` in the server's nginx right now: in its
+    nginx.conf, or (instances set at run time, berth.proxy.dynamic) in its dictionary."""
     try:
         text = (server.home / "nginx" / "nginx.conf").read_text()
     except OSError:
         return set()
-    return upstreams_in(text, app)
+    match = re.search(rf"# app {re.escape(app)} \(([a-z0-9]+)\): instances set at run time", text)
+    if match is None:
+        return upstreams_in(text, app)
+    manager = NginxManager(server.home / "nginx", dynamic_upstreams=True)
+    try:
+        return set(manager.live_peers().get(match.group(1), ()))
+    except ProxyConfigError:
+        return set()
 
 
 def upstreams_in(conf: str, app: str) -> set[str]:

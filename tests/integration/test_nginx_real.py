@@ -510,3 +510,19 @@ def test_instance_changes_close_no_connection_when_set_at_run_time(
     assert manager.reload_count == 0
     assert seen == {"b0", "b1", "b2", "b3"}  # every instance served its share
     assert done[0] > 200
+
+
+def test_the_dictionary_says_what_is_routed(
+    conf_dir: Path, port: int, backends: Callable[[str], Backend]
+) -> None:
+    manager = NginxManager(
+        conf_dir, nginx_binary=NGINX, listen_host="127.0.0.1", listen_port=port,
+        dynamic_upstreams=True,
+    )  # fmt: skip
+    a, b = backends("a"), backends("b")
+    manager.apply(manager.config((serving(a, b),), 1))
+    assert manager.live_peers() == {
+        "a1": tuple(sorted((f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}")))
+    }
+    manager.apply(manager.config((), 2))
+    assert manager.live_peers() == {}

@@ -96,8 +96,18 @@ INIT_LUA = r"""
 """
 
 # POST /peers: the whole set (apps not named lose their entry). Every field is checked again.
+# GET /peers: what is set.
 CONTROL_LUA = r"""
-            if ngx.req.get_method() ~= "POST" then return ngx.exit(405) end
+            local method = ngx.req.get_method()
+            if method == "GET" then
+                -- What is set now, one "<app id> <peers>" line each (operators, tests).
+                local peers = ngx.shared.berth_peers
+                for _, key in ipairs(peers:get_keys(0)) do
+                    if key ~= "generation" then ngx.say(key, " ", peers:get(key)) end
+                end
+                return
+            end
+            if method ~= "POST" then return ngx.exit(405) end
             ngx.req.read_body()
             local body = ngx.req.get_body_data()
             if not body then return ngx.exit(400) end
@@ -135,3 +145,13 @@ GENERATION_LUA = r"""
             local conf = tonumber(ngx.var.berth_conf_generation) or 0
             ngx.print(math.max(stored, conf))
 """
+
+
+def parse_peers(text: str) -> dict[str, tuple[str, ...]]:
+    """``GET /peers``'s answer: app id -> its instances' addresses."""
+    found: dict[str, tuple[str, ...]] = {}
+    for line in text.splitlines():
+        app_id, _, rest = line.partition(" ")
+        if app_id:
+            found[app_id] = tuple(rest.split())
+    return found

@@ -219,6 +219,19 @@ class NginxManager:
         except ValueError as exc:
             raise ProxyConfigError(f"cannot render nginx config: {exc}") from exc
 
+    def live_peers(self) -> dict[str, tuple[str, ...]]:
+        """What nginx's dictionary holds now: app id -> its instances (dynamic mode only)."""
+        socket_path = self.paths.control_socket
+        if socket_path is None:
+            raise ProxyConfigError("this nginx takes its instances from its config")
+        try:
+            transport = httpx.HTTPTransport(uds=str(socket_path))
+            with httpx.Client(transport=transport, timeout=10.0, trust_env=False) as client:
+                answer = client.get(f"http://nginx{dynamic.PEERS_PATH}")
+        except httpx.HTTPError as exc:
+            raise ProxyConfigError(f"cannot read the instances from nginx: {exc}") from exc
+        return dynamic.parse_peers(answer.text)
+
     def _push_peers(self, body: bytes, *, keep_others: bool = False) -> None:
         """Tell nginx's shared dictionary every app's instances (and the generation), over
         the control socket in nginx's own directory."""
