@@ -541,6 +541,7 @@ def run_h2load(
         logs: list[str] = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
+            log_file.unlink(missing_ok=True)  # h2load appends to it
             summaries.append(_h2load(argv, 60))
             logs.append(log_file.read_text())
         return load_figures(summaries, "".join(logs), f"{len(summaries)} runs of {batch}")
