@@ -399,7 +399,13 @@ def test_reloads_under_load_retire_the_old_workers_and_lose_no_request(
     manager.apply(manager.config((serving(a),), 1))
     master = manager.pid()
     assert master is not None
-    workers = wait_until(lambda: nginx_module._workers_of(master), 10, "nginx's workers are up")
+    # worker_processes auto: one per CPU; all of them, not the first one up.
+    expected = len(os.sched_getaffinity(0))
+    workers = wait_until(
+        lambda: len(w := nginx_module._workers_of(master)) == expected and w,
+        10,
+        f"nginx's {expected} workers are up",
+    )
     stop = threading.Event()
     failures: list[str] = []
     closed_idle: list[str] = []  # the reload race on a reused keep-alive connection

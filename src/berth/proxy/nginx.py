@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -50,6 +51,8 @@ _START_TIMEOUT = 10.0
 # config the master cannot load starts none: the old workers then go on serving).
 _NEW_WORKERS_TIMEOUT = 1.0
 _WORKER_TITLE = "nginx: worker process"
+# The control socket speaks plain HTTP: a context made once, never used for a handshake.
+_NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 class NginxManager:
@@ -219,14 +222,20 @@ class NginxManager:
         except ValueError as exc:
             raise ProxyConfigError(f"cannot render nginx config: {exc}") from exc
 
+    def _control_client(self) -> httpx.Client:
+        """Plain HTTP over the Unix socket. An SSL context (the CA bundle loaded again) would
+        be most of an instance change's time, and no TLS is spoken here."""
+        assert self.paths.control_socket is not None
+        transport = httpx.HTTPTransport(uds=str(self.paths.control_socket), verify=_NO_TLS)
+        return httpx.Client(transport=transport, timeout=10.0, trust_env=False, verify=_NO_TLS)
+
     def live_peers(self) -> dict[str, tuple[str, ...]]:
         """What nginx's dictionary holds now: app id -> its instances (dynamic mode only)."""
         socket_path = self.paths.control_socket
         if socket_path is None:
             raise ProxyConfigError("this nginx takes its instances from its config")
         try:
-            transport = httpx.HTTPTransport(uds=str(socket_path))
-            with httpx.Client(transport=transport, timeout=10.0, trust_env=False) as client:
+            with self._control_client() as client:
                 answer = client.get(f"http://nginx{dynamic.PEERS_PATH}")
         except httpx.HTTPError as exc:
             raise ProxyConfigError(f"cannot read the instances from nginx: {exc}") from exc
@@ -239,8 +248,7 @@ class NginxManager:
         assert socket_path is not None
         url = f"http://nginx{dynamic.PEERS_PATH}" + ("?keep=1" if keep_others else "")
         try:
-            transport = httpx.HTTPTransport(uds=str(socket_path))
-            with httpx.Client(transport=transport, timeout=10.0, trust_env=False) as client:
+            with self._control_client() as client:
                 answer = client.post(url, content=body)
         except httpx.HTTPError as exc:
             raise ProxyConfigError(f"cannot set the instances in nginx: {exc}") from exc
